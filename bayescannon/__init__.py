@@ -1,0 +1,25 @@
+"""bayescannon: put the spectra of one stellar survey onto the label scale of another.
+
+The Cannon (Ness+2015; Casey+2016; Ho+2017) done properly: a fast vectorised MAP
+engine, the same model in PyMC for posteriors, and the survey machinery around it.
+
+>>> from bayescannon import CannonModel
+>>> model = CannonModel(label_names=["TEFF", "LOGG", "FE_H"], order=2)  # doctest: +SKIP
+>>> model.fit(flux, ivar, labels)                                        # doctest: +SKIP
+>>> result = model.infer(test_flux, test_ivar)                           # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bayescannon")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from . import errors
+from .flags import PixelFlag, StarFlag
+from .model import CannonModel
+from .spectra import make_spectra
+from .vectorizer import PolynomialVectorizer
+
+__all__ = ["CannonModel", "PolynomialVectorizer", "PixelFlag", "StarFlag", "make_spectra", "errors", "__version__"]

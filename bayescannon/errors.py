@@ -1,0 +1,85 @@
+"""Typed exceptions and warnings raised by bayescannon.
+
+Every exception derives from :class:`BayesCannonError` *and* from the builtin
+exception a caller would naturally catch (``ValueError``, ``OSError``, ...), so
+``except ValueError`` keeps working while ``except BayesCannonError`` catches
+everything the package raises on purpose.
+
+Messages say what was expected, what arrived, and name the offending star,
+pixel or label.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BayesCannonError",
+    "InvalidInputError",
+    "ShapeMismatchError",
+    "NonFiniteError",
+    "NegativeIvarError",
+    "LabelError",
+    "InsufficientDataError",
+    "GridMismatchError",
+    "NotFittedError",
+    "ModelFileError",
+    "SurveyFormatError",
+    "CrossMatchError",
+    "ConvergenceWarning",
+    "BayesCannonWarning",
+]
+
+
+class BayesCannonError(Exception):
+    """Base class of every error raised on purpose by bayescannon."""
+
+
+class InvalidInputError(BayesCannonError, ValueError):
+    """An argument has the wrong type, value or content."""
+
+
+class ShapeMismatchError(InvalidInputError):
+    """Array shapes do not agree (e.g. flux and ivar, or labels and stars)."""
+
+
+class NonFiniteError(InvalidInputError):
+    """NaN or inf where a finite value is required (e.g. flux where ivar > 0)."""
+
+
+class NegativeIvarError(InvalidInputError):
+    """An inverse variance is negative."""
+
+
+class LabelError(InvalidInputError):
+    """Label names or values are wrong: unknown names, NaN, out of range."""
+
+
+class InsufficientDataError(InvalidInputError):
+    """Too little data for the requested fit (e.g. fewer stars than terms)."""
+
+
+class GridMismatchError(InvalidInputError):
+    """A wavelength grid differs from the one a model was trained on."""
+
+
+class NotFittedError(BayesCannonError, ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+class ModelFileError(BayesCannonError, OSError):
+    """A model file is missing, corrupted, or not a bayescannon model."""
+
+
+class SurveyFormatError(BayesCannonError, OSError):
+    """A survey file is not in the layout it claims (HDUs, keywords, units)."""
+
+
+class CrossMatchError(BayesCannonError, ValueError):
+    """A cross-match is ambiguous or fails (duplicated ids, multiple candidates)."""
+
+
+class BayesCannonWarning(UserWarning):
+    """Base class of warnings issued by bayescannon."""
+
+
+class ConvergenceWarning(BayesCannonWarning):
+    """An optimiser or sampler did not converge for some stars or pixels."""

@@ -1,0 +1,57 @@
+"""Bitmask flags for pixels and stars, with their documentation.
+
+Bits are stable: new bits are only appended. ``describe(flags, Flag)`` turns an integer
+into readable names; ``FLAG_DOC`` is written into model files and catalogue headers.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["PixelFlag", "StarFlag", "describe", "flag_doc"]
+
+
+class PixelFlag(enum.IntFlag):
+    """Per-pixel training flags."""
+
+    FEW_STARS = 1  #: fewer stars with ivar > 0 than model terms + 1: neutral model
+    SINGULAR = 2  #: design matrix singular at this pixel: neutral model
+    NOT_CONVERGED = 4  #: s² optimisation did not converge
+
+
+class StarFlag(enum.IntFlag):
+    """Per-star test-step flags."""
+
+    NOT_CONVERGED = 1  #: Levenberg–Marquardt did not converge for the best start
+    AT_BOUND = 2  #: best fit sits at a search bound
+    EXTRAPOLATED = 4  #: best fit far outside the training labels
+    FEW_PIXELS = 8  #: fewer usable pixels than twice the number of model terms
+    NO_PIXELS = 16  #: no usable pixel: labels are NaN
+    SINGULAR_COVARIANCE = 32  #: Fisher matrix singular: errors are NaN
+    LARGE_CHI2 = 64  #: reduced χ² above the configured threshold
+
+
+_DOC = {
+    PixelFlag.FEW_STARS: "fewer usable training stars than terms+1; neutral model",
+    PixelFlag.SINGULAR: "singular design at this pixel; neutral model",
+    PixelFlag.NOT_CONVERGED: "scatter optimisation did not converge",
+    StarFlag.NOT_CONVERGED: "label fit did not converge",
+    StarFlag.AT_BOUND: "best fit at a search bound",
+    StarFlag.EXTRAPOLATED: "labels far outside the training set",
+    StarFlag.FEW_PIXELS: "fewer usable pixels than 2x model terms",
+    StarFlag.NO_PIXELS: "no usable pixels; labels undefined",
+    StarFlag.SINGULAR_COVARIANCE: "singular Fisher matrix; errors undefined",
+    StarFlag.LARGE_CHI2: "reduced chi2 above threshold",
+}
+
+
+def describe(value: int, flag_type=StarFlag) -> list[str]:
+    """Names of the bits set in ``value``."""
+    return [f.name for f in flag_type if int(value) & int(f)]
+
+
+def flag_doc(flag_type=StarFlag) -> dict[str, str]:
+    """``{"BIT<n> NAME": description}`` for headers and file attributes."""
+    return {
+        f"{f.name}": f"bit {int(f).bit_length() - 1} (value {int(f)}): {_DOC[f]}" for f in flag_type
+    }

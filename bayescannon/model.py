@@ -1,0 +1,616 @@
+"""CannonModel: the estimator users touch (fit / infer / predict / save / load).
+
+It validates at the boundary, calls the array functions of :mod:`bayescannon.train`
+and :mod:`bayescannon.infer`, and stores fitted attributes with a trailing underscore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import xarray as xr
+
+from . import scaling
+from .errors import (
+    GridMismatchError,
+    InsufficientDataError,
+    InvalidInputError,
+    LabelError,
+    NegativeIvarError,
+    NonFiniteError,
+    NotFittedError,
+    ShapeMismatchError,
+)
+from .flags import PixelFlag, StarFlag, flag_doc
+from .infer import chi2_at, fit_labels, test_statistics
+from .spectra import check_flux_ivar, check_spectra, default_ids
+from .train import fit_pixels
+from .vectorizer import PolynomialVectorizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CannonModel"]
+
+
+def _as_label_array(labels, label_names, n_expected=None):
+    """Labels as an (N, K) float64 array in ``label_names`` order, validated."""
+    if isinstance(labels, xr.Dataset):
+        missing = [n for n in label_names if n not in labels]
+        if missing:
+            raise LabelError(f"labels dataset has no column(s) {missing}; it has {list(labels.data_vars)}")
+        arr = np.column_stack([np.asarray(labels[n].values, dtype=np.float64) for n in label_names])
+    elif isinstance(labels, Mapping) or hasattr(labels, "colnames") or hasattr(labels, "columns"):
+        cols = list(labels.colnames) if hasattr(labels, "colnames") else list(labels.keys() if isinstance(labels, Mapping) else labels.columns)
+        missing = [n for n in label_names if n not in cols]
+        if missing:
+            raise LabelError(f"label table has no column(s) {missing}; it has {cols}")
+        arr = np.column_stack([np.asarray(labels[n], dtype=np.float64) for n in label_names])
+    else:
+        arr = np.array(labels, dtype=np.float64, copy=True)
+        if arr.ndim == 1 and len(label_names) == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ShapeMismatchError(f"labels must be 2-D (stars, labels); got shape {arr.shape}")
+        if arr.shape[1] != len(label_names):
+            raise ShapeMismatchError(
+                f"labels have {arr.shape[1]} columns but the model has {len(label_names)} "
+                f"labels {label_names}"
+            )
+    if n_expected is not None and arr.shape[0] != n_expected:
+        raise ShapeMismatchError(
+            f"labels have {arr.shape[0]} rows but there are {n_expected} spectra"
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        n, k = np.argwhere(bad)[0]
+        raise LabelError(
+            f"label {label_names[k]} of star {n} is not finite ({arr[n, k]}); "
+            f"{int(bad.sum())} non-finite label values in all"
+        )
+    return arr
+
+
+def _unpack_spectra(flux, ivar, ids, wavelength):
+    """Accept arrays or a spectra Dataset; return flux, ivar, ids, wavelength, dataset."""
+    ds = None
+    if isinstance(flux, xr.Dataset):
+        ds = check_spectra(flux)
+        if ivar is not None:
+            raise InvalidInputError("pass either a spectra Dataset or flux and ivar arrays, not both")
+        ivar = ds["ivar"].values
+        if ids is None:
+            ids = np.asarray(ds["star"].values).astype(str)
+        if wavelength is None:
+            wavelength = ds["wavelength"].values
+        flux = ds["flux"].values
+    elif ivar is None:
+        raise InvalidInputError("ivar is required when flux is an array")
+    return flux, ivar, ids, wavelength, ds
+
+
+class CannonModel:
+    """The Cannon: a per-pixel polynomial model of normalised flux in the labels.
+
+    Parameters
+    ----------
+    label_names : sequence of str
+        Names of the labels (e.g. ``["TEFF", "LOGG", "FE_H"]``).
+    order : int, default 2
+        Polynomial order of the vectorizer.
+    regularization : float, default 0
+        L1 strength Λ on the non-constant terms (Casey+2016 convention).
+    censors : dict, optional
+        ``{label_name: mask}`` where mask is a boolean array over pixels (True = the label
+        may act there) or a list of ``(lo, hi)`` wavelength windows (Angstrom). Terms
+        involving a label are zero outside its mask (Nandakumar+2022).
+    n_starts : int, default 4
+        Starting points per star in the test step: the best ``n_starts`` of
+        ``n_candidates`` training-label vectors by χ².
+    n_candidates : int, default 64
+        Size of the pool of training-label vectors stored for starting points.
+    bounds_margin : float, default 0.5
+        Search bounds of the test step: the training label range widened by this fraction
+        of its width on each side.
+    extrapolation_tolerance : float, default 0.1
+        Stars whose labels lie farther than this fraction of the training range outside
+        it are flagged ``EXTRAPOLATED``.
+    max_reduced_chi2 : float, default 5.0
+        Stars above this reduced χ² are flagged ``LARGE_CHI2``.
+    random_state : int or numpy.random.Generator, optional
+        Seed for the choice of start candidates.
+
+    Attributes
+    ----------
+    theta_ : ndarray, shape (P, T)
+    s2_ : ndarray, shape (P,)
+    label_offset_, label_scale_ : ndarray, shape (K,)
+    pixel_flags_ : ndarray, shape (P,)
+    wavelength_ : ndarray, shape (P,) or None
+    training_hash_ : str
+    """
+
+    def __init__(
+        self,
+        label_names,
+        order: int = 2,
+        *,
+        regularization: float = 0.0,
+        censors=None,
+        n_starts: int = 4,
+        n_candidates: int = 64,
+        bounds_margin: float = 0.5,
+        extrapolation_tolerance: float = 0.1,
+        max_reduced_chi2: float = 5.0,
+        random_state=None,
+    ):
+        self.label_names = list(label_names)
+        self.order = order
+        self.regularization = regularization
+        self.censors = censors
+        self.n_starts = n_starts
+        self.n_candidates = n_candidates
+        self.bounds_margin = bounds_margin
+        self.extrapolation_tolerance = extrapolation_tolerance
+        self.max_reduced_chi2 = max_reduced_chi2
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def vectorizer(self) -> PolynomialVectorizer:
+        """The polynomial vectorizer of this model."""
+        return PolynomialVectorizer(self.label_names, self.order)
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "theta_")
+
+    def _check_fitted(self):
+        if not self.is_fitted:
+            raise NotFittedError("this CannonModel is not fitted yet: call fit() or load()")
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_training_stars_} stars x {self.theta_.shape[0]} pixels" if self.is_fitted else "not fitted"
+        return f"CannonModel(label_names={self.label_names!r}, order={self.order}) [{state}]"
+
+    @property
+    def term_names(self) -> list[str]:
+        return self.vectorizer.term_names
+
+    def _censor_mask(self, n_pixels, wavelength):
+        """Boolean (P, K): may label k act at pixel p."""
+        mask = np.ones((n_pixels, len(self.label_names)), dtype=bool)
+        if not self.censors:
+            return mask
+        for name, spec in self.censors.items():
+            if name not in self.label_names:
+                raise LabelError(f"censor given for unknown label {name!r}; labels are {self.label_names}")
+            k = self.label_names.index(name)
+            spec_arr = np.asarray(spec)
+            if spec_arr.dtype == bool:
+                if spec_arr.shape != (n_pixels,):
+                    raise ShapeMismatchError(
+                        f"censor mask for {name} has shape {spec_arr.shape}; expected ({n_pixels},)"
+                    )
+                mask[:, k] = spec_arr
+            else:
+                if wavelength is None:
+                    raise InvalidInputError(
+                        f"censor for {name} is given as wavelength windows but no wavelength grid was given"
+                    )
+                windows = np.atleast_2d(np.asarray(spec, dtype=float))
+                if windows.shape[1] != 2:
+                    raise InvalidInputError(f"censor windows for {name} must be (lo, hi) pairs")
+                wl = np.asarray(wavelength)
+                inside = np.zeros(n_pixels, dtype=bool)
+                for lo, hi in windows:
+                    inside |= (wl >= lo) & (wl <= hi)
+                mask[:, k] = inside
+            if not mask[:, k].any():
+                raise LabelError(f"censor for {name} leaves no pixel where the label may act")
+        return mask
+
+    def _term_mask(self, censor_mask):
+        """Boolean (P, T): a term is allowed where all of its labels are allowed."""
+        exps = self.vectorizer.exponents  # (T, K)
+        involved = exps > 0
+        # term allowed iff for all k with involved[t,k]: censor_mask[p,k]
+        blocked = (~censor_mask)[:, None, :] & involved[None, :, :]
+        return ~blocked.any(axis=-1)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        flux,
+        ivar=None,
+        labels=None,
+        *,
+        wavelength=None,
+        ids=None,
+        label_errors=None,
+        progressbar: bool = False,
+        **kwargs,
+    ):
+        """Fit θ and s² for every pixel from training spectra with known labels.
+
+        Parameters
+        ----------
+        flux : ndarray (N, P) or xarray.Dataset
+            Normalised training fluxes, or a spectra container (then ``ivar`` is taken
+            from it and labels default to its columns named like the labels).
+        ivar : ndarray (N, P), optional
+            Inverse variances (0 = no information).
+        labels : ndarray (N, K), mapping or table, optional
+            Training labels in physical units.
+        wavelength : ndarray (P,), optional
+            Wavelength grid (stored; checked at inference).
+        ids : array_like (N,), optional
+            Star identifiers for messages.
+        label_errors : ndarray (N, K), optional
+            1σ uncertainties of the training labels: the labels are then treated as
+            latent (errors-in-variables, see :mod:`bayescannon.bayes`).
+        progressbar : bool
+            Show progress.
+
+        Returns
+        -------
+        self
+        """
+        flux, ivar, ids, wavelength, ds = _unpack_spectra(flux, ivar, ids, wavelength)
+        if labels is None:
+            if ds is None:
+                raise InvalidInputError("labels are required")
+            labels = ds
+        PolynomialVectorizer(self.label_names, self.order)  # validates names and order
+        flux, ivar = check_flux_ivar(flux, ivar, ids=ids, wavelength=wavelength)
+        n, p = flux.shape
+        y = _as_label_array(labels, self.label_names, n)
+        if wavelength is not None:
+            wavelength = np.asarray(wavelength, dtype=np.float64)
+            if wavelength.shape != (p,):
+                raise ShapeMismatchError(
+                    f"wavelength has shape {wavelength.shape} but spectra have {p} pixels"
+                )
+            if p > 1 and not np.all(np.diff(wavelength) > 0):
+                raise InvalidInputError("wavelength grid must be strictly increasing")
+        vec = self.vectorizer
+        if n < vec.n_terms + 1:
+            raise InsufficientDataError(
+                f"{n} training stars are too few for a model with {vec.n_terms} terms "
+                f"({', '.join(vec.term_names)}); need at least {vec.n_terms + 1}"
+            )
+        if self.regularization < 0 or not np.isfinite(self.regularization):
+            raise InvalidInputError(f"regularization must be finite and >= 0; got {self.regularization}")
+        no_pix = ~(ivar > 0).any(axis=1)
+        if no_pix.any():
+            i = int(np.flatnonzero(no_pix)[0])
+            who = f"star {i}" + ("" if ids is None else f" (id {ids[i]})")
+            raise InsufficientDataError(
+                f"training {who} has no pixel with ivar > 0 ({int(no_pix.sum())} such stars); "
+                "remove them from the training set"
+            )
+        offset, scale_ = scaling.fit_scaling(y, self.label_names)
+        x = scaling.scale(y, offset, scale_)
+        censor_mask = self._censor_mask(p, wavelength)
+        term_mask = self._term_mask(censor_mask)
+        design = vec(x)
+        if label_errors is not None:
+            from .errorsinvariables import fit_latent_labels  # Bayesian layer (issue 3)
+
+            result = fit_latent_labels(self, flux, ivar, x, label_errors, term_mask=term_mask, **kwargs)
+        else:
+            if kwargs:
+                raise InvalidInputError(f"unexpected keyword arguments {sorted(kwargs)}")
+            result = fit_pixels(
+                flux,
+                ivar,
+                design,
+                term_mask=None if censor_mask.all() else term_mask,
+                regularization=float(self.regularization),
+                progressbar=progressbar,
+            )
+        self.theta_ = result.theta
+        self.s2_ = result.s2
+        self.pixel_flags_ = result.pixel_flags
+        self.log_likelihood_ = result.log_likelihood
+        self.n_stars_used_ = result.n_stars_used
+        self.label_offset_ = offset
+        self.label_scale_ = scale_
+        self.label_min_ = y.min(axis=0)
+        self.label_max_ = y.max(axis=0)
+        self.censor_mask_ = censor_mask
+        self.wavelength_ = wavelength
+        self.n_training_stars_ = n
+        rng = np.random.default_rng(self.random_state)
+        m = min(self.n_candidates, n)
+        pick = rng.choice(n, size=m, replace=False)
+        self.start_candidates_ = np.vstack([np.zeros((1, len(self.label_names))), x[pick]])
+        self.training_hash_ = self._hash(flux, ivar, y, censor_mask)
+        self.training_labels_scaled_ = x
+        logger.info(
+            "trained %s on %d stars x %d pixels (%d pixels flagged)",
+            self.label_names,
+            n,
+            p,
+            int((self.pixel_flags_ != 0).sum()),
+        )
+        return self
+
+    def _hash(self, flux, ivar, labels, censor_mask) -> str:
+        """SHA-256 of the training data, labels, model settings and censors."""
+        h = hashlib.sha256()
+        for arr in (flux, ivar, labels):
+            a = np.ascontiguousarray(arr, dtype=np.float64)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        h.update(repr((self.label_names, self.order, float(self.regularization))).encode())
+        h.update(np.ascontiguousarray(censor_mask).tobytes())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, *, overwrite: bool = True):
+        """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``); see
+        :func:`bayescannon.modelfile.save_model`. Returns the path."""
+        self._check_fitted()
+        from .modelfile import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`.
+
+        Raises
+        ------
+        ModelFileError
+            Missing, corrupted or foreign file.
+        """
+        from .modelfile import load_model
+
+        return load_model(path, cls=cls)
+
+    def to_dataset(self) -> xr.Dataset:
+        """The fitted model as an xarray Dataset (what :meth:`save` writes)."""
+        self._check_fitted()
+        from .modelfile import model_to_dataset
+
+        return model_to_dataset(self)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, labels):
+        """Model spectra for labels in physical units.
+
+        Parameters
+        ----------
+        labels : ndarray (N, K) or (K,), mapping or table
+
+        Returns
+        -------
+        ndarray, shape (N, P) (or (P,) for a single label vector)
+        """
+        self._check_fitted()
+        single = not isinstance(labels, (Mapping, xr.Dataset)) and not hasattr(labels, "colnames") and np.ndim(labels) == 1
+        y = _as_label_array(np.atleast_2d(labels) if single else labels, self.label_names)
+        x = scaling.scale(y, self.label_offset_, self.label_scale_)
+        out = self.vectorizer(x) @ self.theta_.T
+        return out[0] if single else out
+
+    def residuals(self, flux, labels):
+        """``flux − predict(labels)``."""
+        model = self.predict(labels)
+        flux = np.asarray(flux, dtype=np.float64)
+        if flux.shape != np.shape(model):
+            raise ShapeMismatchError(f"flux has shape {flux.shape} but the model predicts {np.shape(model)}")
+        return flux - model
+
+    def _check_grid(self, wavelength, n_pixels):
+        p = self.theta_.shape[0]
+        if n_pixels != p:
+            raise GridMismatchError(
+                f"spectra have {n_pixels} pixels but the model was trained on {p} pixels"
+            )
+        if wavelength is None or self.wavelength_ is None:
+            return
+        wl = np.asarray(wavelength, dtype=np.float64)
+        if wl.shape != self.wavelength_.shape:
+            raise GridMismatchError(f"wavelength grid has shape {wl.shape}; model grid has {self.wavelength_.shape}")
+        spacing = np.min(np.abs(np.diff(self.wavelength_))) if p > 1 else 1.0
+        diff = np.abs(wl - self.wavelength_)
+        if np.any(diff > 1e-3 * spacing):
+            i = int(np.argmax(diff))
+            raise GridMismatchError(
+                f"wavelength grid differs from the model's: pixel {i} is at {wl[i]:.6f} A, the model's at "
+                f"{self.wavelength_[i]:.6f} A (max difference {diff[i]:.3g} A); resample the spectra "
+                "onto the model grid (bayescannon.preprocess.resample)"
+            )
+
+    def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength):
+        """Adjusted weights of a chunk of test spectra, validated on the way."""
+        from ._kernels import test_weights
+
+        w, wf, c, n_pix, bad = test_weights(
+            np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok
+        )
+        if (bad >= 0).any():
+            kinds = [
+                (0, NonFiniteError, "ivar is not finite"),
+                (1, NegativeIvarError, "ivar is negative (use 0 for pixels without information)"),
+                (2, NonFiniteError, "flux is not finite where ivar > 0 (set ivar = 0 to mask it)"),
+            ]
+            for col, exc, what in kinds:
+                rows = np.flatnonzero(bad[:, col] >= 0)
+                if rows.size:
+                    i = int(rows[0])
+                    j = int(bad[i, col])
+                    where = f"star {offset + i}"
+                    if ids is not None:
+                        where += f" (id {ids[offset + i]})"
+                    where += f", pixel {j}"
+                    if wavelength is not None:
+                        where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
+                    raise exc(f"{what} at {where}; {rows.size} stars in this chunk affected")
+        return w, wf, c, n_pix
+
+    # ------------------------------------------------------------------ test step
+    def infer(
+        self,
+        flux,
+        ivar=None,
+        *,
+        ids=None,
+        wavelength=None,
+        n_starts: int | None = None,
+        chunk_size: int = 2000,
+        uncertainty: str = "formal",
+        progressbar: bool = False,
+    ) -> xr.Dataset:
+        """Labels, covariances and fit diagnostics for new spectra.
+
+        Parameters
+        ----------
+        flux : ndarray (N, P) or xarray.Dataset
+            Normalised spectra on the model's grid, or a spectra container.
+        ivar : ndarray (N, P), optional
+            Inverse variances (0 = no information).
+        ids : array_like (N,), optional
+            Star identifiers (default: the container's, else ``star000000``...).
+        wavelength : ndarray (P,), optional
+            Grid of the spectra; checked against the model's.
+        n_starts : int, optional
+            Starting points per star (default: the model's ``n_starts``).
+        chunk_size : int
+            Stars processed at once; memory does not grow with N.
+        uncertainty : {"formal", "calibrated"}
+            ``"formal"``: inverse Fisher matrix. ``"calibrated"``: the calibrated error
+            model of the Bayesian layer (requires a calibration, see
+            :mod:`bayescannon.calibration`).
+        progressbar : bool
+
+        Returns
+        -------
+        xarray.Dataset
+            ``labels`` (star, label), ``errors`` (star, label), ``covariance``
+            (star, label, label2) in physical units; ``chi2``, ``reduced_chi2``,
+            ``n_pixels``, ``converged``, ``flags`` (StarFlag bits), ``n_iter`` per star.
+        """
+        self._check_fitted()
+        flux, ivar, ids, wavelength, _ = _unpack_spectra(flux, ivar, ids, wavelength)
+        flux = np.asarray(flux, dtype=np.float64)
+        ivar = np.asarray(ivar, dtype=np.float64)
+        if flux.ndim == 1:
+            flux, ivar = flux[None, :], np.atleast_2d(ivar)
+        if flux.ndim != 2 or flux.shape != ivar.shape:
+            raise ShapeMismatchError(f"flux has shape {flux.shape} but ivar has shape {ivar.shape}")
+        n, p = flux.shape
+        self._check_grid(wavelength, p)
+        if ids is None:
+            ids = default_ids(n)
+        ids = np.asarray(ids).astype(str)
+        if ids.shape != (n,):
+            raise ShapeMismatchError(f"ids have shape {ids.shape} but there are {n} spectra")
+        if uncertainty not in ("formal", "calibrated"):
+            raise InvalidInputError(f"uncertainty must be 'formal' or 'calibrated'; got {uncertainty!r}")
+        s = int(n_starts or self.n_starts)
+        if s < 1:
+            raise InvalidInputError(f"n_starts must be >= 1; got {s}")
+        if chunk_size < 1:
+            raise InvalidInputError(f"chunk_size must be >= 1; got {chunk_size}")
+        k = len(self.label_names)
+        vec = self.vectorizer
+        iu, ju = np.triu_indices(vec.n_terms)
+        theta_pairs = self.theta_[:, iu] * self.theta_[:, ju]
+        cand = self.start_candidates_
+        v_cand = vec(cand)  # (C, T)
+        s = min(s, cand.shape[0])
+        smin = scaling.scale(self.label_min_, self.label_offset_, self.label_scale_)
+        smax = scaling.scale(self.label_max_, self.label_offset_, self.label_scale_)
+        width = smax - smin
+        bounds = np.column_stack([smin - self.bounds_margin * width, smax + self.bounds_margin * width])
+
+        labels = np.empty((n, k))
+        cov = np.empty((n, k, k))
+        chi2 = np.empty(n)
+        npix = np.empty(n, dtype=np.int64)
+        conv = np.empty(n, dtype=bool)
+        atb = np.empty(n, dtype=bool)
+        niter = np.empty(n, dtype=np.int64)
+        chunks = range(0, n, chunk_size)
+        if progressbar:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="inferring labels", unit="chunk")
+        pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
+        for a in chunks:
+            sl = slice(a, min(a + chunk_size, n))
+            w, wf, c, n_pix = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength)
+            A, b = test_statistics(w, wf, self.theta_, theta_pairs)
+            del w, wf
+            m = A.shape[0]
+            # χ² of every candidate for every star; keep the best s as starts
+            cchi = chi2_at(A, b, c, v_cand)
+            order = np.argsort(cchi, axis=1)[:, :s]
+            starts = cand[order]  # (m, s, K)
+            fit = fit_labels(A, b, c, vec, starts, bounds=bounds)
+            labels[sl] = fit.labels
+            cov[sl] = fit.covariance
+            chi2[sl] = fit.chi2
+            npix[sl] = n_pix
+            conv[sl] = fit.converged
+            atb[sl] = fit.at_bound
+            niter[sl] = fit.n_iter
+        return self._assemble(ids, labels, cov, chi2, npix, conv, atb, niter, smin, smax, width)
+
+    def _assemble(self, ids, x, cov, chi2, npix, conv, atb, niter, smin, smax, width):
+        k = len(self.label_names)
+        vec = self.vectorizer
+        flags = np.zeros(x.shape[0], dtype=np.int64)
+        flags[~conv] |= StarFlag.NOT_CONVERGED
+        flags[atb] |= StarFlag.AT_BOUND
+        tol = self.extrapolation_tolerance * width
+        outside = np.any((x < smin - tol) | (x > smax + tol), axis=1)
+        flags[outside] |= StarFlag.EXTRAPOLATED
+        flags[npix < 2 * vec.n_terms] |= StarFlag.FEW_PIXELS
+        nopix = npix == 0
+        flags[nopix] |= StarFlag.NO_PIXELS
+        singular = ~np.all(np.isfinite(cov), axis=(1, 2))
+        flags[singular] |= StarFlag.SINGULAR_COVARIANCE
+        dof = np.maximum(npix - k, 1)
+        rchi2 = chi2 / dof
+        flags[rchi2 > self.max_reduced_chi2] |= StarFlag.LARGE_CHI2
+        y = scaling.unscale(x, self.label_offset_, self.label_scale_)
+        cov_phys = cov * self.label_scale_[None, :, None] * self.label_scale_[None, None, :]
+        y[nopix] = np.nan
+        cov_phys[nopix] = np.nan
+        chi2 = np.where(nopix, np.nan, chi2)
+        rchi2 = np.where(nopix, np.nan, rchi2)
+        if nopix.any():
+            logger.warning(
+                "%d stars have no usable pixel (e.g. %s): labels are NaN and flagged NO_PIXELS",
+                int(nopix.sum()),
+                ids[np.flatnonzero(nopix)[0]],
+            )
+        errors = np.sqrt(np.einsum("nkk->nk", cov_phys))
+        ds = xr.Dataset(
+            {
+                "labels": (("star", "label"), y),
+                "errors": (("star", "label"), errors),
+                "covariance": (("star", "label", "label2"), cov_phys),
+                "chi2": ("star", chi2),
+                "reduced_chi2": ("star", rchi2),
+                "n_pixels": ("star", npix),
+                "converged": ("star", conv & ~nopix),
+                "flags": ("star", flags),
+                "n_iter": ("star", niter),
+            },
+            coords={"star": ids, "label": list(self.label_names), "label2": list(self.label_names)},
+            attrs={
+                "model_training_hash": self.training_hash_,
+                "uncertainty": "formal (inverse Fisher matrix, model scatter s² included)",
+                **{f"flag_{k_}": v for k_, v in flag_doc(StarFlag).items()},
+            },
+        )
+        ds["errors"].attrs["description"] = "sqrt of the covariance diagonal (physical units)"
+        ds["flags"].attrs["description"] = "StarFlag bitmask; see dataset attrs flag_*"
+        return ds

@@ -1,0 +1,168 @@
+"""The spectra container: one ``xarray.Dataset`` that every step accepts.
+
+See ``docs/conventions.md``. Dimensions are ``star`` and ``pixel``; ``flux`` and
+``ivar`` are (star, pixel) float64; ``wavelength`` is a (pixel,) coordinate in
+Angstrom; ``star`` holds unique string identifiers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .errors import InvalidInputError, NegativeIvarError, NonFiniteError, ShapeMismatchError
+
+__all__ = ["make_spectra", "check_spectra", "check_flux_ivar", "default_ids"]
+
+
+def default_ids(n: int, prefix: str = "star") -> np.ndarray:
+    """Identifiers ``star000000``, ``star000001``, ... for ``n`` anonymous stars."""
+    return np.array([f"{prefix}{i:06d}" for i in range(n)])
+
+
+def _describe_star(i: int, ids) -> str:
+    if ids is None:
+        return f"star {i}"
+    return f"star {i} (id {ids[i]!s})"
+
+
+def check_flux_ivar(flux, ivar, *, ids=None, wavelength=None, name: str = "flux"):
+    """Validate a flux/ivar pair and return clean float64 copies.
+
+    Parameters
+    ----------
+    flux, ivar : array_like, shape (N, P)
+        Fluxes and inverse variances. ``ivar == 0`` marks pixels without information;
+        flux there may be anything (NaN included) and is set to 0 in the copy.
+    ids : array_like, optional
+        Star identifiers used in error messages.
+    wavelength : array_like, optional
+        Wavelengths used in error messages.
+
+    Returns
+    -------
+    flux, ivar : ndarray, shape (N, P)
+        New float64 arrays (inputs are never modified).
+
+    Raises
+    ------
+    ShapeMismatchError, NonFiniteError, NegativeIvarError
+        Naming the first offending star and pixel.
+    """
+    flux = np.array(flux, dtype=np.float64, copy=True)
+    ivar = np.array(ivar, dtype=np.float64, copy=True)
+    if flux.ndim == 1:
+        flux = flux[None, :]
+    if ivar.ndim == 1:
+        ivar = ivar[None, :]
+    if flux.ndim != 2:
+        raise ShapeMismatchError(f"{name} must be 2-D (stars, pixels); got shape {flux.shape}")
+    if flux.shape != ivar.shape:
+        raise ShapeMismatchError(
+            f"{name} has shape {flux.shape} but ivar has shape {ivar.shape}"
+        )
+
+    def where(mask):
+        n, p = np.argwhere(mask)[0]
+        wl = "" if wavelength is None else f", wavelength {float(np.asarray(wavelength)[p]):.3f} A"
+        return f"{_describe_star(int(n), ids)}, pixel {int(p)}{wl}"
+
+    bad = ~np.isfinite(ivar)
+    if bad.any():
+        raise NonFiniteError(f"ivar is not finite at {where(bad)} ({int(bad.sum())} pixels in all)")
+    neg = ivar < 0
+    if neg.any():
+        raise NegativeIvarError(
+            f"ivar is negative at {where(neg)} ({int(neg.sum())} pixels in all); "
+            "use ivar = 0 for pixels without information"
+        )
+    badf = (ivar > 0) & ~np.isfinite(flux)
+    if badf.any():
+        raise NonFiniteError(
+            f"{name} is not finite where ivar > 0 at {where(badf)} "
+            f"({int(badf.sum())} pixels in all); set ivar = 0 there to mask them"
+        )
+    flux[ivar == 0] = 0.0
+    return flux, ivar
+
+
+def make_spectra(wavelength, flux, ivar, ids=None, mask=None, attrs=None, **extras) -> xr.Dataset:
+    """Build a validated spectra container.
+
+    Parameters
+    ----------
+    wavelength : array_like, shape (P,)
+        Wavelength grid in Angstrom.
+    flux, ivar : array_like, shape (N, P)
+        Flux and inverse variance.
+    ids : array_like of str, shape (N,), optional
+        Unique star identifiers (default ``star000000`` ...).
+    mask : array_like of int, shape (N, P), optional
+        Survey pixel-mask bits (0 = good).
+    attrs : dict, optional
+        Dataset attributes (``survey``, ``instrument``, ...).
+    **extras : array_like, shape (N,)
+        Per-star columns (``snr``, ``rv``, label columns, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    if flux.ndim != 2:
+        raise ShapeMismatchError(f"flux must be 2-D (stars, pixels); got shape {flux.shape}")
+    n, p = flux.shape
+    if ids is None:
+        ids = default_ids(n)
+    ids = np.asarray(ids).astype(str)
+    ds = xr.Dataset(
+        {"flux": (("star", "pixel"), flux), "ivar": (("star", "pixel"), ivar)},
+        coords={"star": ids, "wavelength": ("pixel", wavelength)},
+        attrs=dict(attrs or {}),
+    )
+    ds["wavelength"].attrs.setdefault("units", "Angstrom")
+    if mask is not None:
+        ds["mask"] = (("star", "pixel"), np.asarray(mask, dtype=np.uint32))
+    for key, value in extras.items():
+        ds[key] = ("star", np.asarray(value))
+    check_spectra(ds)
+    return ds
+
+
+def check_spectra(ds: xr.Dataset) -> xr.Dataset:
+    """Check that ``ds`` follows the container convention; return it unchanged.
+
+    Raises
+    ------
+    InvalidInputError
+        When a variable, coordinate or dimension is missing or inconsistent, or when ids
+        are duplicated.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise InvalidInputError(f"expected an xarray.Dataset of spectra; got {type(ds).__name__}")
+    for var in ("flux", "ivar"):
+        if var not in ds:
+            raise InvalidInputError(f"spectra dataset has no '{var}' variable")
+        if ds[var].dims != ("star", "pixel"):
+            raise InvalidInputError(
+                f"'{var}' must have dims ('star', 'pixel'); got {ds[var].dims}"
+            )
+    if "wavelength" not in ds.coords:
+        raise InvalidInputError("spectra dataset has no 'wavelength' coordinate")
+    if ds["wavelength"].dims != ("pixel",):
+        raise InvalidInputError(f"'wavelength' must have dims ('pixel',); got {ds['wavelength'].dims}")
+    wl = np.asarray(ds["wavelength"].values, dtype=float)
+    if not np.all(np.isfinite(wl)):
+        raise NonFiniteError("wavelength grid contains non-finite values")
+    if wl.size > 1 and not np.all(np.diff(wl) > 0):
+        i = int(np.argmax(~(np.diff(wl) > 0)))
+        raise InvalidInputError(f"wavelength grid is not strictly increasing at pixel {i + 1}")
+    if "star" in ds.coords:
+        ids = np.asarray(ds["star"].values).astype(str)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][:5]
+            raise InvalidInputError(f"duplicated star ids: {', '.join(map(str, dup))}")
+    return ds

@@ -1,0 +1,330 @@
+"""Vectorised maximum-likelihood training of θ_λ and s²_λ for every pixel.
+
+For each pixel the exact likelihood ``ln p = -½ Σ_n [w r² − ln w]`` with
+``w = ivar/(1 + ivar s²)`` is maximised over θ (T terms) and s² ≥ 0.
+
+Algorithm (all pixels at once, no loop over pixels):
+
+* θ-step: at fixed s², θ is the weighted least-squares solution of the normal
+  equations ``G θ = b`` with ``G = Σ_n w_n v_n v_nᵀ`` and ``b = Σ_n w_n f_n v_n``. All
+  G are formed by one matrix product ``Wᵀ (v ⊗ v)`` over stars; with an L1 penalty the
+  θ-step is a lasso solved by coordinate descent on (G, b), vectorised over pixels.
+* s-step: at fixed residuals, a safeguarded Newton step on the score
+  ``∂ ln p/∂s² = ½ Σ w (w r² − 1)``.
+
+The two blocks are nearly orthogonal (the expected cross-information between the mean
+parameters θ and the variance s² is zero), so block-coordinate ascent converges in a few
+iterations to the joint maximum, which is also the maximum of the profile likelihood
+``max_θ ln p(θ, s²)`` over s². Iteration stops when the score of the profile likelihood
+vanishes (relative tolerance) or s² sits at the boundary 0 with a negative score.
+
+Pixels with fewer usable stars than terms (+1), or with a singular design, get a
+neutral model (θ = [weighted mean flux, 0, …], s² = 0) and a flag instead of NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .flags import PixelFlag
+from .likelihood import adjusted_ivar
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingResult", "fit_pixels", "normal_equations", "profile_log_likelihood"]
+
+
+@dataclass
+class TrainingResult:
+    """Per-pixel output of :func:`fit_pixels`."""
+
+    theta: np.ndarray  # (P, T)
+    s2: np.ndarray  # (P,)
+    log_likelihood: np.ndarray  # (P,) at the optimum (without the ln 2π constant)
+    score: np.ndarray  # (P,) ∂ ln p / ∂ s² at the optimum
+    pixel_flags: np.ndarray  # (P,) PixelFlag bits
+    n_stars_used: np.ndarray  # (P,)
+    n_iter: int
+
+
+def _pair_index(t):
+    iu, ju = np.triu_indices(t)
+    return iu, ju
+
+
+def _products(design):
+    """Column products v_t v_u for t ≤ u: (N, T(T+1)/2)."""
+    iu, ju = _pair_index(design.shape[1])
+    return design[:, iu] * design[:, ju]
+
+
+def _unpack(packed, t):
+    """(P, T(T+1)/2) → symmetric (P, T, T)."""
+    iu, ju = _pair_index(t)
+    out = np.empty(packed.shape[:-1] + (t, t), dtype=packed.dtype)
+    out[..., iu, ju] = packed
+    out[..., ju, iu] = packed
+    return out
+
+
+def normal_equations(flux, w, design, vv=None):
+    """Sufficient statistics of the per-pixel weighted least-squares problems.
+
+    Parameters
+    ----------
+    flux, w : ndarray, shape (N, P)
+        Flux (0 where unused) and weights (adjusted ivar).
+    design : ndarray, shape (N, T)
+    vv : ndarray, shape (N, T(T+1)/2), optional
+        Precomputed column products.
+
+    Returns
+    -------
+    G : ndarray, shape (P, T, T)
+    b : ndarray, shape (P, T)
+    """
+    if vv is None:
+        vv = _products(design)
+    G = _unpack(w.T @ vv, design.shape[1])
+    b = (w * flux).T @ design
+    return G, b
+
+
+def _solve_masked(G, b, term_mask):
+    """Solve G θ = b per pixel with censored terms forced to zero."""
+    if term_mask is not None:
+        off = ~term_mask  # (P, T)
+        G = G.copy()
+        b = np.where(off, 0.0, b)
+        both = off[:, :, None] | off[:, None, :]
+        G[both] = 0.0
+        p_idx, t_idx = np.nonzero(off)
+        G[p_idx, t_idx, t_idx] = 1.0
+    return np.linalg.solve(G, b[..., None])[..., 0]
+
+
+def _lasso(G, b, theta0, lam, term_mask, tol=1e-10, max_sweeps=500):
+    """min ½θᵀGθ − bᵀθ + lam Σ_{t≥1}|θ_t| by coordinate descent, vectorised over pixels."""
+    theta = theta0.copy()
+    t = G.shape[-1]
+    diag = np.einsum("ptt->pt", G)
+    allowed = np.ones_like(theta, dtype=bool) if term_mask is None else term_mask
+    for _ in range(max_sweeps):
+        change = 0.0
+        for j in range(t):  # loop over terms, vectorised over pixels
+            rho = b[:, j] - np.einsum("pu,pu->p", G[:, j, :], theta) + diag[:, j] * theta[:, j]
+            if j == 0:
+                new = rho / diag[:, j]
+            else:
+                new = np.sign(rho) * np.maximum(np.abs(rho) - lam, 0.0) / diag[:, j]
+            new = np.where(allowed[:, j], new, 0.0)
+            change = max(change, float(np.max(np.abs(new - theta[:, j]), initial=0.0)))
+            theta[:, j] = new
+        if change < tol * max(1.0, float(np.max(np.abs(theta), initial=0.0))):
+            break
+    return theta
+
+
+def profile_log_likelihood(flux, ivar, design, s2, term_mask=None, regularization=0.0):
+    """Profile log-likelihood ``max_θ ln p(θ, s²)`` per pixel at given s².
+
+    Parameters
+    ----------
+    flux, ivar : ndarray, shape (N, P)
+    design : ndarray, shape (N, T)
+    s2 : ndarray, shape (P,)
+    term_mask : ndarray of bool, shape (P, T), optional
+    regularization : float
+        L1 strength Λ (objective ``Σ_n [w r² − ln w] + Λ Σ_{t≥1} |θ_t|``).
+
+    Returns
+    -------
+    ndarray, shape (P,)
+        ``-½ Σ_n [w r² − ln w]`` minus the penalty ``½Λ‖θ‖₁`` (no 2π constant).
+    """
+    w = adjusted_ivar(ivar, s2[None, :])
+    G, b = normal_equations(flux, w, design)
+    theta = _solve_masked(G, b, term_mask)
+    if regularization > 0:
+        theta = _lasso(G, b, theta, 0.5 * regularization, term_mask)
+    r = flux - design @ theta.T
+    used = ivar > 0
+    logw = np.log(np.where(used, w, 1.0))
+    lnp = -0.5 * np.sum(np.where(used, w * r * r - logw, 0.0), axis=0)
+    if regularization > 0:
+        lnp -= 0.5 * regularization * np.abs(theta[:, 1:]).sum(axis=1)
+    return lnp
+
+
+def fit_pixels(
+    flux,
+    ivar,
+    design,
+    *,
+    term_mask=None,
+    regularization: float = 0.0,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    progressbar: bool = False,
+) -> TrainingResult:
+    """Maximum-likelihood θ and s² for every pixel.
+
+    Parameters
+    ----------
+    flux, ivar : ndarray, shape (N, P)
+        Validated training fluxes (0 where ivar = 0) and inverse variances.
+    design : ndarray, shape (N, T)
+        Design matrix v(ℓ_n) of the scaled training labels.
+    term_mask : ndarray of bool, shape (P, T), optional
+        False where a term is censored (forced to zero) at a pixel.
+    regularization : float, default 0
+        L1 strength Λ on the non-constant terms (Casey+2016 convention: the penalty
+        ``Λ Σ_{t≥1}|θ_t|`` is added to ``Σ_n [w r² − ln w]``).
+    tol : float
+        Convergence tolerance on ``|∂ ln p/∂ ln s²|`` per star.
+    max_iter : int
+        Maximum number of block-coordinate iterations.
+    progressbar : bool
+        Show a tqdm progress bar over iterations.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    from ._kernels import log_likelihood_terms, score_terms, weights
+
+    n, p = flux.shape
+    t = design.shape[1]
+    used = ivar > 0
+    n_used = used.sum(axis=0)
+    n_terms_px = np.full(p, t) if term_mask is None else term_mask.sum(axis=1)
+    flags = np.zeros(p, dtype=np.int64)
+    few = n_used < n_terms_px + 1
+    flags[few] |= PixelFlag.FEW_STARS
+
+    design = np.ascontiguousarray(design, dtype=np.float64)
+    vv = _products(design)
+    flux_t = np.ascontiguousarray(flux.T)
+    ivar_t = np.ascontiguousarray(ivar.T)
+    s2 = np.zeros(p)
+    all_idx = np.arange(p)
+    w0, wf0 = weights(ivar_t, flux_t, s2, all_idx)
+    G = _unpack(w0 @ vv, t)
+    b = wf0 @ design
+    del w0, wf0
+    singular = _singular(G, term_mask) & ~few
+    flags[singular] |= PixelFlag.SINGULAR
+    bad = few | singular
+    if bad.any():
+        logger.warning(
+            "%d of %d pixels have too little information (fewer usable stars than terms + 1, "
+            "or a singular design): they get a neutral model and a flag",
+            int(bad.sum()),
+            p,
+        )
+    theta = np.zeros((p, t))
+    score = np.zeros(p)
+    lnp = np.zeros(p)
+    lam = 0.5 * regularization
+    tm_all = term_mask
+
+    active = np.flatnonzero(~bad)
+    converged = np.zeros(p, dtype=bool)
+    iterator = range(max_iter + 1)
+    if progressbar:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="training pixels", unit="iter")
+    it = 0
+    for it in iterator:
+        if active.size == 0:
+            break
+        if it > 0:
+            w, wf = weights(ivar_t, flux_t, s2, active)
+            Ga = _unpack(w @ vv, t)
+            ba = wf @ design
+            del w, wf
+        else:
+            Ga, ba = G[active], b[active]
+        tm = None if tm_all is None else tm_all[active]
+        th = _solve_masked(Ga, ba, tm)
+        if regularization > 0:
+            start = th if it == 0 else theta[active]
+            th = _lasso(Ga, ba, start, lam, tm)
+        theta[active] = th
+        g1, g2, excess, noise = score_terms(ivar_t, flux_t, th @ design.T, s2, active)
+        score[active] = g1
+        s = s2[active]
+        ng = np.maximum(n_used[active], 1)
+        dlnp_du = s * g1  # derivative with respect to u = ln s²
+        done = ((s == 0) & (g1 <= 0)) | ((s > 0) & (np.abs(dlnp_du) / ng < tol))
+        converged[active[done]] = True
+        if progressbar:
+            iterator.set_postfix(active=int((~done).sum()))
+        if it == max_iter:
+            break
+        s_new = _scatter_step(s, g1, g2, noise, excess)
+        keep = ~done
+        s2[active[keep]] = s_new[keep]
+        active = active[keep]
+    n_iter = it
+    lnp = log_likelihood_terms(ivar_t, flux_t, theta @ design.T, s2)
+    notconv = ~converged & ~bad
+    if notconv.any():
+        flags[notconv] |= PixelFlag.NOT_CONVERGED
+        logger.warning("s² did not converge for %d pixels in %d iterations", int(notconv.sum()), max_iter)
+    if regularization > 0:
+        lnp -= lam * np.abs(theta[:, 1:]).sum(axis=1)
+    # neutral model for pixels without enough information
+    if bad.any():
+        wsum = ivar[:, bad].sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_flux = np.where(wsum > 0, (ivar[:, bad] * flux[:, bad]).sum(0) / wsum, 1.0)
+        theta[bad] = 0.0
+        theta[bad, 0] = mean_flux
+        s2[bad] = 0.0
+        score[bad] = 0.0
+        lnp[bad] = 0.0
+    return TrainingResult(theta, s2, lnp, score, flags, n_used, n_iter)
+
+
+def _scatter_step(s, g1, g2, noise, excess):
+    """One safeguarded Newton step for s² (vectorised over pixels).
+
+    The step is taken in ``x = ln(s² + <σ²>)``: the profile likelihood behaves like
+    ``−(n/2) ln(σ² + s²) − S/(2(σ² + s²))``, which is close to quadratic in x whether s²
+    is far below the noise variance or far above it. The curvature is the fixed-θ one
+    (θ and s² are nearly orthogonal). Steps are limited to a factor 10 in ``s² + <σ²>``;
+    where the curvature is not negative the move is a factor 3 in the direction of the
+    score; a step that would cross s² = 0 goes a tenth of the way there instead.
+    From s² = 0 (with a positive score) the first move is to the moments estimate
+    ``<r² − σ²>`` when that is positive: the curvature at 0 is a poor guide far away.
+    """
+    q = s + noise
+    d1 = q * g1
+    d2 = d1 + q * q * g2
+    dx = np.where(d2 < 0, -d1 / np.where(d2 < 0, d2, -1.0), np.sign(g1) * np.log(3.0))
+    dx = np.clip(dx, -np.log(10.0), np.log(10.0))
+    new = q * np.exp(dx) - noise
+    new = np.where(new > 0, new, 0.1 * s)
+    return np.where((s == 0) & (excess > 0), excess, new)
+
+
+def _singular(G, term_mask):
+    """Pixels whose (censored) normal matrix is numerically singular."""
+    Gm = G.copy()
+    if term_mask is not None:
+        off = ~term_mask
+        Gm[off[:, :, None] | off[:, None, :]] = 0.0
+        pi, ti = np.nonzero(off)
+        Gm[pi, ti, ti] = 1.0
+    d = np.sqrt(np.einsum("ptt->pt", Gm))
+    ok = np.all(d > 0, axis=1)
+    ev = np.zeros(G.shape[0])
+    if ok.any():
+        Gn = Gm[ok] / (d[ok][:, :, None] * d[ok][:, None, :])
+        ev[ok] = np.linalg.eigvalsh(Gn)[:, 0]
+    return ~ok | (ev < 1e-10)
