@@ -131,9 +131,133 @@ def test_weights(flux, ivar, s2, pixel_ok):  # pragma: no cover - compiled
                     x = iv / (1.0 + iv * s2[j])
                     cnt += 1
             w[i, j] = x
-            y = x * f if x > 0.0 else 0.0
-            wf[i, j] = y
-            acc += y * f
+            if x > 0.0:
+                y = x * f
+                wf[i, j] = y
+                acc += y * f
+            else:
+                wf[i, j] = 0.0
         c[i] = acc
         n_pix[i] = cnt
     return w, wf, c, n_pix, bad
+
+
+@numba.njit(parallel=True, cache=True)
+def prepare_training(flux, ivar):  # pragma: no cover - compiled
+    """Validate (N, P) flux/ivar and return pixel-major clean copies in one pass.
+
+    Returns
+    -------
+    flux_t, ivar_t : (P, N) arrays; flux is 0 where ivar == 0.
+    bad : (3, 2) first (star, pixel) with non-finite ivar, negative ivar, non-finite flux
+        where ivar > 0; (−1, −1) where none.
+    """
+    n, p = flux.shape
+    flux_t = np.empty((p, n))
+    ivar_t = np.empty((p, n))
+    block = 64
+    nb = (p + block - 1) // block
+    badb = np.full((nb, 3, 2), -1, dtype=np.int64)
+    for bidx in numba.prange(nb):
+        p0 = bidx * block
+        p1 = min(p0 + block, p)
+        for i in range(n):
+            for j in range(p0, p1):
+                iv = ivar[i, j]
+                f = flux[i, j]
+                if not np.isfinite(iv):
+                    if badb[bidx, 0, 0] < 0:
+                        badb[bidx, 0, 0] = i
+                        badb[bidx, 0, 1] = j
+                    iv = 0.0
+                elif iv < 0.0:
+                    if badb[bidx, 1, 0] < 0:
+                        badb[bidx, 1, 0] = i
+                        badb[bidx, 1, 1] = j
+                    iv = 0.0
+                elif iv > 0.0 and not np.isfinite(f):
+                    if badb[bidx, 2, 0] < 0:
+                        badb[bidx, 2, 0] = i
+                        badb[bidx, 2, 1] = j
+                    iv = 0.0
+                ivar_t[j, i] = iv
+                flux_t[j, i] = f if iv > 0.0 else 0.0
+    bad = np.full((3, 2), -1, dtype=np.int64)
+    for k in range(3):  # report the lowest star index among blocks
+        for bidx in range(nb):
+            s = badb[bidx, k, 0]
+            if s >= 0 and (bad[k, 0] < 0 or s < bad[k, 0]):
+                bad[k, 0] = s
+                bad[k, 1] = badb[bidx, k, 1]
+    return flux_t, ivar_t, bad
+
+
+@numba.njit(parallel=True, cache=True)
+def solve_packed(packed, b, allowed, rel_tol):  # pragma: no cover - compiled
+    """Solve G θ = b per row, G given packed (upper triangle, row-major t ≤ u).
+
+    Censored terms (``allowed`` False) are fixed at 0. The system is Jacobi-scaled to a
+    unit diagonal and factored by Cholesky; a pivot below ``rel_tol`` marks the row
+    singular (θ = 0, ok = False).
+    """
+    m, t = b.shape
+    theta = np.zeros((m, t))
+    ok = np.ones(m, dtype=np.bool_)
+    for a in numba.prange(m):
+        G = np.zeros((t, t))
+        k = 0
+        for i in range(t):
+            for j in range(i, t):
+                G[i, j] = packed[a, k]
+                G[j, i] = packed[a, k]
+                k += 1
+        rhs = np.zeros(t)
+        d = np.ones(t)
+        for i in range(t):
+            if allowed[a, i]:
+                if G[i, i] > 0.0:
+                    d[i] = 1.0 / np.sqrt(G[i, i])
+                else:
+                    ok[a] = False
+        if not ok[a]:
+            continue
+        for i in range(t):
+            for j in range(t):
+                if allowed[a, i] and allowed[a, j]:
+                    G[i, j] *= d[i] * d[j]
+                elif i == j:
+                    G[i, j] = 1.0
+                else:
+                    G[i, j] = 0.0
+            rhs[i] = b[a, i] * d[i] if allowed[a, i] else 0.0
+        # Cholesky in place (lower)
+        for j in range(t):
+            s = G[j, j]
+            for q in range(j):
+                s -= G[j, q] * G[j, q]
+            if s <= rel_tol:
+                ok[a] = False
+                break
+            G[j, j] = np.sqrt(s)
+            for i in range(j + 1, t):
+                s2 = G[i, j]
+                for q in range(j):
+                    s2 -= G[i, q] * G[j, q]
+                G[i, j] = s2 / G[j, j]
+        if not ok[a]:
+            continue
+        y = np.zeros(t)
+        for i in range(t):
+            s = rhs[i]
+            for q in range(i):
+                s -= G[i, q] * y[q]
+            y[i] = s / G[i, i]
+        x = np.zeros(t)
+        for i in range(t - 1, -1, -1):
+            s = y[i]
+            for q in range(i + 1, t):
+                s -= G[q, i] * x[q]
+            x[i] = s / G[i, i]
+        for i in range(t):
+            theta[a, i] = x[i] * d[i] if allowed[a, i] else 0.0
+    return theta, ok

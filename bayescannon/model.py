@@ -91,6 +91,32 @@ def _unpack_spectra(flux, ivar, ids, wavelength):
     return flux, ivar, ids, wavelength, ds
 
 
+def _validated_pixel_major(flux, ivar, ids, wavelength):
+    """Validate training flux/ivar; return clean pixel-major (P, N) copies."""
+    from ._kernels import prepare_training
+
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    if flux.ndim != 2:
+        raise ShapeMismatchError(f"flux must be 2-D (stars, pixels); got shape {flux.shape}")
+    if flux.shape != ivar.shape:
+        raise ShapeMismatchError(f"flux has shape {flux.shape} but ivar has shape {ivar.shape}")
+    flux_t, ivar_t, bad = prepare_training(np.ascontiguousarray(flux), np.ascontiguousarray(ivar))
+    kinds = [
+        (NonFiniteError, "ivar is not finite"),
+        (NegativeIvarError, "ivar is negative (use 0 for pixels without information)"),
+        (NonFiniteError, "flux is not finite where ivar > 0 (set ivar = 0 to mask it)"),
+    ]
+    for k, (exc, what) in enumerate(kinds):
+        i, j = int(bad[k, 0]), int(bad[k, 1])
+        if i >= 0:
+            where = f"star {i}" + ("" if ids is None else f" (id {np.asarray(ids)[i]})") + f", pixel {j}"
+            if wavelength is not None:
+                where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
+            raise exc(f"{what} at {where}")
+    return flux_t, ivar_t
+
+
 class CannonModel:
     """The Cannon: a per-pixel polynomial model of normalised flux in the labels.
 
@@ -264,8 +290,8 @@ class CannonModel:
                 raise InvalidInputError("labels are required")
             labels = ds
         PolynomialVectorizer(self.label_names, self.order)  # validates names and order
-        flux, ivar = check_flux_ivar(flux, ivar, ids=ids, wavelength=wavelength)
-        n, p = flux.shape
+        flux_t, ivar_t = _validated_pixel_major(flux, ivar, ids, wavelength)
+        p, n = flux_t.shape
         y = _as_label_array(labels, self.label_names, n)
         if wavelength is not None:
             wavelength = np.asarray(wavelength, dtype=np.float64)
@@ -283,7 +309,7 @@ class CannonModel:
             )
         if self.regularization < 0 or not np.isfinite(self.regularization):
             raise InvalidInputError(f"regularization must be finite and >= 0; got {self.regularization}")
-        no_pix = ~(ivar > 0).any(axis=1)
+        no_pix = ~(ivar_t > 0).any(axis=0)
         if no_pix.any():
             i = int(np.flatnonzero(no_pix)[0])
             who = f"star {i}" + ("" if ids is None else f" (id {ids[i]})")
@@ -299,16 +325,17 @@ class CannonModel:
         if label_errors is not None:
             from .errorsinvariables import fit_latent_labels  # Bayesian layer (issue 3)
 
-            result = fit_latent_labels(self, flux, ivar, x, label_errors, term_mask=term_mask, **kwargs)
+            result = fit_latent_labels(self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, **kwargs)
         else:
             if kwargs:
                 raise InvalidInputError(f"unexpected keyword arguments {sorted(kwargs)}")
             result = fit_pixels(
-                flux,
-                ivar,
+                flux_t,
+                ivar_t,
                 design,
                 term_mask=None if censor_mask.all() else term_mask,
                 regularization=float(self.regularization),
+                pixel_major=True,
                 progressbar=progressbar,
             )
         self.theta_ = result.theta
@@ -327,7 +354,7 @@ class CannonModel:
         m = min(self.n_candidates, n)
         pick = rng.choice(n, size=m, replace=False)
         self.start_candidates_ = np.vstack([np.zeros((1, len(self.label_names))), x[pick]])
-        self.training_hash_ = self._hash(flux, ivar, y, censor_mask)
+        self.training_hash_ = self._hash(flux_t, ivar_t, y, censor_mask)
         self.training_labels_scaled_ = x
         logger.info(
             "trained %s on %d stars x %d pixels (%d pixels flagged)",
@@ -339,8 +366,8 @@ class CannonModel:
         return self
 
     def _hash(self, flux, ivar, labels, censor_mask) -> str:
-        """SHA-256 of the training data, labels, model settings and censors."""
-        h = hashlib.sha256()
+        """BLAKE2b-256 hash of the training data, labels, model settings and censors."""
+        h = hashlib.blake2b(digest_size=32)
         for arr in (flux, ivar, labels):
             a = np.ascontiguousarray(arr, dtype=np.float64)
             h.update(str(a.shape).encode())

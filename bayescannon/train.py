@@ -64,10 +64,10 @@ def _products(design):
 def _unpack(packed, t):
     """(P, T(T+1)/2) → symmetric (P, T, T)."""
     iu, ju = _pair_index(t)
-    out = np.empty(packed.shape[:-1] + (t, t), dtype=packed.dtype)
-    out[..., iu, ju] = packed
-    out[..., ju, iu] = packed
-    return out
+    where = np.empty((t, t), dtype=np.int64)
+    where[iu, ju] = np.arange(iu.size)
+    where[ju, iu] = np.arange(iu.size)
+    return np.take(packed, where.ravel(), axis=-1).reshape(packed.shape[:-1] + (t, t))
 
 
 def normal_equations(flux, w, design, vv=None):
@@ -168,13 +168,14 @@ def fit_pixels(
     regularization: float = 0.0,
     tol: float = 1e-10,
     max_iter: int = 100,
+    pixel_major: bool = False,
     progressbar: bool = False,
 ) -> TrainingResult:
     """Maximum-likelihood θ and s² for every pixel.
 
     Parameters
     ----------
-    flux, ivar : ndarray, shape (N, P)
+    flux, ivar : ndarray, shape (N, P) (or (P, N) with ``pixel_major=True``)
         Validated training fluxes (0 where ivar = 0) and inverse variances.
     design : ndarray, shape (N, T)
         Design matrix v(ℓ_n) of the scaled training labels.
@@ -187,6 +188,8 @@ def fit_pixels(
         Convergence tolerance on ``|∂ ln p/∂ ln s²|`` per star.
     max_iter : int
         Maximum number of block-coordinate iterations.
+    pixel_major : bool
+        ``flux`` and ``ivar`` are given transposed, (P, N), C-contiguous (saves a copy).
     progressbar : bool
         Show a tqdm progress bar over iterations.
 
@@ -194,45 +197,32 @@ def fit_pixels(
     -------
     TrainingResult
     """
-    from ._kernels import log_likelihood_terms, score_terms, weights
+    from ._kernels import log_likelihood_terms, score_terms, solve_packed, weights
 
-    n, p = flux.shape
+    if pixel_major:
+        flux_t = np.ascontiguousarray(flux, dtype=np.float64)
+        ivar_t = np.ascontiguousarray(ivar, dtype=np.float64)
+    else:
+        flux_t = np.ascontiguousarray(np.asarray(flux, dtype=np.float64).T)
+        ivar_t = np.ascontiguousarray(np.asarray(ivar, dtype=np.float64).T)
+    p, n = flux_t.shape
+    design = np.ascontiguousarray(design, dtype=np.float64)
     t = design.shape[1]
-    used = ivar > 0
-    n_used = used.sum(axis=0)
-    n_terms_px = np.full(p, t) if term_mask is None else term_mask.sum(axis=1)
+    n_used = np.count_nonzero(ivar_t > 0, axis=1)
+    allowed = np.ones((p, t), dtype=bool) if term_mask is None else np.asarray(term_mask, dtype=bool)
+    n_terms_px = allowed.sum(axis=1)
     flags = np.zeros(p, dtype=np.int64)
     few = n_used < n_terms_px + 1
     flags[few] |= PixelFlag.FEW_STARS
 
-    design = np.ascontiguousarray(design, dtype=np.float64)
     vv = _products(design)
-    flux_t = np.ascontiguousarray(flux.T)
-    ivar_t = np.ascontiguousarray(ivar.T)
     s2 = np.zeros(p)
-    all_idx = np.arange(p)
-    w0, wf0 = weights(ivar_t, flux_t, s2, all_idx)
-    G = _unpack(w0 @ vv, t)
-    b = wf0 @ design
-    del w0, wf0
-    singular = _singular(G, term_mask) & ~few
-    flags[singular] |= PixelFlag.SINGULAR
-    bad = few | singular
-    if bad.any():
-        logger.warning(
-            "%d of %d pixels have too little information (fewer usable stars than terms + 1, "
-            "or a singular design): they get a neutral model and a flag",
-            int(bad.sum()),
-            p,
-        )
     theta = np.zeros((p, t))
     score = np.zeros(p)
-    lnp = np.zeros(p)
     lam = 0.5 * regularization
-    tm_all = term_mask
-
-    active = np.flatnonzero(~bad)
     converged = np.zeros(p, dtype=bool)
+    bad = few.copy()
+    active = np.flatnonzero(~few)
     iterator = range(max_iter + 1)
     if progressbar:
         from tqdm.auto import tqdm
@@ -242,18 +232,22 @@ def fit_pixels(
     for it in iterator:
         if active.size == 0:
             break
-        if it > 0:
-            w, wf = weights(ivar_t, flux_t, s2, active)
-            Ga = _unpack(w @ vv, t)
-            ba = wf @ design
-            del w, wf
-        else:
-            Ga, ba = G[active], b[active]
-        tm = None if tm_all is None else tm_all[active]
-        th = _solve_masked(Ga, ba, tm)
+        w, wf = weights(ivar_t, flux_t, s2, active)
+        packed = w @ vv
+        ba = wf @ design
+        del w, wf
+        th, ok = solve_packed(packed, ba, allowed[active], 1e-10)
+        if it == 0 and not ok.all():
+            # singular designs are found at s² = 0 (the rank does not depend on s²)
+            sing = active[~ok]
+            flags[sing] |= PixelFlag.SINGULAR
+            bad[sing] = True
+            active, th, packed, ba = active[ok], th[ok], packed[ok], ba[ok]
+            if active.size == 0:
+                break
         if regularization > 0:
             start = th if it == 0 else theta[active]
-            th = _lasso(Ga, ba, start, lam, tm)
+            th = _lasso(_unpack(packed, t), ba, start, lam, allowed[active])
         theta[active] = th
         g1, g2, excess, noise = score_terms(ivar_t, flux_t, th @ design.T, s2, active)
         score[active] = g1
@@ -271,6 +265,13 @@ def fit_pixels(
         s2[active[keep]] = s_new[keep]
         active = active[keep]
     n_iter = it
+    if bad.any():
+        logger.warning(
+            "%d of %d pixels have too little information (fewer usable stars than terms + 1, "
+            "or a singular design): they get a neutral model and a flag",
+            int(bad.sum()),
+            p,
+        )
     lnp = log_likelihood_terms(ivar_t, flux_t, theta @ design.T, s2)
     notconv = ~converged & ~bad
     if notconv.any():
@@ -280,9 +281,10 @@ def fit_pixels(
         lnp -= lam * np.abs(theta[:, 1:]).sum(axis=1)
     # neutral model for pixels without enough information
     if bad.any():
-        wsum = ivar[:, bad].sum(axis=0)
+        ivb, fb = ivar_t[bad], flux_t[bad]
+        wsum = ivb.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_flux = np.where(wsum > 0, (ivar[:, bad] * flux[:, bad]).sum(0) / wsum, 1.0)
+            mean_flux = np.where(wsum > 0, (ivb * fb).sum(axis=1) / np.where(wsum > 0, wsum, 1.0), 1.0)
         theta[bad] = 0.0
         theta[bad, 0] = mean_flux
         s2[bad] = 0.0
@@ -311,20 +313,3 @@ def _scatter_step(s, g1, g2, noise, excess):
     new = q * np.exp(dx) - noise
     new = np.where(new > 0, new, 0.1 * s)
     return np.where((s == 0) & (excess > 0), excess, new)
-
-
-def _singular(G, term_mask):
-    """Pixels whose (censored) normal matrix is numerically singular."""
-    Gm = G.copy()
-    if term_mask is not None:
-        off = ~term_mask
-        Gm[off[:, :, None] | off[:, None, :]] = 0.0
-        pi, ti = np.nonzero(off)
-        Gm[pi, ti, ti] = 1.0
-    d = np.sqrt(np.einsum("ptt->pt", Gm))
-    ok = np.all(d > 0, axis=1)
-    ev = np.zeros(G.shape[0])
-    if ok.any():
-        Gn = Gm[ok] / (d[ok][:, :, None] * d[ok][:, None, :])
-        ev[ok] = np.linalg.eigvalsh(Gn)[:, 0]
-    return ~ok | (ev < 1e-10)

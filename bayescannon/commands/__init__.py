@@ -1,0 +1,1 @@
+"""Sub-commands of the ``bayescannon`` CLI, one module each (discovered by ``cli``)."""

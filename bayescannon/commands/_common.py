@@ -1,0 +1,50 @@
+"""Shared helpers of CLI commands: reading spectra + labels, joining by id."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidInputError, LabelError
+
+
+def load_spectra(path):
+    from ..io import read_spectra
+
+    return read_spectra(path)
+
+
+def join_labels(ds, labels_path, label_names, id_column):
+    """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``."""
+    from ..io import read_labels
+
+    table = read_labels(labels_path, id_column=id_column)
+    if id_column not in table.colnames:
+        raise LabelError(f"label table {labels_path} has no id column {id_column!r}; columns: {table.colnames}")
+    missing = [n for n in label_names if n not in table.colnames]
+    if missing:
+        raise LabelError(f"label table {labels_path} has no column(s) {missing}")
+    ids = np.asarray(table[id_column]).astype(str)
+    index = {i: k for k, i in enumerate(ids)}
+    if len(index) != len(ids):
+        raise InvalidInputError(f"label table {labels_path} has duplicated ids in {id_column}")
+    star = np.asarray(ds["star"].values).astype(str)
+    rows = np.array([index.get(s, -1) for s in star])
+    if (rows < 0).any():
+        miss = star[rows < 0]
+        raise LabelError(
+            f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})"
+        )
+    return np.column_stack([np.asarray(table[n], dtype=float)[rows] for n in label_names])
+
+
+def parse_censors(items):
+    """``LABEL:lo-hi,lo-hi`` strings → {label: [(lo, hi), ...]}."""
+    out = {}
+    for item in items or []:
+        try:
+            name, spec = item.split(":", 1)
+            windows = [tuple(float(v) for v in w.split("-", 1)) for w in spec.split(",") if w]
+        except ValueError as exc:
+            raise InvalidInputError(f"cannot parse censor {item!r}; expected LABEL:lo-hi,lo-hi") from exc
+        out[name] = windows
+    return out

@@ -1,0 +1,66 @@
+"""``bayescannon demo``: simulate → train → infer → summary table and one-to-one plot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+NAME = "demo"
+HELP = "run the whole pipeline on a built-in mock survey"
+LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+
+
+def add_arguments(p):
+    p.add_argument("--outdir", default="demo_output", help="folder for the model, catalogue and plot")
+    p.add_argument("--n-train", type=int, default=1500, help="training stars")
+    p.add_argument("--n-test", type=int, default=1000, help="test stars")
+    p.add_argument("--instrument", default="apogee")
+    p.add_argument("--seed", type=int, default=1)
+
+
+def run(args) -> int:
+    from ..catalogue import result_to_table, write_table
+    from ..flags import StarFlag
+    from ..model import CannonModel
+    from ..plots import one_to_one
+    from ..simulate import simulate_survey
+
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train = simulate_survey(args.n_train, instrument=args.instrument, snr=(50.0, 250.0), rng=args.seed)
+    test = simulate_survey(args.n_test, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed + 1000)
+    t1 = time.perf_counter()
+    print(f"simulated {args.n_train} training + {args.n_test} test {args.instrument} spectra "
+          f"({train.sizes['pixel']} pixels) in {t1 - t0:.1f} s")
+    model = CannonModel(LABELS, order=2, random_state=args.seed).fit(train, progressbar=True)
+    t2 = time.perf_counter()
+    print(f"trained on {model.n_training_stars_} stars in {t2 - t1:.1f} s "
+          f"({int((model.pixel_flags_ != 0).sum())} pixels flagged)")
+    model.save(out / "model.nc")
+    result = model.infer(test, progressbar=True)
+    t3 = time.perf_counter()
+    print(f"inferred labels of {args.n_test} stars in {t3 - t2:.2f} s ({args.n_test / (t3 - t2):.0f} stars/s)")
+    table = result_to_table(result)
+    for name in LABELS:
+        table[f"TRUE_{name}"] = test[name].values
+    table["SNR"] = test["snr"].values
+    write_table(table, out / "catalogue.fits")
+    truth = np.column_stack([test[n].values for n in LABELS])
+    inferred = result["labels"].values
+    err = result["errors"].values
+    good = result["flags"].values & (StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED) == 0
+    print()
+    print(f"{'label':>9} {'bias':>10} {'scatter':>10} {'median err':>11} {'1σ coverage':>12}")
+    for k, name in enumerate(LABELS):
+        d = inferred[good, k] - truth[good, k]
+        cover = np.mean(np.abs(d) < err[good, k])
+        print(f"{name:>9} {np.mean(d):>10.4g} {np.std(d):>10.4g} {np.median(err[good, k]):>11.4g} {cover:>12.2f}")
+    print(f"\n{int((~good).sum())} of {len(good)} stars flagged as not converged / no pixels")
+    fig = one_to_one(truth, inferred, LABELS, color=test["snr"].values, color_label="S/N",
+                     units={"TEFF": "K", "LOGG": "dex", "FE_H": "dex", "ALPHA_FE": "dex"})
+    fig.savefig(out / "one_to_one.png", dpi=110, bbox_inches="tight")
+    print(f"wrote {out / 'model.nc'}, {out / 'catalogue.fits'} and {out / 'one_to_one.png'}")
+    return 0

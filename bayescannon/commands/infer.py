@@ -1,0 +1,32 @@
+"""``bayescannon infer``: model + spectra → FITS catalogue."""
+
+from __future__ import annotations
+
+NAME = "infer"
+HELP = "infer labels of spectra with a trained model and write a FITS catalogue"
+
+
+def add_arguments(p):
+    p.add_argument("model", help="model file (.nc or .zarr)")
+    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
+    p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
+    p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
+    p.add_argument("--chunk-size", type=int, default=2000, help="stars per chunk (bounds memory)")
+    p.add_argument("--uncertainty", choices=["formal", "calibrated"], default="formal")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..catalogue import result_to_table, write_table
+    from ..model import CannonModel
+    from ._common import load_spectra
+
+    model = CannonModel.load(args.model)
+    ds = load_spectra(args.spectra)
+    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size,
+                         uncertainty=args.uncertainty, progressbar=not args.no_progress)
+    table = result_to_table(result, meta={"MODELFIL": str(args.model)[-68:]})
+    write_table(table, args.output)
+    nflag = int((table["FLAGS"] != 0).sum())
+    print(f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")
+    return 0

@@ -1,0 +1,49 @@
+"""``bayescannon train``: spectra file + label table → model file."""
+
+from __future__ import annotations
+
+import json
+
+from ._common import join_labels, load_spectra, parse_censors
+
+NAME = "train"
+HELP = "train a Cannon model on spectra with known labels"
+
+
+def add_arguments(p):
+    p.add_argument("spectra", help="training spectra (.nc, .npz or bayescannon FITS)")
+    p.add_argument("labels_table", nargs="?", help="label table (FITS or CSV) with an id column; "
+                   "default: label columns stored in the spectra file")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.nc or .zarr)")
+    p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
+    p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
+    p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
+    p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
+    p.add_argument("--censor", action="append", metavar="LABEL:LO-HI,...",
+                   help="wavelength windows (A) where LABEL may act; repeatable")
+    p.add_argument("--seed", type=int, default=0, help="random seed (start candidates)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..model import CannonModel
+
+    ds = load_spectra(args.spectra)
+    if args.labels_table:
+        labels = join_labels(ds, args.labels_table, args.labels, args.id_column)
+    else:
+        labels = ds
+    model = CannonModel(
+        args.labels,
+        args.order,
+        regularization=args.regularization,
+        censors=parse_censors(args.censor) or None,
+        random_state=args.seed,
+    )
+    model.fit(ds, labels=labels, progressbar=not args.no_progress)
+    model.save(args.output)
+    flagged = int((model.pixel_flags_ != 0).sum())
+    print(json.dumps({"model": str(args.output), "stars": model.n_training_stars_,
+                      "pixels": int(model.theta_.shape[0]), "flagged_pixels": flagged,
+                      "training_hash": model.training_hash_}))
+    return 0
