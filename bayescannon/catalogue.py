@@ -18,7 +18,7 @@ __all__ = ["result_to_table", "write_table", "LABEL_UNITS"]
 
 #: Units of common labels. ``dex`` is written as a plain string (astropy's ``u.dex``
 #: does not survive a FITS round trip).
-LABEL_UNITS = {"TEFF": "K", "LOGG": "log(cm.s**-2)", "VMACRO": "km/s", "VMIC": "km/s", "VSINI": "km/s"}
+LABEL_UNITS = {"TEFF": "K", "VMACRO": "km/s", "VMIC": "km/s", "VSINI": "km/s"}
 
 
 def result_to_table(result, *, id_column: str = "ID", meta=None) -> Table:
@@ -54,12 +54,12 @@ def result_to_table(result, *, id_column: str = "ID", meta=None) -> Table:
     t["N_PIXELS"] = result["n_pixels"].values.astype(np.int32)
     t["CONVERGED"] = result["converged"].values.astype(bool)
     t["FLAGS"] = result["flags"].values.astype(np.int64)
-    t["FLAGS"].description = "StarFlag bitmask (bits in header FLAGBITn)"
+    t["FLAGS"].description = "StarFlag bitmask (bits in header FLAGBTnn)"
     for f in StarFlag:
         t[f"FLAG_{f.name}"] = (t["FLAGS"] & int(f)) != 0
     t.meta["EXTNAME"] = "LABELS"
     for i, (name, doc) in enumerate(flag_doc(StarFlag).items()):
-        t.meta[f"FLAGBIT{i}"] = f"{name}: {doc}"[:68]
+        t.meta[f"FLAGBT{i:02d}"] = f"{name}: {doc}"[:68]
     if "model_training_hash" in result.attrs:
         t.meta["MODELHSH"] = result.attrs["model_training_hash"][:64]
     from . import __version__

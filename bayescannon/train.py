@@ -265,11 +265,15 @@ def fit_pixels(
         s2[active[keep]] = s_new[keep]
         active = active[keep]
     n_iter = it
-    if bad.any():
+    empty = n_used == 0
+    if empty.any():
+        logger.info("%d of %d pixels are masked in every training star: neutral model", int(empty.sum()), p)
+    partial = bad & ~empty
+    if partial.any():
         logger.warning(
             "%d of %d pixels have too little information (fewer usable stars than terms + 1, "
             "or a singular design): they get a neutral model and a flag",
-            int(bad.sum()),
+            int(partial.sum()),
             p,
         )
     lnp = log_likelihood_terms(ivar_t, flux_t, theta @ design.T, s2)

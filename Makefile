@@ -1,0 +1,41 @@
+# bayescannon — set-up, demo, tests and benchmarks.
+# `make demo` and `make test` work on a fresh machine: they create .venv with a
+# Python >= 3.12 (found by scripts/find-python.sh) and install the package into it.
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all bench bench-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@PYBIN=$$(scripts/find-python.sh) && echo "using $$PYBIN" && \
+	  { [ -x $(PY) ] || $$PYBIN -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,homogenise]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/bayescannon demo --outdir demo_output
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	@touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/bench_core.py
+
+bench-quick: $(VENV)/.bench
+	$(PY) benchmarks/bench_core.py --quick
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

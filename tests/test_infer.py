@@ -1,0 +1,133 @@
+"""Batched test step: agreement with per-star least squares, truth recovery, flags."""
+
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from bayescannon import scaling
+from bayescannon.flags import StarFlag
+from bayescannon.likelihood import adjusted_ivar
+
+from conftest import LABELS
+
+
+def test_batched_lm_agrees_with_per_star_least_squares(trained):
+    tr, model = trained
+    y = tr.labels(25)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(20, 60))
+    res = model.infer(flux, ivar)
+    vec = model.vectorizer
+    w = adjusted_ivar(ivar, model.s2_[None, :])
+    for i in range(len(y)):
+        sw = np.sqrt(w[i])
+
+        def resid(x):
+            return sw * (flux[i] - model.theta_ @ vec(x))
+
+        def jac(x):
+            return -sw[:, None] * (model.theta_ @ vec.jacobian(x))
+
+        x0 = scaling.scale(res["labels"].values[i], model.label_offset_, model.label_scale_)
+        # start the reference from a perturbed point; it must come back to our optimum
+        ref = least_squares(resid, x0 + 0.05, jac=jac, method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        np.testing.assert_allclose(ref.x, x0, atol=3e-7)
+        np.testing.assert_allclose(2 * ref.cost, res["chi2"].values[i], rtol=1e-9)
+
+
+def test_labels_recovered_with_calibrated_formal_errors(trained):
+    tr, model = trained
+    y = tr.labels(800)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(20, 100))
+    res = model.infer(flux, ivar)
+    assert res["converged"].values.all()
+    z = (res["labels"].values - y) / res["errors"].values
+    n = len(y)
+    # with the model known up to its training noise, pulls are ~N(0, 1); training-set
+    # noise in θ adds a little variance, bounded by the ratio of test to training noise
+    assert np.all(np.abs(z.mean(0)) < 4 / np.sqrt(n) + 0.1)
+    assert np.all(np.abs(z.std(0) - 1) < 4 / np.sqrt(2 * n) + 0.1)
+    rchi2 = res["reduced_chi2"].values
+    assert abs(np.median(rchi2) - 1) < 4 * np.sqrt(2 / model.theta_.shape[0])
+
+
+def test_covariance_is_inverse_of_half_the_chi2_hessian(trained):
+    tr, model = trained
+    y = tr.labels(3)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(100, 100.0001))
+    res = model.infer(flux, ivar)
+    vec = model.vectorizer
+    w = adjusted_ivar(ivar, model.s2_[None, :])
+    for i in range(3):
+        x0 = scaling.scale(res["labels"].values[i], model.label_offset_, model.label_scale_)
+        J = -(model.theta_ @ vec.jacobian(x0)) * np.sqrt(w[i])[:, None]
+        fisher = J.T @ J
+        cov_scaled = np.linalg.inv(fisher)
+        want = cov_scaled * np.outer(model.label_scale_, model.label_scale_)
+        np.testing.assert_allclose(res["covariance"].values[i], want, rtol=1e-6)
+
+
+def test_inputs_are_not_modified_and_chunks_do_not_matter(trained):
+    tr, model = trained
+    y = tr.labels(30)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_)
+    flux[3, 5] = np.nan
+    ivar[3, 5] = 0.0
+    f0, i0 = flux.copy(), ivar.copy()
+    a = model.infer(flux, ivar, chunk_size=7)
+    b = model.infer(flux, ivar, chunk_size=1000)
+    np.testing.assert_array_equal(flux[~np.isnan(f0)], f0[~np.isnan(f0)])
+    assert np.isnan(flux[3, 5])
+    np.testing.assert_array_equal(ivar, i0)
+    # chunking changes BLAS blocking (rounding) only: agreement far inside the convergence
+    # tolerance (χ² decrement < 1e-9 ⇒ |Δlabel| ≲ 1e-4 σ)
+    diff = np.abs(a["labels"].values - b["labels"].values) / a["errors"].values
+    assert diff.max() < 1e-4
+    assert a["n_pixels"].values[3] == model.theta_.shape[0] - 1
+
+
+def test_star_without_pixels_is_flagged_not_silent(trained, caplog):
+    tr, model = trained
+    y = tr.labels(4)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_)
+    ivar[1] = 0.0
+    res = model.infer(flux, ivar, ids=["a", "b", "c", "d"])
+    assert res["flags"].sel(star="b").item() & StarFlag.NO_PIXELS
+    assert np.isnan(res["labels"].sel(star="b")).all()
+    assert not res["converged"].sel(star="b").item()
+    assert np.isfinite(res["labels"].sel(star=["a", "c", "d"])).all()
+    assert "no usable pixel" in caplog.text
+
+
+def test_far_outside_training_set_is_flagged(trained):
+    tr, model = trained
+    y = tr.labels(2)
+    y[0, 0] = model.label_max_[0] + 0.4 * (model.label_max_[0] - model.label_min_[0])
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(200, 201))
+    res = model.infer(flux, ivar)
+    assert res["flags"].values[0] & StarFlag.EXTRAPOLATED
+    assert not res["flags"].values[1] & StarFlag.EXTRAPOLATED
+    y[0, 0] = model.label_max_[0] + 2.0 * (model.label_max_[0] - model.label_min_[0])
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(200, 201))
+    res = model.infer(flux, ivar)
+    assert res["flags"].values[0] & StarFlag.AT_BOUND
+
+
+def test_predict_and_residuals(trained):
+    tr, model = trained
+    y = tr.labels(5)
+    pred = model.predict(y)
+    x = scaling.scale(y, model.label_offset_, model.label_scale_)
+    np.testing.assert_allclose(pred, model.vectorizer(x) @ model.theta_.T)
+    np.testing.assert_allclose(model.predict(y[0]), pred[0])
+    np.testing.assert_allclose(model.residuals(pred + 1.0, y), 1.0)
+    as_dict = model.predict({name: y[:, k] for k, name in enumerate(LABELS)})
+    np.testing.assert_allclose(as_dict, pred)
+
+
+def test_more_starts_never_worse(trained):
+    tr, model = trained
+    y = tr.labels(50)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(10, 30))
+    one = model.infer(flux, ivar, n_starts=1)
+    many = model.infer(flux, ivar, n_starts=8)
+    assert np.all(many["chi2"].values <= one["chi2"].values + 1e-6)
