@@ -261,3 +261,178 @@ def solve_packed(packed, b, allowed, rel_tol):  # pragma: no cover - compiled
         for i in range(t):
             theta[a, i] = x[i] * d[i] if allowed[a, i] else 0.0
     return theta, ok
+
+
+@numba.njit(cache=True, inline="always")
+def _design(x, parent, last, v, J):  # pragma: no cover - compiled
+    """v(x) and its Jacobian from the vectorizer's term recursion (term = parent·x[last])."""
+    t_n = v.shape[0]
+    k_n = x.shape[0]
+    v[0] = 1.0
+    for k in range(k_n):
+        J[0, k] = 0.0
+    for t in range(1, t_n):
+        pa = parent[t]
+        j = last[t]
+        v[t] = v[pa] * x[j]
+        for k in range(k_n):
+            J[t, k] = J[pa, k] * x[j]
+        J[t, j] += v[pa]
+
+
+@numba.njit(cache=True, inline="always")
+def _chi2_and_grad(A, b, c, v, J, Av, g, H, AJ):  # pragma: no cover - compiled
+    t_n, k_n = J.shape
+    chi2 = c
+    for t in range(t_n):
+        s = 0.0
+        for u in range(t_n):
+            s += A[t, u] * v[u]
+        Av[t] = s
+        chi2 += v[t] * (s - 2.0 * b[t])
+    for k in range(k_n):
+        s = 0.0
+        for t in range(t_n):
+            s += J[t, k] * (Av[t] - b[t])
+        g[k] = s
+    for t in range(t_n):
+        for k in range(k_n):
+            s = 0.0
+            for u in range(t_n):
+                s += A[t, u] * J[u, k]
+            AJ[t, k] = s
+    for i in range(k_n):
+        for k in range(i, k_n):
+            s = 0.0
+            for t in range(t_n):
+                s += J[t, i] * AJ[t, k]
+            H[i, k] = s
+            H[k, i] = s
+    return chi2
+
+
+@numba.njit(cache=True, inline="always")
+def _chi2_only(A, b, c, v):  # pragma: no cover - compiled
+    t_n = v.shape[0]
+    chi2 = c
+    for t in range(t_n):
+        s = 0.0
+        for u in range(t_n):
+            s += A[t, u] * v[u]
+        chi2 += v[t] * (s - 2.0 * b[t])
+    return chi2
+
+
+@numba.njit(cache=True, inline="always")
+def _damped_solve(H, lam, g, step, M):  # pragma: no cover - compiled
+    """step = −(H + λ diag H)⁻¹ g by Cholesky; returns False if not positive definite."""
+    k_n = g.shape[0]
+    for i in range(k_n):
+        for k in range(k_n):
+            M[i, k] = H[i, k]
+        M[i, i] += lam * max(H[i, i], 1e-300)
+    for j in range(k_n):
+        s = M[j, j]
+        for q in range(j):
+            s -= M[j, q] * M[j, q]
+        if not (s > 0.0):
+            return False
+        M[j, j] = np.sqrt(s)
+        for i in range(j + 1, k_n):
+            s2 = M[i, j]
+            for q in range(j):
+                s2 -= M[i, q] * M[j, q]
+            M[i, j] = s2 / M[j, j]
+    for i in range(k_n):
+        s = -g[i]
+        for q in range(i):
+            s -= M[i, q] * step[q]
+        step[i] = s / M[i, i]
+    for i in range(k_n - 1, -1, -1):
+        s = step[i]
+        for q in range(i + 1, k_n):
+            s -= M[q, i] * step[q]
+        step[i] = s / M[i, i]
+    return True
+
+
+@numba.njit(parallel=True, cache=True)
+def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_tol):  # pragma: no cover
+    """Levenberg–Marquardt on χ²(x) = vᵀAv − 2bᵀv + c for every star and start.
+
+    Gradient ``Jᵀ(Av − b)`` and Gauss–Newton matrix ``JᵀAJ`` (the ones a least-squares
+    solver on the pixel residuals would use); steps are projected onto [lo, hi].
+    Convergence: an accepted step lowers χ² by less than ``chi2_tol``, or a rejected step
+    whose Gauss–Newton decrement ``−g·step`` is below it; the damping hitting 1e12 means
+    no further progress is possible (converged only if the decrement is tiny).
+
+    Returns x (N, S, K), chi2 (N, S), converged (N, S), iterations (N, S).
+    """
+    n, s_n, k_n = starts.shape
+    t_n = parent.shape[0]
+    x_out = np.empty((n, s_n, k_n))
+    chi2_out = np.empty((n, s_n))
+    done_out = np.zeros((n, s_n), dtype=np.bool_)
+    it_out = np.zeros((n, s_n), dtype=np.int64)
+    for idx in numba.prange(n * s_n):
+        i = idx // s_n
+        si = idx % s_n
+        Ai = A[i]
+        bi = b[i]
+        ci = c[i]
+        x = np.empty(k_n)
+        xn = np.empty(k_n)
+        for k in range(k_n):
+            x[k] = min(max(starts[i, si, k], lo[k]), hi[k])
+        v = np.empty(t_n)
+        J = np.empty((t_n, k_n))
+        vn = np.empty(t_n)
+        Jn = np.empty((t_n, k_n))
+        Av = np.empty(t_n)
+        g = np.empty(k_n)
+        H = np.empty((k_n, k_n))
+        AJ = np.empty((t_n, k_n))
+        M = np.empty((k_n, k_n))
+        step = np.empty(k_n)
+        _design(x, parent, last, v, J)
+        chi2 = _chi2_and_grad(Ai, bi, ci, v, J, Av, g, H, AJ)
+        lam = 1e-3
+        done = False
+        it = 0
+        while it < max_iter and not done:
+            it += 1
+            ok = _damped_solve(H, lam, g, step, M)
+            if not ok:
+                lam *= 10.0
+                if lam > 1e12:
+                    break
+                continue
+            for k in range(k_n):
+                xn[k] = min(max(x[k] + step[k], lo[k]), hi[k])
+            _design(xn, parent, last, vn, Jn)
+            chi2n = _chi2_only(Ai, bi, ci, vn)
+            decrement = 0.0
+            for k in range(k_n):
+                decrement -= g[k] * step[k]
+            if chi2n < chi2:
+                decrease = chi2 - chi2n
+                for k in range(k_n):
+                    x[k] = xn[k]
+                _design(x, parent, last, v, J)
+                chi2 = _chi2_and_grad(Ai, bi, ci, v, J, Av, g, H, AJ)
+                lam = max(lam / 10.0, 1e-12)
+                if decrease < chi2_tol:
+                    done = True
+            else:
+                lam *= 10.0
+                if decrement < chi2_tol:
+                    done = True
+                elif lam > 1e12:
+                    done = decrement < 1e3 * chi2_tol
+                    break
+        for k in range(k_n):
+            x_out[i, si, k] = x[k]
+        chi2_out[i, si] = chi2
+        done_out[i, si] = done
+        it_out[i, si] = it
+    return x_out, chi2_out, done_out, it_out

@@ -133,56 +133,28 @@ def fit_labels(
     -------
     LabelFit
         The start with the lowest χ² for each star.
+
+    Notes
+    -----
+    The iterations run in a compiled kernel (:func:`bayescannon._kernels.levenberg_marquardt`)
+    parallel over stars × starts; v and its Jacobian come from the vectorizer's own term
+    recursion (``vectorizer.parent``, ``vectorizer.last``).
     """
+    from ._kernels import levenberg_marquardt
+
     n, s, k = starts.shape
-    m = n * s
-    star = np.repeat(np.arange(n), s)
-    Ai, bi, ci = A[star], b[star], c[star]
-    x = np.array(starts, dtype=np.float64).reshape(m, k)
-    if bounds is not None:
-        lo, hi = bounds[:, 0], bounds[:, 1]
-        x = np.clip(x, lo, hi)
-    v = vectorizer(x)
-    chi2 = _chi2(Ai, bi, ci, v)
-    lam = np.full(m, 1e-3)
-    done = np.zeros(m, dtype=bool)
-    iters = np.zeros(m, dtype=np.int64)
-    eye = np.eye(k)
-    act = np.arange(m)
-    for _ in range(max_iter):
-        if act.size == 0:
-            break
-        xa, va, Aa = x[act], v[act], Ai[act]
-        J = vectorizer.jacobian(xa, va)  # (a, T, K)
-        r = (Aa @ va[..., None])[..., 0] - bi[act]  # ½ ∂χ²/∂v
-        g = (r[:, None, :] @ J)[:, 0, :]  # ½ ∇χ²
-        H = np.swapaxes(J, 1, 2) @ (Aa @ J)  # JᵀAJ
-        diag = np.einsum("akk->ak", H)
-        la = lam[act]
-        damp = H + (la[:, None] * np.maximum(diag, 1e-300))[:, :, None] * eye
-        step = -_solve(damp, g)
-        xn = xa + step
-        if bounds is not None:
-            xn = np.clip(xn, lo, hi)
-        vn = vectorizer(xn)
-        chi2n = _chi2(Aa, bi[act], ci[act], vn)
-        better = chi2n < chi2[act]
-        decrease = np.where(better, chi2[act] - chi2n, 0.0)
-        # Gauss–Newton decrement at the current point (undamped when λ is tiny)
-        decrement = -np.einsum("ak,ak->a", g, step)
-        upd = act[better]
-        x[upd], v[upd], chi2[upd] = xn[better], vn[better], chi2n[better]
-        lam[act] = np.where(better, np.maximum(la / 10.0, 1e-12), la * 10.0)
-        iters[act] += 1
-        fin = (better & (decrease < chi2_tol)) | (~better & (decrement < chi2_tol)) | (lam[act] > 1e12)
-        fin |= ~np.isfinite(chi2n) & (lam[act] > 1e12)
-        done[act[fin]] = ~(lam[act][fin] > 1e12) | (decrement[fin] < 1e3 * chi2_tol)
-        act = act[~fin]
-    chi2 = chi2.reshape(n, s)
+    if bounds is None:
+        lo, hi = np.full(k, -np.inf), np.full(k, np.inf)
+    else:
+        lo, hi = np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+    x, chi2, done, iters = levenberg_marquardt(
+        np.ascontiguousarray(A), np.ascontiguousarray(b), np.ascontiguousarray(c),
+        np.ascontiguousarray(starts, dtype=np.float64), vectorizer.parent, vectorizer.last,
+        lo, hi, int(max_iter), float(chi2_tol),
+    )
     best = np.argmin(np.where(np.isfinite(chi2), chi2, np.inf), axis=1)
     rows = np.arange(n)
-    flat = rows * s + best
-    xb = x[flat]
+    xb = x[rows, best]
     Jb = vectorizer.jacobian(xb)
     H = np.swapaxes(Jb, 1, 2) @ (A @ Jb)
     cov = _invert(H)
@@ -190,20 +162,7 @@ def fit_labels(
     if bounds is not None:
         tol = 1e-9 * (hi - lo)
         at_bound = np.any((xb <= lo + tol) | (xb >= hi - tol), axis=1)
-    return LabelFit(xb, cov, chi2[rows, best], done[flat], at_bound, iters[flat], best)
-
-
-def _chi2(A, b, c, v):
-    """χ² = vᵀAv − 2bᵀv + c, one design vector per row."""
-    Av = (A @ v[..., None])[..., 0]
-    return np.einsum("at,at->a", v, Av - 2.0 * b) + c
-
-
-def _solve(M, g):
-    try:
-        return np.linalg.solve(M, g[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return (np.linalg.pinv(M) @ g[..., None])[..., 0]
+    return LabelFit(xb, cov, chi2[rows, best], done[rows, best], at_bound, iters[rows, best], best)
 
 
 def _invert(H):

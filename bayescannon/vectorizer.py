@@ -64,6 +64,17 @@ class PolynomialVectorizer:
                 exps[t, i] += 1
         self.exponents = exps
         self.term_names = [self._name(e) for e in exps]
+        # recursion used by the value, the Jacobian and the compiled test step:
+        # term t = term parent[t] × label last[t]
+        index = {(): 0}
+        parent = np.zeros(len(terms), dtype=np.int64)
+        last = np.zeros(len(terms), dtype=np.int64)
+        for t, term in enumerate(terms[1:], start=1):
+            parent[t] = index[term[:-1]]
+            last[t] = term[-1]
+            index[term] = t
+        self.parent = parent
+        self.last = last
 
     def _name(self, exps) -> str:
         parts = []
@@ -119,11 +130,8 @@ class PolynomialVectorizer:
         out = np.empty(labels.shape[:-1] + (self.n_terms,), dtype=np.float64)
         out[..., 0] = 1.0
         # build each term from a lower-degree one: term = parent * labels[last]
-        index = {(): 0}
-        for t, term in enumerate(self.terms[1:], start=1):
-            parent = index[term[:-1]]
-            np.multiply(out[..., parent], labels[..., term[-1]], out=out[..., t])
-            index[term] = t
+        for t in range(1, self.n_terms):
+            np.multiply(out[..., self.parent[t]], labels[..., self.last[t]], out=out[..., t])
         return out
 
     def jacobian(self, labels, value=None):
@@ -153,11 +161,8 @@ class PolynomialVectorizer:
             )
         v = self._value_numpy(labels) if value is None else value
         out = np.zeros(labels.shape[:-1] + (self.n_terms, k), dtype=np.float64)
-        index = {(): 0}
-        for t, term in enumerate(self.terms[1:], start=1):  # loop over terms only
-            parent = index[term[:-1]]
-            j = term[-1]
+        for t in range(1, self.n_terms):  # loop over terms only
+            parent, j = self.parent[t], self.last[t]
             np.multiply(out[..., parent, :], labels[..., j, None], out=out[..., t, :])
             out[..., t, j] += v[..., parent]
-            index[term] = t
         return out
