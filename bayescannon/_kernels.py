@@ -33,17 +33,19 @@ def weights(ivar_t, flux_t, s2, idx):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def score_terms(ivar_t, flux_t, model_t, s2, idx):  # pragma: no cover - compiled
+def score_terms(ivar_t, flux_t, model_t, design, s2, idx):  # pragma: no cover - compiled
     """Per pixel in ``idx``: score ∂lnp/∂s², curvature ∂²lnp/∂(s²)² at fixed θ, the
-    mean excess squared residual ``<r² − σ²>`` (a moments estimate of s²) and the mean
-    noise variance ``<σ²>``.
+    coupling vector ``q = Σ_n w² r v_n`` (so that the profile curvature is
+    ``g2 + qᵀG⁻¹q``), the mean excess squared residual ``<r² − σ²>`` (a moments
+    estimate of s²) and the mean noise variance ``<σ²>``.
 
     ``model_t`` (len(idx), N) holds θ·v for those pixels; ``s2`` is full length.
     """
     m = idx.shape[0]
-    n = ivar_t.shape[1]
+    n, t = design.shape
     g1 = np.zeros(m)
     g2 = np.zeros(m)
+    q = np.zeros((m, t))
     excess = np.zeros(m)
     noise = np.zeros(m)
     for a in numba.prange(m):
@@ -53,6 +55,7 @@ def score_terms(ivar_t, flux_t, model_t, s2, idx):  # pragma: no cover - compile
         acc2 = 0.0
         acc4 = 0.0
         acc5 = 0.0
+        qa = np.zeros(t)
         cnt = 0
         for j in range(n):
             iv = ivar_t[p, j]
@@ -62,16 +65,21 @@ def score_terms(ivar_t, flux_t, model_t, s2, idx):  # pragma: no cover - compile
                 wr2 = w * r * r
                 acc1 += w * (wr2 - 1.0)
                 acc2 += w * w * (0.5 - wr2)
+                w2r = w * w * r
+                for k in range(t):
+                    qa[k] += w2r * design[j, k]
                 var = 1.0 / iv
                 acc4 += r * r - var
                 acc5 += var
                 cnt += 1
         g1[a] = 0.5 * acc1
         g2[a] = acc2
+        for k in range(t):
+            q[a, k] = qa[k]
         c = max(cnt, 1)
         excess[a] = acc4 / c
         noise[a] = acc5 / c
-    return g1, g2, excess, noise
+    return g1, g2, q, excess, noise
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)

@@ -249,7 +249,10 @@ def fit_pixels(
             start = th if it == 0 else theta[active]
             th = _lasso(_unpack(packed, t), ba, start, lam, allowed[active])
         theta[active] = th
-        g1, g2, excess, noise = score_terms(ivar_t, flux_t, th @ design.T, s2, active)
+        g1, g2, q, excess, noise = score_terms(ivar_t, flux_t, th @ design.T, design, s2, active)
+        # exact curvature of the profile likelihood: d/ds² g1(θ(s²), s²) = g2 + qᵀG⁻¹q
+        ginv_q, _ = solve_packed(packed, q, allowed[active], 1e-10)
+        g2 = g2 + np.einsum("at,at->a", q, ginv_q)
         score[active] = g1
         s = s2[active]
         ng = np.maximum(n_used[active], 1)
@@ -302,8 +305,8 @@ def _scatter_step(s, g1, g2, noise, excess):
 
     The step is taken in ``x = ln(s² + <σ²>)``: the profile likelihood behaves like
     ``−(n/2) ln(σ² + s²) − S/(2(σ² + s²))``, which is close to quadratic in x whether s²
-    is far below the noise variance or far above it. The curvature is the fixed-θ one
-    (θ and s² are nearly orthogonal). Steps are limited to a factor 10 in ``s² + <σ²>``;
+    is far below the noise variance or far above it. ``g2`` is the exact curvature of the
+    profile likelihood in s² (fixed-θ curvature plus the θ–s² coupling term). Steps are limited to a factor 10 in ``s² + <σ²>``;
     where the curvature is not negative the move is a factor 3 in the direction of the
     score; a step that would cross s² = 0 goes a tenth of the way there instead.
     From s² = 0 (with a positive score) the first move is to the moments estimate
