@@ -13,6 +13,8 @@ def add_arguments(p):
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
     p.add_argument("--chunk-size", type=int, default=2000, help="stars per chunk (bounds memory)")
     p.add_argument("--uncertainty", choices=["formal", "calibrated"], default="formal")
+    p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them "
+                   "(for long runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -23,8 +25,14 @@ def run(args) -> int:
 
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
-    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size,
-                         uncertainty=args.uncertainty, progressbar=not args.no_progress)
+    kwargs = dict(n_starts=args.n_starts, uncertainty=args.uncertainty)
+    if args.work_dir:
+        from ..batch import infer_chunked
+
+        result = infer_chunked(model, ds, args.work_dir, chunk_size=args.chunk_size,
+                               progressbar=not args.no_progress, **kwargs)
+    else:
+        result = model.infer(ds, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)
     table = result_to_table(result, meta={"MODELFIL": str(args.model)[-68:]})
     write_table(table, args.output)
     nflag = int((table["FLAGS"] != 0).sum())
