@@ -1,0 +1,76 @@
+"""``bayescannon transfer``: survey-Y spectra + survey-X labels → labels on X's scale."""
+
+from __future__ import annotations
+
+import logging
+
+NAME = "transfer"
+HELP = "transfer labels from one survey to another's spectra (Ho+2017 pipeline, TOML-configured)"
+DESCRIPTION = (
+    "Run the label-transfer pipeline of a TOML configuration: read -> preprocess -> crossmatch -> "
+    "cuts -> cleanup -> train -> validate -> infer -> catalogue (-> evaluate). Each step saves its "
+    "output under the configured output folder and can be run alone (--step) or re-run from its saved "
+    "inputs (--from). See docs/transfer.md and examples/transfer.toml."
+)
+
+
+def add_arguments(p):
+    from ..transfer import STEPS
+
+    p.add_argument("config", help="TOML configuration (paths in it are relative to it)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--step", choices=STEPS, help="run only this step (from the saved output of the ones before)")
+    group.add_argument("--from", dest="start", choices=STEPS, help="run this step and every step after it")
+    p.add_argument("--list-steps", action="store_true", help="print the steps and whether they have saved output")
+    p.add_argument("--no-log-file", action="store_true", help="do not write <output>/transfer.log")
+
+
+def run(args) -> int:
+    from ..transfer import TransferPipeline
+
+    pipe = TransferPipeline(args.config)
+    if args.list_steps:
+        for step in pipe.steps_to_run():
+            state = "done" if pipe.is_done(step) else "-"
+            print(f"{step:<11} {state:<5} {pipe.step_dir(step)}")
+        return 0
+    handler = None
+    if not args.no_log_file:
+        pipe.output.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(pipe.output / "transfer.log")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("bayescannon")
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+    try:
+        steps = pipe.steps_to_run(start=args.start, only=args.step)
+        for step in steps:
+            summary = pipe.run_step(step)
+            keys = [k for k in summary if k.startswith("n_") and not isinstance(summary[k], dict)]
+            counts = ", ".join(f"{k[2:]}={summary[k]}" for k in keys)
+            print(f"[{step}] {counts} ({summary['seconds']:.1f} s)")
+            if step == "validate" and summary.get("statistics"):
+                for name, s in summary["statistics"].items():
+                    print(f"    cross-validation {name}: bias {s['bias']:.4g}, scatter {s['rms']:.4g}")
+            if step == "catalogue":
+                print(f"    catalogue: {summary['catalogue']}")
+                print(f"    skipped/excluded files and stars (with reasons): {summary['excluded']}")
+                for st, k in summary["n_excluded"].items():
+                    if k:
+                        print(f"    {k} excluded at step {st}")
+            if step == "evaluate":
+                for name, e in summary["statistics"].items():
+                    line = (f"    {name}: transferred - true bias {e['bias']:.4g} (+- {e['se_bias']:.2g}), "
+                            f"scatter {e['scatter']:.4g}")
+                    if e.get("y_scatter") is not None and e["y_scatter"] == e["y_scatter"]:
+                        line += f" | pipeline bias {e['y_bias']:.4g}, scatter {e['y_scatter']:.4g}"
+                    if e.get("offset_mean") is not None and e["offset_mean"] == e["offset_mean"]:
+                        line += f" | simulated offset mean {e['offset_mean']:.4g}"
+                    print(line)
+    finally:
+        if handler is not None:
+            logging.getLogger("bayescannon").removeHandler(handler)
+            handler.close()
+    return 0
