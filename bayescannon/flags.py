@@ -29,6 +29,10 @@ class StarFlag(enum.IntFlag):
     NO_PIXELS = 16  #: no usable pixel: labels are NaN
     SINGULAR_COVARIANCE = 32  #: Fisher matrix singular: errors are NaN
     LARGE_CHI2 = 64  #: reduced χ² above the configured threshold
+    FAR_FROM_TRAINING = 128  #: label distance to the training set above the threshold
+    OUTSIDE_HULL = 256  #: labels outside the convex hull of the training labels
+    LOW_SNR = 512  #: S/N below the configured minimum
+    SURVEY_FLAGGED = 1024  #: the survey pipeline flagged this spectrum
 
 
 _DOC = {
@@ -42,6 +46,10 @@ _DOC = {
     StarFlag.NO_PIXELS: "no usable pixels; labels undefined",
     StarFlag.SINGULAR_COVARIANCE: "singular Fisher matrix; errors undefined",
     StarFlag.LARGE_CHI2: "reduced chi2 above threshold",
+    StarFlag.FAR_FROM_TRAINING: "label distance to training set above threshold",
+    StarFlag.OUTSIDE_HULL: "labels outside convex hull of training labels",
+    StarFlag.LOW_SNR: "S/N below the configured minimum",
+    StarFlag.SURVEY_FLAGGED: "survey pipeline flags set (see SURVEY_FLAGS)",
 }
 
 

@@ -1,0 +1,133 @@
+"""``bayescannon catalogue``: model + spectra → survey catalogue with quality flags and
+a report."""
+
+from __future__ import annotations
+
+
+NAME = "catalogue"
+HELP = "infer labels and write a survey catalogue (FITS) with quality flags, survey labels and a report"
+
+
+def add_arguments(p):
+    p.add_argument("model", help="model file (.nc or .zarr)")
+    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
+    p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits)")
+    p.add_argument("--cv-summary", help="cv_summary.ecsv of `bayescannon validate`: unit of the label distance")
+    p.add_argument("--training-labels", help="table with the training labels (label columns), for the label "
+                   "distance and the convex-hull test when the model file does not hold them")
+    p.add_argument("--training-ids", help="table whose ID column lists the training spectra (IN_TRAINING)")
+    p.add_argument("--distance-threshold", type=float, default=None, help="label distance flag threshold")
+    p.add_argument("--no-hull", action="store_true", help="skip the convex-hull test")
+    p.add_argument("--min-snr", type=float, default=None, help="flag LOW_SNR below this S/N")
+    p.add_argument("--max-reduced-chi2", type=float, default=None, help="flag LARGE_CHI2 above this")
+    p.add_argument("--min-pixels", type=int, default=None, help="flag FEW_PIXELS below this")
+    p.add_argument("--survey-labels", help="the survey's own labels (FITS/CSV) to put beside the transferred ones")
+    p.add_argument("--survey-id-column", default="ID", help="id column of --survey-labels")
+    p.add_argument("--survey-name", default="SURVEY", help="prefix of the survey label columns")
+    p.add_argument("--survey-flags-column", help="variable of the spectra file (or column of --survey-labels) "
+                   "holding the survey pipeline's flags")
+    p.add_argument("--n-starts", type=int, default=None)
+    p.add_argument("--chunk-size", type=int, default=2000)
+    p.add_argument("--report-format", choices=["md", "html"], default="html")
+    p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..catalogue import make_catalogue, write_table
+    from ..errors import InvalidInputError
+    from ..flags import StarFlag
+    from ..io import read_labels
+    from ..model import CannonModel
+    from ..plots import alpha_vs_feh, kiel_diagram
+    from ..quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
+    from ..report import Report
+    from ._common import load_spectra
+
+    model = CannonModel.load(args.model)
+    ds = load_spectra(args.spectra)
+    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size, progressbar=not args.no_progress)
+    names = list(model.label_names)
+    training = None
+    if args.training_labels:
+        tt = read_labels(args.training_labels)
+        missing = [n for n in names if n not in tt.colnames]
+        if missing:
+            raise InvalidInputError(f"{args.training_labels} lacks label column(s) {missing}")
+        training = np.column_stack([np.asarray(tt[n], dtype=float) for n in names])
+    elif getattr(model, "training_labels_scaled_", None) is not None:
+        training = model.training_labels_scaled_ * model.label_scale_ + model.label_offset_
+    scatter = None
+    if args.cv_summary:
+        cvs = read_labels(args.cv_summary)
+        rows = {str(r["LABEL"]): float(r["RMS"]) for r in cvs}
+        missing = [n for n in names if n not in rows]
+        if missing:
+            raise InvalidInputError(f"{args.cv_summary} has no row for label(s) {missing}")
+        scatter = np.array([rows[n] for n in names])
+    survey = read_labels(args.survey_labels, id_column=args.survey_id_column) if args.survey_labels else None
+    sflags = None
+    if args.survey_flags_column:
+        if args.survey_flags_column in ds:
+            sflags = np.asarray(ds[args.survey_flags_column].values, dtype=np.int64)
+        elif survey is not None and args.survey_flags_column in survey.colnames:
+            sid = np.asarray(survey[args.survey_id_column]).astype(str)
+            lookup = dict(zip(sid, np.ma.filled(survey[args.survey_flags_column], 0).astype(np.int64)))
+            sflags = np.array([lookup.get(s, 0) for s in np.asarray(ds["star"].values).astype(str)])
+        else:
+            raise InvalidInputError(f"no survey flag column {args.survey_flags_column!r} in the spectra or survey table")
+    snr = ds["snr"].values if "snr" in ds else None
+    threshold = args.distance_threshold if args.distance_threshold is not None else DEFAULT_DISTANCE_THRESHOLD
+    quality = assess(result, training=training, cv_scatter=scatter if training is not None else None,
+                     distance_threshold=threshold, hull=(not args.no_hull) and training is not None, snr=snr,
+                     min_snr=args.min_snr, max_reduced_chi2=args.max_reduced_chi2, min_pixels=args.min_pixels,
+                     survey_flags=sflags)
+    training_ids = None
+    if args.training_ids:
+        training_ids = np.asarray(read_labels(args.training_ids, id_column="ID")["ID"]).astype(str)
+    config = {"model_file": str(args.model), "spectra": str(args.spectra), "distance_threshold": threshold,
+              "min_snr": args.min_snr, "max_reduced_chi2": args.max_reduced_chi2, "min_pixels": args.min_pixels,
+              "hull": not args.no_hull, "cv_summary": args.cv_summary}
+    cat = make_catalogue(result, model=model, spectra=ds, quality=quality, training_ids=training_ids,
+                         survey_labels=survey, survey_name=args.survey_name, survey_id_column=args.survey_id_column,
+                         config=config)
+    out = write_table(cat, args.output)
+    ft = write_table(flag_table(quality), out.with_name(out.stem + "_flags.ecsv"))
+    counts = [{"FLAG": f.name, "BIT": int(f).bit_length() - 1, "N": int(cat[f"FLAG_{f.name}"].sum())}
+              for f in StarFlag]
+    rep = Report(f"Catalogue {out.name}", formats=args.plot_formats)
+    rep.add_text(f"{len(cat)} spectra; model {args.model} (training hash {model.training_hash_[:16]}…); "
+                 f"{int((cat['FLAGS'] == 0).sum())} without any flag.")
+    rep.add_table(counts, caption="stars per flag bit")
+    if training is None:
+        rep.add_text("No training labels available: label distance and convex-hull test skipped "
+                     "(pass --training-labels).")
+    elif scatter is None:
+        rep.add_text("No cross-validation scatter given: label distance skipped (pass --cv-summary).")
+    good = np.asarray(cat["FLAGS"] == 0)
+    y = result["labels"].values
+    finite = np.all(np.isfinite(y), axis=1)
+    # plots show the unflagged stars, or every star with labels when few are unflagged
+    show = good if good.sum() >= 10 else finite
+    which = "unflagged stars" if show is good else "all stars with labels"
+    if "TEFF" in names and "LOGG" in names:
+        fe = y[:, names.index("FE_H")] if "FE_H" in names else None
+        if survey is not None and f"{args.survey_name}_TEFF" in cat.colnames and f"{args.survey_name}_LOGG" in cat.colnames:
+            st = np.ma.filled(cat[f"{args.survey_name}_TEFF"].astype(float), np.nan)
+            sg = np.ma.filled(cat[f"{args.survey_name}_LOGG"].astype(float), np.nan)
+            fig = kiel_diagram(st, sg, color=fe, teff_after=y[:, names.index("TEFF")],
+                               logg_after=y[:, names.index("LOGG")], titles=(args.survey_name, "transferred"))
+        else:
+            fig = kiel_diagram(y[show, names.index("TEFF")], y[show, names.index("LOGG")],
+                               color=None if fe is None else fe[show])
+        rep.add_figure(fig, "kiel", caption=f"Kiel diagram ({which})")
+    alpha = next((n for n in ("ALPHA_M", "ALPHA_FE") if n in names), None)
+    if alpha and "FE_H" in names:
+        rep.add_figure(alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)]),
+                       "alpha_feh", caption=f"{alpha} vs [Fe/H] ({which})")
+    rep.add_files([out.name, ft.name])
+    rp = rep.write(out.with_name(out.stem + f"_report.{args.report_format}"))
+    print(f"wrote {len(cat)} stars to {out} ({int((~good).sum())} flagged); report {rp}")
+    return 0

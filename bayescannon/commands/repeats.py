@@ -1,0 +1,100 @@
+"""``bayescannon repeats``: error calibration from repeat observations with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "repeats"
+HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar+2022 §3.7)"
+
+
+def add_arguments(p):
+    p.add_argument("catalogue", help="catalogue (FITS/ECSV/CSV), one row per spectrum, with errors e_<LABEL>")
+    p.add_argument("--group-column", required=True, help="column with the star id shared by repeat spectra")
+    p.add_argument("--labels", nargs="+", default=None, metavar="NAME",
+                   help="labels (default: the catalogue's LABELS header card)")
+    p.add_argument("--id-column", default="ID")
+    p.add_argument("--snr-column", default="SNR")
+    p.add_argument("--snr-bins", type=int, default=8, help="S/N bins of the precision fit")
+    p.add_argument("--min-pairs", type=int, default=10, help="fewer pairs: bin skipped")
+    p.add_argument("--compare-prefix", default=None,
+                   help="compare with other errors in columns <PREFIX><LABEL> (e.g. the Bayesian layer's "
+                        "calibrated errors)")
+    p.add_argument("--exclude-flags", type=int, default=None,
+                   help="StarFlag bits that exclude a spectrum (default: NO_PIXELS|NOT_CONVERGED)")
+    p.add_argument("--pair-width", action="store_true",
+                   help="use the width of pair differences as the precision (no division by sqrt 2)")
+    p.add_argument("-o", "--outdir", default="repeats")
+    p.add_argument("--report-format", choices=["md", "html"], default="html")
+    p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+
+
+def run(args) -> int:
+    import numpy as np
+    from astropy.table import MaskedColumn
+
+    from ..catalogue import read_catalogue, write_table
+    from ..errors import InvalidInputError
+    from ..plots import precision_vs_snr
+    from ..repeats import calibrate_from_repeats, compare_errors
+    from ..report import Report
+    from ..validate import BAD_FIT_FLAGS
+
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    cat = read_catalogue(args.catalogue)
+    names = args.labels or str(cat.meta.get("LABELS", "")).split()
+    if not names:
+        raise InvalidInputError("give --labels: the catalogue has no LABELS header card")
+    for col in [args.group_column, args.snr_column, *names, *(f"e_{n}" for n in names)]:
+        if col not in cat.colnames:
+            raise InvalidInputError(f"catalogue has no column {col!r}")
+
+    def arr(c):
+        return np.ma.filled(np.ma.asarray(cat[c], dtype=float), np.nan)
+
+    y = np.column_stack([arr(n) for n in names])
+    e = np.column_stack([arr(f"e_{n}") for n in names])
+    snr = arr(args.snr_column)
+    excl = BAD_FIT_FLAGS if args.exclude_flags is None else args.exclude_flags
+    bad = (np.asarray(cat["FLAGS"]) & excl) != 0 if "FLAGS" in cat.colnames else np.zeros(len(cat), bool)
+    groups = np.ma.asarray(np.asarray(cat[args.group_column]).astype(str))
+    groups[bad] = np.ma.masked
+    ids = np.asarray(cat[args.id_column]).astype(str) if args.id_column in cat.colnames else None
+    cal = calibrate_from_repeats(y, e, snr, groups, names, snr_bins=args.snr_bins, min_pairs=args.min_pairs,
+                                 per_measurement=not args.pair_width, ids=ids)
+    calibrated = cal.apply(e, snr)
+    files = [write_table(cal.summary, out / "repeat_calibration.ecsv"),
+             write_table(cal.binned, out / "repeat_precision_by_snr.ecsv"),
+             write_table(cal.pairs, out / "repeat_pairs.fits")]
+    if len(cal.skipped):
+        files.append(write_table(cal.skipped, out / "repeat_skipped.ecsv"))
+    newcat = cat.copy()
+    for k, n in enumerate(names):
+        newcat[f"e_CAL_{n}"] = MaskedColumn(calibrated[:, k], mask=~np.isfinite(calibrated[:, k]),
+                                            unit=cat[f"e_{n}"].unit,
+                                            description=f"repeat-calibrated 1-sigma error of {n}")
+    files.append(write_table(newcat, out / "catalogue_calibrated.fits"))
+    rep = Report(f"Error calibration from repeats: {Path(args.catalogue).name}", formats=args.plot_formats)
+    rep.add_text(f"{len(cal.pairs)} pairs of spectra of the same star; {len(cal.skipped)} stars with a single "
+                 "spectrum skipped. Calibrated error = max(scale x formal error, precision(S/N)).")
+    rep.add_table(cal.summary, caption="formal-error scale factors and precision fits")
+    rep.add_table(cal.binned, caption="precision in bins of the lower S/N of each pair")
+    rep.add_figure(precision_vs_snr(cal), "precision_vs_snr", caption="precision vs S/N and exponential fit")
+    cmp = compare_errors(e, calibrated, names, names=("FORMAL", "REPEATS"))
+    rep.add_table(cmp, caption="repeat-calibrated vs formal errors")
+    if args.compare_prefix:
+        cols = [f"{args.compare_prefix}{n}" for n in names]
+        missing = [c for c in cols if c not in cat.colnames]
+        if missing:
+            raise InvalidInputError(f"catalogue has no column(s) {missing} to compare with")
+        other = np.column_stack([arr(c) for c in cols])
+        cmp2 = compare_errors(calibrated, other, names, names=("REPEATS", "OTHER"))
+        files.append(write_table(cmp2, out / "error_comparison.ecsv"))
+        rep.add_table(cmp2, caption=f"errors in {args.compare_prefix}<LABEL> vs repeat-calibrated errors")
+    rep.add_files([Path(f).name for f in files])
+    rp = rep.write(out / f"report.{args.report_format}")
+    for row in cal.summary:
+        print(f"{row['LABEL']:>10}  errors x {row['ERROR_SCALE']:.3g}  precision fit: {row['FIT']}")
+    print(f"report {rp}")
+    return 0

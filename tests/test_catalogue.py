@@ -1,0 +1,169 @@
+"""Survey catalogues: FITS round trip with units and masks, header, joins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.table import Table
+
+from bayescannon.catalogue import (
+    catalogue_config,
+    join_catalogues,
+    label_description,
+    make_catalogue,
+    read_catalogue,
+    result_to_table,
+    write_table,
+)
+from bayescannon.errors import CrossMatchError
+from bayescannon.flags import StarFlag
+from bayescannon.quality import assess
+
+NAMES = ["TEFF", "LOGG", "FE_H", "MG_FE"]
+
+
+def _result(n=6, asymmetric=False, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.normal([4800, 2.5, -0.3, 0.1], [300, 0.5, 0.3, 0.1], size=(n, 4))
+    e = rng.uniform(0.5, 1.5, size=(n, 4)) * [50, 0.1, 0.05, 0.03]
+    y[2] = np.nan
+    e[2] = np.nan
+    flags = np.zeros(n, np.int64)
+    flags[2] = StarFlag.NO_PIXELS
+    flags[4] = StarFlag.AT_BOUND | StarFlag.LARGE_CHI2
+    ds = xr.Dataset(
+        {
+            "labels": (("star", "label"), y),
+            "errors": (("star", "label"), e),
+            "covariance": (("star", "label", "label2"), np.einsum("nk,kl->nkl", e**2, np.eye(4))),
+            "chi2": ("star", np.where(np.isnan(y[:, 0]), np.nan, 100.0)),
+            "reduced_chi2": ("star", np.where(np.isnan(y[:, 0]), np.nan, 1.1)),
+            "n_pixels": ("star", np.where(np.isnan(y[:, 0]), 0, 95)),
+            "converged": ("star", ~np.isnan(y[:, 0])),
+            "flags": ("star", flags),
+            "n_iter": ("star", np.full(n, 5)),
+        },
+        coords={"star": [f"2M{i:08d}" for i in range(n)], "label": NAMES, "label2": NAMES},
+        attrs={"model_training_hash": "ab" * 32, "uncertainty": "formal (inverse Fisher matrix, s² included)"},
+    )
+    if asymmetric:
+        ds["errors_upper"] = ds["errors"] * 1.5
+        ds["errors_lower"] = ds["errors"] * 0.5
+    return ds
+
+
+def test_fits_round_trip_keeps_units_masks_and_flag_bits(tmp_path):
+    res = _result()
+    path = write_table(result_to_table(res, meta={"SURVEY": "MOCK"}), tmp_path / "cat.fits")
+    t = read_catalogue(path)  # filterwarnings=error: no UnitsWarning, no VerifyWarning
+    assert t["TEFF"].unit == "K" and t["LOGG"].unit is None and t["MG_FE"].unit is None
+    assert "surface gravity" in t["LOGG"].description and t["MG_FE"].description.startswith("[Mg/Fe]")
+    for name in NAMES:
+        assert t[name].mask[2] and not t[name].mask[[0, 1, 3]].any()
+        np.testing.assert_allclose(t[f"e_{name}"][[0, 1, 3]], res["errors"].values[[0, 1, 3], NAMES.index(name)])
+    assert t["FLAGS"].dtype.kind == "i" and t["FLAGS"][4] == StarFlag.AT_BOUND | StarFlag.LARGE_CHI2
+    assert t["FLAG_NO_PIXELS"][2] and t["FLAG_AT_BOUND"][4] and not t["FLAG_AT_BOUND"][0]
+    for bit in StarFlag:
+        card = t.meta[f"FLAGBT{int(bit).bit_length() - 1:02d}"]
+        assert card.startswith(f"{bit.name}: bit {int(bit).bit_length() - 1} (value {int(bit)})")
+    assert t.meta["MODELHSH"] == "ab" * 32 and t.meta["SURVEY"] == "MOCK" and "BCVERS" in t.meta
+    assert t.meta["ERRMODEL"].isascii() and "s2" in t.meta["ERRMODEL"]
+
+
+def test_asymmetric_errors_become_upper_and_lower_columns():
+    t = result_to_table(_result(asymmetric=True))
+    res = _result()
+    for k, name in enumerate(NAMES):
+        np.testing.assert_allclose(t[f"E_{name}"][[0, 1]], 1.5 * res["errors"].values[[0, 1], k])
+        np.testing.assert_allclose(t[f"e_{name}"][[0, 1]], 0.5 * res["errors"].values[[0, 1], k])
+    assert label_description("ALPHA_M") == "[alpha/M] (dex)"
+    cal = _result()
+    cal["half_width_95"] = cal["errors"] * 2.2
+    t = result_to_table(cal)
+    np.testing.assert_allclose(t["HW95_TEFF"][[0, 1]], 2.2 * cal["errors"].values[[0, 1], 0])
+    assert t["HW95_TEFF"].unit == "K" and t["HW95_TEFF"].mask[2]
+
+
+@pytest.fixture
+def catalogue_inputs(trained):
+    truth, model = trained
+    y = truth.labels(40)
+    flux, ivar = truth.spectra(y, model.label_offset_, model.label_scale_)
+    from bayescannon.spectra import make_spectra
+
+    ids = [f"S{i:03d}" for i in range(40)]
+    ds = make_spectra(model.wavelength_, flux, ivar, ids=ids, snr=np.sqrt(ivar[:, 0]),
+                      ra=np.linspace(10, 11, 40), dec=np.linspace(-5, -4, 40),
+                      tmass_id=[f"2M{i:08d}" for i in range(40)])
+    return model, ds, y
+
+
+def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
+    model, ds, y = catalogue_inputs
+    res = model.infer(ds)
+    q = assess(res, model=model, cv_scatter=[30.0, 0.05, 0.03], snr=ds["snr"].values, min_snr=60)
+    survey = Table({"ID": ds["star"].values[::2].astype(str), "TEFF": y[::2, 0] + 50.0, "e_TEFF": np.full(20, 80.0)})
+    cat = make_catalogue(res, model=model, spectra=ds, quality=q, training_ids=["S000", "S001"],
+                         survey_labels=survey, survey_name="APOGEE", config={"n_folds": 8},
+                         extra_ids=["tmass_id"])
+    path = write_table(cat, tmp_path / "cat.fits")
+    t = read_catalogue(path)
+    assert t["TMASS_ID"][3] == "2M00000003"
+    for col in ("ID", "RA", "DEC", "TEFF", "e_TEFF", "CHI2", "REDUCED_CHI2", "SNR", "LABEL_DISTANCE", "IN_HULL",
+                "FLAGS", "IN_TRAINING", "APOGEE_TEFF", "APOGEE_e_TEFF", "SURVEY_FLAGS"):
+        assert col in t.colnames, col
+    assert t["RA"].unit == "deg" and t["APOGEE_TEFF"].unit is None
+    np.testing.assert_allclose(t["APOGEE_TEFF"][::2], y[::2, 0] + 50.0)
+    assert t["APOGEE_TEFF"].mask[1::2].all()  # stars the survey table lacks are masked
+    assert list(t["IN_TRAINING"]).count(True) == 2 and t["IN_TRAINING"][0]
+    low = t["SNR"] < 60
+    assert np.array_equal(t["FLAG_LOW_SNR"], low) and np.array_equal((t["FLAGS"] & StarFlag.LOW_SNR) != 0, low)
+    cfg = catalogue_config(t)
+    assert cfg["n_folds"] == 8 and cfg["model"]["label_names"] == model.label_names
+    assert t.meta["MODELHSH"] == model.training_hash_ and t.meta["LABELS"] == " ".join(model.label_names)
+    with pytest.raises(CrossMatchError):
+        make_catalogue(res, survey_labels=Table({"ID": ["nobody"], "TEFF": [1.0]}))
+
+
+def test_join_by_id_and_by_sky():
+    a = Table({"ID": ["a", "b", "c", "d"], "RA": [10.0, 20.0, 30.0, 40.0], "DEC": [0.0, 1.0, 2.0, 3.0],
+               "TEFF": [1.0, 2.0, 3.0, 4.0]})
+    b = Table({"ID": ["c", "a", "x"], "RA": [30.0 + 0.3 / 3600, 10.0, 50.0], "DEC": [2.0, 0.0, 5.0],
+               "TEFF": [30.0, 10.0, 50.0]})
+    j = join_catalogues(a, b, keys="ID", table_names=("L", "R"))
+    assert sorted(j["ID"]) == ["a", "c"]
+    assert np.allclose(j["TEFF_R"], 10 * j["TEFF_L"])
+    s = join_catalogues(a, b, sky=True, max_separation=1.0, table_names=("L", "R"))
+    assert list(s["ID_L"]) == ["a", "c"] and list(s["ID_R"]) == ["a", "c"]
+    assert s["SEPARATION"][1] == pytest.approx(0.3 * np.cos(np.radians(2.0)), rel=1e-3)
+    left = join_catalogues(a, b, sky=True, join_type="left", table_names=("L", "R"))
+    assert len(left) == 4 and left["SEPARATION"].mask.sum() == 2
+    with pytest.raises(CrossMatchError, match="no id"):
+        join_catalogues(a, Table({"ID": ["zz"]}))
+    with pytest.raises(CrossMatchError, match="duplicated"):
+        join_catalogues(a, Table({"ID": ["a", "a"]}))
+    with pytest.raises(CrossMatchError, match="within"):
+        join_catalogues(a, b[2:], sky=True, max_separation=0.1)
+
+
+def test_catalogue_command(tmp_path, catalogue_inputs, capsys):
+    from bayescannon.cli import main
+    from bayescannon.io import write_spectra
+
+    model, ds, y = catalogue_inputs
+    mpath = model.save(tmp_path / "model.nc")
+    spath = write_spectra(ds, tmp_path / "spectra.nc", overwrite=True)
+    tl = Table({n: y[:, k] for k, n in enumerate(model.label_names)})
+    tl.write(tmp_path / "train.fits")
+    Table({"LABEL": model.label_names, "RMS": [30.0, 0.05, 0.03]}).write(tmp_path / "cv_summary.ecsv")
+    out = tmp_path / "cat.fits"
+    assert main(["catalogue", str(mpath), str(spath), "-o", str(out), "--cv-summary", str(tmp_path / "cv_summary.ecsv"),
+                 "--training-labels", str(tmp_path / "train.fits"), "--min-snr", "60", "--no-progress",
+                 "--report-format", "md"]) == 0
+    t = read_catalogue(out)
+    assert len(t) == 40 and np.isfinite(np.asarray(t["LABEL_DISTANCE"], float)).all()
+    assert np.array_equal(t["FLAG_LOW_SNR"], t["SNR"] < 60)
+    report = (tmp_path / "cat_report.md").read_text()
+    assert "kiel.png" in report and (tmp_path / "cat_flags.ecsv").is_file()
+    assert "wrote 40 stars" in capsys.readouterr().out

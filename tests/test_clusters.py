@@ -1,0 +1,130 @@
+"""Cluster validation: the APOGEE DR10 member reader, per-cluster statistics and trends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from conftest import shared_file
+
+from bayescannon.clusters import (
+    LITERATURE_FE_H,
+    cluster_statistics,
+    cluster_trends,
+    membership_table,
+    read_apogee_cluster_members,
+)
+from bayescannon.errors import CrossMatchError, SurveyFormatError
+
+NAMES = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+
+
+def _mock_clusters(seed=0):
+    """Clusters with known mean [Fe/H], [α/Fe], scatter 0.05 and an injected Teff trend."""
+    rng = np.random.default_rng(seed)
+    spec = {"C1": (-2.0, 0.3, 40), "C2": (-1.0, 0.2, 25), "C3": (0.0, 0.0, 12), "C4": (0.2, 0.05, 2)}
+    slope = 0.05  # dex per 1000 K in [Fe/H]
+    ids, clusters, rows = [], [], []
+    for c, (feh, alpha, n) in spec.items():
+        teff = rng.uniform(4000, 5200, n)
+        fe = feh + slope * (teff - 4600) / 1000 + rng.normal(0, 0.05, n)
+        al = alpha + rng.normal(0, 0.03, n)
+        logg = rng.uniform(1, 3, n)
+        rows.append(np.column_stack([teff, logg, fe, al]))
+        ids += [f"{c}_{i}" for i in range(n)]
+        clusters += [c] * n
+    field = rng.normal([4800, 2.5, -0.3, 0.1], [300, 0.5, 0.3, 0.1], size=(50, 4))
+    labels = np.vstack(rows + [field])
+    ids += [f"field{i}" for i in range(50)]
+    return np.array(ids), labels, membership_table(ids[: len(clusters)], clusters), spec, slope
+
+
+def test_cluster_statistics_recover_known_clusters():
+    ids, labels, members, spec, slope = _mock_clusters()
+    lit = {c: {"FE_H": v[0] + 0.1} for c, v in spec.items()}
+    t = cluster_statistics(ids, labels, members, NAMES, literature=lit, min_members=3)
+    assert list(t["CLUSTER"]) == sorted(spec)
+    for row in t:
+        feh, alpha, n = spec[row["CLUSTER"]]
+        assert row["N_MEMBERS"] == n and row["N_MATCHED"] == n
+        if n < 3:
+            assert row["STATUS"].startswith("skipped") and np.ma.is_masked(row["MEDIAN_FE_H"])
+            continue
+        assert row["STATUS"] == "ok"
+        # the Teff trend adds ~0.05 × 1.2/sqrt(12) ≈ 0.017 dex of spread to the 0.05 scatter
+        spread = np.hypot(0.05, slope * 1.2 / np.sqrt(12))
+        tol = 4 * 1.25 * spread / np.sqrt(n)
+        assert abs(row["MEDIAN_FE_H"] - feh) < tol + slope * 0.1
+        assert abs(row["OFFSET_FE_H"] - (row["MEDIAN_FE_H"] - feh - 0.1)) < 1e-12
+        assert abs(row["SCATTER_FE_H"] / spread - 1) < 4 / np.sqrt(2 * (n - 1))
+        assert abs(row["MEDIAN_ALPHA_FE"] - alpha) < 4 * 1.25 * 0.03 / np.sqrt(n)
+        assert np.ma.is_masked(row["LIT_ALPHA_FE"])
+
+
+def test_cluster_trends_recover_injected_slope():
+    ids, labels, members, spec, slope = _mock_clusters(seed=1)
+    t = cluster_trends(ids, labels, members, NAMES, x="TEFF", y=("FE_H", "ALPHA_FE"), min_members=5)
+    fe = t[(t["LABEL"] == "FE_H") & (t["STATUS"] == "ok")]
+    assert set(fe["CLUSTER"]) == {"C1", "C2", "C3"}
+    assert np.all(np.abs(fe["SLOPE"] - slope) < 4 * fe["e_SLOPE"])
+    al = t[(t["LABEL"] == "ALPHA_FE") & (t["STATUS"] == "ok")]
+    assert np.all(np.abs(al["SLOPE"]) < 4 * al["e_SLOPE"])
+    assert t[t["CLUSTER"] == "C4"]["STATUS"][0].startswith("skipped")
+
+
+def test_membership_errors_are_typed():
+    ids, labels, members, *_ = _mock_clusters()
+    with pytest.raises(CrossMatchError, match="no member id"):
+        cluster_statistics(np.char.add("X", ids), labels, members, NAMES)
+    twice = membership_table(["C1_0", "C1_0"], ["C1", "C2"])
+    with pytest.raises(CrossMatchError, match="more than one cluster"):
+        cluster_statistics(ids, labels, twice, NAMES)
+
+
+def test_reader_rejects_malformed_files(tmp_path):
+    with pytest.raises(SurveyFormatError):
+        read_apogee_cluster_members(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("./x/aspcapStar-v304-2M00000000+0000000.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n"
+                   "./x/no-id.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n")
+    with pytest.raises(SurveyFormatError, match=":2:"):
+        read_apogee_cluster_members(bad)
+
+
+@pytest.mark.shared_data
+def test_real_apogee_dr10_members():
+    t = read_apogee_cluster_members(shared_file("apogee_dr10_cluster_members.txt"))
+    assert len(t) == 554 and len(set(t["CLUSTER"])) == 19 and len(set(t["ID"])) == 554
+    counts = dict(zip(*np.unique(t["CLUSTER"], return_counts=True)))
+    assert counts["M5"] == 103 and counts["Pleiades"] == 74
+    assert t["TEFF"].unit == "K" and np.all((t["TEFF"] > 3000) & (t["TEFF"] < 7000))
+    # Pleiades lines carry one more field than the others: masked, not invented
+    assert t["COL18"].mask[t["CLUSTER"] != "Pleiades"].all() and not t["COL18"].mask[t["CLUSTER"] == "Pleiades"].any()
+    y = np.column_stack([t[n] for n in ("TEFF", "LOGG", "FE_H")])
+    s = cluster_statistics(t["ID"], y, t, ["TEFF", "LOGG", "FE_H"], min_members=5)
+    ok = s[(s["STATUS"] == "ok") & ~s["LIT_FE_H"].mask]
+    # the calibrated DR10 metallicities agree with the literature to ~0.1 dex
+    assert len(ok) >= 10 and np.all(np.abs(ok["OFFSET_FE_H"]) < 0.15)
+    assert set(LITERATURE_FE_H) <= set(t["CLUSTER"])
+
+
+@pytest.mark.shared_data
+def test_clusters_command_on_real_members(tmp_path, capsys):
+    from bayescannon.cli import main
+
+    members = shared_file("apogee_dr10_cluster_members.txt")
+    t = read_apogee_cluster_members(members)
+    cat = Table({"ID": t["ID"], "TEFF": t["TEFF"], "LOGG": t["LOGG"], "FE_H": t["FE_H"],
+                 "FLAGS": np.zeros(len(t), np.int64)})
+    cat.meta["LABELS"] = "TEFF LOGG FE_H"
+    path = tmp_path / "cat.fits"
+    cat.write(path)
+    out = tmp_path / "cl"
+    assert main(["clusters", str(path), str(members), "--min-members", "5", "-o", str(out),
+                 "--report-format", "md"]) == 0
+    stats = Table.read(out / "cluster_statistics.ecsv")
+    assert len(stats) == 19 and (stats["STATUS"] == "ok").sum() == 18
+    trends = Table.read(out / "cluster_trends.ecsv")
+    assert set(trends["LABEL"]) == {"FE_H"}
+    assert "trends_teff.png" in (out / "report.md").read_text()
+    assert "18 of 19 clusters validated" in capsys.readouterr().out

@@ -1,0 +1,91 @@
+"""Plots: each function draws what it is given (checked on the artists' data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from bayescannon.errors import InvalidInputError
+from bayescannon.plots import (
+    alpha_vs_feh,
+    coefficient_spectra,
+    kiel_diagram,
+    one_to_one,
+    precision_vs_snr,
+    residual_band,
+    save_figure,
+    scatter_vs_snr,
+)
+from bayescannon.validate import binned_statistics
+
+
+def test_one_to_one_annotates_bias_and_scatter(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(300, 2)) * [300, 0.5] + [4800, 2.5]
+    inferred = truth + rng.normal(size=truth.shape) * [50, 0.1] + [20, -0.05]
+    fig = one_to_one(truth, inferred, ["TEFF", "LOGG"], color=rng.uniform(20, 200, 300), color_label="S/N")
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    for k, ax in enumerate(axes[:2]):
+        d = inferred[:, k] - truth[:, k]
+        text = ax.texts[0].get_text()
+        assert f"bias {np.mean(d):.3g}" in text and f"scatter {np.std(d):.3g}" in text
+        np.testing.assert_allclose(ax.collections[0].get_offsets(), np.column_stack([truth[:, k], inferred[:, k]]))
+    paths = save_figure(fig, tmp_path / "o2o.png", formats=["png", "pdf"])
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_scatter_vs_snr_draws_the_binned_table():
+    rng = np.random.default_rng(1)
+    snr = np.exp(rng.uniform(np.log(10), np.log(300), 2000))
+    d = rng.normal(size=(2000, 1)) * (100.0 / snr[:, None])
+    t = binned_statistics(snr, d, [10, 30, 100, 300], label_names=["TEFF"], x_name="SNR")
+    fig = scatter_vs_snr(t)
+    ax = fig.axes[0]
+    bias_line, rms_line = ax.lines[1], ax.lines[2]
+    np.testing.assert_allclose(bias_line.get_ydata(), np.asarray(t["BIAS"]))
+    np.testing.assert_allclose(rms_line.get_ydata(), np.asarray(t["RMS"]))
+    assert ax.get_xscale() == "log"
+
+
+def test_coefficient_spectra_and_residual_band(trained):
+    truth, model = trained
+    fig = coefficient_spectra(model, lines={"Br19": 15264.7, "outside": 16000.0})
+    axes = fig.axes
+    assert len(axes) == len(model.label_names) + 2
+    for ax, name in zip(axes[1:-1], model.label_names):
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), model.theta_[:, model.term_names.index(name)])
+    # only the line inside the 15100–15300 Å grid is marked, on every panel
+    marked = [ln for ln in axes[0].lines[1:] if ln.get_xdata()[0] == 15264.7]
+    assert len(marked) == 1 and not any(ln.get_xdata()[0] == 16000.0 for ln in axes[0].lines[1:])
+    with pytest.raises(InvalidInputError):
+        coefficient_spectra(model, labels=["NOPE"])
+    y = truth.labels(60)
+    flux, ivar = truth.spectra(y, model.label_offset_, model.label_scale_)
+    fig = residual_band(model, flux, ivar, y)
+    ax = fig.axes[0]
+    med = np.nanpercentile(flux - model.predict(y), 50, axis=0)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), med)
+
+
+def test_kiel_alpha_and_precision_figures():
+    rng = np.random.default_rng(2)
+    teff, logg, feh = rng.uniform(4000, 5500, 100), rng.uniform(1, 4, 100), rng.uniform(-1, 0.3, 100)
+    fig = kiel_diagram(teff, logg, color=feh, teff_after=teff + 30, logg_after=logg, titles=("survey", "cannon"))
+    ax0, ax1 = fig.axes[:2]
+    assert ax0.xaxis_inverted() and ax0.yaxis_inverted()
+    np.testing.assert_allclose(ax1.collections[0].get_offsets()[:, 0], teff + 30)
+    assert [ax0.get_title(), ax1.get_title()] == ["survey", "cannon"]
+    fig = alpha_vs_feh(feh, 0.1 - 0.2 * feh)
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets()[:, 1], 0.1 - 0.2 * feh)
+
+    from bayescannon.repeats import calibrate_from_repeats
+
+    group = np.repeat(np.arange(150), 2).astype(str)
+    snr = np.repeat(rng.uniform(10, 200, 150), 2)
+    lab = rng.normal(size=(300, 1)) * (5.0 / snr[:, None])
+    cal = calibrate_from_repeats(lab, np.full((300, 1), 0.01), snr, group, ["FE_H"], snr_bins=5, min_pairs=10)
+    fig = precision_vs_snr(cal)
+    pts = fig.axes[0].lines[0]
+    np.testing.assert_allclose(pts.get_ydata(), np.asarray(cal.binned["PRECISION"]))

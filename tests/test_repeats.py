@@ -1,0 +1,129 @@
+"""Error calibration from repeat observations, with a known true precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from bayescannon import CannonModel
+from bayescannon.errors import InsufficientDataError
+from bayescannon.repeats import (
+    calibrate_from_repeats,
+    compare_errors,
+    flux_error_scale,
+    precision_model,
+    repeat_pairs,
+)
+from bayescannon.validate import mock_quadratic_survey
+
+NAMES = ["TEFF", "FE_H"]
+TRUE_PREC = np.array([[300.0, 30.0, 20.0], [0.25, 40.0, 0.02]])  # a, b, c per label
+TRUE_SCALE = np.array([1.8, 0.7])  # true error / formal error
+
+
+def _repeats(n_stars=700, seed=0):
+    """Stars observed 2–4 times at one S/N each; measurement noise precision(S/N)."""
+    rng = np.random.default_rng(seed)
+    nobs = rng.integers(2, 5, size=n_stars)
+    group = np.repeat(np.arange(n_stars), nobs).astype(str)
+    snr = np.repeat(np.exp(rng.uniform(np.log(10), np.log(200), n_stars)), nobs)
+    truth = np.repeat(rng.normal([4800, -0.3], [300, 0.3], size=(n_stars, 2)), nobs, axis=0)
+    sigma = precision_model(snr[:, None], TRUE_PREC[:, 0], TRUE_PREC[:, 1], TRUE_PREC[:, 2])
+    labels = truth + rng.normal(size=sigma.shape) * sigma
+    formal = sigma / TRUE_SCALE
+    return labels, formal, snr, group, truth, sigma
+
+
+def test_pairs_within_groups_and_skipped_singletons():
+    p = repeat_pairs(np.array(["a", "b", "a", "c", "a", "b"]))
+    pairs = set(zip(p.i.tolist(), p.j.tolist()))
+    assert pairs == {(0, 2), (0, 4), (2, 4), (1, 5)}
+    assert list(p.skipped["GROUP"]) == ["c"] and p.skipped["REASON"][0] == "single spectrum"
+    with pytest.raises(InsufficientDataError, match="single spectrum"):
+        repeat_pairs(["a", "b", "c"])
+
+
+def test_calibration_recovers_error_scale_and_precision():
+    labels, formal, snr, group, truth, sigma = _repeats()
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=10, min_pairs=20)
+    n_pairs = len(cal.pairs)
+    # z = Δ/sqrt(e_i² + e_j²) ~ N(0, f²): the robust width estimates f to ~1.2 f/sqrt(n)
+    np.testing.assert_allclose(cal.scale, TRUE_SCALE, rtol=5 * 1.2 / np.sqrt(n_pairs))
+    assert cal.fit_status == ["exponential", "exponential"]
+    # equal S/N within a star: width/√2 of the differences is the precision itself
+    grid = np.array([20.0, 40.0, 80.0, 140.0])  # inside the range of the bin centres
+    true = precision_model(grid[:, None], TRUE_PREC[:, 0], TRUE_PREC[:, 1], TRUE_PREC[:, 2])
+    np.testing.assert_allclose(cal.precision(grid), true, rtol=0.2)
+    calibrated = cal.apply(formal, snr)
+    assert np.array_equal(calibrated, np.fmax(formal * cal.scale, cal.precision(snr)))
+    # the calibrated errors cover the true errors as 1σ should
+    cover = np.mean(np.abs(labels - truth) < calibrated, axis=0)
+    assert np.all(cover > 0.683 - 4 * np.sqrt(0.683 * 0.317 / len(labels)))
+    assert set(cal.binned["STATUS"]) == {"ok"}
+    assert len(cal.summary) == 2 and list(cal.summary["FIT"]) == cal.fit_status
+
+
+def test_too_few_pairs_per_bin_are_reported_not_fitted():
+    labels, formal, snr, group, *_ = _repeats(n_stars=40, seed=1)
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=[10, 20, 200, 400], min_pairs=10)
+    st = cal.binned[cal.binned["LABEL"] == "TEFF"]
+    assert list(st["STATUS"] == "ok") == [True, True, False]
+    assert st["PRECISION"].mask[2]
+    assert cal.fit_status[0].startswith("constant")
+
+
+def test_compare_errors_ratios_and_coverage():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.05, 0.2, size=(4000, 2))
+    b = 2.0 * a
+    resid = rng.normal(size=a.shape) * a
+    t = compare_errors(a, b, ["X", "Y"], names=("REPEATS", "BAYES"), residuals=resid)
+    np.testing.assert_allclose(t["RATIO_BAYES_REPEATS"], 2.0)
+    tol = 4 * np.sqrt(0.683 * 0.317 / 4000)
+    assert np.all(np.abs(t["COVERAGE_REPEATS"] - 0.683) < tol)
+    assert np.all(np.abs(t["COVERAGE_BAYES"] - 0.954) < 4 * np.sqrt(0.954 * 0.046 / 4000))
+    assert np.all(np.abs(t["Z_WIDTH_REPEATS"] - 1.0) < 5 * 1.2 / np.sqrt(4000))
+    assert np.all(np.abs(t["Z_WIDTH_BAYES"] - 0.5) < 5 * 0.6 / np.sqrt(4000))
+
+
+def test_flux_error_rescaling_finds_underestimated_flux_errors():
+    names = ["TEFF", "LOGG", "FE_H"]
+    ref = mock_quadratic_survey(200, 80, names, snr=(60.0, 150.0), scatter=0.002, rng=7)
+    model = CannonModel(names).fit(ref)
+    theta, s2 = ref["true_theta"].values, ref["true_s2"].values
+    test = mock_quadratic_survey(150, 80, names, snr=(60.0, 150.0), theta=theta, s2=s2, rng=8)
+    truth = np.column_stack([test[n].values for n in names])
+    flux, ivar = test["flux"].values, test["ivar"].values
+    ok = flux_error_scale(model, flux, ivar, truth)
+    # ivar claims errors 3 times smaller than the noise actually in the spectra
+    bad = flux_error_scale(model, flux, ivar * 9.0, truth)
+    tol = 4.0 / np.sqrt(2 * 80)  # spread of a reduced χ² with ~80 dof, in the median
+    assert abs(ok.factor_with_scatter - 1.0) < tol
+    assert abs(bad.factor / 3.0 - ok.factor) < tol
+    assert bad.reduced_chi2.shape == (150,)
+
+
+def test_repeats_command(tmp_path, capsys):
+    from bayescannon.cli import main
+
+    labels, formal, snr, group, *_ = _repeats(n_stars=300, seed=4)
+    t = Table({"ID": [f"spec{i}" for i in range(len(snr))], "STAR": group, "SNR": snr,
+               "TEFF": labels[:, 0], "e_TEFF": formal[:, 0], "FE_H": labels[:, 1], "e_FE_H": formal[:, 1],
+               "e_BAYES_TEFF": 1.5 * formal[:, 0], "e_BAYES_FE_H": 0.8 * formal[:, 1],
+               "FLAGS": np.zeros(len(snr), np.int64)})
+    t.meta["LABELS"] = "TEFF FE_H"
+    path = tmp_path / "cat.fits"
+    t.write(path)
+    out = tmp_path / "rep"
+    assert main(["repeats", str(path), "--group-column", "STAR", "--compare-prefix", "e_BAYES_",
+                 "-o", str(out), "--report-format", "html"]) == 0
+    summary = Table.read(out / "repeat_calibration.ecsv")
+    n_pairs = len(Table.read(out / "repeat_pairs.fits"))
+    np.testing.assert_allclose(summary["ERROR_SCALE"], TRUE_SCALE, rtol=5 * 1.2 / np.sqrt(n_pairs))
+    cal = Table.read(out / "catalogue_calibrated.fits")
+    assert "e_CAL_TEFF" in cal.colnames and np.all(cal["e_CAL_TEFF"] >= summary["ERROR_SCALE"][0] * cal["e_TEFF"] - 1e-9)
+    html = (out / "report.html").read_text()
+    assert (out / "error_comparison.ecsv").is_file() and "<img src='precision_vs_snr.png'" in html
+    assert html.count("<table>") == 4 and (out / "precision_vs_snr.png").stat().st_size > 0
+    assert "errors x" in capsys.readouterr().out
