@@ -26,6 +26,8 @@ __all__ = [
     "CrossMatchError",
     "ConvergenceWarning",
     "BayesCannonWarning",
+    "NotCalibratedError",
+    "SamplingError",
 ]
 
 
@@ -83,3 +85,12 @@ class BayesCannonWarning(UserWarning):
 
 class ConvergenceWarning(BayesCannonWarning):
     """An optimiser or sampler did not converge for some stars or pixels."""
+
+
+class NotCalibratedError(BayesCannonError, ValueError):
+    """Calibrated uncertainties were requested from a model that has no calibration
+    (see :mod:`bayescannon.calibration`)."""
+
+
+class SamplingError(BayesCannonError, RuntimeError):
+    """A sampler could not be built or run (e.g. no usable pixel for a star)."""

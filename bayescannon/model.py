@@ -325,7 +325,10 @@ class CannonModel:
         if label_errors is not None:
             from .errorsinvariables import fit_latent_labels  # Bayesian layer (issue 3)
 
-            result = fit_latent_labels(self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, **kwargs)
+            result = fit_latent_labels(
+                self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, label_scale=scale_,
+                progressbar=progressbar, **kwargs
+            )
         else:
             if kwargs:
                 raise InvalidInputError(f"unexpected keyword arguments {sorted(kwargs)}")
@@ -356,6 +359,16 @@ class CannonModel:
         self.start_candidates_ = np.vstack([np.zeros((1, len(self.label_names))), x[pick]])
         self.training_hash_ = self._hash(flux_t, ivar_t, y, censor_mask)
         self.training_labels_scaled_ = x
+        # Bayesian layer (issue 3): θ-uncertainty summary for propagation; a refit voids
+        # any earlier calibration of the uncertainties
+        from .calibration import theta_uncertainty_state
+
+        pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
+        self.extra_state_ = {
+            **getattr(result, "extra_state", {}),
+            **theta_uncertainty_state(ivar_t.T, self.s2_, getattr(result, "design", design), pixel_ok),
+        }
+        self.calibration_ = None
         logger.info(
             "trained %s on %d stars x %d pixels (%d pixels flagged)",
             self.label_names,
@@ -539,6 +552,10 @@ class CannonModel:
             raise ShapeMismatchError(f"ids have shape {ids.shape} but there are {n} spectra")
         if uncertainty not in ("formal", "calibrated"):
             raise InvalidInputError(f"uncertainty must be 'formal' or 'calibrated'; got {uncertainty!r}")
+        if uncertainty == "calibrated":
+            from .calibration import _check_calibration
+
+            _check_calibration(self)  # NotCalibratedError before any work
         s = int(n_starts or self.n_starts)
         if s < 1:
             raise InvalidInputError(f"n_starts must be >= 1; got {s}")
@@ -587,7 +604,30 @@ class CannonModel:
             conv[sl] = fit.converged
             atb[sl] = fit.at_bound
             niter[sl] = fit.n_iter
-        return self._assemble(ids, labels, cov, chi2, npix, conv, atb, niter, smin, smax, width)
+        ds = self._assemble(ids, labels, cov, chi2, npix, conv, atb, niter, smin, smax, width)
+        if uncertainty == "calibrated":
+            from .calibration import apply_calibration
+
+            ds = apply_calibration(self, ds, ivar)
+        return ds
+
+    # ------------------------------------------------------------------ Bayesian layer
+    def calibrate(self, flux, ivar, labels, *, label_errors=None, n_folds: int = 0, **kwargs) -> dict:
+        """Calibrate the label uncertainties on stars with known labels; see
+        :func:`bayescannon.calibration.calibrate`. Returns the calibration (also stored as
+        ``calibration_`` and saved with the model)."""
+        self._check_fitted()
+        from .calibration import calibrate
+
+        return calibrate(self, flux, ivar, labels, label_errors=label_errors, n_folds=n_folds, **kwargs)
+
+    def sample_labels(self, flux, ivar=None, *, ids=None, draws: int = 1000, tune: int = 1000, chains: int = 4, **kwargs):
+        """Posterior samples of the labels of some stars (NUTS) as an ArviZ DataTree; see
+        :func:`bayescannon.bayes.sample_labels`."""
+        self._check_fitted()
+        from .bayes import sample_labels
+
+        return sample_labels(self, flux, ivar, ids=ids, draws=draws, tune=tune, chains=chains, **kwargs)
 
     def _assemble(self, ids, x, cov, chi2, npix, conv, atb, niter, smin, smax, width):
         k = len(self.label_names)

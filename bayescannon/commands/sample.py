@@ -1,0 +1,55 @@
+"""``bayescannon sample``: model + spectra + star ids → posterior file and diagnostics."""
+
+from __future__ import annotations
+
+NAME = "sample"
+HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
+
+
+def add_arguments(p):
+    p.add_argument("model", help="model file (.nc or .zarr)")
+    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
+    p.add_argument("-o", "--output", required=True, help="posterior file to write (.nc or .zarr)")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="star ids to sample (default: all stars)")
+    p.add_argument("--ids-file", help="text file with one star id per line")
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1, help="stars per sampled model")
+    p.add_argument("--prior", choices=["uniform", "normal"], default="uniform")
+    p.add_argument("--no-theta-uncertainty", action="store_true", help="do not propagate the uncertainty of theta")
+    p.add_argument("--summary", help="also write the diagnostics table (.csv)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from ..diagnostics import save_posterior, summary_table
+    from ..errors import InvalidInputError
+    from ..model import CannonModel
+    from ._common import load_spectra
+
+    model = CannonModel.load(args.model)
+    ds = load_spectra(args.spectra)
+    select = list(args.ids or [])
+    if args.ids_file:
+        with open(args.ids_file) as fh:
+            select += [line.strip() for line in fh if line.strip()]
+    if not select:
+        select = None
+    elif len(set(select)) != len(select):
+        raise InvalidInputError("star ids to sample are duplicated")
+    tree = model.sample_labels(
+        ds, select=select, draws=args.draws, tune=args.tune, chains=args.chains, batch_size=args.batch_size,
+        prior=args.prior, propagate_theta=not args.no_theta_uncertainty, seed=args.seed,
+    )
+    save_posterior(tree, args.output)
+    table = summary_table(tree)
+    if args.summary:
+        table.to_csv(args.summary, index=False)
+    diag = tree["diagnostics"].to_dataset()
+    bad = [str(s) for s in diag["star"].values[~diag["converged"].values]]
+    cols = ["star", "label_name", "mean", "sd", "laplace_sd", "r_hat", "ess_bulk", "n_divergent", "converged"]
+    print(table[[c for c in cols if c in table]].to_string(index=False))
+    print(f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
+          f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}")
+    return 3 if bad else 0

@@ -1,0 +1,168 @@
+"""Label posteriors (PyMC/nutpie), θ-uncertainty propagation and ArviZ diagnostics.
+
+Known truth: spectra simulated from a quadratic model with known θ and labels. One
+compiled posterior per session (compiling is the expensive part); sampling is cheap.
+"""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from bayescannon import CannonModel
+from bayescannon.bayes import LabelPosterior, label_log_likelihood, star_statistics
+from bayescannon.errors import SamplingError
+from bayescannon.likelihood import log_likelihood
+from bayescannon.vectorizer import PolynomialVectorizer
+
+NAMES = ["A", "B", "C"]
+NOISE = 0.01
+
+
+def _simulate(rng, theta, n, lo=-0.5, hi=0.5):
+    vec = PolynomialVectorizer(NAMES, 2)
+    x = rng.uniform(lo, hi, (n, len(NAMES)))
+    flux = vec(x) @ theta.T + NOISE * rng.standard_normal((n, theta.shape[0]))
+    return flux, np.full(flux.shape, NOISE**-2), x
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(42)
+    vec = PolynomialVectorizer(NAMES, 2)
+    theta = rng.normal(scale=0.05, size=(150, vec.n_terms))
+    theta[:, 0] = 1.0
+    flux, ivar, x = _simulate(rng, theta, 300)
+    model = CannonModel(NAMES, random_state=0).fit(flux, ivar, x)
+    post = LabelPosterior(model).compile()
+    return model, post, theta, rng
+
+
+def test_label_log_likelihood_matches_pixel_likelihood(setup):
+    model, _, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 4)
+    A, b, c, n_pix, _ = star_statistics(model, flux, ivar)
+    x = rng.uniform(-0.5, 0.5, (4, 3))
+    v = model.vectorizer(x)
+    got = label_log_likelihood(A, b, c, v)
+    pix = log_likelihood(flux, ivar, v @ model.theta_.T, model.s2_[None, :], axis=1)
+    w = ivar / (1 + ivar * model.s2_)
+    const = 0.5 * np.sum(np.log(w) - np.log(2 * np.pi), axis=1)
+    np.testing.assert_allclose(got + const, pix, rtol=1e-9)
+
+
+def test_label_log_likelihood_numpy_equals_pytensor(setup):
+    import pytensor.tensor as pt
+
+    model, _, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 3)
+    A, b, c, n_pix, kap = star_statistics(model, flux, ivar)
+    x = rng.uniform(-0.5, 0.5, (3, 3))
+    eps = rng.uniform(0, 0.1, 3)
+    want = label_log_likelihood(A, b, c, model.vectorizer(x), n_pix, eps)
+    xt = pt.as_tensor(x)
+    got = label_log_likelihood(A, b, c, model.vectorizer(xt, xp=pt), n_pix, eps, xp=pt).eval()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_posterior_recovers_truth_and_matches_laplace(setup):
+    model, post, theta, rng = setup
+    flux, ivar, x = _simulate(rng, theta, 4)
+    tree = post.sample(flux, ivar, draws=1000, tune=1000, chains=4, seed=1)
+    diag = tree["diagnostics"].to_dataset()
+    assert diag["converged"].values.all(), diag[["max_r_hat", "n_divergent", "min_ess"]]
+    truth = x  # the simulated labels are the physical labels of the model
+    z = (diag["mean"].values - truth) / diag["sd"].values
+    assert np.all(np.abs(z) < 4.5)  # 4.5σ over 12 numbers
+    # θ known well (300 stars): posterior sd ≈ Laplace sd, up to MC error of the sd (ESS > 400)
+    ratio = diag["sd_ratio"].values
+    assert np.all((ratio > 0.85) & (ratio < 1.2)), ratio
+
+
+def test_datatree_layout_and_roundtrip(setup, tmp_path):
+    from bayescannon.diagnostics import load_posterior, save_posterior, summary_table
+
+    model, post, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 2)
+    tree = post.sample(flux, ivar, ids=["s1", "s2"], draws=200, tune=200, chains=2, seed=2)
+    assert set(tree.children) >= {"posterior", "sample_stats", "constant_data", "diagnostics"}
+    lab = tree["posterior"]["labels"]
+    assert lab.dims == ("chain", "draw", "star", "label_name")
+    assert list(lab["label_name"].values) == NAMES and list(lab["star"].values) == ["s1", "s2"]
+    table = summary_table(tree)
+    assert len(table) == 2 * len(NAMES) and {"r_hat", "ess_bulk", "laplace_sd", "converged"} <= set(table.columns)
+    for suffix in (".nc", ".zarr"):
+        path = save_posterior(tree, tmp_path / f"post{suffix}")
+        back = load_posterior(path)
+        xr.testing.assert_allclose(back["posterior"].to_dataset(), tree["posterior"].to_dataset())
+
+
+def test_unconverged_sampling_is_reported(setup):
+    model, post, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 1)
+    tree = post.sample(flux, ivar, draws=20, tune=20, chains=2, seed=3)  # far too short: ESS < 100
+    diag = tree["diagnostics"].to_dataset()
+    assert not diag["converged"].values.any()
+    assert diag["min_ess"].values[0] < diag.attrs["min_ess"]
+
+
+def test_star_without_pixels_raises(setup):
+    model, post, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 2)
+    ivar[1] = 0.0
+    with pytest.raises(SamplingError, match="no usable pixel"):
+        post.sample(flux, ivar, draws=50, tune=50, chains=1)
+
+
+def test_theta_uncertainty_widens_far_stars(setup):
+    from bayescannon.calibration import epsilon, leverage
+
+    model, _, theta, rng = setup
+    near = np.zeros((1, 3))
+    far = np.full((1, 3), 1.5)  # three training widths from the centre
+    h_near, h_far = leverage(model, near)[0], leverage(model, far)[0]
+    # at the centre the leverage is ~ (terms / stars); far outside it grows by orders of magnitude
+    assert h_near < 3 * model.vectorizer.n_terms / model.n_training_stars_
+    assert h_far > 30 * h_near
+    ivar = np.full((2, 150), NOISE**-2)
+    eps = epsilon(model, np.vstack([near, far]), ivar)
+    assert eps[1] > 30 * eps[0] > 0
+
+
+def test_plots(setup):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bayescannon.diagnostics import plot_coverage, plot_corner, plot_posterior_vs_laplace
+
+    model, post, theta, rng = setup
+    flux, ivar, x = _simulate(rng, theta, 2)
+    tree = post.sample(flux, ivar, draws=200, tune=200, chains=2, seed=4)
+    fig = plot_posterior_vs_laplace(tree, 0)
+    assert len(fig.axes) == 3
+    pc = plot_corner(tree, "star000001")
+    assert pc is not None
+    d = rng.standard_normal((500, 3))
+    fig2 = plot_coverage(d, np.ones((500, 3)), NAMES)
+    assert len(fig2.axes[0].lines) >= 3
+
+
+@pytest.mark.slow
+def test_batched_sampling_and_cli(setup, tmp_path):
+    from bayescannon.cli import main
+    from bayescannon.io import write_spectra
+    from bayescannon.spectra import make_spectra
+
+    model, _, theta, rng = setup
+    flux, ivar, x = _simulate(rng, theta, 3)
+    batched = LabelPosterior(model, batch_size=2)
+    tree = batched.sample(flux, ivar, draws=1000, tune=1000, chains=4)
+    diag = tree["diagnostics"].to_dataset()
+    assert diag.sizes["star"] == 3 and diag["converged"].values.all()
+    truth = x  # the simulated labels are the physical labels of the model
+    assert np.all(np.abs((diag["mean"].values - truth) / diag["sd"].values) < 4.5)
+    model.save(tmp_path / "m.nc")
+    ds = make_spectra(np.arange(150.0) + 15000.0, flux, ivar, ids=["a", "b", "c"])
+    write_spectra(ds, tmp_path / "s.nc", overwrite=True)
+    rc = main(["sample", str(tmp_path / "m.nc"), str(tmp_path / "s.nc"), "-o", str(tmp_path / "p.nc"),
+               "--ids", "a", "c", "--summary", str(tmp_path / "t.csv")])
+    assert rc == 0 and (tmp_path / "p.nc").exists() and (tmp_path / "t.csv").exists()

@@ -1,0 +1,107 @@
+"""Calibrated uncertainties: error-model fit (known truth), coverage on held-out emulator
+stars, the formal path unchanged, save/load, typed errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayescannon import CannonModel
+from bayescannon.calibration import check_label_errors, coverage_curve, fit_error_model
+from bayescannon.errors import LabelError, NotCalibratedError, ShapeMismatchError
+
+EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
+LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+LO = np.array([4300.0, 4.05, -0.7, -0.2])
+HI = np.array([6900.0, 4.9, 0.3, 0.4])
+
+
+def _emulator(n, rng, pixels, snr=(30.0, 250.0)):
+    """Emulator spectra (S/N log-uniform) on a subset of pixels, with known labels."""
+    d = np.load(EMULATOR)
+    w0, b0, w1, b1 = d["w0"][pixels], d["b0"][pixels], d["w1"][pixels], d["b1"][pixels]
+    lab = rng.uniform(LO, HI, (n, 4))
+    l5 = np.column_stack([lab, np.full(n, 10.0)])
+    s = (l5 - d["x_min"]) / (d["x_max"] - d["x_min"]) - 0.5
+    h = 1.0 / (1.0 + np.exp(-(np.einsum("pjk,nk->npj", w0, s) + b0)))
+    flux0 = np.einsum("pj,npj->np", w1, h) + b1
+    sn = np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]), n))
+    flux = flux0 + rng.standard_normal(flux0.shape) / sn[:, None]
+    ivar = np.broadcast_to((sn**2)[:, None], flux.shape).copy()
+    ivar[:, d["bad_pixel_mask"][pixels]] = 0.0
+    return flux, ivar, lab
+
+
+def test_fit_error_model_recovers_known_parameters():
+    rng = np.random.default_rng(0)
+    n, k = 20000, 2
+    x = rng.uniform(-0.5, 0.5, (n, k))
+    formal = rng.uniform(0.05, 0.3, (n, k)) ** 2
+    a_true, beta_true, dof_true = np.array([1.5, 1.0]), np.array([[np.log(0.04), 1.0, 0.0], [np.log(0.01), 0.0, -1.0]]), 8.0
+    var = a_true**2 * formal + np.exp(np.column_stack([np.ones(n), x]) @ beta_true.T)
+    t = rng.standard_t(dof_true, (n, k)) * np.sqrt((dof_true - 2) / dof_true)
+    out = fit_error_model(t * np.sqrt(var), formal, np.zeros(n), x, ["a", "b"])
+    # ML estimates from 20,000 stars: a to a few per cent, β to ~0.1, ν within a factor ~1.5
+    np.testing.assert_allclose(out["noise_scale"], a_true, rtol=0.06)
+    np.testing.assert_allclose(np.asarray(out["floor_coefficients"]), beta_true, atol=0.15)
+    assert all(5.0 < d < 14.0 for d in out["dof"])
+
+
+def test_coverage_curve_is_diagonal_for_gaussian_errors():
+    rng = np.random.default_rng(1)
+    n = 4000
+    sd = rng.uniform(0.5, 2.0, (n, 3))
+    levels, emp = coverage_curve(sd * rng.standard_normal((n, 3)), sd)
+    tol = 4 * np.sqrt(levels * (1 - levels) / n)[:, None]
+    assert np.all(np.abs(emp - levels[:, None]) < tol)
+
+
+@pytest.mark.parametrize(
+    "errors, exc",
+    [(np.zeros((5, 2)), LabelError), (-np.ones((5, 2)), LabelError), (np.ones((5, 3)), ShapeMismatchError),
+     (np.full((5, 2), np.nan), LabelError)],
+)
+def test_bad_label_errors_raise(errors, exc):
+    with pytest.raises(exc):
+        check_label_errors(errors, 5, ["a", "b"])
+
+
+def test_uncalibrated_model_refuses_calibrated_errors():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (40, 2))
+    flux = 1 + 0.1 * x @ rng.normal(size=(2, 30)) + 0.01 * rng.standard_normal((40, 30))
+    model = CannonModel(["a", "b"]).fit(flux, np.full(flux.shape, 1e4), x)
+    with pytest.raises(NotCalibratedError):
+        model.infer(flux, np.full(flux.shape, 1e4), uncertainty="calibrated")
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not EMULATOR.exists(), reason="../shared/data (APOGEE emulator) is not available")
+def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = np.arange(0, 7214, 8)  # 902 pixels keep this test fast
+    flux, ivar, lab = _emulator(1200, rng, pixels)
+    tf, ti, tl = _emulator(2000, rng, pixels)
+    model = CannonModel(LABELS, random_state=0).fit(flux, ivar, lab)
+    formal = model.infer(tf, ti)
+    model.calibrate(flux, ivar, lab, n_folds=5)
+    cal = model.infer(tf, ti, uncertainty="calibrated")
+    # the formal path is unchanged by calibrating; the calibrated one keeps the formal errors
+    np.testing.assert_array_equal(model.infer(tf, ti)["errors"].values, formal["errors"].values)
+    np.testing.assert_array_equal(cal["errors_formal"].values, formal["errors"].values)
+    np.testing.assert_array_equal(cal["labels"].values, formal["labels"].values)
+    inside68 = np.abs(cal["labels"].values - tl) <= cal["half_width_68"].values
+    inside95 = np.abs(cal["labels"].values - tl) <= cal["half_width_95"].values
+    n = len(tl)
+    # issue targets (±0.03, ±0.02) plus 2σ of the binomial noise of n held-out stars
+    tol68 = 0.03 + 2 * np.sqrt(0.68 * 0.32 / n)
+    tol95 = 0.02 + 2 * np.sqrt(0.95 * 0.05 / n)
+    assert np.all(np.abs(inside68.mean(0) - 0.68) < tol68), inside68.mean(0)
+    assert np.all(np.abs(inside95.mean(0) - 0.95) < tol95), inside95.mean(0)
+    # formal errors are far too small on these spectra (model error)
+    formal68 = np.abs(formal["labels"].values - tl) <= 0.994 * formal["errors"].values
+    assert np.all(formal68.mean(0) < 0.6)
+    # the calibration travels with the model file
+    model.save(tmp_path / "m.nc")
+    back = CannonModel.load(tmp_path / "m.nc")
+    np.testing.assert_allclose(back.infer(tf, ti, uncertainty="calibrated")["errors"].values, cal["errors"].values, rtol=1e-10)
