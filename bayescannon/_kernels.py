@@ -34,29 +34,34 @@ def weights(ivar_t, flux_t, s2, idx):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def score_terms(ivar_t, flux_t, model_t, design, s2, idx):  # pragma: no cover - compiled
-    """Per pixel in ``idx``: score ∂lnp/∂s², curvature ∂²lnp/∂(s²)² at fixed θ, the
-    coupling vector ``q = Σ_n w² r v_n`` (so that the profile curvature is
-    ``g2 + qᵀG⁻¹q``), the mean excess squared residual ``<r² − σ²>`` (a moments
-    estimate of s²) and the mean noise variance ``<σ²>``.
+    """Score statistics of the pixels ``idx`` at their current s² and θ (via ``model_t``).
 
-    ``model_t`` (len(idx), N) holds θ·v for those pixels; ``s2`` is full length.
+    Returns, per pixel:
+
+    * ``g1`` — the score ∂lnp/∂s² (with θ = θ(s²) this is the exact profile score);
+    * ``q = Σ_n w² r v_n`` — with G⁻¹ it gives the θ–s² coupling ``c = qᵀG⁻¹q`` of the
+      profile curvature;
+    * ``s_fixed``, ``g2_fixed`` — the maximiser over s² ≥ 0 of the likelihood with the
+      residuals held fixed, and the curvature there. It is found by Newton iterations in
+      ``x = ln(s² + <σ²>)`` on the residuals kept in cache (cheap: no pass over memory);
+    * ``noise`` — the mean noise variance ``<σ²>``.
     """
     m = idx.shape[0]
     n, t = design.shape
     g1 = np.zeros(m)
-    g2 = np.zeros(m)
     q = np.zeros((m, t))
-    excess = np.zeros(m)
+    s_fixed = np.zeros(m)
+    g2_fixed = np.zeros(m)
     noise = np.zeros(m)
     for a in numba.prange(m):
         p = idx[a]
         s = s2[p]
         acc1 = 0.0
-        acc2 = 0.0
-        acc4 = 0.0
         acc5 = 0.0
         qa = np.zeros(t)
         cnt = 0
+        rr = np.empty(n)
+        iv_used = np.empty(n)
         for j in range(n):
             iv = ivar_t[p, j]
             if iv > 0.0:
@@ -64,22 +69,54 @@ def score_terms(ivar_t, flux_t, model_t, design, s2, idx):  # pragma: no cover -
                 w = iv / (1.0 + iv * s)
                 wr2 = w * r * r
                 acc1 += w * (wr2 - 1.0)
-                acc2 += w * w * (0.5 - wr2)
                 w2r = w * w * r
                 for k in range(t):
                     qa[k] += w2r * design[j, k]
-                var = 1.0 / iv
-                acc4 += r * r - var
-                acc5 += var
+                acc5 += 1.0 / iv
+                rr[cnt] = r * r
+                iv_used[cnt] = iv
                 cnt += 1
         g1[a] = 0.5 * acc1
-        g2[a] = acc2
         for k in range(t):
             q[a, k] = qa[k]
         c = max(cnt, 1)
-        excess[a] = acc4 / c
-        noise[a] = acc5 / c
-    return g1, g2, q, excess, noise
+        nz = acc5 / c
+        noise[a] = nz
+        # fixed-residual maximiser of -½Σ[w r² − ln w] over s² ≥ 0
+        x = s
+        f1 = 0.0
+        f2 = 0.0
+        for it in range(60):
+            f1 = 0.0
+            f2 = 0.0
+            for j in range(cnt):
+                w = iv_used[j] / (1.0 + iv_used[j] * x)
+                wr2 = w * rr[j]
+                f1 += w * (wr2 - 1.0)
+                f2 += w * w * (0.5 - wr2)
+            f1 *= 0.5
+            if x == 0.0 and f1 <= 0.0:
+                break
+            qq = x + nz
+            d1 = qq * f1
+            d2 = d1 + qq * qq * f2
+            if d2 < 0.0:
+                dx = -d1 / d2
+            elif f1 > 0.0:
+                dx = np.log(3.0)
+            else:
+                dx = -np.log(3.0)
+            dx = min(max(dx, -np.log(10.0)), np.log(10.0))
+            xn = qq * np.exp(dx) - nz
+            if xn <= 0.0:
+                xn = 0.1 * x
+            if abs(xn - x) <= 1e-13 * (x + nz):
+                x = xn
+                break
+            x = xn
+        s_fixed[a] = x
+        g2_fixed[a] = f2
+    return g1, q, s_fixed, g2_fixed, noise
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -444,3 +481,43 @@ def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_to
         done_out[i, si] = done
         it_out[i, si] = it
     return x_out, chi2_out, done_out, it_out
+
+
+@numba.njit(parallel=True, cache=True)
+def weight_sums(ivar_t, s2, ok):  # pragma: no cover - compiled
+    """Sums of the adjusted ivar over stars (per pixel) and over usable pixels (per star)."""
+    p, n = ivar_t.shape
+    nb = 32
+    partial = np.zeros((nb, n))
+    wsum = np.zeros(p)
+    for blk in numba.prange(nb):
+        for pp in range(blk * p // nb, (blk + 1) * p // nb):
+            if ok[pp]:
+                s = s2[pp]
+                acc = 0.0
+                for j in range(n):
+                    iv = ivar_t[pp, j]
+                    w = iv / (1.0 + iv * s)
+                    acc += w
+                    partial[blk, j] += w
+                wsum[pp] = acc
+    return wsum, partial.sum(axis=0)
+
+
+@numba.njit(parallel=True, cache=True)
+def fingerprint(a_t, coeffs):  # pragma: no cover - compiled
+    """Projections of a (P, N) array on fixed coefficients: per row and per column."""
+    p, n = a_t.shape
+    rows = np.zeros(p)
+    nb = 32
+    partial = np.zeros((nb, n))
+    for blk in numba.prange(nb):
+        for pp in range(blk * p // nb, (blk + 1) * p // nb):
+            acc = 0.0
+            cp = coeffs[pp % coeffs.shape[0]]
+            for j in range(n):
+                x = a_t[pp, j]
+                acc += x * coeffs[j % coeffs.shape[0]]
+                partial[blk, j] += x * cp
+            rows[pp] = acc
+    return rows, partial.sum(axis=0)

@@ -107,7 +107,7 @@ def _pixel_ok(model):
     return ~(np.asarray(model.pixel_flags_) & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
 
 
-def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1000):
+def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1000, pixel_major: bool = False):
     """Compact summary of the per-pixel Laplace covariance of θ, for propagation.
 
     Parameters
@@ -122,6 +122,8 @@ def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1
         Pixels with a fitted model.
     chunk_size : int
         Stars processed at once.
+    pixel_major : bool
+        ``ivar`` is given transposed, (P, N), C-contiguous (one compiled pass, no copy).
 
     Returns
     -------
@@ -129,14 +131,21 @@ def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1
         ``{"extra_theta_leverage": (("term", "term2"), G₀⁻¹),
         "extra_train_weight": (("pixel",), w̄)}`` for ``model.extra_state_``.
     """
-    n, p = ivar.shape
-    ok = np.ones(p, dtype=bool) if pixel_ok is None else np.asarray(pixel_ok, dtype=bool)
-    wsum = np.zeros(p)
-    rowsum = np.empty(n)
-    for a in range(0, n, chunk_size):  # chunks bound memory; vectorised inside
-        w = adjusted_ivar(ivar[a : a + chunk_size], s2[None, :]) * ok
-        wsum += w.sum(axis=0)
-        rowsum[a : a + chunk_size] = w.sum(axis=1)
+    if pixel_major:
+        from ._kernels import weight_sums
+
+        p, n = ivar.shape
+        ok = np.ones(p, dtype=bool) if pixel_ok is None else np.asarray(pixel_ok, dtype=bool)
+        wsum, rowsum = weight_sums(np.ascontiguousarray(ivar), np.asarray(s2, dtype=np.float64), ok)
+    else:
+        n, p = ivar.shape
+        ok = np.ones(p, dtype=bool) if pixel_ok is None else np.asarray(pixel_ok, dtype=bool)
+        wsum = np.zeros(p)
+        rowsum = np.empty(n)
+        for a in range(0, n, chunk_size):  # chunks bound memory; vectorised inside
+            w = adjusted_ivar(ivar[a : a + chunk_size], s2[None, :]) * ok
+            wsum += w.sum(axis=0)
+            rowsum[a : a + chunk_size] = w.sum(axis=1)
     wbar = wsum / n
     mean_row = rowsum.mean()
     rho = rowsum / mean_row if mean_row > 0 else np.ones(n)
