@@ -15,12 +15,11 @@ __all__ = ["weights", "score_terms", "log_likelihood_terms"]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def weights(ivar_t, flux_t, s2, idx):  # pragma: no cover - compiled
-    """Adjusted ivar and ivar·flux for the pixels ``idx``: two (len(idx), N) arrays."""
+def weights(ivar_t, flux_t, s2, idx, w, wf):  # pragma: no cover - compiled
+    """Adjusted ivar and ivar·flux for the pixels ``idx``, written into the first
+    len(idx) rows of the preallocated (≥ len(idx), N) arrays ``w`` and ``wf``."""
     m = idx.shape[0]
     n = ivar_t.shape[1]
-    w = np.empty((m, n))
-    wf = np.empty((m, n))
     for a in numba.prange(m):
         p = idx[a]
         s = s2[p]
@@ -32,24 +31,63 @@ def weights(ivar_t, flux_t, s2, idx):  # pragma: no cover - compiled
     return w, wf
 
 
+@numba.njit(cache=True, fastmath=True)
+def _fixed_residual_maximum(iv_row, r2, x, noise):  # pragma: no cover - compiled
+    """Maximiser over s² ≥ 0 of −½Σ[w r² − ln w] with the squared residuals ``r2`` fixed
+    (``r2 = 0`` where ivar = 0, which then contributes nothing), by Newton iterations in
+    ``x = ln(s² + noise)``; returns s² and the curvature ∂²/∂(s²)² there."""
+    n = iv_row.shape[0]
+    f2 = 0.0
+    for _ in range(60):
+        f1 = 0.0
+        f2 = 0.0
+        for j in range(n):
+            iv = iv_row[j]
+            w = iv / (1.0 + iv * x)
+            wr2 = w * r2[j]
+            f1 += w * (wr2 - 1.0)
+            f2 += w * w * (0.5 - wr2)
+        f1 *= 0.5
+        if x == 0.0 and f1 <= 0.0:
+            break
+        qq = x + noise
+        d1 = qq * f1
+        d2 = d1 + qq * qq * f2
+        if d2 < 0.0:
+            dx = -d1 / d2
+        elif f1 > 0.0:
+            dx = 1.0986122886681098  # ln 3
+        else:
+            dx = -1.0986122886681098
+        dx = min(max(dx, -2.302585092994046), 2.302585092994046)  # at most a factor 10
+        xn = qq * np.exp(dx) - noise
+        if xn <= 0.0:
+            xn = 0.1 * x
+        if abs(xn - x) <= 1e-11 * (x + noise):
+            return xn, f2
+        x = xn
+    return x, f2
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def score_terms(ivar_t, flux_t, model_t, design, s2, idx):  # pragma: no cover - compiled
+def score_terms(ivar_t, flux_t, model_t, s2, idx, w2r, solve_fixed):  # pragma: no cover - compiled
     """Score statistics of the pixels ``idx`` at their current s² and θ (via ``model_t``).
 
     Returns, per pixel:
 
     * ``g1`` — the score ∂lnp/∂s² (with θ = θ(s²) this is the exact profile score);
-    * ``q = Σ_n w² r v_n`` — with G⁻¹ it gives the θ–s² coupling ``c = qᵀG⁻¹q`` of the
-      profile curvature;
-    * ``s_fixed``, ``g2_fixed`` — the maximiser over s² ≥ 0 of the likelihood with the
-      residuals held fixed, and the curvature there. It is found by Newton iterations in
-      ``x = ln(s² + <σ²>)`` on the residuals kept in cache (cheap: no pass over memory);
+    * ``w2r`` — ``w² r`` written into the first len(idx) rows of the preallocated array;
+      ``q = w2r @ design`` then gives the θ–s² coupling ``c = qᵀG⁻¹q`` of the profile
+      curvature;
+    * ``s_fixed``, ``g2_fixed`` — with ``solve_fixed``: the maximiser over s² ≥ 0 of the
+      likelihood with the residuals held fixed, and the curvature there (Newton iterations
+      on the residuals kept in cache: no extra pass over memory); without it:
+      ``s_fixed`` = current s² and ``g2_fixed`` the fixed-θ curvature at the current s²;
     * ``noise`` — the mean noise variance ``<σ²>``.
     """
     m = idx.shape[0]
-    n, t = design.shape
+    n = ivar_t.shape[1]
     g1 = np.zeros(m)
-    q = np.zeros((m, t))
     s_fixed = np.zeros(m)
     g2_fixed = np.zeros(m)
     noise = np.zeros(m)
@@ -57,66 +95,41 @@ def score_terms(ivar_t, flux_t, model_t, design, s2, idx):  # pragma: no cover -
         p = idx[a]
         s = s2[p]
         acc1 = 0.0
+        acc2 = 0.0
+        acc4 = 0.0
         acc5 = 0.0
-        qa = np.zeros(t)
         cnt = 0
-        rr = np.empty(n)
-        iv_used = np.empty(n)
+        r2 = np.empty(n)
         for j in range(n):
             iv = ivar_t[p, j]
+            r = flux_t[p, j] - model_t[a, j]
+            w = iv / (1.0 + iv * s)
+            wr2 = w * r * r
+            acc1 += w * (wr2 - 1.0)
+            acc2 += w * w * (0.5 - wr2)
+            w2r[a, j] = w * w * r
             if iv > 0.0:
-                r = flux_t[p, j] - model_t[a, j]
-                w = iv / (1.0 + iv * s)
-                wr2 = w * r * r
-                acc1 += w * (wr2 - 1.0)
-                w2r = w * w * r
-                for k in range(t):
-                    qa[k] += w2r * design[j, k]
+                r2[j] = r * r
+                acc4 += r * r
                 acc5 += 1.0 / iv
-                rr[cnt] = r * r
-                iv_used[cnt] = iv
                 cnt += 1
+            else:
+                r2[j] = 0.0
         g1[a] = 0.5 * acc1
-        for k in range(t):
-            q[a, k] = qa[k]
         c = max(cnt, 1)
         nz = acc5 / c
         noise[a] = nz
-        # fixed-residual maximiser of -½Σ[w r² − ln w] over s² ≥ 0
-        x = s
-        f1 = 0.0
-        f2 = 0.0
-        for it in range(60):
-            f1 = 0.0
-            f2 = 0.0
-            for j in range(cnt):
-                w = iv_used[j] / (1.0 + iv_used[j] * x)
-                wr2 = w * rr[j]
-                f1 += w * (wr2 - 1.0)
-                f2 += w * w * (0.5 - wr2)
-            f1 *= 0.5
-            if x == 0.0 and f1 <= 0.0:
-                break
-            qq = x + nz
-            d1 = qq * f1
-            d2 = d1 + qq * qq * f2
-            if d2 < 0.0:
-                dx = -d1 / d2
-            elif f1 > 0.0:
-                dx = np.log(3.0)
-            else:
-                dx = -np.log(3.0)
-            dx = min(max(dx, -np.log(10.0)), np.log(10.0))
-            xn = qq * np.exp(dx) - nz
-            if xn <= 0.0:
-                xn = 0.1 * x
-            if abs(xn - x) <= 1e-13 * (x + nz):
-                x = xn
-                break
-            x = xn
-        s_fixed[a] = x
-        g2_fixed[a] = f2
-    return g1, q, s_fixed, g2_fixed, noise
+        # start the fixed-residual solve from the current s², or from the moments
+        # estimate <r² − σ²> when s² = 0 (Newton from 0 needs many more steps)
+        if not solve_fixed:
+            s_fixed[a] = s
+            g2_fixed[a] = acc2
+            continue
+        x0 = s
+        if s == 0.0 and acc4 / c > nz and g1[a] > 0.0:
+            x0 = acc4 / c - nz
+        s_fixed[a], g2_fixed[a] = _fixed_residual_maximum(ivar_t[p], r2, x0, nz)
+    return g1, s_fixed, g2_fixed, noise
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)

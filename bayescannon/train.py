@@ -226,6 +226,8 @@ def fit_pixels(
     converged = np.zeros(p, dtype=bool)
     bad = few.copy()
     active = np.flatnonzero(~few)
+    buf_a = np.empty((p, n))  # reused: weights, then θ·v (also for the final likelihood)
+    buf_b = np.empty((active.size, n))
     iterator = range(max_iter + 1)
     if progressbar:
         from tqdm.auto import tqdm
@@ -235,10 +237,11 @@ def fit_pixels(
     for it in iterator:
         if active.size == 0:
             break
-        w, wf = weights(ivar_t, flux_t, s2, active)
+        m = active.size
+        w, wf = buf_a[:m], buf_b[:m]  # reused buffers: no page faults after the first pass
+        weights(ivar_t, flux_t, s2, active, w, wf)
         packed = w @ vv
         ba = wf @ design
-        del w, wf
         th, ok = solve_packed(packed, ba, allowed[active], 1e-10)
         if it == 0 and not ok.all():
             # singular designs are found at s² = 0 (the rank does not depend on s²)
@@ -252,7 +255,12 @@ def fit_pixels(
             start = th if it == 0 else theta[active]
             th = _lasso(_unpack(packed, t), ba, start, lam, allowed[active])
         theta[active] = th
-        g1, q, s_fixed, g2_fixed, noise = score_terms(ivar_t, flux_t, th @ design.T, design, s2, active)
+        model_t = np.matmul(th, design.T, out=buf_a[:m])
+        # the fixed-residual solve pays off while s² is far from its optimum (first two
+        # passes); afterwards a Newton step with the exact profile curvature suffices
+        solve_fixed = it < 2
+        g1, s_fixed, g2_fixed, noise = score_terms(ivar_t, flux_t, model_t, s2, active, buf_b[:m], solve_fixed)
+        q = buf_b[:m] @ design
         score[active] = g1
         s = s2[active]
         ng = np.maximum(n_used[active], 1)
@@ -266,11 +274,15 @@ def fit_pixels(
         # coupling of θ and s² in the profile likelihood: c = qᵀG⁻¹q
         ginv_q, _ = solve_packed(packed, q, allowed[active], 1e-10)
         coupling = np.einsum("at,at->a", q, ginv_q)
-        s_new = _scatter_step(s, s_fixed, g2_fixed, coupling)
+        if solve_fixed:
+            s_new = _scatter_step(s, s_fixed, g2_fixed, coupling)
+        else:
+            s_new = _profile_newton(s, g1, g2_fixed + coupling, noise)
         keep = ~done
         s2[active[keep]] = s_new[keep]
         active = active[keep]
     n_iter = it
+    del buf_b
     empty = n_used == 0
     if empty.any():
         logger.info("%d of %d pixels are masked in every training star: neutral model", int(empty.sum()), p)
@@ -282,7 +294,8 @@ def fit_pixels(
             int(partial.sum()),
             p,
         )
-    lnp = log_likelihood_terms(ivar_t, flux_t, theta @ design.T, s2)
+    lnp = log_likelihood_terms(ivar_t, flux_t, np.matmul(theta, design.T, out=buf_a), s2)
+    del buf_a
     notconv = ~converged & ~bad
     if notconv.any():
         flags[notconv] |= PixelFlag.NOT_CONVERGED
@@ -301,6 +314,18 @@ def fit_pixels(
         score[bad] = 0.0
         lnp[bad] = 0.0
     return TrainingResult(theta, s2, lnp, score, flags, n_used, n_iter)
+
+
+def _profile_newton(s, g1, curv, noise):
+    """Newton step on the profile likelihood in ``x = ln(s² + <σ²>)`` with the exact
+    profile curvature ``curv`` (∂²/∂(s²)²); at most a factor 10 in ``s² + <σ²>``."""
+    q = s + noise
+    d1 = q * g1
+    d2 = d1 + q * q * curv
+    dx = np.where(d2 < 0, -d1 / np.where(d2 < 0, d2, -1.0), np.sign(g1) * np.log(3.0))
+    dx = np.clip(dx, -np.log(10.0), np.log(10.0))
+    new = q * np.exp(dx) - noise
+    return np.where(new > 0, new, 0.1 * s)
 
 
 def _scatter_step(s, s_fixed, g2_fixed, coupling):
