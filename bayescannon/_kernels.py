@@ -151,20 +151,20 @@ def log_likelihood_terms(ivar_t, flux_t, model_t, s2):  # pragma: no cover - com
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def test_weights(flux, ivar, s2, pixel_ok):  # pragma: no cover - compiled
+def test_weights(flux, ivar, s2, pixel_ok, w, wf):  # pragma: no cover - compiled
     """Validate and weight test spectra in one pass (star-major arrays).
+
+    ``w`` and ``wf`` are preallocated (≥ N, P) arrays reused across chunks; their first N
+    rows receive the adjusted ivar and adjusted ivar × flux (0 where unusable).
 
     Returns
     -------
-    w, wf : (N, P) adjusted ivar and adjusted ivar × flux (0 where unusable)
     c : (N,) Σ w f²
     n_pix : (N,) number of usable pixels
     bad : (N, 3) first pixel per star with non-finite ivar, negative ivar, non-finite
         flux where ivar > 0 (−1 where none)
     """
     n, p = flux.shape
-    w = np.empty((n, p))
-    wf = np.empty((n, p))
     c = np.zeros(n)
     n_pix = np.zeros(n, dtype=np.int64)
     bad = np.full((n, 3), -1, dtype=np.int64)
@@ -197,7 +197,7 @@ def test_weights(flux, ivar, s2, pixel_ok):  # pragma: no cover - compiled
                 wf[i, j] = 0.0
         c[i] = acc
         n_pix[i] = cnt
-    return w, wf, c, n_pix, bad
+    return c, n_pix, bad
 
 
 @numba.njit(parallel=True, cache=True)

@@ -475,12 +475,12 @@ class CannonModel:
                 "onto the model grid (bayescannon.preprocess.resample)"
             )
 
-    def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength):
+    def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength, w, wf):
         """Adjusted weights of a chunk of test spectra, validated on the way."""
         from ._kernels import test_weights
 
-        w, wf, c, n_pix, bad = test_weights(
-            np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok
+        c, n_pix, bad = test_weights(
+            np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, w, wf
         )
         if (bad >= 0).any():
             kinds = [
@@ -500,7 +500,7 @@ class CannonModel:
                     if wavelength is not None:
                         where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
                     raise exc(f"{what} at {where}; {rows.size} stars in this chunk affected")
-        return w, wf, c, n_pix
+        return c, n_pix
 
     # ------------------------------------------------------------------ test step
     def infer(
@@ -511,7 +511,7 @@ class CannonModel:
         ids=None,
         wavelength=None,
         n_starts: int | None = None,
-        chunk_size: int = 2000,
+        chunk_size: int = 1000,
         uncertainty: str = "formal",
         progressbar: bool = False,
     ) -> xr.Dataset:
@@ -595,11 +595,15 @@ class CannonModel:
 
             chunks = tqdm(chunks, desc="inferring labels", unit="chunk")
         pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
+        # work buffers reused by every chunk: memory is bounded by chunk_size, not by N
+        buf_w = np.empty((min(chunk_size, n), p))
+        buf_wf = np.empty((min(chunk_size, n), p))
         for a in chunks:
             sl = slice(a, min(a + chunk_size, n))
-            w, wf, c, n_pix = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength)
+            m = sl.stop - sl.start
+            w, wf = buf_w[:m], buf_wf[:m]
+            c, n_pix = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength, w, wf)
             A, b = test_statistics(w, wf, self.theta_, theta_pairs)
-            del w, wf
             m = A.shape[0]
             # χ² of every candidate for every star; keep the best s as starts
             cchi = chi2_at(A, b, c, v_cand)

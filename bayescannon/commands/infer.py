@@ -11,7 +11,7 @@ def add_arguments(p):
     p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
     p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
-    p.add_argument("--chunk-size", type=int, default=2000, help="stars per chunk (bounds memory)")
+    p.add_argument("--chunk-size", type=int, default=1000, help="stars per chunk (bounds memory)")
     p.add_argument("--uncertainty", choices=["formal", "calibrated"], default="formal")
     p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them "
                    "(for long runs)")
