@@ -1809,7 +1809,7 @@ PIPELINE_NOISE: dict[str, dict[str, float]] = {
 
 
 def lamost_teff_offset(teff, logg=None, feh=None):
-    """Systematic Teff offset (K) of the mock LAMOST pipeline: ``40 + 0.06 (Teff - 4800)``.
+    """Systematic Teff offset (K) of the mock LAMOST pipeline: ``80 + 0.06 (Teff - 4800)``.
 
     Parameters
     ----------
@@ -1823,13 +1823,13 @@ def lamost_teff_offset(teff, logg=None, feh=None):
     ndarray
         Reported minus true Teff, before noise.
     """
-    return 40.0 + 0.06 * (np.asarray(teff, dtype=float) - 4800.0)
+    return 80.0 + 0.06 * (np.asarray(teff, dtype=float) - 4800.0)
 
 
 def lamost_logg_offset(teff, logg, feh=None):
     """Systematic logg offset of the mock LAMOST pipeline.
 
-    ``0.10 + 0.08 (logg - 2.5) + 1e-4 (Teff - 4800)``: gravities of giants are
+    ``0.20 + 0.08 (logg - 2.5) + 1e-4 (Teff - 4800)``: gravities of giants are
     over-estimated, more so for less evolved and hotter stars.
 
     Parameters
@@ -1845,13 +1845,15 @@ def lamost_logg_offset(teff, logg, feh=None):
     """
     teff = np.asarray(teff, dtype=float)
     logg = np.asarray(logg, dtype=float)
-    return 0.10 + 0.08 * (logg - 2.5) + 1e-4 * (teff - 4800.0)
+    return 0.20 + 0.08 * (logg - 2.5) + 1e-4 * (teff - 4800.0)
 
 
 def lamost_feh_offset(feh, teff=None, logg=None):
-    """Systematic [Fe/H] offset of the mock LAMOST pipeline: ``-0.1 ([Fe/H] + 0.3)``.
+    """Systematic [Fe/H] offset of the mock LAMOST pipeline: ``-0.08 - 0.1 ([Fe/H] + 0.3)``.
 
-    The reported metallicity scale is compressed towards [Fe/H] = -0.3.
+    The reported metallicity scale is lower overall and compressed towards [Fe/H] = -0.3.
+    The sizes of these offsets are of the order seen between LAMOST DR2 and APOGEE giants
+    (Ho+2017), not calibrated to them.
 
     Parameters
     ----------
@@ -1864,7 +1866,7 @@ def lamost_feh_offset(feh, teff=None, logg=None):
     -------
     ndarray
     """
-    return -0.1 * (np.asarray(feh, dtype=float) + 0.3)
+    return -0.08 - 0.1 * (np.asarray(feh, dtype=float) + 0.3)
 
 
 def pipeline_labels(true_labels, survey: str = "lamost", rng=None) -> dict[str, np.ndarray]:
@@ -1872,9 +1874,9 @@ def pipeline_labels(true_labels, survey: str = "lamost", rng=None) -> dict[str, 
 
     * ``"apogee"``: truth + Gaussian noise of sd 50 K (``TEFF``), 0.05 (``LOGG``),
       0.03 (``FE_H``), 0.02 (``ALPHA_FE``); no systematic offset.
-    * ``"lamost"``: truth + :func:`lamost_teff_offset` (``40 + 0.06 (Teff - 4800)``
-      K), :func:`lamost_logg_offset` (``0.10 + 0.08 (logg - 2.5) + 1e-4 (Teff -
-      4800)``), :func:`lamost_feh_offset` (``-0.1 ([Fe/H] + 0.3)``), all evaluated
+    * ``"lamost"``: truth + :func:`lamost_teff_offset` (``80 + 0.06 (Teff - 4800)``
+      K), :func:`lamost_logg_offset` (``0.20 + 0.08 (logg - 2.5) + 1e-4 (Teff -
+      4800)``), :func:`lamost_feh_offset` (``-0.08 - 0.1 ([Fe/H] + 0.3)``), all evaluated
       on the true labels, + Gaussian noise of sd 110 K, 0.18, 0.10.  The LAMOST
       pipeline reports no ``ALPHA_FE``.
 

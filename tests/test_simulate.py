@@ -372,12 +372,12 @@ def test_lamost_pipeline_offsets_follow_formulas():
             assert abs(np.corrcoef(resid, lab)[0, 1]) < 5 / math.sqrt(n), k
         np.testing.assert_array_equal(rep[f"e_{k}"], sigma)
     # the documented formulas themselves
-    assert sim.lamost_teff_offset(4800.0) == pytest.approx(40.0)
-    assert sim.lamost_teff_offset(5300.0) == pytest.approx(70.0)
-    assert sim.lamost_logg_offset(4800.0, 2.5) == pytest.approx(0.10)
-    assert sim.lamost_logg_offset(5000.0, 3.5) == pytest.approx(0.10 + 0.08 + 0.02)
-    assert sim.lamost_feh_offset(-0.3) == pytest.approx(0.0)
-    assert sim.lamost_feh_offset(0.2) == pytest.approx(-0.05)
+    assert sim.lamost_teff_offset(4800.0) == pytest.approx(80.0)
+    assert sim.lamost_teff_offset(5300.0) == pytest.approx(110.0)
+    assert sim.lamost_logg_offset(4800.0, 2.5) == pytest.approx(0.20)
+    assert sim.lamost_logg_offset(5000.0, 3.5) == pytest.approx(0.20 + 0.08 + 0.02)
+    assert sim.lamost_feh_offset(-0.3) == pytest.approx(-0.08)
+    assert sim.lamost_feh_offset(0.2) == pytest.approx(-0.13)
 
 
 def test_apogee_pipeline_is_unbiased():
