@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench bench-quick clean
+.PHONY: setup demo test test-all bench bench-quick bench-all clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ bench: $(VENV)/.bench
 
 bench-quick: $(VENV)/.bench
 	$(PY) benchmarks/bench_core.py --quick
+
+bench-all: $(VENV)/.bench
+	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_bayes.py
+	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_validate.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
