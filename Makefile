@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@PYBIN=$$(scripts/find-python.sh) && echo "using $$PYBIN" && \
 	  { [ -x $(PY) ] || $$PYBIN -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,homogenise]"
+	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
 demo: setup
