@@ -14,7 +14,6 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@PYBIN=$$(scripts/find-python.sh) && echo "using $$PYBIN" && \
 	  { [ -x $(PY) ] || $$PYBIN -m venv $(VENV); }
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 
