@@ -207,7 +207,6 @@ def run_cross_survey(
     kw = dict(model_kwargs or {})
     ia, ib = common_stars(a, b, crossmatch, columns=crossmatch_columns)
     rows = {a.code: ia, b.code: ib}
-    spectra = {a.code: a, b.code: b}
     runs, models, tables = {}, {}, {}
     for lab in (a, b):
         names = [n for n in label_names if n in lab.labels.colnames]

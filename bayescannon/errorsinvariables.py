@@ -228,7 +228,6 @@ def _marginal_model(model, flux, ivar, x_obs, err_s, s_scale):
     import pytensor.tensor as pt
 
     n, p = flux.shape
-    k = x_obs.shape[1]
     vec = model.vectorizer
     t = vec.n_terms
     coords = {"training_star": np.arange(n), "label_name": list(model.label_names), "pixel": np.arange(p)}

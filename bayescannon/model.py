@@ -26,7 +26,7 @@ from .errors import (
 )
 from .flags import PixelFlag, StarFlag, flag_doc
 from .infer import chi2_at, fit_labels, test_statistics
-from .spectra import check_flux_ivar, check_spectra, default_ids
+from .spectra import check_spectra, default_ids
 from .train import fit_pixels
 from .vectorizer import PolynomialVectorizer
 

@@ -1,6 +1,5 @@
 """The CLI, called through main([...])."""
 
-import numpy as np
 import pytest
 from astropy.table import Table
 

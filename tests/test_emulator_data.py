@@ -4,7 +4,6 @@ import numpy as np
 
 from bayescannon import CannonModel
 from bayescannon.likelihood import adjusted_ivar
-from bayescannon import scaling
 
 from conftest import shared_file
 

@@ -1,7 +1,6 @@
 """Batched test step: agreement with per-star least squares, truth recovery, flags."""
 
 import numpy as np
-import pytest
 from scipy.optimize import least_squares
 
 from bayescannon import scaling

@@ -1,7 +1,6 @@
 """Training (MAP θ, s² per pixel) against a known truth, with noise-derived tolerances."""
 
 import numpy as np
-import pytest
 
 from bayescannon.flags import PixelFlag
 from bayescannon.train import fit_pixels, profile_log_likelihood
