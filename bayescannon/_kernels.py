@@ -1,9 +1,14 @@
-"""Fused, compiled inner loops of the training step (numba, cached on disk).
+"""Compiled inner loops of training and the test step (numba, cached on disk).
 
-These kernels only fuse elementwise work that numpy would otherwise do in many
-memory-bound passes over (pixel, star) arrays; the maths they implement is the one in
-:mod:`bayescannon.likelihood` (``w = ivar/(1 + ivar s²)``), and the tests check them
-against the numpy expressions. Arrays are pixel-major: (P, N).
+* training: fused passes over pixel-major (P, N) arrays (validation + transpose, adjusted
+  weights, score statistics, log-likelihood) and small per-pixel Cholesky solves;
+* test step: validation + weights of star-major (N, P) spectra, and Levenberg–Marquardt
+  on each star's sufficient statistics, with v(ℓ) from the vectorizer's own term
+  recursion (``parent``, ``last``).
+
+The maths is the one in :mod:`bayescannon.likelihood` (``w = ivar/(1 + ivar s²)``) and
+:mod:`bayescannon.vectorizer`; the tests check the results against numpy expressions and
+against per-star ``scipy.optimize.least_squares``.
 """
 
 from __future__ import annotations

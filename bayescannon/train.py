@@ -9,14 +9,16 @@ Algorithm (all pixels at once, no loop over pixels):
   equations ``G θ = b`` with ``G = Σ_n w_n v_n v_nᵀ`` and ``b = Σ_n w_n f_n v_n``. All
   G are formed by one matrix product ``Wᵀ (v ⊗ v)`` over stars; with an L1 penalty the
   θ-step is a lasso solved by coordinate descent on (G, b), vectorised over pixels.
-* s-step: at fixed residuals, a safeguarded Newton step on the score
-  ``∂ ln p/∂s² = ½ Σ w (w r² − 1)``.
+* s-step: the profile likelihood ``max_θ ln p(θ, s²)`` is maximised over s² ≥ 0. While
+  s² is far from its optimum (first two passes) the compiled kernel maximises the
+  likelihood with the residuals held fixed (Newton in ``x = ln(s² + <σ²>)`` on residuals
+  kept in cache) and a coupling correction ``c = qᵀG⁻¹q`` accounts for θ following s²;
+  afterwards a Newton step with the exact profile curvature (fixed-θ curvature + c)
+  converges quadratically.
 
-The two blocks are nearly orthogonal (the expected cross-information between the mean
-parameters θ and the variance s² is zero), so block-coordinate ascent converges in a few
-iterations to the joint maximum, which is also the maximum of the profile likelihood
-``max_θ ln p(θ, s²)`` over s². Iteration stops when the score of the profile likelihood
-vanishes (relative tolerance) or s² sits at the boundary 0 with a negative score.
+Iteration stops per pixel when the profile score per star ``|∂ ln p/∂x| / N`` falls
+below ``tol`` or s² sits at the boundary 0 with a non-positive score (about four passes
+over the data, fewer pixels each time). Work arrays are allocated once and reused.
 
 Pixels with fewer usable stars than terms (+1), or with a singular design, get a
 neutral model (θ = [weighted mean flux, 0, …], s² = 0) and a flag instead of NaN.
