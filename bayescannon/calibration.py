@@ -29,9 +29,22 @@ missing pieces, each with a stated model (see ``docs/bayes.md`` for the derivati
    a scale mixture of Gaussians (a hierarchical scatter): model error is a deterministic
    function of ℓ and its distribution over label space has heavier tails than a Gaussian.
 
+3. **Interval shape**, by split-conformal calibration (normalised non-conformity score;
+   Papadopoulos et al. 2008, Lei et al. 2018). The fitted σ_nk sets each star's *scale*;
+   the half-width of the central ``p`` interval is ``q_k(p) σ_nk`` where ``q_k(p)`` is the
+   finite-sample-corrected empirical quantile (rank ``⌈(m+1)p⌉`` of ``m``) of
+   ``|z| = |ℓ̂ − ℓ_ref| / sqrt(σ²_nk + e²_ref,nk)`` on the held-out residuals. The t
+   family cannot represent residuals that are *lighter*-tailed than a Gaussian, which is
+   what a deterministic, label-dependent model bias added to noise produces (on emulator
+   [Fe/H] the t form gave 0.65 at 68 % and 0.97 at 95 %); the empirical quantiles make
+   the marginal coverage exact for stars exchangeable with the calibration set, whatever
+   the shape. ``q_k`` is tabulated on levels 0.01 … 0.99 (``quantile_levels``,
+   ``z_quantiles``) and interpolated; calibrations without the table fall back to the t
+   quantiles.
+
 Reported: ``covariance`` = ``D (1+ε) Σ^formal D + diag(floor)`` with ``D = diag(a)``
 (so ``errors`` is a standard deviation) and symmetric 68 % / 95 % interval half-widths
-``half_width_68``, ``half_width_95`` from the t quantiles.
+``half_width_68``, ``half_width_95`` from the conformal quantiles ``q_k``.
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ __all__ = [
     "epsilon",
     "fit_error_model",
     "calibrated_errors",
+    "interval_factor",
     "apply_calibration",
     "calibrate",
     "coverage",
@@ -69,7 +83,8 @@ __all__ = [
 
 LEVELS = (0.68, 0.95)
 CALIBRATION_KIND = "bayescannon.calibration"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
+_Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
 _MAX_DOF = 1000.0
@@ -243,7 +258,8 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
     -------
     dict
         ``noise_scale`` (K,), ``floor_coefficients`` (K, K+1), ``dof`` (K,),
-        ``n_stars`` (K,), ``neg_log_likelihood`` (K,).
+        ``n_stars`` (K,), ``neg_log_likelihood`` (K,), ``quantile_levels`` (L,) and
+        ``z_quantiles`` (K, L): conformal quantiles of the standardised absolute residuals.
     """
     residuals = np.asarray(residuals, dtype=np.float64)
     n, k = residuals.shape
@@ -251,7 +267,8 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
     eps = np.zeros(n) if eps is None else np.asarray(eps, dtype=np.float64)
     x1 = np.column_stack([np.ones(n), np.asarray(x_scaled, dtype=np.float64)])
     n_par = k + 3
-    out = {"noise_scale": [], "floor_coefficients": [], "dof": [], "n_stars": [], "neg_log_likelihood": []}
+    out = {"noise_scale": [], "floor_coefficients": [], "dof": [], "n_stars": [], "neg_log_likelihood": [],
+           "quantile_levels": [float(v) for v in _Z_LEVELS], "z_quantiles": []}
     for j in range(k):  # a few labels: a small optimisation each
         good = (
             np.isfinite(residuals[:, j])
@@ -285,6 +302,8 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         out["dof"].append(float(2.0 + np.exp(res.x[-1])))
         out["n_stars"].append(m)
         out["neg_log_likelihood"].append(float(res.fun))
+        var = np.exp(2 * res.x[0]) * nv + np.exp(xx @ res.x[1:-1]) + rv
+        out["z_quantiles"].append([float(v) for v in conformal_quantiles(np.abs(r) / np.sqrt(var), _Z_LEVELS)])
         logger.info(
             "calibrated %s on %d stars: noise scale %.3g, median model-error sd %.4g, dof %.3g",
             label_names[j],
@@ -294,6 +313,42 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
             out["dof"][-1],
         )
     return out
+
+
+def conformal_quantiles(scores, levels):
+    """Split-conformal quantiles of non-conformity scores.
+
+    For ``m`` scores the quantile at level ``p`` is the ``⌈(m+1)p⌉``-th smallest (capped at
+    the largest), so that a new exchangeable score falls below it with probability ≥ p.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (m,)
+    levels : array_like, shape (L,)
+
+    Returns
+    -------
+    ndarray, shape (L,)
+    """
+    z = np.sort(np.asarray(scores, dtype=np.float64))
+    m = z.size
+    rank = np.minimum(np.ceil((m + 1) * np.asarray(levels, dtype=np.float64)).astype(int), m)
+    return z[np.maximum(rank, 1) - 1]
+
+
+def interval_factor(cal, level):
+    """Half-width of the central ``level`` interval in units of the calibrated sd, (K,).
+
+    Conformal quantiles (interpolated in level) when the calibration has them, else the
+    quantile of a unit-variance Student t with the fitted degrees of freedom.
+    """
+    if cal.get("z_quantiles"):
+        lv = np.asarray(cal["quantile_levels"], dtype=np.float64)
+        zq = np.asarray(cal["z_quantiles"], dtype=np.float64)
+        if not lv[0] <= level <= lv[-1]:
+            raise InvalidInputError(f"interval level {level} is outside the calibrated range {lv[0]}..{lv[-1]}")
+        return np.array([np.interp(level, lv, row) for row in zq])
+    return _quantile_factor(level, np.asarray(cal["dof"]))
 
 
 def _quantile_factor(level, dof):
@@ -340,7 +395,6 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
     cal = _check_calibration(model)
     a = np.asarray(cal["noise_scale"])
     beta = np.asarray(cal["floor_coefficients"])  # (K, K+1)
-    dof = np.asarray(cal["dof"])
     x_scaled = np.atleast_2d(x_scaled)
     n = x_scaled.shape[0]
     x1 = np.column_stack([np.ones(n), x_scaled])
@@ -350,7 +404,7 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
     idx = np.arange(a.size)
     cov[:, idx, idx] += floor
     sd = np.sqrt(np.einsum("nkk->nk", cov))
-    return cov, sd, sd * _quantile_factor(LEVELS[0], dof), sd * _quantile_factor(LEVELS[1], dof)
+    return cov, sd, sd * interval_factor(cal, LEVELS[0]), sd * interval_factor(cal, LEVELS[1])
 
 
 def apply_calibration(model, ds: xr.Dataset, ivar) -> xr.Dataset:
@@ -376,7 +430,7 @@ def apply_calibration(model, ds: xr.Dataset, ivar) -> xr.Dataset:
     out["half_width_95"].attrs["description"] = "half-width of the calibrated central 95% interval"
     out["theta_variance"].attrs["description"] = "1 + eps: variance inflation from theta uncertainty"
     out.attrs["uncertainty"] = (
-        "calibrated: a^2 (1+eps) formal covariance + log-linear model-error floor, Student-t intervals "
+        "calibrated: a^2 (1+eps) formal covariance + log-linear model-error floor, conformal intervals "
         "(bayescannon.calibration)"
     )
     out.attrs["calibration"] = json.dumps(model.calibration_)
@@ -508,7 +562,8 @@ def calibrate(
     cal = {
         "kind": CALIBRATION_KIND,
         "version": CALIBRATION_VERSION,
-        "error_model": "student-t; var = a^2 (1+eps) formal + exp(beta . [1, x_scaled])",
+        "error_model": "var = a^2 (1+eps) formal + exp(beta . [1, x_scaled]) (student-t ML); "
+        "intervals q(level) * sd with split-conformal quantiles q of |residual| / sd",
         "label_names": list(model.label_names),
         "source": source,
         "levels": list(LEVELS),
@@ -539,7 +594,7 @@ def coverage(truth, center, half_width):
     return inside.mean(axis=0)
 
 
-def coverage_curve(residuals, sd, dof=None, levels=None):
+def coverage_curve(residuals, sd, dof=None, levels=None, calibration=None):
     """Empirical coverage of central intervals at many nominal levels.
 
     Parameters
@@ -547,9 +602,12 @@ def coverage_curve(residuals, sd, dof=None, levels=None):
     residuals, sd : ndarray, shape (N, K)
         Estimate minus truth, and the reported standard deviation.
     dof : array_like (K,), optional
-        Student-t degrees of freedom per label (Gaussian when None).
+        Student-t degrees of freedom per label (Gaussian when None and no calibration).
     levels : ndarray, optional
         Nominal levels (default 0.05 … 0.99).
+    calibration : dict, optional
+        A model's ``calibration_``: interval half-widths from its quantile factors
+        (:func:`interval_factor`), as reported by ``infer(..., uncertainty="calibrated")``.
 
     Returns
     -------
@@ -559,7 +617,9 @@ def coverage_curve(residuals, sd, dof=None, levels=None):
     levels = np.linspace(0.05, 0.99, 48) if levels is None else np.asarray(levels, dtype=np.float64)
     z = np.abs(np.asarray(residuals) / np.asarray(sd))
     k = z.shape[1]
-    if dof is None:
+    if calibration is not None:
+        q = np.vstack([interval_factor(calibration, lv) for lv in levels])
+    elif dof is None:
         q = stats.norm.ppf(0.5 + 0.5 * levels)[:, None] * np.ones(k)
     else:
         q = np.column_stack([_quantile_factor(levels, d) for d in np.broadcast_to(dof, (k,))])

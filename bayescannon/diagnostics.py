@@ -187,7 +187,7 @@ def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):
     return fig
 
 
-def plot_coverage(residuals, sd, label_names, *, dof=None, ax_title: str | None = None, other=None):
+def plot_coverage(residuals, sd, label_names, *, dof=None, calibration=None, ax_title: str | None = None, other=None):
     """Coverage (calibration) curve: empirical vs nominal coverage of central intervals.
 
     Parameters
@@ -196,7 +196,9 @@ def plot_coverage(residuals, sd, label_names, *, dof=None, ax_title: str | None 
         Estimate minus truth and reported standard deviations.
     label_names : list of str
     dof : array_like (K,), optional
-        Student-t degrees of freedom (Gaussian intervals when None).
+        Student-t degrees of freedom (Gaussian intervals when None and no calibration).
+    calibration : dict, optional
+        A model's ``calibration_``: intervals from its conformal quantile factors.
     other : dict, optional
         ``{name: (sd, dof)}`` more error models drawn dashed (e.g. formal errors).
 
@@ -208,7 +210,7 @@ def plot_coverage(residuals, sd, label_names, *, dof=None, ax_title: str | None 
 
     fig, axes = _figure(1, 1, figsize=(4.2, 4.0))
     ax = axes[0][0]
-    lv, emp = coverage_curve(residuals, sd, dof)
+    lv, emp = coverage_curve(residuals, sd, dof, calibration=calibration)
     for k, name in enumerate(label_names):
         ax.plot(lv, emp[:, k], color=f"C{k}", label=name)
     for name, (osd, odof) in (other or {}).items():

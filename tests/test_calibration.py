@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.calibration import check_label_errors, coverage_curve, fit_error_model
+from bayescannon.calibration import (
+    check_label_errors,
+    conformal_quantiles,
+    coverage_curve,
+    fit_error_model,
+    interval_factor,
+)
 from bayescannon.errors import LabelError, NotCalibratedError, ShapeMismatchError
 
 EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
@@ -45,6 +51,39 @@ def test_fit_error_model_recovers_known_parameters():
     np.testing.assert_allclose(out["noise_scale"], a_true, rtol=0.06)
     np.testing.assert_allclose(np.asarray(out["floor_coefficients"]), beta_true, atol=0.15)
     assert all(5.0 < d < 14.0 for d in out["dof"])
+
+
+def _biased_residuals(rng, n, formal):
+    """Noise plus a deterministic label-dependent bias: lighter-tailed than a Gaussian."""
+    x = rng.uniform(-0.5, 0.5, (n, 1))
+    bias = 0.25 * np.sign(np.sin(6 * np.pi * x[:, 0]))  # ±0.25, half the stars each way
+    return bias + np.sqrt(formal[:, 0]) * rng.standard_normal(n), x
+
+
+def test_conformal_intervals_cover_lighter_than_gaussian_residuals():
+    # residual = ±b + noise is platykurtic: no Student t matches its 68 % and 95 % points
+    rng = np.random.default_rng(4)
+    n = 8000
+    formal = rng.uniform(0.1, 0.2, (n, 1)) ** 2
+    r, x = _biased_residuals(rng, n, formal)
+    cal = fit_error_model(r[:, None], formal, np.zeros(n), x, ["a"])
+    assert cal["dof"][0] > 100  # the t fit goes Gaussian: the best it can do
+    # fresh stars from the same population, with the calibrated sd and the conformal factors
+    r2, x2 = _biased_residuals(rng, n, formal)
+    beta = np.asarray(cal["floor_coefficients"])[0]
+    sd = np.sqrt(cal["noise_scale"][0] ** 2 * formal[:, 0] + np.exp(beta[0] + x2 @ beta[1:]))
+    for level in (0.68, 0.95):
+        tol = 3 * np.sqrt(2 * level * (1 - level) / n)  # calibration and test sets both random
+        conformal = np.mean(np.abs(r2) <= interval_factor(cal, level)[0] * sd)
+        assert abs(conformal - level) < tol, (level, conformal)
+    # and the Gaussian quantiles miss on this population (why the conformal step exists)
+    gauss68 = np.mean(np.abs(r2) <= 0.9945 * sd)
+    assert abs(gauss68 - 0.68) > 3 * np.sqrt(2 * 0.68 * 0.32 / n), gauss68
+
+
+def test_conformal_quantiles_rank():
+    z = np.arange(1.0, 100.0)  # 99 scores: the 68 % quantile is the ceil(100·0.68) = 68th
+    np.testing.assert_array_equal(conformal_quantiles(z[::-1], [0.68, 0.95, 0.999]), [68.0, 95.0, 99.0])
 
 
 def test_coverage_curve_is_diagonal_for_gaussian_errors():
