@@ -6,7 +6,8 @@ import pytest
 
 from bayescannon import CannonModel
 from bayescannon.errors import LabelError, ShapeMismatchError
-from bayescannon.errorsinvariables import label_prior_statistics
+from bayescannon.errorsinvariables import affine_alignment, label_prior_statistics
+from bayescannon.likelihood import adjusted_ivar
 from bayescannon.vectorizer import PolynomialVectorizer
 
 NAMES = ["A", "B", "C"]
@@ -37,7 +38,8 @@ def test_latent_labels_recover_theta_better_than_ignoring_label_errors():
     rng = np.random.default_rng(1)
     vec, theta, x, flux, ivar, obs, err = _data(rng)
     naive = CannonModel(NAMES).fit(flux, ivar, obs)
-    eiv = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err, max_iter=10)
+    eiv = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err)
+    assert int(eiv.extra_state_["extra_latent_converged"][1]) == 1
     test = rng.uniform(-0.45, 0.45, (400, 3))
     truth = vec(test) @ theta.T
     rms_naive = np.sqrt(np.mean((naive.predict(test) - truth) ** 2))
@@ -49,6 +51,42 @@ def test_latent_labels_recover_theta_better_than_ignoring_label_errors():
     assert np.sqrt(np.mean((latent - x) ** 2)) < 0.5 * np.sqrt(np.mean((obs - x) ** 2))
     # label noise inflates the apparent scatter s²; the latent fit removes most of it
     assert np.median(eiv.s2_) < 0.5 * np.median(naive.s2_)
+
+
+def test_affine_alignment_is_the_weighted_least_squares_optimum():
+    rng = np.random.default_rng(5)
+    obs = rng.normal(size=(300, 3))
+    prec = rng.uniform(0.5, 4.0, (300, 3))
+    m, c = rng.normal(size=(3, 3)) + 3 * np.eye(3), rng.normal(size=3)
+    # an exact affine image of the observed labels is mapped back onto them
+    np.testing.assert_allclose(affine_alignment(obs @ m.T + c, obs, prec), obs, atol=1e-10)
+    # in general the result is the weighted projection: residuals orthogonal to [x, 1]
+    x = obs + 0.3 * rng.normal(size=obs.shape)
+    y = affine_alignment(x, obs, prec)
+    x1 = np.column_stack([x, np.ones(len(x))])
+    np.testing.assert_allclose(x1.T @ (prec * (y - obs)), 0.0, atol=1e-9)
+
+
+def test_latent_label_map_is_a_stationary_point_of_the_joint_posterior():
+    # at the returned θ, s², each star's latent labels must maximise
+    # ln L(spectrum | ℓ) − ½ Σ (ℓ − ℓ_obs)²/e²: a Newton step from them must be ≪ tol
+    rng = np.random.default_rng(6)
+    vec, theta, x, flux, ivar, obs, err = _data(rng, n=800, p=80, label_noise=0.1)
+    model = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err, tol=1e-3)
+    assert int(model.extra_state_["extra_latent_converged"][1]) == 1
+    xs = model.extra_state_["extra_latent_labels_scaled"][1]
+    o = (obs - model.label_offset_) / model.label_scale_
+    prec = (model.label_scale_ / err) ** 2
+    w = adjusted_ivar(ivar, model.s2_[None, :])
+    v = vec(xs)
+    J = vec.jacobian(xs, v)  # (N, T, K)
+    r = flux - v @ model.theta_.T  # (N, P)
+    dm = np.einsum("pt,ntk->npk", model.theta_, J)  # d model / d label
+    grad = np.einsum("np,np,npk->nk", w, r, dm) - prec * (xs - o)
+    hess = np.einsum("np,npk,npj->nkj", w, dm, dm) + prec[:, :, None] * np.eye(3)
+    newton = np.linalg.solve(hess, grad[..., None])[..., 0]
+    step_in_errors = np.abs(newton) * np.sqrt(prec)
+    assert np.max(step_in_errors) < 0.01, np.max(step_in_errors)
 
 
 @pytest.mark.parametrize("bad, exc", [(0.0, LabelError), (-0.1, LabelError), (None, ShapeMismatchError)])
