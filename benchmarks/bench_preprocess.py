@@ -12,8 +12,9 @@ reading. Then it times:
 * reading the FITS files (:func:`bayescannon.io.read_lamost_many`, one process);
 * read + shift + resample + normalise of the files on ``--n-jobs`` worker processes
   (the spectra/s figure of the speed target; nothing is written);
-* :func:`bayescannon.preprocess.process_in_chunks` end to end in one process, which
-  also writes the chunk files.
+* :func:`bayescannon.preprocess.process_in_chunks` end to end in one process and on
+  ``--n-jobs`` spawned worker processes (start-up included), which also write the chunk
+  files atomically.
 
 Every line also gives the CPU time per spectrum (all threads of the timing process),
 which is less sensitive than wall time to other work on a shared machine. The files
@@ -209,6 +210,17 @@ def main(argv=None):
         chunk = max(1, min(args.chunk_size, args.n_files // 4))
         _, dt, dc = timed(pp.process_in_chunks, paths, steps, chunk, tmp / "out", format=args.format)
         report(f"process_in_chunks (1 process, writes .{args.format})", args.n_files, dt, dc)
+        if jobs > 1:
+            # the product path end to end: spawned workers (start-up included), each reads,
+            # processes and atomically writes whole chunks; memory = one chunk per worker
+            chunk = max(1, min(args.chunk_size, args.n_files // (4 * jobs)))
+            t0 = time.perf_counter()
+            files = pp.process_in_chunks(paths, steps, chunk, tmp / f"out{jobs}", format=args.format, n_jobs=jobs)
+            wall = time.perf_counter() - t0
+            print(
+                f"{'process_in_chunks (' + str(jobs) + ' processes, writes .' + args.format + ')':<46s} "
+                f"{args.n_files / wall:8.0f} spectra/s   ({len(files)} chunks of {chunk}, worker start-up included)"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -158,15 +158,18 @@ def _parse_card_value(raw: bytes):
         return False
     if not value:
         return None
-    try:
-        if b"." in value or b"E" in value or b"e" in value or b"D" in value:
-            return float(value.replace(b"D", b"E").replace(b"d", b"e"))
+    # integers are recognised with isdigit (raising exceptions, or scanning the bytes
+    # with ``in``, costs microseconds per card); FITS also writes exponents with D
+    if value.lstrip(b"+-").isdigit():
         return int(value)
+    try:
+        return float(value)
     except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value.decode("ascii", errors="replace")
+        pass
+    try:
+        return float(value.replace(b"D", b"E").replace(b"d", b"e"))
+    except ValueError:
+        return value.decode("ascii", errors="replace")
 
 
 @functools.lru_cache(maxsize=512)
@@ -507,8 +510,13 @@ def _records_to_dataset(
 
     def stack(indices, sl=None):
         sl = slice(None) if sl is None else sl
-        f = np.stack([np.asarray(records[i].flux[sl]) for i in indices]).astype(np.float64)
-        v = np.stack([np.asarray(records[i].ivar[sl]) for i in indices]).astype(np.float64)
+        indices = list(indices)
+        width = np.asarray(records[indices[0]].flux[sl]).shape[0]
+        f = np.empty((len(indices), width))  # one converting copy per row (float32 files)
+        v = np.empty((len(indices), width))
+        for row, i in enumerate(indices):
+            f[row] = records[i].flux[sl]
+            v[row] = records[i].ivar[sl]
         m = None
         if has_mask:
             m = _to_uint32_mask(

@@ -190,6 +190,9 @@ def _read_table_layout(path):
     return rows, unit
 
 
+_LAMOST_MASK_BITS_ATTR = mask_bits_attr(LAMOST_MASK_BITS)
+
+
 def _read_lamost_record(
     path,
     *,
@@ -267,7 +270,7 @@ def _read_lamost_record(
         "history": f"read_lamost(mask={mask!r})",
     }
     if mask is not None:
-        attrs["mask_bits"] = mask_bits_attr(LAMOST_MASK_BITS)
+        attrs["mask_bits"] = _LAMOST_MASK_BITS_ATTR
     # flux/ivar/mask stay raw here; they are cleaned for all stars at once when stacked
     return _Record(
         id=_lamost_id(h0, path, id_from),
