@@ -950,7 +950,7 @@ def normalise_ho2017(
         np.matmul(kt, stacked[i0:i1], out=smooth[j0:j1])
 
     _parallel_blocks(product, blocks)
-    del stacked
+    stacked = None  # free the (P, 2N) buffer before the finishing pass
     if _USE_NUMBA:
         new_flux, new_ivar, cont = _ho_finish(flux, ivar, smooth, bool(return_continuum))
     else:

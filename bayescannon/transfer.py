@@ -631,7 +631,9 @@ class TransferPipeline:
                 try:
                     one = read_spectra(path, format=fmt, **reader_kwargs)
                 except (SurveyFormatError, InvalidInputError, OSError) as exc:
-                    skipped.append(("", path.name, "read", False, f"{type(exc).__name__}: {exc}"))
+                    # the star's id is in the file we could not read: the file stem stands in
+                    skipped.append((path.stem, path.name, "read", False,
+                                    f"{type(exc).__name__}: {exc} (ID is the file stem)"))
                     continue
             notes = "; ".join(sorted({str(w.message) for w in caught}))
             if notes:

@@ -150,6 +150,7 @@ def test_every_bad_file_and_star_is_listed_with_its_reason(run):
     for kind, words in expected_read.items():
         i = row_for_file(kind)
         assert step[i] == "read" and words in reason[i], (kind, reason[i])
+        assert ids[i] == kinds[kind].rsplit(".", 1)[0], ids[i]  # the file stem stands in for the id
     dup = np.flatnonzero(ids == obsid_of["duplicate_obsid"])
     assert dup.size == 2 and all(step[dup] == "read") and all("duplicated id" in reason[i] for i in dup)
     expected_pre = {"no_overlap": "does not overlap", "all_masked": "no usable pixel",
