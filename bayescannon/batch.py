@@ -5,6 +5,10 @@ writes each chunk's result to ``<workdir>/chunk_<start>_<stop>.nc`` through a te
 file that is moved into place only when complete. Re-running the same call skips the
 chunks already on disk (after checking that they were made by the same model), so an
 interrupted run of millions of spectra resumes where it stopped.
+
+``infer_chunk_files`` does the same over the chunk files written by
+:func:`bayescannon.preprocess.process_in_chunks` (``bayescannon preprocess``), reading one
+chunk of spectra at a time.
 """
 
 from __future__ import annotations
@@ -21,11 +25,85 @@ from .errors import InvalidInputError, ModelFileError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["infer_chunked"]
+__all__ = ["infer_chunk_files", "infer_chunked"]
 
 
 def _chunk_path(workdir: Path, a: int, b: int) -> Path:
     return workdir / f"chunk_{a:09d}_{b:09d}.nc"
+
+
+def _write_atomic(result: xr.Dataset, path: Path) -> None:
+    """Write through a temporary file in the same folder, moved into place when complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".nc")
+    os.close(fd)
+    try:
+        result.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reusable(path: Path, model) -> bool:
+    """True if ``path`` holds a finished result of this model; error if of another model."""
+    if not path.exists():
+        return False
+    with xr.open_dataset(path, engine="h5netcdf") as old:
+        same = old.attrs.get("model_training_hash") == model.training_hash_
+    if not same:
+        raise ModelFileError(f"{path} was written by another model (training hash differs); use an empty workdir")
+    return True
+
+
+def infer_chunk_files(model, chunk_dir, workdir=None, *, progressbar: bool = False, **infer_kwargs) -> xr.Dataset:
+    """Infer labels of preprocessed chunk files, one chunk of spectra in memory at a time.
+
+    Parameters
+    ----------
+    model : CannonModel
+        Fitted model (the chunks must be on its wavelength grid).
+    chunk_dir : path
+        Folder written by :func:`bayescannon.preprocess.process_in_chunks`.
+    workdir : path, optional
+        Folder for per-chunk results, written atomically; a re-run reuses them (same
+        model only) and computes the rest. Default: results are kept in memory only.
+    progressbar : bool
+    **infer_kwargs
+        Passed to :meth:`CannonModel.infer`.
+
+    Returns
+    -------
+    xarray.Dataset
+        All chunks' results concatenated along ``star``, in chunk order.
+    """
+    from .io import read_spectra
+
+    chunk_dir = Path(chunk_dir)
+    files = sorted(p for p in chunk_dir.glob("chunk_*.*") if p.suffix in (".nc", ".npz", ".fits"))
+    if not files:
+        raise InvalidInputError(f"{chunk_dir} holds no chunk files (expected chunk_*.nc/.npz from "
+                                "`bayescannon preprocess`)")
+    if workdir is not None:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    iterator = files
+    if progressbar:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(files, desc="inferring (chunk files)", unit="chunk")
+    pieces = []
+    for f in iterator:
+        out = None if workdir is None else workdir / f"result_{f.stem}.nc"
+        if out is not None and _reusable(out, model):
+            with xr.open_dataset(out, engine="h5netcdf") as old:
+                pieces.append(old.load())
+            continue
+        res = model.infer(read_spectra(f), **infer_kwargs)
+        if out is not None:
+            _write_atomic(res, out)
+        pieces.append(res)
+    logger.info("inferred %d chunk file(s) from %s", len(files), chunk_dir)
+    return xr.concat(pieces, dim="star")
 
 
 def infer_chunked(model, spectra: xr.Dataset, workdir, *, chunk_size: int = 5000,
@@ -67,25 +145,11 @@ def infer_chunked(model, spectra: xr.Dataset, workdir, *, chunk_size: int = 5000
     for a in iterator:
         b = min(a + chunk_size, n)
         path = _chunk_path(workdir, a, b)
-        if path.exists():
-            with xr.open_dataset(path, engine="h5netcdf") as old:
-                same = old.attrs.get("model_training_hash") == model.training_hash_
-            if same:
-                skipped += 1
-                continue
-            raise ModelFileError(
-                f"{path} was written by another model (training hash differs); use an empty workdir"
-            )
+        if _reusable(path, model):
+            skipped += 1
+            continue
         part = spectra.isel(star=slice(a, b)).load()
-        res = model.infer(part, **infer_kwargs)
-        fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".tmp_", suffix=".nc")
-        os.close(fd)
-        try:
-            res.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_atomic(model.infer(part, **infer_kwargs), path)
         done += 1
     logger.info("%d chunks computed, %d reused from %s", done, skipped, workdir)
     parts = [_chunk_path(workdir, a, min(a + chunk_size, n)) for a in starts]

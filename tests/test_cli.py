@@ -53,3 +53,60 @@ def test_demo_runs_and_writes_its_products(tmp_path, capsys):
     assert "scatter" in text and "TEFF" in text
     for name in ("model.nc", "catalogue.fits", "one_to_one.png"):
         assert (out / name).is_file()
+
+
+def test_preprocess_then_infer_chunk_folder(tmp_path, capsys):
+    """Survey scale from the CLI: files → chunk folder (resumable) → infer chunk by chunk."""
+    import numpy as np
+
+    from bayescannon import CannonModel
+    from bayescannon import io as bio
+    from bayescannon import preprocess as pp
+
+    rng = np.random.default_rng(8)
+    wl = bio.lamost_wavelength(npix=600)
+    files = tmp_path / "files"
+    files.mkdir()
+    teff = rng.uniform(4500, 6000, 9)
+    for i in range(9):
+        path = files / f"spec-{i:03d}.fits"
+        if i == 4:
+            path.write_bytes(b"not fits")  # skipped and listed, the run goes on
+            continue
+        depth = 0.3 * (teff[i] - 4000) / 2000
+        flux = 100 * (1 - depth * np.exp(-0.5 * ((wl - 3900) / 3) ** 2)) + rng.normal(0, 0.5, wl.size)
+        bio.write_lamost(path, wl, flux, np.full(wl.size, 4.0), header={"OBSID": i, "Z": rng.normal(0, 1e-4)})
+    out = tmp_path / "chunks"
+    argv = ["preprocess", str(files), "-o", str(out), "--grid", "3760", "4150", "--chunk-size", "3",
+            "--L", "30", "--no-progress"]
+    assert main(argv) == 0
+    assert "1 file(s) skipped" in capsys.readouterr().out
+    skipped = Table.read(out / "skipped.ecsv")
+    assert len(skipped) == 1 and skipped["path"][0].endswith("spec-004.fits")
+    chunks = sorted(out.glob("chunk_*.nc"))
+    assert len(chunks) == 3
+    # the same as the library pipeline on the readable files
+    good = [p for p in sorted(files.glob("*.fits")) if p.name != "spec-004.fits"]
+    grid = 10 ** np.arange(np.log10(3760), np.log10(4150), 1e-4)
+    direct = pp.add_snr(pp.normalise_ho2017(pp.to_rest_frame(bio.read_many(good), new_wavelength=grid), L=30.0))
+    combined = pp.read_chunks(out)
+    np.testing.assert_array_equal(combined["star"].values, direct["star"].values)
+    # chunks change the float32 blocking of the smoothing (precision="single": ≲ 1e-5)
+    np.testing.assert_allclose(combined["flux"].values, direct["flux"].values, rtol=1e-5)
+    # a second run resumes: nothing is rewritten
+    stamps = [c.stat().st_mtime_ns for c in chunks]
+    assert main(argv) == 0
+    assert [c.stat().st_mtime_ns for c in chunks] == stamps
+    # infer over the chunk folder = infer on the combined container
+    keep = np.array([i != 4 for i in range(9)])
+    model = CannonModel(["TEFF"], order=1).fit(combined, labels=teff[keep][:, None])
+    model.save(tmp_path / "m.nc")
+    cat = tmp_path / "cat.fits"
+    work = tmp_path / "work"
+    assert main(["infer", str(tmp_path / "m.nc"), str(out), "-o", str(cat), "--work-dir", str(work),
+                 "--no-progress"]) == 0
+    t = Table.read(cat)
+    ref = model.infer(combined)
+    np.testing.assert_array_equal(np.asarray(t["ID"]).astype(str), combined["star"].values.astype(str))
+    np.testing.assert_allclose(t["TEFF"], ref["labels"].values[:, 0], rtol=1e-10)
+    assert len(list(work.glob("result_chunk_*.nc"))) == 3

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 NAME = "infer"
 HELP = "infer labels of spectra with a trained model and write a FITS catalogue"
 
 
 def add_arguments(p):
     p.add_argument("model", help="model file (.nc or .zarr)")
-    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
+    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS), or a folder "
+                   "of chunk files from `bayescannon preprocess` (read one chunk at a time)")
     p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
     p.add_argument("--chunk-size", type=int, default=1000, help="stars per chunk (bounds memory)")
@@ -24,15 +27,20 @@ def run(args) -> int:
     from ._common import load_spectra
 
     model = CannonModel.load(args.model)
-    ds = load_spectra(args.spectra)
     kwargs = dict(n_starts=args.n_starts, uncertainty=args.uncertainty)
-    if args.work_dir:
+    if Path(args.spectra).is_dir():
+        from ..batch import infer_chunk_files
+
+        result = infer_chunk_files(model, args.spectra, args.work_dir, chunk_size=args.chunk_size,
+                                   progressbar=not args.no_progress, **kwargs)
+    elif args.work_dir:
         from ..batch import infer_chunked
 
-        result = infer_chunked(model, ds, args.work_dir, chunk_size=args.chunk_size,
+        result = infer_chunked(model, load_spectra(args.spectra), args.work_dir, chunk_size=args.chunk_size,
                                progressbar=not args.no_progress, **kwargs)
     else:
-        result = model.infer(ds, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)
+        result = model.infer(load_spectra(args.spectra), chunk_size=args.chunk_size,
+                             progressbar=not args.no_progress, **kwargs)
     table = result_to_table(result, meta={"MODELFIL": str(args.model)[-68:]})
     write_table(table, args.output)
     nflag = int((table["FLAGS"] != 0).sum())

@@ -1,0 +1,119 @@
+"""``bayescannon preprocess``: survey files → rest-frame, resampled, normalised chunk files.
+
+Survey-scale preprocessing (millions of spectra): the files are read, shifted to the rest
+frame, resampled onto one grid, masked and normalised chunk by chunk on worker
+processes; every chunk is written atomically, so an interrupted run resumes, and memory
+holds one chunk per worker. ``bayescannon infer MODEL OUTDIR`` then reads the chunks one
+at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME = "preprocess"
+HELP = "read + rest frame + resample + normalise survey files in resumable chunks (survey scale)"
+
+_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+
+
+def add_arguments(p):
+    p.add_argument("inputs", nargs="*", help="survey files, or folders searched recursively for FITS files")
+    p.add_argument("--file-list", help="text file with one survey file path per line")
+    p.add_argument("-o", "--output", required=True, help="output folder (chunk files, manifest, skipped.ecsv)")
+    p.add_argument("--format", default=None,
+                   help="survey format of the files (lamost, apstar, aspcapstar; default: guessed)")
+    grid = p.add_mutually_exclusive_group(required=True)
+    grid.add_argument("--grid", nargs=2, type=float, metavar=("LO", "HI"),
+                      help="log-linear rest-frame grid from LO to HI Angstrom (step --dlog)")
+    grid.add_argument("--grid-from", metavar="MODEL", help="use the wavelength grid of a trained model")
+    p.add_argument("--dlog", type=float, default=1e-4, help="log10 step of --grid (default 1e-4, LAMOST)")
+    p.add_argument("--no-rest-frame", action="store_true",
+                   help="spectra are already in the rest frame: only resample")
+    p.add_argument("--mask-window", nargs=2, type=float, action="append", default=[], metavar=("LO", "HI"),
+                   help="rest-frame window (Angstrom) set to ivar = 0; repeat for several")
+    p.add_argument("--normalise", choices=["ho2017", "none"], default="ho2017",
+                   help="Ho+2017 Gaussian-smoothed normalisation (default) or none")
+    p.add_argument("--L", type=float, default=50.0, help="Ho+2017 smoothing width in Angstrom (default 50)")
+    p.add_argument("--chunk-size", type=int, default=1000, help="files per chunk (default 1000)")
+    p.add_argument("--n-jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--chunk-format", choices=["nc", "npz"], default="nc", help="chunk file format")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _collect(args) -> list[str]:
+    from ..errors import InvalidInputError
+
+    paths: list[str] = []
+    for item in args.inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(str(q) for q in path.rglob("*") if q.name.lower().endswith(_SUFFIXES)))
+        else:
+            paths.append(str(path))
+    if args.file_list:
+        text = Path(args.file_list).read_text()
+        paths.extend(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    if not paths:
+        raise InvalidInputError("no input files: give files, folders or --file-list")
+    return paths
+
+
+def build_steps(args, grid):
+    """The preprocessing steps (picklable partials) for these arguments."""
+    import functools
+
+    from .. import preprocess as pp
+
+    steps = []
+    if args.no_rest_frame:
+        steps.append(functools.partial(pp.resample, new_wavelength=grid))
+    else:
+        steps.append(functools.partial(pp.to_rest_frame, new_wavelength=grid))
+    if args.mask_window:
+        steps.append(functools.partial(pp.mask_windows, windows=[tuple(w) for w in args.mask_window]))
+    if args.normalise == "ho2017":
+        steps.append(functools.partial(pp.normalise_ho2017, L=float(args.L)))
+    steps.append(pp.add_snr)
+    return steps
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from .. import preprocess as pp
+    from ..errors import InvalidInputError
+
+    paths = _collect(args)
+    if args.grid_from:
+        from ..model import CannonModel
+
+        grid = CannonModel.load(args.grid_from).wavelength_
+        if grid is None:
+            raise InvalidInputError(f"model {args.grid_from} has no wavelength grid")
+    else:
+        lo, hi = args.grid
+        if not (0 < lo < hi) or not args.dlog > 0:
+            raise InvalidInputError(f"--grid needs 0 < LO < HI and --dlog > 0; got {lo}, {hi}, {args.dlog}")
+        grid = 10 ** np.arange(np.log10(lo), np.log10(hi), args.dlog)
+    reader_kwargs = {"grid": "common"}
+    if args.format:
+        reader_kwargs["format"] = args.format
+    files, skipped = pp.process_in_chunks(
+        paths,
+        build_steps(args, np.asarray(grid, dtype=np.float64)),
+        args.chunk_size,
+        args.output,
+        format=args.chunk_format,
+        reader_kwargs=reader_kwargs,
+        on_error="skip",
+        n_jobs=args.n_jobs,
+        progressbar=not args.no_progress,
+        return_skipped=True,
+    )
+    out = Path(args.output)
+    skipped.write(out / "skipped.ecsv", format="ascii.ecsv", overwrite=True)
+    print(f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
+          f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})")
+    print(f"infer labels with: bayescannon infer MODEL {out} -o catalogue.fits")
+    return 0
