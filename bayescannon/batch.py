@@ -77,12 +77,9 @@ def infer_chunk_files(model, chunk_dir, workdir=None, *, progressbar: bool = Fal
         All chunks' results concatenated along ``star``, in chunk order.
     """
     from .io import read_spectra
+    from .preprocess import chunk_files
 
-    chunk_dir = Path(chunk_dir)
-    files = sorted(p for p in chunk_dir.glob("chunk_*.*") if p.suffix in (".nc", ".npz", ".fits"))
-    if not files:
-        raise InvalidInputError(f"{chunk_dir} holds no chunk files (expected chunk_*.nc/.npz from "
-                                "`bayescannon preprocess`)")
+    files = chunk_files(chunk_dir)
     if workdir is not None:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,8 @@ import xarray as xr
 from ._kernels import score_terms, solve_packed, weights
 from .calibration import check_label_errors
 from .errors import InvalidInputError, ShapeMismatchError
-from .infer import fit_labels
-from .train import _lasso, _profile_newton, _unpack, fit_pixels
+from .infer import fit_labels, test_statistics
+from .train import _lasso, _products, _profile_newton, _unpack, fit_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def fit_latent_labels(
     def theta_at(x):
         """θ by weighted least squares at labels x (weights w), then s² at fixed residuals."""
         design = vec(x)
-        packed = w @ (design[:, iu] * design[:, ju])
+        packed = w @ _products(design)
         bp = wf @ design
         th, _ = solve_packed(packed, bp, allowed, 1e-10)  # singular pixels: flagged by the final fit
         if reg > 0:
@@ -211,11 +211,7 @@ def fit_latent_labels(
     def labels_at(x, th):
         """Label step at fixed θ, s²: χ² + Gaussian label term, both quadratic forms in v."""
         weights(ivar_t, flux_t, s2, active, w, wf)
-        packed = w.T @ (th[:, iu] * th[:, ju])
-        A = np.empty((n, t, t))
-        A[:, iu, ju] = packed
-        A[:, ju, iu] = packed
-        b = wf.T @ th
+        A, b = test_statistics(w.T, wf.T, th, th[:, iu] * th[:, ju])  # the test step's (A, b)
         c = np.einsum("pn,pn->n", wf, flux_a)
         return fit_labels(A + A0, b + b0, c + c0, vec, x[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6).labels
 

@@ -1673,17 +1673,27 @@ def process_in_chunks(
     return out, skipped
 
 
+def chunk_files(out_path) -> list[Path]:
+    """The chunk files written by :func:`process_in_chunks`, in order.
+
+    Raises
+    ------
+    InvalidInputError
+        The folder holds no chunk file.
+    """
+    out_dir = Path(out_path)
+    files = sorted(p for p in out_dir.glob("chunk_*.*") if p.suffix in (".nc", ".npz", ".fits"))
+    if not files:
+        raise InvalidInputError(f"{out_dir} holds no chunk files (chunk_*.nc/.npz from process_in_chunks "
+                                "or `bayescannon preprocess`)")
+    return files
+
+
 def read_chunks(out_path) -> xr.Dataset:
     """Concatenate the chunk files written by :func:`process_in_chunks` (in order)."""
     from .io.generic import read_spectra
 
-    out_dir = Path(out_path)
-    files = sorted(
-        p for p in out_dir.glob("chunk_*.*") if p.suffix in (".nc", ".npz", ".fits")
-    )
-    if not files:
-        raise InvalidInputError(f"{out_dir} holds no chunk files")
-    parts = [read_spectra(p) for p in files]
+    parts = [read_spectra(p) for p in chunk_files(out_path)]
     combined = xr.concat(
         parts,
         dim="star",
