@@ -156,11 +156,12 @@ def log_likelihood_terms(ivar_t, flux_t, model_t, s2):  # pragma: no cover - com
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def test_weights(flux, ivar, s2, pixel_ok, w, wf):  # pragma: no cover - compiled
+def test_weights(flux, ivar, s2, pixel_ok, inv_wbar, w, wf):  # pragma: no cover - compiled
     """Validate and weight test spectra in one pass (star-major arrays).
 
     ``w`` and ``wf`` are preallocated (≥ N, P) arrays reused across chunks; their first N
     rows receive the adjusted ivar and adjusted ivar × flux (0 where unusable).
+    ``inv_wbar`` (P,) is ``1/w̄`` of the training weights (0 where unknown or unusable).
 
     Returns
     -------
@@ -168,14 +169,19 @@ def test_weights(flux, ivar, s2, pixel_ok, w, wf):  # pragma: no cover - compile
     n_pix : (N,) number of usable pixels
     bad : (N, 3) first pixel per star with non-finite ivar, negative ivar, non-finite
         flux where ivar > 0 (−1 where none)
+    kappa : (N,) ``Σ w²/w̄ / Σ w`` over pixels with ``inv_wbar > 0`` (θ-uncertainty weight of
+        :func:`bayescannon.calibration.kappa`, at no extra pass)
     """
     n, p = flux.shape
+    kappa = np.zeros(n)
     c = np.zeros(n)
     n_pix = np.zeros(n, dtype=np.int64)
     bad = np.full((n, 3), -1, dtype=np.int64)
     for i in numba.prange(n):
         acc = 0.0
         cnt = 0
+        knum = 0.0
+        kden = 0.0
         for j in range(p):
             iv = ivar[i, j]
             f = flux[i, j]
@@ -193,6 +199,9 @@ def test_weights(flux, ivar, s2, pixel_ok, w, wf):  # pragma: no cover - compile
                 elif pixel_ok[j]:
                     x = iv / (1.0 + iv * s2[j])
                     cnt += 1
+                    if inv_wbar[j] > 0.0:
+                        kden += x
+                        knum += x * x * inv_wbar[j]
             w[i, j] = x
             if x > 0.0:
                 y = x * f
@@ -202,7 +211,9 @@ def test_weights(flux, ivar, s2, pixel_ok, w, wf):  # pragma: no cover - compile
                 wf[i, j] = 0.0
         c[i] = acc
         n_pix[i] = cnt
-    return c, n_pix, bad
+        if kden > 0.0:
+            kappa[i] = knum / kden
+    return c, n_pix, bad, kappa
 
 
 @numba.njit(parallel=True, cache=True)

@@ -68,6 +68,7 @@ __all__ = [
     "LEVELS",
     "theta_uncertainty_state",
     "leverage",
+    "inverse_train_weight",
     "kappa",
     "epsilon",
     "fit_error_model",
@@ -186,16 +187,22 @@ def leverage(model, x_scaled):
     return np.einsum("nt,tu,nu->n", v, g0inv, v)
 
 
+def inverse_train_weight(model):
+    """``1/w̄`` per pixel of the training weights (P,): 0 where unknown or unusable."""
+    _, wbar = _state(model)
+    if wbar is None:
+        return np.zeros(np.asarray(model.s2_).shape[0])
+    ok = _pixel_ok(model) & (wbar > 0)
+    return np.where(ok, 1.0 / np.where(ok, wbar, 1.0), 0.0)
+
+
 def kappa(model, ivar, chunk_size: int = 2000):
     """Weight of each test star relative to the training weights, ``Σ w²/w̄ / Σ w`` (N,)."""
-    _, wbar = _state(model)
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
-    n = ivar.shape[0]
-    if wbar is None:
-        return np.zeros(n)
-    ok = _pixel_ok(model) & (wbar > 0)
-    inv_wbar = np.where(ok, 1.0 / np.where(ok, wbar, 1.0), 0.0)
-    return _kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar, ok)
+    inv_wbar = inverse_train_weight(model)
+    if not inv_wbar.any():
+        return np.zeros(ivar.shape[0])
+    return _kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar, inv_wbar > 0)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -217,24 +224,40 @@ def _kappa_kernel(ivar, s2, inv_wbar, ok):  # pragma: no cover - compiled
     return out
 
 
-def epsilon(model, x_scaled, ivar):
-    """Relative extra pixel variance from θ uncertainty, ``ε = κ h(x)`` (N,)."""
-    return kappa(model, ivar) * leverage(model, x_scaled)
+def epsilon(model, x_scaled, ivar, kappa_=None):
+    """Relative extra pixel variance from θ uncertainty, ``ε = κ h(x)`` (N,); ``kappa_``:
+    κ when already known (the test step computes it in its weighting pass)."""
+    k = kappa(model, ivar) if kappa_ is None else np.asarray(kappa_, dtype=np.float64)
+    return k * leverage(model, x_scaled)
 
 
 # --------------------------------------------------------------------------- error model
 def _t_nll(resid, noise_var, x1, ref_var, params):
+    """Negative log-likelihood of the Student-t error model and its gradient.
+
+    ``var = a² noise_var + exp(x1·β) + ref_var`` is the variance (ν > 2) and
+    ``params = [ln a, β, ln(ν − 2)]``. With ``u = r²/(var (ν − 2))`` each star contributes
+    ``−ln Γ((ν+1)/2) + ln Γ(ν/2) + ½ ln(π var (ν − 2)) + (ν+1)/2 ln(1 + u)``.
+    """
     loga, beta, lognu = params[0], params[1:-1], params[-1]
     nu = 2.0 + np.exp(lognu)
-    var = np.exp(2 * loga) * noise_var + np.exp(x1 @ beta) + ref_var
-    sc2 = var * (nu - 2.0) / nu
-    ll = (
-        special.gammaln(0.5 * (nu + 1))
-        - special.gammaln(0.5 * nu)
-        - 0.5 * np.log(nu * np.pi * sc2)
-        - 0.5 * (nu + 1) * np.log1p(resid * resid / (nu * sc2))
+    floor = np.exp(x1 @ beta)
+    scaled_noise = np.exp(2 * loga) * noise_var
+    var = scaled_noise + floor + ref_var
+    u = resid * resid / (var * (nu - 2.0))
+    log1pu = np.log1p(u)
+    nll = np.sum(
+        special.gammaln(0.5 * nu) - special.gammaln(0.5 * (nu + 1)) + 0.5 * np.log(np.pi * var * (nu - 2.0))
+        + 0.5 * (nu + 1) * log1pu
     )
-    return -np.sum(ll)
+    frac = u / (1.0 + u)
+    d_var = 0.5 / var - 0.5 * (nu + 1) * frac / var  # ∂nll/∂var per star
+    d_nu = np.sum(
+        0.5 * special.digamma(0.5 * nu) - 0.5 * special.digamma(0.5 * (nu + 1)) + 0.5 / (nu - 2.0)
+        + 0.5 * log1pu - 0.5 * (nu + 1) * frac / (nu - 2.0)
+    )
+    grad = np.concatenate([[np.sum(d_var * 2.0 * scaled_noise)], (d_var * floor) @ x1, [d_nu * (nu - 2.0)]])
+    return nll, grad
 
 
 def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_var=None):
@@ -293,7 +316,7 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         p0[-1] = np.log(8.0)
         bounds = [(0.0, 5.0)] + [(None, None)] + [(-20.0, 20.0)] * k + [(np.log(0.5), np.log(_MAX_DOF - 2.0))]
         res = optimize.minimize(
-            lambda prm: _t_nll(r, nv, xx, rv, prm), p0, method="L-BFGS-B", bounds=bounds
+            lambda prm, r=r, nv=nv, xx=xx, rv=rv: _t_nll(r, nv, xx, rv, prm), p0, method="L-BFGS-B", bounds=bounds, jac=True
         )
         if not np.isfinite(res.fun):
             raise InsufficientDataError(f"the error model of {label_names[j]} could not be fitted: {res.message}")
@@ -407,15 +430,16 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
     return cov, sd, sd * interval_factor(cal, LEVELS[0]), sd * interval_factor(cal, LEVELS[1])
 
 
-def apply_calibration(model, ds: xr.Dataset, ivar) -> xr.Dataset:
-    """Turn a formal ``infer`` result into a calibrated one (used by ``infer``).
+def apply_calibration(model, ds: xr.Dataset, ivar, kappa=None) -> xr.Dataset:
+    """Turn a formal ``infer`` result into a calibrated one (used by ``infer``; ``kappa``:
+    the θ-uncertainty weights when already computed, else from ``ivar``).
 
     Adds ``errors_formal``, ``half_width_68``, ``half_width_95`` and ``theta_variance``
     (the factor ``1 + ε``) and replaces ``covariance`` and ``errors``.
     """
     labels = ds["labels"].values
     x = scaling.scale(labels, model.label_offset_, model.label_scale_)
-    eps = epsilon(model, x, ivar)
+    eps = epsilon(model, x, ivar, kappa)
     cov, sd, h68, h95 = calibrated_errors(model, ds["covariance"].values, x, eps)
     out = ds.copy()
     out["errors_formal"] = (("star", "label"), ds["errors"].values)

@@ -276,7 +276,9 @@ class CannonModel:
             Star identifiers for messages.
         label_errors : ndarray (N, K), optional
             1σ uncertainties of the training labels: the labels are then treated as
-            latent (errors-in-variables, see :mod:`bayescannon.bayes`).
+            latent (errors-in-variables MAP, :func:`bayescannon.errorsinvariables.fit_latent_labels`;
+            its keyword arguments, e.g. ``spectral_information``, ``tol``, ``max_iter``,
+            may be passed here).
         progressbar : bool
             Show progress.
 
@@ -475,12 +477,12 @@ class CannonModel:
                 "onto the model grid (bayescannon.preprocess.resample)"
             )
 
-    def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength, w, wf):
-        """Adjusted weights of a chunk of test spectra, validated on the way."""
+    def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength, w, wf, inv_wbar):
+        """Adjusted weights of a chunk of test spectra, validated on the way; also κ."""
         from ._kernels import test_weights
 
-        c, n_pix, bad = test_weights(
-            np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, w, wf
+        c, n_pix, bad, kap = test_weights(
+            np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, inv_wbar, w, wf
         )
         if (bad >= 0).any():
             kinds = [
@@ -500,7 +502,7 @@ class CannonModel:
                     if wavelength is not None:
                         where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
                     raise exc(f"{what} at {where}; {rows.size} stars in this chunk affected")
-        return c, n_pix
+        return c, n_pix, kap
 
     # ------------------------------------------------------------------ test step
     def infer(
@@ -598,11 +600,18 @@ class CannonModel:
         # work buffers reused by every chunk: memory is bounded by chunk_size, not by N
         buf_w = np.empty((min(chunk_size, n), p))
         buf_wf = np.empty((min(chunk_size, n), p))
+        if uncertainty == "calibrated":
+            from .calibration import inverse_train_weight
+
+            inv_wbar = inverse_train_weight(self)  # κ of the θ-uncertainty term, in the same pass
+        else:
+            inv_wbar = np.zeros(p)
+        kap = np.zeros(n)
         for a in chunks:
             sl = slice(a, min(a + chunk_size, n))
             m = sl.stop - sl.start
             w, wf = buf_w[:m], buf_wf[:m]
-            c, n_pix = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength, w, wf)
+            c, n_pix, kap[sl] = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength, w, wf, inv_wbar)
             A, b = test_statistics(w, wf, self.theta_, theta_pairs)
             m = A.shape[0]
             # χ² of every candidate for every star; keep the best s as starts
@@ -621,7 +630,7 @@ class CannonModel:
         if uncertainty == "calibrated":
             from .calibration import apply_calibration
 
-            ds = apply_calibration(self, ds, ivar)
+            ds = apply_calibration(self, ds, ivar, kappa=kap)
         return ds
 
     # ------------------------------------------------------------------ Bayesian layer

@@ -144,3 +144,44 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
     model.save(tmp_path / "m.nc")
     back = CannonModel.load(tmp_path / "m.nc")
     np.testing.assert_allclose(back.infer(tf, ti, uncertainty="calibrated")["errors"].values, cal["errors"].values, rtol=1e-10)
+
+
+def test_error_model_gradient_matches_finite_differences():
+    from scipy.optimize import approx_fprime
+
+    from bayescannon.calibration import _t_nll
+
+    rng = np.random.default_rng(11)
+    n = 200
+    r = rng.standard_t(5, n) * 0.1
+    nv = rng.uniform(0.001, 0.01, n)
+    x1 = np.column_stack([np.ones(n), rng.normal(size=(n, 2))])
+    rv = rng.uniform(0.0, 0.002, n)
+    params = np.array([0.3, -5.0, 0.2, -0.1, np.log(4.0)])
+    _, grad = _t_nll(r, nv, x1, rv, params)
+    numeric = approx_fprime(params, lambda p: _t_nll(r, nv, x1, rv, p)[0], 1e-7)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-4 * np.abs(numeric).max())
+
+
+def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
+    # κ is accumulated in the test step's weighting pass; it must equal calibration.kappa
+    from bayescannon import scaling
+    from bayescannon.calibration import epsilon
+    from bayescannon.vectorizer import PolynomialVectorizer
+
+    rng = np.random.default_rng(12)
+    vec = PolynomialVectorizer(["a", "b"], 2)
+    theta = rng.normal(scale=0.05, size=(60, vec.n_terms))
+    theta[:, 0] = 1.0
+    x = rng.uniform(-0.5, 0.5, (600, 2))
+    sn = rng.uniform(30, 200, (600, 1))
+    flux = vec(x) @ theta.T + rng.standard_normal((600, 60)) / sn
+    ivar = np.broadcast_to(sn**2, flux.shape).copy()
+    ivar[rng.uniform(size=ivar.shape) < 0.1] = 0.0  # missing pixels change each star's κ
+    model = CannonModel(["a", "b"]).fit(flux[:400], ivar[:400], x[:400])
+    model.calibrate(flux[:400], ivar[:400], x[:400], n_folds=4)
+    cal = model.infer(flux[400:], ivar[400:], uncertainty="calibrated", chunk_size=64)
+    xs = scaling.scale(cal["labels"].values, model.label_offset_, model.label_scale_)
+    want = 1.0 + epsilon(model, xs, ivar[400:])
+    assert np.ptp(want) > 0
+    np.testing.assert_allclose(cal["theta_variance"].values, want, rtol=1e-10)
