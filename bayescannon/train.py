@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InvalidInputError
 from .flags import PixelFlag
 from .likelihood import adjusted_ivar
 
@@ -171,6 +172,7 @@ def fit_pixels(
     tol: float = 1e-8,
     max_iter: int = 100,
     pixel_major: bool = False,
+    s2_start=None,
     progressbar: bool = False,
 ) -> TrainingResult:
     """Maximum-likelihood θ and s² for every pixel.
@@ -195,6 +197,9 @@ def fit_pixels(
         Maximum number of block-coordinate iterations.
     pixel_major : bool
         ``flux`` and ``ivar`` are given transposed, (P, N), C-contiguous (saves a copy).
+    s2_start : ndarray, shape (P,), optional
+        Starting values of s² (default 0), e.g. from a fit on nearly the same labels;
+        the maximum found does not depend on it, only the number of iterations.
     progressbar : bool
         Show a tqdm progress bar over iterations.
 
@@ -221,7 +226,12 @@ def fit_pixels(
     flags[few] |= PixelFlag.FEW_STARS
 
     vv = _products(design)
-    s2 = np.zeros(p)
+    if s2_start is None:
+        s2 = np.zeros(p)
+    else:
+        s2 = np.array(s2_start, dtype=np.float64)
+        if s2.shape != (p,) or not np.all(np.isfinite(s2) & (s2 >= 0)):
+            raise InvalidInputError(f"s2_start must be {p} finite values >= 0")
     theta = np.zeros((p, t))
     score = np.zeros(p)
     lam = 0.5 * regularization
@@ -327,7 +337,10 @@ def _profile_newton(s, g1, curv, noise):
     dx = np.where(d2 < 0, -d1 / np.where(d2 < 0, d2, -1.0), np.sign(g1) * np.log(3.0))
     dx = np.clip(dx, -np.log(10.0), np.log(10.0))
     new = q * np.exp(dx) - noise
-    return np.where(new > 0, new, 0.1 * s)
+    # a proposal below 0 shrinks s² tenfold; once negligible against the noise it is set to
+    # the boundary, where the convergence test (score ≤ 0 at s² = 0) can stop it
+    shrunk = 0.1 * s
+    return np.where(new > 0, new, np.where(shrunk > 1e-6 * noise, shrunk, 0.0))
 
 
 def _scatter_step(s, s_fixed, g2_fixed, coupling):
@@ -345,4 +358,7 @@ def _scatter_step(s, s_fixed, g2_fixed, coupling):
     # from s² = 0 the coupling (evaluated with the weights at 0) is a poor guide: take s_fixed
     corr = np.where(s > 0, corr, 0.0)
     new = s_fixed + corr
-    return np.where(new > 0, new, np.where(s_fixed > 0, s_fixed, 0.1 * s))
+    # the maximiser at fixed residuals on the boundary (s² = 0) is taken as it is: the
+    # convergence test at s² = 0 then decides (from a warm start s² would otherwise only
+    # decay geometrically towards 0)
+    return np.where(new > 0, new, s_fixed)
