@@ -40,6 +40,36 @@ def test_simulate_train_infer_round_trip(tmp_path, capsys):
                  "--no-progress"]) == 0
 
 
+def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from bayescannon import CannonModel
+
+    spectra = tmp_path / "train.nc"
+    labels = tmp_path / "labels.csv"
+    assert main(["simulate", "-o", str(spectra), "-n", "300", "--seed", "5", "--labels-out", str(labels)]) == 0
+    t = Table.read(labels)
+    rng = np.random.default_rng(0)
+    for name, e in (("TEFF", 25.0), ("LOGG", 0.04), ("FE_H", 0.03)):
+        t[f"e_{name}"] = np.full(len(t), e)
+        t[name] = t[name] + e * rng.standard_normal(len(t))
+    t.write(labels, overwrite=True)
+    model = tmp_path / "model.nc"
+    capsys.readouterr()
+    assert main(["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H",
+                 "--label-errors", "e_TEFF", "e_LOGG", "e_FE_H", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["latent_labels"]["converged"] and summary["latent_labels"]["calibrated"]
+    m = CannonModel.load(model)
+    assert int(m.extra_state_["extra_latent_converged"][1]) == 1
+    # a column count that does not match the labels is a clear error, not a crash
+    assert main(["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H",
+                 "--label-errors", "e_TEFF", "--no-progress"]) == 1
+    assert "--label-errors" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     rc = main(["infer", str(tmp_path / "missing.nc"), str(tmp_path / "x.nc"), "-o", str(tmp_path / "c.fits")])
     assert rc == 1

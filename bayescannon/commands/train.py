@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..errors import InvalidInputError
 from ._common import join_labels, load_spectra, parse_censors
 
 NAME = "train"
@@ -21,6 +22,12 @@ def add_arguments(p):
     p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
     p.add_argument("--censor", action="append", metavar="LABEL:LO-HI,...",
                    help="wavelength windows (A) where LABEL may act; repeatable")
+    p.add_argument("--label-errors", nargs="+", metavar="COLUMN",
+                   help="1-sigma error columns of the label table, one per label in --labels order: the "
+                        "reference labels are then latent (errors-in-variables training)")
+    p.add_argument("--trend-order", type=int, default=None,
+                   help="with --label-errors: order of the polynomial trend removed from the spectroscopic "
+                        "labels (default: the model order)")
     p.add_argument("--seed", type=int, default=0, help="random seed (start candidates)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -29,6 +36,15 @@ def run(args) -> int:
     from ..model import CannonModel
 
     ds = load_spectra(args.spectra)
+    label_errors = None
+    if args.label_errors:
+        if not args.labels_table:
+            raise InvalidInputError("--label-errors needs a label table (the error columns are read from it)")
+        if len(args.label_errors) != len(args.labels):
+            raise InvalidInputError(
+                f"--label-errors names {len(args.label_errors)} columns for {len(args.labels)} labels"
+            )
+        label_errors = join_labels(ds, args.labels_table, args.label_errors, args.id_column)
     if args.labels_table:
         labels = join_labels(ds, args.labels_table, args.labels, args.id_column)
     else:
@@ -40,10 +56,17 @@ def run(args) -> int:
         censors=parse_censors(args.censor) or None,
         random_state=args.seed,
     )
-    model.fit(ds, labels=labels, progressbar=not args.no_progress)
+    kw = {} if label_errors is None else {"label_errors": label_errors, "trend_order": args.trend_order}
+    model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
     model.save(args.output)
     flagged = int((model.pixel_flags_ != 0).sum())
-    print(json.dumps({"model": str(args.output), "stars": model.n_training_stars_,
-                      "pixels": int(model.theta_.shape[0]), "flagged_pixels": flagged,
-                      "training_hash": model.training_hash_}))
+    summary = {"model": str(args.output), "stars": model.n_training_stars_,
+               "pixels": int(model.theta_.shape[0]), "flagged_pixels": flagged,
+               "training_hash": model.training_hash_}
+    if label_errors is not None:
+        extra = model.extra_state_
+        summary["latent_labels"] = {"iterations": int(extra["extra_latent_iterations"][1]),
+                                    "converged": bool(extra["extra_latent_converged"][1]),
+                                    "calibrated": bool(extra["extra_latent_calibrated"][1])}
+    print(json.dumps(summary))
     return 0
