@@ -68,6 +68,7 @@ __all__ = [
     "LEVELS",
     "theta_uncertainty_state",
     "leverage",
+    "error_model_covariance",
     "inverse_train_weight",
     "kappa",
     "epsilon",
@@ -202,12 +203,13 @@ def kappa(model, ivar, chunk_size: int = 2000):
     inv_wbar = inverse_train_weight(model)
     if not inv_wbar.any():
         return np.zeros(ivar.shape[0])
-    return _kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar, inv_wbar > 0)
+    return _kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar)
 
 
 @numba.njit(parallel=True, cache=True)
-def _kappa_kernel(ivar, s2, inv_wbar, ok):  # pragma: no cover - compiled
-    """κ per star in one fused pass: Σ w²/w̄ / Σ w over usable pixels (w = adjusted ivar)."""
+def _kappa_kernel(ivar, s2, inv_wbar):  # pragma: no cover - compiled
+    """κ per star in one fused pass: Σ w²/w̄ / Σ w over usable pixels (``inv_wbar > 0``;
+    w = adjusted ivar)."""
     n, p = ivar.shape
     out = np.zeros(n)
     for i in numba.prange(n):
@@ -215,7 +217,7 @@ def _kappa_kernel(ivar, s2, inv_wbar, ok):  # pragma: no cover - compiled
         den = 0.0
         for j in range(p):
             iv = ivar[i, j]
-            if ok[j] and iv > 0.0 and np.isfinite(iv):
+            if inv_wbar[j] > 0.0 and iv > 0.0 and np.isfinite(iv):
                 w = iv / (1.0 + iv * s2[j])
                 den += w
                 num += w * w * inv_wbar[j]
@@ -395,6 +397,33 @@ def _check_calibration(model):
     return cal
 
 
+def error_model_covariance(noise_cov, x_scaled, noise_scale, floor_coefficients, eps=None):
+    """``D (1+ε) Σ D + diag(exp(β_k·[1, x̂]))``: the error model's covariance (N, K, K).
+
+    Parameters
+    ----------
+    noise_cov : ndarray, shape (N, K, K)
+        Noise (formal) covariance Σ.
+    x_scaled : ndarray, shape (N, K)
+        Estimated labels (scaled units), predictors of the model-error floor.
+    noise_scale : array_like, shape (K,)
+        ``a`` (``D = diag(a)``).
+    floor_coefficients : array_like, shape (K, K+1)
+        ``β``.
+    eps : ndarray, shape (N,), optional
+        θ-uncertainty factor (default 0).
+    """
+    a = np.asarray(noise_scale, dtype=np.float64)
+    x_scaled = np.atleast_2d(x_scaled)
+    n = x_scaled.shape[0]
+    floor = np.exp(np.column_stack([np.ones(n), x_scaled]) @ np.asarray(floor_coefficients, dtype=np.float64).T)
+    fac = a[None, :] * (1.0 if eps is None else np.sqrt(1.0 + np.asarray(eps))[:, None])
+    cov = noise_cov * fac[:, :, None] * fac[:, None, :]
+    idx = np.arange(a.size)
+    cov[:, idx, idx] += floor
+    return cov
+
+
 def calibrated_errors(model, noise_cov, x_scaled, eps):
     """Calibrated covariance, standard deviations and 68 %/95 % half-widths.
 
@@ -416,16 +445,7 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
         (N, K, K), (N, K), (N, K), (N, K).
     """
     cal = _check_calibration(model)
-    a = np.asarray(cal["noise_scale"])
-    beta = np.asarray(cal["floor_coefficients"])  # (K, K+1)
-    x_scaled = np.atleast_2d(x_scaled)
-    n = x_scaled.shape[0]
-    x1 = np.column_stack([np.ones(n), x_scaled])
-    floor = np.exp(x1 @ beta.T)  # (N, K)
-    fac = a[None, :] * np.sqrt(1.0 + np.asarray(eps))[:, None]
-    cov = noise_cov * fac[:, :, None] * fac[:, None, :]
-    idx = np.arange(a.size)
-    cov[:, idx, idx] += floor
+    cov = error_model_covariance(noise_cov, x_scaled, cal["noise_scale"], cal["floor_coefficients"], eps)
     sd = np.sqrt(np.einsum("nkk->nk", cov))
     return cov, sd, sd * interval_factor(cal, LEVELS[0]), sd * interval_factor(cal, LEVELS[1])
 

@@ -83,7 +83,7 @@ import numpy as np
 import xarray as xr
 
 from ._kernels import score_terms, solve_packed, weights
-from .calibration import check_label_errors
+from .calibration import check_label_errors, error_model_covariance
 from .errors import InvalidInputError, ShapeMismatchError
 from .infer import fit_labels, test_statistics
 from .train import _lasso, _products, _profile_newton, _unpack, fit_pixels
@@ -245,12 +245,13 @@ def fit_latent_labels(
     w, wf, buf = np.empty((m, n)), np.empty((m, n)), np.empty((m, n))  # reused every step
     iu, ju = np.triu_indices(t)
     s2 = np.zeros(p)
-    first_scatter = [True]
+    first_scatter = True
     width = np.ptp(x_obs, axis=0)
     bounds = np.column_stack([x_obs.min(0) - model.bounds_margin * width, x_obs.max(0) + model.bounds_margin * width])
 
     def theta_at(x):
         """θ by weighted least squares at labels x (weights w), then s² at fixed residuals."""
+        nonlocal first_scatter
         design = vec(x)
         packed = w @ _products(design)
         bp = wf @ design
@@ -262,7 +263,7 @@ def fit_latent_labels(
             # from s² = 0: the maximiser at fixed residuals (Newton on the cached residuals)
             _, s_fixed, _, _ = score_terms(ivar_t, flux_t, model_t, s2, active, buf, True)
             s2[active] = s_fixed
-            first_scatter.clear()
+            first_scatter = False
         else:
             # then one Newton step per iteration: exact at the fixed point, one pass over memory
             g1, _, g2, noise = score_terms(ivar_t, flux_t, model_t, s2, active, buf, False)
@@ -278,14 +279,15 @@ def fit_latent_labels(
 
     def labels_at(x, th, spec=None):
         """Label step at fixed θ, s² (``spec``: the spectroscopic fit at θ, when known)."""
+        nonlocal x_spec
         if calib is None:
             # exact: χ² + Gaussian label term, both quadratic forms in v
             A, b, c = spectral_statistics(th)
             return fit_labels(A + A0, b + b0, c + c0, vec, x[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6).labels
         if spec is None:
             A, b, c = spectral_statistics(th)
-            spec = fit_labels(A, b, c, vec, x_spec[0][:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6)
-        x_spec[0] = spec.labels
+            spec = fit_labels(A, b, c, vec, x_spec[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6)
+        x_spec = spec.labels
         return calibrated_combination(spec, calib, x_obs, prec, bias_basis=trend(x))
 
     invariant = tm is None and reg == 0.0  # PolynomialVectorizer: every monomial up to its order
@@ -302,11 +304,11 @@ def fit_latent_labels(
     x = x_obs.copy()
     weights(ivar_t, flux_t, s2, active, w, wf)
     theta = theta_at(x)
-    calib, spec = None, None
+    calib, spec, x_spec = None, None, None
     if spectral_information == "calibrated":
         spec = fit_labels(*spectral_statistics(theta), vec, x[:, None, :], bounds=bounds, max_iter=max(lm_iter, 20), chi2_tol=1e-6)
         calib = spectral_error_model(model, spec, x_obs, err_s)
-        x_spec = [spec.labels]
+        x_spec = spec.labels
     iterator = range(max_iter)
     if progressbar:
         from tqdm.auto import tqdm
@@ -445,11 +447,8 @@ def calibrated_combination(spec, calib, x_obs, precision, bias_basis=None):
     -------
     ndarray, shape (N, K)
     """
-    noise_scale, floor_coef = calib
-    n, k = x_obs.shape
-    cov = spec.covariance * np.outer(noise_scale, noise_scale)[None]
-    floor = np.exp(np.column_stack([np.ones(n), spec.labels]) @ np.asarray(floor_coef).T)
-    cov[:, np.arange(k), np.arange(k)] += floor
+    k = x_obs.shape[1]
+    cov = error_model_covariance(spec.covariance, spec.labels, *calib)
     good = np.all(np.isfinite(cov), axis=(1, 2)) & np.all(np.isfinite(spec.labels), axis=1)
     icov = np.zeros_like(cov)
     icov[good] = np.linalg.inv(cov[good])
