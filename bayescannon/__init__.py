@@ -9,17 +9,11 @@ engine, the same model in PyMC for posteriors, and the survey machinery around i
 >>> result = model.infer(test_flux, test_ivar)                           # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("bayescannon")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
+from ._version import __version__
 from . import errors
 from .flags import PixelFlag, StarFlag
 from .model import CannonModel
 from .spectra import make_spectra
-from .vectorizer import PolynomialVectorizer
+from bayescannon.core.vectorizer import PolynomialVectorizer
 
 __all__ = ["CannonModel", "PolynomialVectorizer", "PixelFlag", "StarFlag", "make_spectra", "errors", "__version__"]

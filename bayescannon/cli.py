@@ -13,14 +13,14 @@ import logging
 import pkgutil
 import sys
 
-from . import __version__
 from .errors import BayesCannonError
+from bayescannon import commands
+from bayescannon._version import __version__
 
 __all__ = ["main", "build_parser"]
 
 
 def _commands():
-    from . import commands
 
     mods = []
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):

@@ -89,7 +89,7 @@ class ConvergenceWarning(BayesCannonWarning):
 
 class NotCalibratedError(BayesCannonError, ValueError):
     """Calibrated uncertainties were requested from a model that has no calibration
-    (see :mod:`bayescannon.calibration`)."""
+    (see :mod:`bayescannon.core.uncertainty`)."""
 
 
 class SamplingError(BayesCannonError, RuntimeError):

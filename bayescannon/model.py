@@ -1,7 +1,7 @@
 """CannonModel: the estimator users touch (fit / infer / predict / save / load).
 
-It validates at the boundary, calls the array functions of :mod:`bayescannon.train`
-and :mod:`bayescannon.infer`, and stores fitted attributes with a trailing underscore.
+It validates at the boundary, calls the array functions of :mod:`bayescannon.core.train`
+and :mod:`bayescannon.core.labelfit`, and stores fitted attributes with a trailing underscore.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from . import scaling
+from bayescannon.core import scaling
 from .errors import (
     GridMismatchError,
     InsufficientDataError,
@@ -25,75 +25,29 @@ from .errors import (
     ShapeMismatchError,
 )
 from .flags import PixelFlag, StarFlag, flag_doc
-from .infer import chi2_at, fit_labels, test_statistics
-from .spectra import check_spectra, default_ids
-from .train import fit_pixels
-from .vectorizer import PolynomialVectorizer
+from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
+from .spectra import as_label_array, default_ids, unpack_spectra
+from bayescannon.core.train import fit_pixels
+from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.core._kernels import prepare_training
+from bayescannon.core.uncertainty import theta_uncertainty_state
+from bayescannon.core.latent import fit_latent_labels
+from bayescannon.core._kernels import fingerprint
+from bayescannon.modelfile import save_model
+from bayescannon.modelfile import load_model
+from bayescannon.modelfile import model_to_dataset
+from bayescannon.core._kernels import test_weights
+from bayescannon.core.uncertainty import check_calibrated
+from bayescannon.core.uncertainty import inverse_train_weight
+from bayescannon.core.uncertainty import apply_calibration
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CannonModel"]
 
 
-def _as_label_array(labels, label_names, n_expected=None):
-    """Labels as an (N, K) float64 array in ``label_names`` order, validated."""
-    if isinstance(labels, xr.Dataset):
-        missing = [n for n in label_names if n not in labels]
-        if missing:
-            raise LabelError(f"labels dataset has no column(s) {missing}; it has {list(labels.data_vars)}")
-        arr = np.column_stack([np.asarray(labels[n].values, dtype=np.float64) for n in label_names])
-    elif isinstance(labels, Mapping) or hasattr(labels, "colnames") or hasattr(labels, "columns"):
-        cols = list(labels.colnames) if hasattr(labels, "colnames") else list(labels.keys() if isinstance(labels, Mapping) else labels.columns)
-        missing = [n for n in label_names if n not in cols]
-        if missing:
-            raise LabelError(f"label table has no column(s) {missing}; it has {cols}")
-        arr = np.column_stack([np.asarray(labels[n], dtype=np.float64) for n in label_names])
-    else:
-        arr = np.array(labels, dtype=np.float64, copy=True)
-        if arr.ndim == 1 and len(label_names) == 1:
-            arr = arr[:, None]
-        if arr.ndim != 2:
-            raise ShapeMismatchError(f"labels must be 2-D (stars, labels); got shape {arr.shape}")
-        if arr.shape[1] != len(label_names):
-            raise ShapeMismatchError(
-                f"labels have {arr.shape[1]} columns but the model has {len(label_names)} "
-                f"labels {label_names}"
-            )
-    if n_expected is not None and arr.shape[0] != n_expected:
-        raise ShapeMismatchError(
-            f"labels have {arr.shape[0]} rows but there are {n_expected} spectra"
-        )
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        n, k = np.argwhere(bad)[0]
-        raise LabelError(
-            f"label {label_names[k]} of star {n} is not finite ({arr[n, k]}); "
-            f"{int(bad.sum())} non-finite label values in all"
-        )
-    return arr
-
-
-def _unpack_spectra(flux, ivar, ids, wavelength):
-    """Accept arrays or a spectra Dataset; return flux, ivar, ids, wavelength, dataset."""
-    ds = None
-    if isinstance(flux, xr.Dataset):
-        ds = check_spectra(flux)
-        if ivar is not None:
-            raise InvalidInputError("pass either a spectra Dataset or flux and ivar arrays, not both")
-        ivar = ds["ivar"].values
-        if ids is None:
-            ids = np.asarray(ds["star"].values).astype(str)
-        if wavelength is None:
-            wavelength = ds["wavelength"].values
-        flux = ds["flux"].values
-    elif ivar is None:
-        raise InvalidInputError("ivar is required when flux is an array")
-    return flux, ivar, ids, wavelength, ds
-
-
 def _validated_pixel_major(flux, ivar, ids, wavelength):
     """Validate training flux/ivar; return clean pixel-major (P, N) copies."""
-    from ._kernels import prepare_training
 
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
@@ -276,7 +230,7 @@ class CannonModel:
             Star identifiers for messages.
         label_errors : ndarray (N, K), optional
             1σ uncertainties of the training labels: the labels are then treated as
-            latent (errors-in-variables MAP, :func:`bayescannon.errorsinvariables.fit_latent_labels`;
+            latent (errors-in-variables MAP, :func:`bayescannon.core.latent.fit_latent_labels`;
             its keyword arguments, e.g. ``spectral_information``, ``tol``, ``max_iter``,
             may be passed here).
         progressbar : bool
@@ -286,7 +240,7 @@ class CannonModel:
         -------
         self
         """
-        flux, ivar, ids, wavelength, ds = _unpack_spectra(flux, ivar, ids, wavelength)
+        flux, ivar, ids, wavelength, ds = unpack_spectra(flux, ivar, ids, wavelength)
         if labels is None:
             if ds is None:
                 raise InvalidInputError("labels are required")
@@ -294,7 +248,7 @@ class CannonModel:
         PolynomialVectorizer(self.label_names, self.order)  # validates names and order
         flux_t, ivar_t = _validated_pixel_major(flux, ivar, ids, wavelength)
         p, n = flux_t.shape
-        y = _as_label_array(labels, self.label_names, n)
+        y = as_label_array(labels, self.label_names, n)
         if wavelength is not None:
             wavelength = np.asarray(wavelength, dtype=np.float64)
             if wavelength.shape != (p,):
@@ -325,7 +279,6 @@ class CannonModel:
         term_mask = self._term_mask(censor_mask)
         design = vec(x)
         if label_errors is not None:
-            from .errorsinvariables import fit_latent_labels  # Bayesian layer (issue 3)
 
             result = fit_latent_labels(
                 self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, label_scale=scale_,
@@ -363,7 +316,6 @@ class CannonModel:
         self.training_labels_scaled_ = x
         # Bayesian layer (issue 3): θ-uncertainty summary for propagation; a refit voids
         # any earlier calibration of the uncertainties
-        from .calibration import theta_uncertainty_state
 
         pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
         self.extra_state_ = {
@@ -386,7 +338,6 @@ class CannonModel:
         of fixed pseudo-random projections of every row and column of flux and ivar (any
         change of a training value changes them), computed in one parallel pass instead of
         hashing hundreds of MB of bytes."""
-        from ._kernels import fingerprint
 
         coeffs = np.random.default_rng(20240917).uniform(0.5, 1.5, size=4099)
         h = hashlib.blake2b(digest_size=32)
@@ -405,7 +356,6 @@ class CannonModel:
         """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``); see
         :func:`bayescannon.modelfile.save_model`. Returns the path."""
         self._check_fitted()
-        from .modelfile import save_model
 
         return save_model(self, path, overwrite=overwrite)
 
@@ -418,14 +368,12 @@ class CannonModel:
         ModelFileError
             Missing, corrupted or foreign file.
         """
-        from .modelfile import load_model
 
         return load_model(path, cls=cls)
 
     def to_dataset(self) -> xr.Dataset:
         """The fitted model as an xarray Dataset (what :meth:`save` writes)."""
         self._check_fitted()
-        from .modelfile import model_to_dataset
 
         return model_to_dataset(self)
 
@@ -443,7 +391,7 @@ class CannonModel:
         """
         self._check_fitted()
         single = not isinstance(labels, (Mapping, xr.Dataset)) and not hasattr(labels, "colnames") and np.ndim(labels) == 1
-        y = _as_label_array(np.atleast_2d(labels) if single else labels, self.label_names)
+        y = as_label_array(np.atleast_2d(labels) if single else labels, self.label_names)
         x = scaling.scale(y, self.label_offset_, self.label_scale_)
         out = self.vectorizer(x) @ self.theta_.T
         return out[0] if single else out
@@ -479,7 +427,6 @@ class CannonModel:
 
     def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength, w, wf, inv_wbar):
         """Adjusted weights of a chunk of test spectra, validated on the way; also κ."""
-        from ._kernels import test_weights
 
         c, n_pix, bad, kap = test_weights(
             np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, inv_wbar, w, wf
@@ -536,7 +483,7 @@ class CannonModel:
         uncertainty : {"formal", "calibrated"}
             ``"formal"``: inverse Fisher matrix. ``"calibrated"``: the calibrated error
             model of the Bayesian layer (requires a calibration, see
-            :mod:`bayescannon.calibration`).
+            :mod:`bayescannon.core.uncertainty`).
         progressbar : bool
 
         Returns
@@ -547,7 +494,7 @@ class CannonModel:
             ``n_pixels``, ``converged``, ``flags`` (StarFlag bits), ``n_iter`` per star.
         """
         self._check_fitted()
-        flux, ivar, ids, wavelength, _ = _unpack_spectra(flux, ivar, ids, wavelength)
+        flux, ivar, ids, wavelength, _ = unpack_spectra(flux, ivar, ids, wavelength)
         flux = np.asarray(flux, dtype=np.float64)
         ivar = np.asarray(ivar, dtype=np.float64)
         if flux.ndim == 1:
@@ -564,9 +511,8 @@ class CannonModel:
         if uncertainty not in ("formal", "calibrated"):
             raise InvalidInputError(f"uncertainty must be 'formal' or 'calibrated'; got {uncertainty!r}")
         if uncertainty == "calibrated":
-            from .calibration import _check_calibration
 
-            _check_calibration(self)  # NotCalibratedError before any work
+            check_calibrated(self)  # NotCalibratedError before any work
         s = int(n_starts or self.n_starts)
         if s < 1:
             raise InvalidInputError(f"n_starts must be >= 1; got {s}")
@@ -601,7 +547,6 @@ class CannonModel:
         buf_w = np.empty((min(chunk_size, n), p))
         buf_wf = np.empty((min(chunk_size, n), p))
         if uncertainty == "calibrated":
-            from .calibration import inverse_train_weight
 
             inv_wbar = inverse_train_weight(self)  # κ of the θ-uncertainty term, in the same pass
         else:
@@ -628,28 +573,9 @@ class CannonModel:
             niter[sl] = fit.n_iter
         ds = self._assemble(ids, labels, cov, chi2, npix, conv, atb, niter, smin, smax, width)
         if uncertainty == "calibrated":
-            from .calibration import apply_calibration
 
             ds = apply_calibration(self, ds, ivar, kappa=kap)
         return ds
-
-    # ------------------------------------------------------------------ Bayesian layer
-    def calibrate(self, flux, ivar, labels, *, label_errors=None, n_folds: int = 0, **kwargs) -> dict:
-        """Calibrate the label uncertainties on stars with known labels; see
-        :func:`bayescannon.calibration.calibrate`. Returns the calibration (also stored as
-        ``calibration_`` and saved with the model)."""
-        self._check_fitted()
-        from .calibration import calibrate
-
-        return calibrate(self, flux, ivar, labels, label_errors=label_errors, n_folds=n_folds, **kwargs)
-
-    def sample_labels(self, flux, ivar=None, *, ids=None, draws: int = 1000, tune: int = 1000, chains: int = 4, **kwargs):
-        """Posterior samples of the labels of some stars (NUTS) as an ArviZ DataTree; see
-        :func:`bayescannon.bayes.sample_labels`."""
-        self._check_fitted()
-        from .bayes import sample_labels
-
-        return sample_labels(self, flux, ivar, ids=ids, draws=draws, tune=tune, chains=chains, **kwargs)
 
     def _assemble(self, ids, x, cov, chi2, npix, conv, atb, niter, smin, smax, width):
         k = len(self.label_names)

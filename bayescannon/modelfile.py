@@ -19,6 +19,7 @@ import xarray as xr
 
 from .errors import ModelFileError
 from .flags import PixelFlag, flag_doc
+from bayescannon._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def _engine(path: Path) -> str:
 
 def model_to_dataset(model) -> xr.Dataset:
     """The fitted state of ``model`` as an xarray Dataset."""
-    from . import __version__
-
     vec = model.vectorizer
     coords = {"label": list(model.label_names), "term": vec.term_names}
     if model.wavelength_ is not None:
@@ -156,7 +155,7 @@ def load_model(path, cls=None):
 def model_from_dataset(ds: xr.Dataset, cls=None, source: str = "dataset"):
     """Rebuild a fitted model from :func:`model_to_dataset` output."""
     if cls is None:
-        from .model import CannonModel as cls  # noqa: N813
+        raise ModelFileError("model_from_dataset needs the model class (cls=CannonModel)")
     if ds.attrs.get("format") != FORMAT:
         raise ModelFileError(
             f"{source} is not a bayescannon model file (format attribute "

@@ -60,7 +60,7 @@ def _colour(c, cmap, vmin=None, vmax=None) -> dict:
     return {"c": c, "cmap": cmap, "vmin": vmin, "vmax": vmax}
 
 
-def _figure(n_panels=1, *, ncols=None, panel=(3.6, 3.4), sharex=False, sharey=False):
+def new_figure(n_panels=1, *, ncols=None, panel=(3.6, 3.4), sharex=False, sharey=False):
     from matplotlib.figure import Figure
 
     ncols = ncols or n_panels
@@ -120,7 +120,7 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
     inferred = _as_2d(inferred, "inferred", k)
     if truth.shape != inferred.shape:
         raise ShapeMismatchError(f"truth {truth.shape} and inferred {inferred.shape} differ")
-    fig, axes = _figure(k)
+    fig, axes = new_figure(k)
     sc = None
     for i, (ax, name) in enumerate(zip(axes, label_names)):
         x, y = truth[:, i], inferred[:, i]
@@ -175,7 +175,7 @@ def binned_statistics_plot(table, *, label_names=None, xlabel=None, logx=False):
     matplotlib.figure.Figure
     """
     names = label_names or list(dict.fromkeys(np.asarray(table["LABEL"]).astype(str)))
-    fig, axes = _figure(len(names))
+    fig, axes = new_figure(len(names))
     for ax, name in zip(axes, names):
         t = table[np.asarray(table["LABEL"]).astype(str) == name]
         lo, hi = np.asarray(t["BIN_LO"], float), np.asarray(t["BIN_HI"], float)
@@ -243,7 +243,7 @@ def kiel_diagram(teff, logg, *, color=None, color_label="[Fe/H]", titles=("befor
     panels = [(teff, logg, color)]
     if teff_after is not None and logg_after is not None:
         panels.append((teff_after, logg_after, color_after if color_after is not None else color))
-    fig, axes = _figure(len(panels), sharex=True, sharey=True)
+    fig, axes = new_figure(len(panels), sharex=True, sharey=True)
     sc = None
     allc = [np.asarray(c, float) for _, _, c in panels if c is not None]
     finite = np.concatenate([c[np.isfinite(c)] for c in allc]) if allc else np.array([])
@@ -403,7 +403,7 @@ def alpha_vs_feh(feh, alpha, *, color=None, color_label=None, feh_after=None, al
     panels = [(feh, alpha)]
     if feh_after is not None and alpha_after is not None:
         panels.append((feh_after, alpha_after))
-    fig, axes = _figure(len(panels), sharex=True, sharey=True)
+    fig, axes = new_figure(len(panels), sharex=True, sharey=True)
     sc = None
     for ax, (x, y), title in zip(axes, panels, titles):
         x, y = np.asarray(x, float), np.asarray(y, float)
@@ -433,7 +433,7 @@ def precision_vs_snr(calibration):
     matplotlib.figure.Figure
     """
     names = calibration.label_names
-    fig, axes = _figure(len(names))
+    fig, axes = new_figure(len(names))
     b = calibration.binned
     for q, (ax, name) in enumerate(zip(axes, names)):
         t = b[np.asarray(b["LABEL"]).astype(str) == name]

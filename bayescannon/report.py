@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError
+from bayescannon.plots import save_figure
+from bayescannon._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,6 @@ class Report:
 
     # ------------------------------------------------------------------ rendering
     def _write_figures(self, folder: Path) -> dict:
-        from .plots import save_figure
 
         out = {}
         for item in self.items:
@@ -116,7 +117,6 @@ class Report:
     def to_markdown(self, figures: dict | None = None) -> str:
         figures = figures or {}
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        from . import __version__
 
         lines = [f"# {self.title}", "", f"*bayescannon {__version__}, {stamp}*", ""]
         for item in self.items:
@@ -149,7 +149,6 @@ class Report:
         figures = figures or {}
         esc = html.escape
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        from . import __version__
 
         parts = [
             "<!DOCTYPE html>",

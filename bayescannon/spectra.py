@@ -7,12 +7,14 @@ Angstrom; ``star`` holds unique string identifiers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import xarray as xr
 
-from .errors import InvalidInputError, NegativeIvarError, NonFiniteError, ShapeMismatchError
+from .errors import InvalidInputError, LabelError, NegativeIvarError, NonFiniteError, ShapeMismatchError
 
-__all__ = ["make_spectra", "check_spectra", "check_flux_ivar", "default_ids"]
+__all__ = ["make_spectra", "check_spectra", "check_flux_ivar", "default_ids", "as_label_array", "unpack_spectra"]
 
 
 def default_ids(n: int, prefix: str = "star") -> np.ndarray:
@@ -166,3 +168,59 @@ def check_spectra(ds: xr.Dataset) -> xr.Dataset:
             dup = uniq[counts > 1][:5]
             raise InvalidInputError(f"duplicated star ids: {', '.join(map(str, dup))}")
     return ds
+
+
+def as_label_array(labels, label_names, n_expected=None):
+    """Labels as an (N, K) float64 array in ``label_names`` order, validated."""
+    if isinstance(labels, xr.Dataset):
+        missing = [n for n in label_names if n not in labels]
+        if missing:
+            raise LabelError(f"labels dataset has no column(s) {missing}; it has {list(labels.data_vars)}")
+        arr = np.column_stack([np.asarray(labels[n].values, dtype=np.float64) for n in label_names])
+    elif isinstance(labels, Mapping) or hasattr(labels, "colnames") or hasattr(labels, "columns"):
+        cols = list(labels.colnames) if hasattr(labels, "colnames") else list(labels.keys() if isinstance(labels, Mapping) else labels.columns)
+        missing = [n for n in label_names if n not in cols]
+        if missing:
+            raise LabelError(f"label table has no column(s) {missing}; it has {cols}")
+        arr = np.column_stack([np.asarray(labels[n], dtype=np.float64) for n in label_names])
+    else:
+        arr = np.array(labels, dtype=np.float64, copy=True)
+        if arr.ndim == 1 and len(label_names) == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ShapeMismatchError(f"labels must be 2-D (stars, labels); got shape {arr.shape}")
+        if arr.shape[1] != len(label_names):
+            raise ShapeMismatchError(
+                f"labels have {arr.shape[1]} columns but the model has {len(label_names)} "
+                f"labels {label_names}"
+            )
+    if n_expected is not None and arr.shape[0] != n_expected:
+        raise ShapeMismatchError(
+            f"labels have {arr.shape[0]} rows but there are {n_expected} spectra"
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        n, k = np.argwhere(bad)[0]
+        raise LabelError(
+            f"label {label_names[k]} of star {n} is not finite ({arr[n, k]}); "
+            f"{int(bad.sum())} non-finite label values in all"
+        )
+    return arr
+
+
+def unpack_spectra(flux, ivar, ids, wavelength):
+    """Accept arrays or a spectra Dataset; return flux, ivar, ids, wavelength, dataset."""
+    ds = None
+    if isinstance(flux, xr.Dataset):
+        ds = check_spectra(flux)
+        if ivar is not None:
+            raise InvalidInputError("pass either a spectra Dataset or flux and ivar arrays, not both")
+        ivar = ds["ivar"].values
+        if ids is None:
+            ids = np.asarray(ds["star"].values).astype(str)
+        if wavelength is None:
+            wavelength = ds["wavelength"].values
+        flux = ds["flux"].values
+    elif ivar is None:
+        raise InvalidInputError("ivar is required when flux is an array")
+    return flux, ivar, ids, wavelength, ds

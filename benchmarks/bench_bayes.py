@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bayescannon.bayes import calibrate
 
 EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
@@ -58,7 +59,7 @@ def main(argv=None):
 
 def coverage_and_nuts(args, nuts):
     from bayescannon import CannonModel
-    from bayescannon.calibration import coverage_report
+    from bayescannon.bayes import coverage_report
 
     n_train, n_test = (800, 800) if args.quick else (2000, 2000)
     n_rep = 1 if args.quick else 3
@@ -69,7 +70,7 @@ def coverage_and_nuts(args, nuts):
         fte, ite, lte, _ = emulate(n_test, rng)
         model = CannonModel(LABELS, random_state=0)
         t = time.perf_counter(); model.fit(ftr, itr, ltr); t_fit = time.perf_counter() - t
-        t = time.perf_counter(); model.calibrate(ftr, itr, ltr, n_folds=5); t_cal = time.perf_counter() - t
+        t = time.perf_counter(); calibrate(model, ftr, itr, ltr, n_folds=5); t_cal = time.perf_counter() - t
         rep = coverage_report(model, fte, ite, lte)
         pooled.append(rep["coverage"].sel(kind="calibrated").values * float(rep["n_stars"]))
         print(f"[set {rep_i}] trained on {n_train} stars x 7214 px in {t_fit:.1f} s; 5-fold CV calibration {t_cal:.1f} s")
@@ -119,7 +120,7 @@ def coverage_and_nuts(args, nuts):
 
 def latent_labels(args):
     from bayescannon import CannonModel
-    from bayescannon.vectorizer import PolynomialVectorizer
+    from bayescannon.core.vectorizer import PolynomialVectorizer
 
     rng = np.random.default_rng(100)
     # latent-label MAP vs plain MAP: quadratic truth (the model is adequate) and emulator

@@ -24,7 +24,7 @@ LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
 
 
 def make_data(n_train, n_test, seed=0):
-    from bayescannon.emulator import load_emulator
+    from bayescannon.simulate.emulator import load_emulator
 
     emu = load_emulator()
     rng = np.random.default_rng(seed)
@@ -117,8 +117,8 @@ print(peak[0] - base)
 
 def profile_lnp(model, train, s2):
     """Profile log-likelihood per usable pixel (flagged pixels excluded)."""
-    from bayescannon import scaling
-    from bayescannon.train import profile_log_likelihood
+    from bayescannon.core import scaling
+    from bayescannon.core.train import profile_log_likelihood
 
     ok = model.pixel_flags_ == 0
     y = np.column_stack([train[n].values for n in LABELS])
@@ -138,7 +138,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test = 500, 300
-    from bayescannon.emulator import find_emulator
+    from bayescannon.simulate.emulator import find_emulator
 
     if find_emulator() is None:
         print("SKIP: ../shared/data/apogee_payne_emulator.npz not found")

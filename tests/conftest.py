@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayescannon.vectorizer import PolynomialVectorizer
+from bayescannon.core.vectorizer import PolynomialVectorizer
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 

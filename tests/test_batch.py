@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayescannon.batch import infer_chunked
+from bayescannon.survey.batch import infer_chunked
 from bayescannon.errors import ModelFileError
 from bayescannon.spectra import make_spectra
 

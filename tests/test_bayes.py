@@ -11,8 +11,8 @@ import xarray as xr
 from bayescannon import CannonModel
 from bayescannon.bayes import LabelPosterior, label_log_likelihood, star_statistics
 from bayescannon.errors import SamplingError
-from bayescannon.likelihood import log_likelihood
-from bayescannon.vectorizer import PolynomialVectorizer
+from bayescannon.core.likelihood import log_likelihood
+from bayescannon.core.vectorizer import PolynomialVectorizer
 
 NAMES = ["A", "B", "C"]
 NOISE = 0.01
@@ -79,7 +79,7 @@ def test_posterior_recovers_truth_and_matches_laplace(setup):
 
 
 def test_datatree_layout_and_roundtrip(setup, tmp_path):
-    from bayescannon.diagnostics import load_posterior, save_posterior, summary_table
+    from bayescannon.bayes.diagnostics import load_posterior, save_posterior, summary_table
 
     model, post, theta, rng = setup
     flux, ivar, _ = _simulate(rng, theta, 2)
@@ -114,7 +114,7 @@ def test_star_without_pixels_raises(setup):
 
 
 def test_theta_uncertainty_widens_far_stars(setup):
-    from bayescannon.calibration import epsilon, leverage
+    from bayescannon.core.uncertainty import epsilon, leverage
 
     model, _, theta, rng = setup
     near = np.zeros((1, 3))
@@ -132,7 +132,7 @@ def test_plots(setup):
     import matplotlib
 
     matplotlib.use("Agg")
-    from bayescannon.diagnostics import plot_coverage, plot_corner, plot_posterior_vs_laplace
+    from bayescannon.bayes.diagnostics import plot_coverage, plot_corner, plot_posterior_vs_laplace
 
     model, post, theta, rng = setup
     flux, ivar, x = _simulate(rng, theta, 2)

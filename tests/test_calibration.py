@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.calibration import (
-    check_label_errors,
-    conformal_quantiles,
-    coverage_curve,
-    fit_error_model,
-    interval_factor,
-)
+from bayescannon.core.uncertainty import check_label_errors, conformal_quantiles, coverage_curve, fit_error_model, interval_factor
 from bayescannon.errors import LabelError, NotCalibratedError, ShapeMismatchError
+from bayescannon.bayes import calibrate
 
 EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
@@ -123,7 +118,7 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
     tf, ti, tl = _emulator(2000, rng, pixels)
     model = CannonModel(LABELS, random_state=0).fit(flux, ivar, lab)
     formal = model.infer(tf, ti)
-    model.calibrate(flux, ivar, lab, n_folds=5)
+    calibrate(model, flux, ivar, lab, n_folds=5)
     cal = model.infer(tf, ti, uncertainty="calibrated")
     # the formal path is unchanged by calibrating; the calibrated one keeps the formal errors
     np.testing.assert_array_equal(model.infer(tf, ti)["errors"].values, formal["errors"].values)
@@ -149,7 +144,7 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
 def test_error_model_gradient_matches_finite_differences():
     from scipy.optimize import approx_fprime
 
-    from bayescannon.calibration import _t_nll
+    from bayescannon.core.uncertainty import _t_nll
 
     rng = np.random.default_rng(11)
     n = 200
@@ -165,9 +160,9 @@ def test_error_model_gradient_matches_finite_differences():
 
 def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
     # κ is accumulated in the test step's weighting pass; it must equal calibration.kappa
-    from bayescannon import scaling
-    from bayescannon.calibration import epsilon
-    from bayescannon.vectorizer import PolynomialVectorizer
+    from bayescannon.core import scaling
+    from bayescannon.core.uncertainty import epsilon
+    from bayescannon.core.vectorizer import PolynomialVectorizer
 
     rng = np.random.default_rng(12)
     vec = PolynomialVectorizer(["a", "b"], 2)
@@ -179,7 +174,7 @@ def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
     ivar = np.broadcast_to(sn**2, flux.shape).copy()
     ivar[rng.uniform(size=ivar.shape) < 0.1] = 0.0  # missing pixels change each star's κ
     model = CannonModel(["a", "b"]).fit(flux[:400], ivar[:400], x[:400])
-    model.calibrate(flux[:400], ivar[:400], x[:400], n_folds=4)
+    calibrate(model, flux[:400], ivar[:400], x[:400], n_folds=4)
     cal = model.infer(flux[400:], ivar[400:], uncertainty="calibrated", chunk_size=64)
     xs = scaling.scale(cal["labels"].values, model.label_offset_, model.label_scale_)
     want = 1.0 + epsilon(model, xs, ivar[400:])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.cleanup import clean_reference_set, robust_scatter
+from bayescannon.survey.cleanup import clean_reference_set, robust_scatter
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.validate import mock_quadratic_survey
 

@@ -7,13 +7,7 @@ import pytest
 from astropy.table import Table
 from conftest import shared_file
 
-from bayescannon.clusters import (
-    LITERATURE_FE_H,
-    cluster_statistics,
-    cluster_trends,
-    membership_table,
-    read_apogee_cluster_members,
-)
+from bayescannon.validate.clusters import LITERATURE_FE_H, cluster_statistics, cluster_trends, membership_table, read_apogee_cluster_members
 from bayescannon.errors import CrossMatchError, SurveyFormatError
 
 NAMES = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]

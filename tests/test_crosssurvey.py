@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from bayescannon.crosssurvey import SurveyData, common_stars, run_cross_survey
+from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
 from bayescannon.errors import CrossMatchError
 from bayescannon.validate import mock_quadratic_survey
 

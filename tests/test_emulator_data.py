@@ -3,7 +3,7 @@
 import numpy as np
 
 from bayescannon import CannonModel
-from bayescannon.likelihood import adjusted_ivar
+from bayescannon.core.likelihood import adjusted_ivar
 
 from conftest import shared_file
 
@@ -11,7 +11,7 @@ LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
 
 
 def test_emulator_spectra_fit_at_least_as_well_as_the_truth():
-    from bayescannon.emulator import load_emulator
+    from bayescannon.simulate.emulator import load_emulator
 
     emu = load_emulator(shared_file("apogee_payne_emulator.npz"))
     rng = np.random.default_rng(0)

@@ -6,10 +6,10 @@ import pytest
 
 from bayescannon import CannonModel
 from bayescannon.errors import InvalidInputError, LabelError, ShapeMismatchError
-from bayescannon.errorsinvariables import affine_alignment, calibrated_combination, label_prior_statistics
-from bayescannon.infer import LabelFit
-from bayescannon.likelihood import adjusted_ivar
-from bayescannon.vectorizer import PolynomialVectorizer
+from bayescannon.core.latent import affine_alignment, calibrated_combination, label_prior_statistics
+from bayescannon.core.labelfit import LabelFit
+from bayescannon.core.likelihood import adjusted_ivar
+from bayescannon.core.vectorizer import PolynomialVectorizer
 
 NAMES = ["A", "B", "C"]
 
@@ -185,7 +185,7 @@ def test_bad_label_errors_in_fit(bad, exc):
 
 @pytest.mark.slow
 def test_nuts_with_theta_marginalised_mixes():
-    from bayescannon.errorsinvariables import sample_latent_labels
+    from bayescannon.core.latent import sample_latent_labels
 
     rng = np.random.default_rng(3)
     vec, theta, x, flux, ivar, obs, err = _data(rng, n=100, p=50, label_noise=0.1)

@@ -3,9 +3,9 @@
 import numpy as np
 from scipy.optimize import least_squares
 
-from bayescannon import scaling
+from bayescannon.core import scaling
 from bayescannon.flags import StarFlag
-from bayescannon.likelihood import adjusted_ivar
+from bayescannon.core.likelihood import adjusted_ivar
 
 from conftest import LABELS
 

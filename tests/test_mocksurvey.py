@@ -12,8 +12,8 @@ from astropy.table import Table
 from bayescannon.cli import main
 from bayescannon.errors import InvalidInputError, SurveyFormatError
 from bayescannon.io import read_apstar, read_aspcapstar, read_labels, read_lamost
-from bayescannon.mocksurvey import CORRUPTIONS, LABELS, apogee_id, lamost_designation, make_mock_survey
-from bayescannon.reference import crossmatch_sky
+from bayescannon.simulate.mocksurvey import CORRUPTIONS, LABELS, apogee_id, lamost_designation, make_mock_survey
+from bayescannon.survey.reference import crossmatch_sky
 from bayescannon.simulate import PIPELINE_NOISE
 
 C_KMS = 299_792.458
@@ -192,7 +192,7 @@ def test_refuses_a_non_empty_folder(mock):
 
 
 def test_cli_writes_a_runnable_configuration(tmp_path, capsys):
-    from bayescannon.transfer import TransferConfig
+    from bayescannon.survey.transfer import TransferConfig
 
     out = tmp_path / "cli_mock"
     rc = main(["mock-survey", str(out), "--n-both", "6", "--n-lamost-only", "2", "--n-apogee-only", "1",

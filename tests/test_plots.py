@@ -80,7 +80,7 @@ def test_kiel_alpha_and_precision_figures():
     fig = alpha_vs_feh(feh, 0.1 - 0.2 * feh)
     np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets()[:, 1], 0.1 - 0.2 * feh)
 
-    from bayescannon.repeats import calibrate_from_repeats
+    from bayescannon.validate.repeats import calibrate_from_repeats
 
     group = np.repeat(np.arange(150), 2).astype(str)
     snr = np.repeat(rng.uniform(10, 200, 150), 2)

@@ -12,6 +12,7 @@ import xarray as xr
 
 from bayescannon import io as bio
 from bayescannon import preprocess as pp
+from bayescannon.preprocess import steps as pp_steps
 from bayescannon.errors import GridMismatchError, InvalidInputError, NegativeIvarError, NonFiniteError
 from bayescannon.io.apogee import mask_bits_attr
 from bayescannon.spectra import make_spectra
@@ -20,9 +21,9 @@ from bayescannon.spectra import make_spectra
 @pytest.fixture(params=["numba", "numpy"])
 def engine(request, monkeypatch):
     """Run a test with the compiled kernels and with the numpy reference."""
-    if request.param == "numba" and not pp._HAVE_NUMBA:
+    if request.param == "numba" and not pp_steps._HAVE_NUMBA:
         pytest.skip("numba not installed")
-    monkeypatch.setattr(pp, "_USE_NUMBA", request.param == "numba")
+    monkeypatch.setattr(pp_steps, "_USE_NUMBA", request.param == "numba")
     return request.param
 
 
@@ -66,7 +67,7 @@ def test_resample_linear_function_is_exact(engine):
 
 
 def test_kernels_agree_with_numpy(monkeypatch):
-    if not pp._HAVE_NUMBA:
+    if not pp_steps._HAVE_NUMBA:
         pytest.skip("numba not installed")
     rng = np.random.default_rng(1)
     wl = loglin(4000, 4400)
@@ -79,7 +80,7 @@ def test_kernels_agree_with_numpy(monkeypatch):
     new = loglin(4010, 4390, 1.3e-4)
     results = {}
     for use in (True, False):
-        monkeypatch.setattr(pp, "_USE_NUMBA", use)
+        monkeypatch.setattr(pp_steps, "_USE_NUMBA", use)
         results[use] = (
             pp.shift_and_resample(ds, new, variance="interpolate"),
             pp.resample(ds, new),

@@ -9,7 +9,7 @@ import xarray as xr
 from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.flags import StarFlag, describe
-from bayescannon.quality import assess, flag_table, in_convex_hull, label_distance
+from bayescannon.validate.quality import assess, flag_table, in_convex_hull, label_distance
 from bayescannon.validate import mock_quadratic_survey
 
 

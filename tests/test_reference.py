@@ -1,4 +1,4 @@
-"""Tests of cross-matching and quality cuts (bayescannon.reference)."""
+"""Tests of cross-matching and quality cuts (bayescannon.survey.reference)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from bayescannon.errors import CrossMatchError, InvalidInputError
-from bayescannon.reference import QualityCuts, apply_cuts, crossmatch_ids, crossmatch_sky
+from bayescannon.survey.reference import QualityCuts, apply_cuts, crossmatch_ids, crossmatch_sky
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -8,13 +8,7 @@ from astropy.table import Table
 
 from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError
-from bayescannon.repeats import (
-    calibrate_from_repeats,
-    compare_errors,
-    flux_error_scale,
-    precision_model,
-    repeat_pairs,
-)
+from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors, flux_error_scale, precision_model, repeat_pairs
 from bayescannon.validate import mock_quadratic_survey
 
 NAMES = ["TEFF", "FE_H"]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bayescannon import scaling
+from bayescannon.core import scaling
 from bayescannon.errors import LabelError
-from bayescannon.likelihood import adjusted_ivar, log_likelihood
+from bayescannon.core.likelihood import adjusted_ivar, log_likelihood
 
 
 def test_scaling_is_median_and_central_95_percent():

@@ -33,8 +33,8 @@ from astropy.table import Table
 
 from bayescannon.cli import main
 from bayescannon.errors import InvalidInputError
-from bayescannon.mocksurvey import CORRUPTIONS, example_config, make_mock_survey
-from bayescannon.transfer import STEPS, TransferConfig, TransferPipeline, evaluate
+from bayescannon.simulate.mocksurvey import CORRUPTIONS, example_config, make_mock_survey
+from bayescannon.survey.transfer import STEPS, TransferConfig, TransferPipeline, evaluate
 
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
 CANNON_FLOOR = {"TEFF": 4.0, "LOGG": 0.008, "FE_H": 0.007, "ALPHA_M": 0.003}
@@ -212,7 +212,7 @@ def test_steps_rerun_from_saved_output(run, caplog):
     # a changed configuration: the saved upstream output is flagged as stale
     cfg = TransferConfig.from_toml(cfg_path)
     cfg.data["cuts"]["min_snr"] = 55.0
-    with caplog.at_level(logging.WARNING, logger="bayescannon.transfer"):
+    with caplog.at_level(logging.WARNING, logger="bayescannon.survey.transfer"):
         TransferPipeline(cfg).run(only="catalogue")
     assert "different configuration" in caplog.text
     # nothing half-written is left behind

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bayescannon.errors import InvalidInputError, LabelError
-from bayescannon.vectorizer import PolynomialVectorizer
+from bayescannon.core.vectorizer import PolynomialVectorizer
 
 
 def test_exact_quadratic_vector():

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError, LabelError
+from bayescannon.io import read_spectra
+from bayescannon.io import read_labels
 
 
 def load_spectra(path):
-    from ..io import read_spectra
 
     return read_spectra(path)
 
 
 def join_labels(ds, labels_path, label_names, id_column):
     """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``."""
-    from ..io import read_labels
 
     table = read_labels(labels_path, id_column=id_column)
     if id_column not in table.colnames:

@@ -1,6 +1,12 @@
 """``bayescannon calibrate``: fit the calibrated error model and report coverage."""
 
 from __future__ import annotations
+from bayescannon.bayes import calibrate
+from bayescannon.errors import LabelError
+from bayescannon.commands._common import join_labels
+from bayescannon.bayes import coverage_report
+from bayescannon.model import CannonModel
+from bayescannon.commands._common import load_spectra
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -23,8 +29,6 @@ def add_arguments(p):
 def _labels_and_errors(ds, path, names, id_column, prefix):
     import numpy as np
 
-    from ..errors import LabelError
-    from ._common import join_labels
 
     if path:
         labels = join_labels(ds, path, names, id_column)
@@ -41,15 +45,12 @@ def _labels_and_errors(ds, path, names, id_column, prefix):
 
 
 def run(args) -> int:
-    from ..calibration import coverage_report
-    from ..model import CannonModel
-    from ._common import load_spectra
 
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
     labels, errors = _labels_and_errors(ds, args.labels_table, model.label_names, args.id_column, args.error_prefix)
     if not args.report_only:
-        model.calibrate(ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
+        calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
         out = args.output or args.model
         model.save(out)
         print(f"calibration ({model.calibration_['source']}) written to {out}")

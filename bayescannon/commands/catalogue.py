@@ -2,6 +2,15 @@
 a report."""
 
 from __future__ import annotations
+from bayescannon.survey.catalogue import make_catalogue, write_table
+from bayescannon.errors import InvalidInputError
+from bayescannon.flags import StarFlag
+from bayescannon.io import read_labels
+from bayescannon.model import CannonModel
+from bayescannon.plots import alpha_vs_feh, kiel_diagram
+from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
+from bayescannon.report import Report
+from bayescannon.commands._common import load_spectra
 
 
 NAME = "catalogue"
@@ -36,15 +45,6 @@ def add_arguments(p):
 def run(args) -> int:
     import numpy as np
 
-    from ..catalogue import make_catalogue, write_table
-    from ..errors import InvalidInputError
-    from ..flags import StarFlag
-    from ..io import read_labels
-    from ..model import CannonModel
-    from ..plots import alpha_vs_feh, kiel_diagram
-    from ..quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
-    from ..report import Report
-    from ._common import load_spectra
 
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)

@@ -4,6 +4,15 @@ offset from the literature, trends with Teff) with a report."""
 from __future__ import annotations
 
 from pathlib import Path
+from bayescannon.validate.clusters import read_apogee_cluster_members
+from bayescannon.io import read_labels
+from bayescannon.survey.catalogue import read_catalogue, write_table
+from bayescannon.validate.clusters import cluster_statistics, cluster_trends
+from bayescannon.errors import InvalidInputError
+from bayescannon.report import Report
+from bayescannon.validate.crossval import BAD_FIT_FLAGS
+from bayescannon.validate.clusters import match_members
+from bayescannon.plots import new_figure
 
 NAME = "clusters"
 HELP = "validate a catalogue on star-cluster members: per-cluster medians, scatter, literature offsets, trends"
@@ -28,8 +37,6 @@ def add_arguments(p):
 
 
 def _read_members(args):
-    from ..clusters import read_apogee_cluster_members
-    from ..io import read_labels
 
     fmt = args.members_format
     if fmt == "auto":
@@ -42,12 +49,6 @@ def _read_members(args):
 def run(args) -> int:
     import numpy as np
 
-    from ..catalogue import read_catalogue, write_table
-    from ..clusters import cluster_statistics, cluster_trends
-    from ..errors import InvalidInputError
-    from ..io import read_labels
-    from ..report import Report
-    from ..validate import BAD_FIT_FLAGS
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,15 +93,13 @@ def run(args) -> int:
 def _trend_figure(ids, y, names, members, mid, mcl, ys, good, stats):
     import numpy as np
 
-    from ..clusters import match_members
-    from ..plots import _figure
 
     cl = match_members(ids, members, id_column=mid, cluster_column=mcl)
     use = cl != ""
     if good is not None:
         use &= good
     ok_clusters = [str(c) for c, s in zip(stats["CLUSTER"], stats["STATUS"]) if s == "ok"]
-    fig, axes = _figure(len(ys), panel=(5.0, 3.4))
+    fig, axes = new_figure(len(ys), panel=(5.0, 3.4))
     ti = names.index("TEFF")
     for ax, name in zip(axes, ys):
         q = names.index(name)

@@ -6,6 +6,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bayescannon.bayes import calibrate
+from bayescannon.survey.catalogue import result_to_table, write_table
+from bayescannon.flags import StarFlag
+from bayescannon.model import CannonModel
+from bayescannon.plots import one_to_one
+from bayescannon.simulate.synthesis import simulate_survey
 
 NAME = "demo"
 HELP = "run the whole pipeline on a built-in mock survey"
@@ -21,11 +27,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..catalogue import result_to_table, write_table
-    from ..flags import StarFlag
-    from ..model import CannonModel
-    from ..plots import one_to_one
-    from ..simulate import simulate_survey
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def run(args) -> int:
     # honest uncertainties: calibrate the error model by 5-fold cross-validation on the
     # training set, then report calibrated errors (docs/bayes.md)
     ytrain = np.column_stack([train[n].values for n in LABELS])
-    model.calibrate(train["flux"].values, train["ivar"].values, ytrain, n_folds=5)
+    calibrate(model, train["flux"].values, train["ivar"].values, ytrain, n_folds=5)
     calibrated = model.infer(test, uncertainty="calibrated")
     t4 = time.perf_counter()
     print(f"calibrated the uncertainties by 5-fold cross-validation in {t4 - t3:.1f} s")

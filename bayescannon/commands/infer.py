@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from bayescannon.survey.catalogue import result_to_table, write_table
+from bayescannon.model import CannonModel
+from bayescannon.commands._common import load_spectra
+from bayescannon.survey.batch import infer_chunk_files
+from bayescannon.survey.batch import infer_chunked
 
 NAME = "infer"
 HELP = "infer labels of spectra with a trained model and write a FITS catalogue"
@@ -22,19 +27,14 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..catalogue import result_to_table, write_table
-    from ..model import CannonModel
-    from ._common import load_spectra
 
     model = CannonModel.load(args.model)
     kwargs = dict(n_starts=args.n_starts, uncertainty=args.uncertainty)
     if Path(args.spectra).is_dir():
-        from ..batch import infer_chunk_files
 
         result = infer_chunk_files(model, args.spectra, args.work_dir, chunk_size=args.chunk_size,
                                    progressbar=not args.no_progress, **kwargs)
     elif args.work_dir:
-        from ..batch import infer_chunked
 
         result = infer_chunked(model, load_spectra(args.spectra), args.work_dir, chunk_size=args.chunk_size,
                                progressbar=not args.no_progress, **kwargs)

@@ -1,6 +1,7 @@
 """``bayescannon mock-survey``: the same stars seen by an APOGEE-like and a LAMOST-like survey."""
 
 from __future__ import annotations
+from bayescannon.simulate.mocksurvey import CORRUPTIONS, make_mock_survey
 
 NAME = "mock-survey"
 HELP = "write a two-survey mock (APOGEE apStar/aspcapStar + LAMOST files, catalogues, truth) and a transfer config"
@@ -22,7 +23,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..mocksurvey import CORRUPTIONS, make_mock_survey
 
     mock = make_mock_survey(
         args.outdir,

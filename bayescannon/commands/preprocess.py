@@ -10,6 +10,9 @@ at a time.
 from __future__ import annotations
 
 from pathlib import Path
+from bayescannon.errors import InvalidInputError
+from bayescannon.preprocess import steps as pp
+from bayescannon.model import CannonModel
 
 NAME = "preprocess"
 HELP = "read + rest frame + resample + normalise survey files in resumable chunks (survey scale)"
@@ -42,7 +45,6 @@ def add_arguments(p):
 
 
 def _collect(args) -> list[str]:
-    from ..errors import InvalidInputError
 
     paths: list[str] = []
     for item in args.inputs:
@@ -63,7 +65,6 @@ def build_steps(args, grid):
     """The preprocessing steps (picklable partials) for these arguments."""
     import functools
 
-    from .. import preprocess as pp
 
     steps = []
     if args.no_rest_frame:
@@ -81,12 +82,9 @@ def build_steps(args, grid):
 def run(args) -> int:
     import numpy as np
 
-    from .. import preprocess as pp
-    from ..errors import InvalidInputError
 
     paths = _collect(args)
     if args.grid_from:
-        from ..model import CannonModel
 
         grid = CannonModel.load(args.grid_from).wavelength_
         if grid is None:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from bayescannon.survey.catalogue import read_catalogue, write_table
+from bayescannon.errors import InvalidInputError
+from bayescannon.plots import precision_vs_snr
+from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors
+from bayescannon.report import Report
+from bayescannon.validate.crossval import BAD_FIT_FLAGS
 
 NAME = "repeats"
 HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar+2022 §3.7)"
@@ -33,12 +39,6 @@ def run(args) -> int:
     import numpy as np
     from astropy.table import MaskedColumn
 
-    from ..catalogue import read_catalogue, write_table
-    from ..errors import InvalidInputError
-    from ..plots import precision_vs_snr
-    from ..repeats import calibrate_from_repeats, compare_errors
-    from ..report import Report
-    from ..validate import BAD_FIT_FLAGS
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)

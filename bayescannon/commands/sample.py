@@ -1,6 +1,11 @@
 """``bayescannon sample``: model + spectra + star ids → posterior file and diagnostics."""
 
 from __future__ import annotations
+from bayescannon.bayes import sample_labels
+from bayescannon.bayes.diagnostics import save_posterior, summary_table
+from bayescannon.errors import InvalidInputError
+from bayescannon.model import CannonModel
+from bayescannon.commands._common import load_spectra
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
@@ -23,10 +28,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..diagnostics import save_posterior, summary_table
-    from ..errors import InvalidInputError
-    from ..model import CannonModel
-    from ._common import load_spectra
 
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
@@ -38,7 +39,7 @@ def run(args) -> int:
         select = None
     elif len(set(select)) != len(select):
         raise InvalidInputError("star ids to sample are duplicated")
-    tree = model.sample_labels(
+    tree = sample_labels(model, 
         ds, select=select, draws=args.draws, tune=args.tune, chains=args.chains, batch_size=args.batch_size,
         prior=args.prior, propagate_theta=not args.no_theta_uncertainty, seed=args.seed,
     )

@@ -1,6 +1,9 @@
 """``bayescannon simulate``: write a mock survey with known labels."""
 
 from __future__ import annotations
+from bayescannon.survey.catalogue import write_table
+from bayescannon.io import write_spectra
+from bayescannon.simulate.synthesis import simulate_survey
 
 NAME = "simulate"
 HELP = "simulate a mock survey (spectra with known labels)"
@@ -20,9 +23,6 @@ def add_arguments(p):
 def run(args) -> int:
     from astropy.table import Table
 
-    from ..catalogue import write_table
-    from ..io import write_spectra
-    from ..simulate import simulate_survey
 
     ds = simulate_survey(args.n_stars, instrument=args.instrument, population=args.population,
                          snr=tuple(args.snr), rng=args.seed)

@@ -6,6 +6,7 @@ import json
 
 from ..errors import InvalidInputError
 from ._common import join_labels, load_spectra, parse_censors
+from bayescannon.model import CannonModel
 
 NAME = "train"
 HELP = "train a Cannon model on spectra with known labels"
@@ -33,7 +34,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..model import CannonModel
 
     ds = load_spectra(args.spectra)
     label_errors = None

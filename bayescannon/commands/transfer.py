@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from bayescannon.survey.transfer import STEPS
+from bayescannon.survey.transfer import TransferPipeline
 
 NAME = "transfer"
 HELP = "transfer labels from one survey to another's spectra (Ho+2017 pipeline, TOML-configured)"
@@ -15,7 +17,6 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    from ..transfer import STEPS
 
     p.add_argument("config", help="TOML configuration (paths in it are relative to it)")
     group = p.add_mutually_exclusive_group()
@@ -26,7 +27,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..transfer import TransferPipeline
 
     pipe = TransferPipeline(args.config)
     if args.list_steps:

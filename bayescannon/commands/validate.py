@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 
 from ._common import join_labels, load_spectra, parse_censors
+from bayescannon.survey.catalogue import write_table
+from bayescannon.model import CannonModel
+from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
+from bayescannon.report import Report
+from bayescannon.validate.crossval import bootstrap, cross_validate
 
 NAME = "validate"
 HELP = "cross-validate a Cannon model on its reference set (k-fold + bootstrap) and write a report"
@@ -38,11 +43,6 @@ def add_arguments(p):
 def run(args) -> int:
     import numpy as np
 
-    from ..catalogue import write_table
-    from ..model import CannonModel
-    from ..plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
-    from ..report import Report
-    from ..validate import bootstrap, cross_validate
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,26 @@
+"""The Bayesian layer: PyMC models built from a fitted CannonModel, calibration of the
+label uncertainties, latent reference labels (NUTS) and ArviZ diagnostics.
+
+Never imported by :mod:`bayescannon.core` or :mod:`bayescannon.model`.
+"""
+
+from .calibration import calibrate, coverage_report
+from .latent import sample_latent_labels
+from .posterior import (
+    label_log_likelihood,
+    LabelPosterior,
+    sample_labels,
+    star_statistics,
+    prior_bounds,
+)
+
+__all__ = [
+    "calibrate",
+    "coverage_report",
+    "sample_latent_labels",
+    "label_log_likelihood",
+    "LabelPosterior",
+    "sample_labels",
+    "star_statistics",
+    "prior_bounds",
+]

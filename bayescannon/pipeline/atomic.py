@@ -1,0 +1,132 @@
+"""Atomic writes: a file either exists complete or not at all.
+
+Every writer of the package goes through :func:`atomic_path`: the content is written to
+a temporary file in the target's own folder (so :func:`os.replace` is an atomic rename
+on the same file system), given the permissions that the process's umask asks for (a
+plain ``open`` would give 0644 under umask 022; :func:`tempfile.mkstemp` gives 0600),
+and renamed onto the target only when the writer finished without an exception.
+Existing files are not replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bayescannon.errors import InvalidInputError
+
+__all__ = ["atomic_path", "check_writable", "write_json", "file_mode", "TMP_PREFIX"]
+
+#: Prefix of every temporary file or folder the package creates beside a target.
+TMP_PREFIX = ".tmp_"
+
+
+def file_mode() -> int:
+    """Permission bits a new regular file gets under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def check_writable(path, *, overwrite: bool = False, inputs=()) -> Path:
+    """Refuse to write ``path`` over an existing file (unless ``overwrite``) or over an input.
+
+    Parameters
+    ----------
+    path : path-like
+        The output.
+    overwrite : bool
+        Allow replacing an existing output.
+    inputs : iterable of path-like
+        Files the run reads; an output never replaces one of them, even with ``overwrite``.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    InvalidInputError
+        The output exists (and ``overwrite`` is False) or is one of the inputs.
+    """
+    path = Path(path)
+    target = path.resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == target:
+            raise InvalidInputError(f"output {path} is also an input of this run: choose another output path")
+    if path.exists() and not overwrite:
+        raise InvalidInputError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs=()) -> Iterator[Path]:
+    """Context manager yielding a temporary path that becomes ``path`` on success.
+
+    Parameters
+    ----------
+    path : path-like
+        The final file (or folder, with ``directory=True``, e.g. a zarr store).
+    overwrite : bool
+        Replace an existing ``path``; when False an existing file raises before anything
+        is written.
+    directory : bool
+        The writer creates a folder at the yielded path instead of a file.
+    inputs : iterable of path-like
+        Input files that the output must not replace.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write. The temporary file exists (empty) when ``directory`` is False.
+
+    Examples
+    --------
+    >>> with atomic_path("table.fits") as tmp:  # doctest: +SKIP
+    ...     table.write(tmp, format="fits")
+    """
+    path = check_writable(path, overwrite=overwrite, inputs=inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix))
+        os.chmod(tmp, 0o777 & ~_umask())
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, file_mode())
+    try:
+        yield tmp
+        if directory:
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path, data, *, overwrite: bool = True) -> Path:
+    """Write ``data`` as indented JSON, atomically. Returns the path."""
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path

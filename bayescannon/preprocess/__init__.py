@@ -1,0 +1,47 @@
+"""Preprocessing of spectra containers: grids (Doppler shift, rest frame, resampling,
+air/vacuum), continuum normalisation, masks and S/N, and chunked survey-scale runs.
+"""
+
+from .steps import (
+    C_KMS,
+    doppler_factor,
+    to_rest_frame,
+    shift_and_resample,
+    resample,
+    wavelength_cut,
+    air_to_vacuum,
+    vacuum_to_air,
+    normalise_ho2017,
+    continuum_pixels,
+    normalise_continuum,
+    mask_windows,
+    mask_bits,
+    snr,
+    add_snr,
+    flag_all_masked,
+    process_in_chunks,
+    read_chunks,
+    chunk_files,
+)
+
+__all__ = [
+    "C_KMS",
+    "doppler_factor",
+    "to_rest_frame",
+    "shift_and_resample",
+    "resample",
+    "wavelength_cut",
+    "air_to_vacuum",
+    "vacuum_to_air",
+    "normalise_ho2017",
+    "continuum_pixels",
+    "normalise_continuum",
+    "mask_windows",
+    "mask_bits",
+    "snr",
+    "add_snr",
+    "flag_all_masked",
+    "process_in_chunks",
+    "read_chunks",
+    "chunk_files",
+]

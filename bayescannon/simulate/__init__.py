@@ -1,0 +1,53 @@
+"""Simulated data with known labels: instruments, line lists, spectrum synthesis, label
+populations, mock survey files and the APOGEE spectrum emulator.
+"""
+
+from .synthesis import (
+    LABEL_NAMES,
+    LABEL_LIMITS,
+    POPULATION_LIMITS,
+    MASK_BITS,
+    Instrument,
+    APOGEE,
+    LAMOST,
+    GALAH,
+    INSTRUMENTS,
+    get_instrument,
+    LineList,
+    make_line_list,
+    default_line_list,
+    line_strengths,
+    draw_labels,
+    simulate_spectra,
+    simulate_survey,
+    pipeline_labels,
+    PIPELINE_NOISE,
+    lamost_teff_offset,
+    lamost_logg_offset,
+    lamost_feh_offset,
+)
+
+__all__ = [
+    "LABEL_NAMES",
+    "LABEL_LIMITS",
+    "POPULATION_LIMITS",
+    "MASK_BITS",
+    "Instrument",
+    "APOGEE",
+    "LAMOST",
+    "GALAH",
+    "INSTRUMENTS",
+    "get_instrument",
+    "LineList",
+    "make_line_list",
+    "default_line_list",
+    "line_strengths",
+    "draw_labels",
+    "simulate_spectra",
+    "simulate_survey",
+    "pipeline_labels",
+    "PIPELINE_NOISE",
+    "lamost_teff_offset",
+    "lamost_logg_offset",
+    "lamost_feh_offset",
+]

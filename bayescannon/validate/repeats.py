@@ -1,0 +1,445 @@
+"""Error calibration from repeat observations (Nandakumar+2022 §3.7; Ho+2017 §5).
+
+Several spectra of the same star give label differences whose spread is the real
+precision. From them:
+
+* :func:`repeat_pairs` — all pairs of spectra of the same star (groups with one
+  spectrum are reported as skipped, never dropped silently).
+* :func:`calibrate_from_repeats` — per label, the factor by which the formal errors
+  must be scaled (the robust width of ``Δ / sqrt(σ_i² + σ_j²)``), and the precision as a
+  function of S/N: the half 16–84th percentile width of the pairwise differences in
+  bins of the lower S/N of the pair, fitted by ``a·exp(−S/N / b) + c``. The calibrated
+  error is ``max(scale × formal error, precision(S/N))``, as Nandakumar+2022 did.
+* :func:`compare_errors` — how two error estimates of the same stars compare (e.g. the
+  repeat-calibrated errors and the Bayesian layer's calibrated errors): ratios and,
+  given residuals, coverage.
+* :func:`flux_error_scale` — the χ² rescaling of flux errors (Ho+2017 found that the
+  LAMOST flux errors had to be multiplied by about 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import Table
+
+from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
+from bayescannon.validate.crossval import summary_statistics
+from bayescannon.core.likelihood import adjusted_ivar
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "repeat_pairs",
+    "RepeatPairs",
+    "RepeatCalibration",
+    "calibrate_from_repeats",
+    "precision_model",
+    "compare_errors",
+    "flux_error_scale",
+    "FluxErrorScale",
+]
+
+
+@dataclass
+class RepeatPairs:
+    """All pairs of spectra of the same star.
+
+    Attributes
+    ----------
+    i, j : ndarray of int
+        Row indices of the two spectra of each pair.
+    group : ndarray of str
+        Star (group) of each pair.
+    skipped : astropy.table.Table
+        Groups that give no pair (``GROUP``, ``N_SPECTRA``, ``REASON``).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    group: np.ndarray
+    skipped: Table
+
+
+def repeat_pairs(groups) -> RepeatPairs:
+    """Every pair (i < j) of rows that share a group (star) identifier.
+
+    Parameters
+    ----------
+    groups : array_like, shape (N,)
+        Star identifier of each spectrum (e.g. the 2MASS id). Empty strings and
+        masked values count as "no group".
+
+    Returns
+    -------
+    RepeatPairs
+
+    Raises
+    ------
+    InsufficientDataError
+        When no star has two or more spectra.
+    """
+    g = np.ma.getdata(np.asarray(groups)).astype(str)
+    mask = np.ma.getmaskarray(groups) | (np.char.strip(g) == "")
+    idx = np.flatnonzero(~mask)
+    uniq, inverse, counts = np.unique(g[idx], return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    rows = idx[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    ii, jj, gg = [], [], []
+    for size in np.unique(counts[counts >= 2]):
+        sel = np.flatnonzero(counts == size)
+        a, b = np.triu_indices(int(size), 1)
+        base = starts[sel][:, None]
+        ii.append(rows[(base + a[None, :]).ravel()])
+        jj.append(rows[(base + b[None, :]).ravel()])
+        gg.append(np.repeat(uniq[sel], a.size))
+    single = uniq[counts < 2]
+    skipped = Table({"GROUP": single.astype(str), "N_SPECTRA": counts[counts < 2].astype(np.int64),
+                     "REASON": np.full(single.size, "single spectrum", dtype="<U32")})
+    if not ii:
+        raise InsufficientDataError(
+            f"no star has two or more spectra ({uniq.size} groups, all with a single spectrum): "
+            "repeat calibration needs repeat observations"
+        )
+    i, j, group = np.concatenate(ii), np.concatenate(jj), np.concatenate(gg)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    logger.info("%d repeat pairs from %d stars; %d stars with a single spectrum skipped",
+                lo.size, int((counts >= 2).sum()), single.size)
+    return RepeatPairs(lo, hi, group, skipped)
+
+
+def precision_model(snr, a, b, c):
+    """``a · exp(−snr / b) + c``: precision as a function of S/N."""
+    return a * np.exp(-np.asarray(snr, dtype=float) / b) + c
+
+
+@dataclass
+class RepeatCalibration:
+    """Result of :func:`calibrate_from_repeats`.
+
+    Attributes
+    ----------
+    label_names : list of str
+    scale : ndarray (K,)
+        Factor by which the formal errors must be multiplied.
+    precision_params : ndarray (K, 3)
+        ``a, b, c`` of :func:`precision_model` per label (per-measurement precision).
+    fit_status : list of str
+        ``"exponential"``, or why a constant was used instead.
+    binned : astropy.table.Table
+        Per label and S/N bin: ``N_PAIRS``, ``HALF_P16_84`` of the differences, the
+        per-measurement ``PRECISION`` and ``STATUS``.
+    pairs : astropy.table.Table
+        Per pair: group, rows, lower S/N, differences and combined formal errors.
+    skipped : astropy.table.Table
+        Stars that gave no pair.
+    per_measurement : bool
+        Whether the widths were divided by √2 (precision of one spectrum).
+    """
+
+    label_names: list
+    scale: np.ndarray
+    precision_params: np.ndarray
+    fit_status: list
+    binned: Table
+    pairs: Table
+    skipped: Table
+    per_measurement: bool = True
+    meta: dict = field(default_factory=dict)
+
+    def precision(self, snr) -> np.ndarray:
+        """Precision of every label at the given S/N: (N, K)."""
+        s = np.asarray(snr, dtype=float)[:, None]
+        p = self.precision_params
+        return precision_model(s, p[:, 0], p[:, 1], p[:, 2])
+
+    def apply(self, errors, snr) -> np.ndarray:
+        """Calibrated errors ``max(scale × errors, precision(snr))`` (N, K)."""
+        e = np.asarray(errors, dtype=float)
+        if e.ndim != 2 or e.shape[1] != len(self.label_names):
+            raise ShapeMismatchError(f"errors must be (N, {len(self.label_names)}); got {e.shape}")
+        s = np.asarray(snr, dtype=float)
+        if s.shape != (e.shape[0],):
+            raise ShapeMismatchError(f"snr has shape {s.shape}; expected ({e.shape[0]},)")
+        return np.fmax(e * self.scale[None, :], self.precision(s))
+
+    @property
+    def summary(self) -> Table:
+        """Per label: error scale, precision-fit parameters, fit status, pair count."""
+        t = Table()
+        t["LABEL"] = list(self.label_names)
+        t["ERROR_SCALE"] = self.scale
+        for i, name in enumerate("ABC"):
+            t[f"PREC_{name}"] = self.precision_params[:, i]
+        t["FIT"] = list(self.fit_status)
+        t["N_PAIRS"] = np.full(len(self.label_names), len(self.pairs))
+        t.meta["PREC_MODEL"] = "precision(snr) = A * exp(-snr / B) + C"
+        t.meta["PERMEAS"] = bool(self.per_measurement)
+        return t
+
+
+def _fit_precision(x, w, n, per_measurement):
+    """Exponential fit of width vs S/N; constant fallback with a reason."""
+    from scipy.optimize import curve_fit
+
+    y = w / np.sqrt(2.0) if per_measurement else w
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, n = x[ok], y[ok], n[ok]
+    if x.size == 0:
+        return np.array([0.0, 1.0, np.nan]), "no bin with enough pairs"
+    const = float(np.average(y, weights=n))
+    if x.size < 4:
+        return np.array([0.0, 1.0, const]), f"constant ({x.size} bins < 4 for an exponential)"
+    sigma = y / np.sqrt(2.0 * np.maximum(n - 1, 1))
+    p0 = (max(y.max() - y.min(), 1e-12), max(float(np.median(x)), 1e-6), max(y.min(), 0.0))
+    try:
+        popt, _ = curve_fit(precision_model, x, y, p0=p0, sigma=sigma, absolute_sigma=False,
+                            bounds=([0.0, 1e-6, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
+    except (RuntimeError, ValueError) as exc:
+        return np.array([0.0, 1.0, const]), f"constant (exponential fit failed: {str(exc)[:60]})"
+    return popt, "exponential"
+
+
+def calibrate_from_repeats(
+    labels,
+    errors,
+    snr,
+    groups,
+    label_names,
+    *,
+    snr_bins=8,
+    min_pairs: int = 10,
+    per_measurement: bool = True,
+    ids=None,
+) -> RepeatCalibration:
+    """Calibrate label errors from repeat observations of the same stars.
+
+    Parameters
+    ----------
+    labels, errors : ndarray, shape (N, K)
+        Inferred labels and formal errors of every spectrum.
+    snr : ndarray, shape (N,)
+        S/N of every spectrum.
+    groups : array_like, shape (N,)
+        Star identifier of each spectrum; spectra of one star share it.
+    label_names : list of str
+    snr_bins : int or array_like
+        S/N bin edges of the lower S/N of the pairs, or a number of bins with equal
+        numbers of pairs.
+    min_pairs : int
+        Bins with fewer pairs are reported as skipped and left out of the fit.
+    per_measurement : bool, default True
+        Divide the widths of the differences by √2 so that the precision is that of a
+        single spectrum (the difference of two spectra of equal quality has √2 times
+        the spread of either). False keeps the width of the differences as the
+        precision, the more conservative choice.
+    ids : array_like, optional
+        Spectrum ids for the pair table.
+
+    Returns
+    -------
+    RepeatCalibration
+
+    Raises
+    ------
+    InsufficientDataError
+        When no star has two spectra, or no label has enough pairs.
+    """
+    y = np.asarray(labels, dtype=float)
+    e = np.asarray(errors, dtype=float)
+    k = len(label_names)
+    if y.ndim != 2 or y.shape[1] != k or e.shape != y.shape:
+        raise ShapeMismatchError(f"labels {y.shape} and errors {e.shape} must both be (N, {k})")
+    n = y.shape[0]
+    s = np.asarray(snr, dtype=float)
+    if s.shape != (n,):
+        raise ShapeMismatchError(f"snr has shape {s.shape}; expected ({n},)")
+    if np.shape(groups) != (n,):
+        raise ShapeMismatchError(f"groups has shape {np.shape(groups)}; expected ({n},)")
+    pairs = repeat_pairs(groups)
+    i, j = pairs.i, pairs.j
+    d = y[i] - y[j]
+    ecomb = np.sqrt(e[i] ** 2 + e[j] ** 2)
+    slow = np.fmin(s[i], s[j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(ecomb > 0, d / ecomb, np.nan)
+    zstats = summary_statistics(z, axis=0)
+    scale = zstats["half_p16_84"]
+    if np.any(zstats["n"] < min_pairs):
+        bad = [label_names[q] for q in np.flatnonzero(zstats["n"] < min_pairs)]
+        raise InsufficientDataError(f"fewer than {min_pairs} usable pairs for label(s) {bad}")
+    fin = np.isfinite(slow)
+    if np.ndim(snr_bins) == 0:
+        nb = int(snr_bins)
+        if nb < 1:
+            raise InvalidInputError(f"snr_bins must be >= 1; got {snr_bins}")
+        edges = np.unique(np.quantile(slow[fin], np.linspace(0, 1, nb + 1)))
+    else:
+        edges = np.asarray(snr_bins, dtype=float)
+    if edges.size < 2:
+        edges = np.array([slow[fin].min(), slow[fin].max() + 1e-9])
+    binned = []
+    params = np.zeros((k, 3))
+    status = []
+    bin_of = np.clip(np.searchsorted(edges, slow, side="right") - 1, 0, edges.size - 2)
+    inside = fin & (slow >= edges[0]) & (slow <= edges[-1])
+    member = (bin_of[None, :] == np.arange(edges.size - 1)[:, None]) & inside[None, :]
+    for q, name in enumerate(label_names):
+        dq = np.where(member, d[None, :, q], np.nan)
+        st = summary_statistics(dq, axis=1)
+        sq = np.where(member, slow[None, :], np.nan)
+        cnt = member.sum(axis=1)
+        centre = np.array([np.nanmedian(row) if c else np.nan for row, c in zip(sq, cnt)])
+        width = np.where(st["n"] >= min_pairs, st["half_p16_84"], np.nan)
+        p, why = _fit_precision(centre, width, st["n"].astype(float), per_measurement)
+        params[q] = p
+        status.append(why)
+        prec = width / np.sqrt(2.0) if per_measurement else width
+        for b in range(edges.size - 1):
+            ok = st["n"][b] >= min_pairs
+            binned.append((name, edges[b], edges[b + 1], centre[b], int(st["n"][b]),
+                           width[b] if ok else np.nan, prec[b] if ok else np.nan,
+                           "ok" if ok else f"skipped (n={int(st['n'][b])} < {min_pairs})"))
+    bt = Table(rows=binned, names=("LABEL", "SNR_LO", "SNR_HI", "SNR_MEDIAN", "N_PAIRS", "HALF_P16_84",
+                                   "PRECISION", "STATUS"),
+               dtype=(str, float, float, float, np.int64, float, float, str))
+    for col in ("SNR_MEDIAN", "HALF_P16_84", "PRECISION"):
+        bt[col] = np.ma.masked_invalid(bt[col])
+    pt = Table()
+    pt["GROUP"] = pairs.group
+    pt["ROW_1"], pt["ROW_2"] = i, j
+    if ids is not None:
+        ids = np.asarray(ids).astype(str)
+        pt["ID_1"], pt["ID_2"] = ids[i], ids[j]
+    pt["SNR_MIN"] = slow
+    for q, name in enumerate(label_names):
+        pt[f"D_{name}"] = d[:, q]
+        pt[f"e_D_{name}"] = ecomb[:, q]
+    for q, name in enumerate(label_names):
+        logger.info("%s: formal errors x %.3g; precision fit %s", name, scale[q], status[q])
+    return RepeatCalibration(list(label_names), np.asarray(scale, float), params, status, bt, pt,
+                             pairs.skipped, per_measurement)
+
+
+def compare_errors(errors_a, errors_b, label_names, *, names=("A", "B"), residuals=None) -> Table:
+    """Compare two error estimates of the same stars, label by label.
+
+    Works with any two (N, K) error arrays, e.g. the repeat-calibrated errors
+    (:meth:`RepeatCalibration.apply`) and the calibrated errors of the Bayesian layer.
+
+    Parameters
+    ----------
+    errors_a, errors_b : ndarray, shape (N, K)
+    label_names : list of str
+    names : (str, str)
+        Names of the two estimates, used in the column names.
+    residuals : ndarray (N, K), optional
+        Inferred − true (or − reference) labels: then the coverage of each estimate
+        (fraction with |residual| < error; 0.683 expected) and the robust width of
+        ``residual / error`` (1 expected) are reported too.
+
+    Returns
+    -------
+    astropy.table.Table
+        Per label: median of each estimate, median and 16/84th percentiles of the ratio
+        B/A, and the coverage columns when residuals are given.
+    """
+    a = np.asarray(errors_a, dtype=float)
+    b = np.asarray(errors_b, dtype=float)
+    k = len(label_names)
+    if a.ndim != 2 or a.shape[1] != k or a.shape != b.shape:
+        raise ShapeMismatchError(f"error arrays have shapes {a.shape} and {b.shape}; both must be (N, {k})")
+    na, nb = names
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where((a > 0) & np.isfinite(a) & np.isfinite(b), b / a, np.nan)
+
+    def pct(x, q):
+        return np.array([np.nanpercentile(c, q) if np.isfinite(c).any() else np.nan for c in x.T])
+
+    t = Table()
+    t["LABEL"] = list(label_names)
+    t["N"] = np.isfinite(ratio).sum(axis=0)
+    t[f"MEDIAN_{na}"] = pct(a, 50)
+    t[f"MEDIAN_{nb}"] = pct(b, 50)
+    t[f"RATIO_{nb}_{na}"] = pct(ratio, 50)
+    t["RATIO_P16"] = pct(ratio, 16)
+    t["RATIO_P84"] = pct(ratio, 84)
+    if residuals is not None:
+        r = np.asarray(residuals, dtype=float)
+        if r.shape != a.shape:
+            raise ShapeMismatchError(f"residuals have shape {r.shape}; expected {a.shape}")
+        for nm, e in ((na, a), (nb, b)):
+            ok = np.isfinite(r) & np.isfinite(e) & (e > 0)
+            cover = np.where(ok, np.abs(r) < e, False).sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                zz = np.where(ok, r / e, np.nan)
+            t[f"COVERAGE_{nm}"] = cover
+            t[f"Z_WIDTH_{nm}"] = summary_statistics(zz, axis=0)["half_p16_84"]
+    return t
+
+
+@dataclass
+class FluxErrorScale:
+    """Result of :func:`flux_error_scale`.
+
+    Attributes
+    ----------
+    factor : float
+        Multiply the flux errors by this (divide ivar by its square) so that the median
+        reduced χ² of the fits is 1 (Ho+2017 found about 3 for LAMOST).
+    reduced_chi2 : ndarray (N,)
+        Per star, with the flux errors alone (no model scatter).
+    reduced_chi2_with_scatter : ndarray (N,)
+        Per star, with the model scatter s² added to the flux variance.
+    factor_with_scatter : float
+        ``sqrt(median reduced χ²)`` with the model scatter included: close to 1 when
+        the flux errors and the scatter model together describe the residuals.
+    """
+
+    factor: float
+    reduced_chi2: np.ndarray
+    reduced_chi2_with_scatter: np.ndarray
+    factor_with_scatter: float
+
+
+def flux_error_scale(model, flux, ivar, labels) -> FluxErrorScale:
+    """χ² rescaling of the flux errors from the fit residuals.
+
+    Parameters
+    ----------
+    model : CannonModel
+        Fitted model.
+    flux, ivar : ndarray, shape (N, P)
+    labels : ndarray (N, K) or inference result (xarray.Dataset with ``labels``)
+        Labels at which the model spectra are evaluated (usually the inferred ones).
+
+    Returns
+    -------
+    FluxErrorScale
+    """
+
+    if hasattr(labels, "data_vars") and "labels" in labels:
+        labels = labels["labels"].values
+    y = np.asarray(labels, dtype=float)
+    f = np.asarray(flux, dtype=float)
+    iv = np.asarray(ivar, dtype=float)
+    if f.shape != iv.shape or f.ndim != 2:
+        raise ShapeMismatchError(f"flux {f.shape} and ivar {iv.shape} must be equal 2-D shapes")
+    good = np.all(np.isfinite(y), axis=1)
+    if not good.any():
+        raise InsufficientDataError("no star has finite labels")
+    model_flux = np.zeros_like(f)
+    model_flux[good] = model.predict(y[good])
+    used = (iv > 0) & good[:, None]
+    r = np.where(used, f - model_flux, 0.0)
+    npix = used.sum(axis=1)
+    dof = np.maximum(npix - y.shape[1], 1)
+    chi2 = np.where(used, iv * r * r, 0.0).sum(axis=1)
+    w = adjusted_ivar(np.where(used, iv, 0.0), model.s2_[None, :])
+    chi2s = (w * r * r).sum(axis=1)
+    rc = np.where(good & (npix > 0), chi2 / dof, np.nan)
+    rcs = np.where(good & (npix > 0), chi2s / dof, np.nan)
+    return FluxErrorScale(float(np.sqrt(np.nanmedian(rc))), rc, rcs, float(np.sqrt(np.nanmedian(rcs))))
