@@ -14,6 +14,19 @@ import numpy as np
 import xarray as xr
 
 from bayescannon.core import scaling
+from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
+from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
+from bayescannon.core.latent import fit_latent_labels
+from bayescannon.core.train import fit_pixels
+from bayescannon.core.uncertainty import (
+    apply_calibration,
+    check_calibrated,
+    inverse_train_weight,
+    theta_uncertainty_state,
+)
+from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.modelfile import load_model, model_to_dataset, save_model
+
 from .errors import (
     GridMismatchError,
     InsufficientDataError,
@@ -25,21 +38,8 @@ from .errors import (
     ShapeMismatchError,
 )
 from .flags import PixelFlag, StarFlag, flag_doc
-from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
+from .results import set_label_units
 from .spectra import as_label_array, default_ids, unpack_spectra
-from bayescannon.core.train import fit_pixels
-from bayescannon.core.vectorizer import PolynomialVectorizer
-from bayescannon.core._kernels import prepare_training
-from bayescannon.core.uncertainty import theta_uncertainty_state
-from bayescannon.core.latent import fit_latent_labels
-from bayescannon.core._kernels import fingerprint
-from bayescannon.modelfile import save_model
-from bayescannon.modelfile import load_model
-from bayescannon.modelfile import model_to_dataset
-from bayescannon.core._kernels import test_weights
-from bayescannon.core.uncertainty import check_calibrated
-from bayescannon.core.uncertainty import inverse_train_weight
-from bayescannon.core.uncertainty import apply_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ class CannonModel:
         -------
         xarray.Dataset
             ``labels`` (star, label), ``errors`` (star, label), ``covariance``
-            (star, label, label2) in physical units; ``chi2``, ``reduced_chi2``,
+            (star, label_name, label_name_2) in physical units; ``chi2``, ``reduced_chi2``,
             ``n_pixels``, ``converged``, ``flags`` (StarFlag bits), ``n_iter`` per star.
         """
         self._check_fitted()
@@ -609,9 +609,9 @@ class CannonModel:
         errors = np.sqrt(np.einsum("nkk->nk", cov_phys))
         ds = xr.Dataset(
             {
-                "labels": (("star", "label"), y),
-                "errors": (("star", "label"), errors),
-                "covariance": (("star", "label", "label2"), cov_phys),
+                "labels": (("star", "label_name"), y),
+                "errors": (("star", "label_name"), errors),
+                "covariance": (("star", "label_name", "label_name_2"), cov_phys),
                 "chi2": ("star", chi2),
                 "reduced_chi2": ("star", rchi2),
                 "n_pixels": ("star", npix),
@@ -619,7 +619,7 @@ class CannonModel:
                 "flags": ("star", flags),
                 "n_iter": ("star", niter),
             },
-            coords={"star": ids, "label": list(self.label_names), "label2": list(self.label_names)},
+            coords={"star": ids, "label_name": list(self.label_names), "label_name_2": list(self.label_names)},
             attrs={
                 "model_training_hash": self.training_hash_,
                 "uncertainty": "formal (inverse Fisher matrix, model scatter s² included)",
@@ -628,4 +628,4 @@ class CannonModel:
         )
         ds["errors"].attrs["description"] = "sqrt of the covariance diagonal (physical units)"
         ds["flags"].attrs["description"] = "StarFlag bitmask; see dataset attrs flag_*"
-        return ds
+        return set_label_units(ds)

@@ -47,3 +47,48 @@ def label_description(name: str) -> str:
         ref = "Fe" if ref == "FE" else ref
         return f"[{x}/{ref}] (dex)"
     return str(name)
+
+
+#: The label dimension of every result (ArviZ breaks on a dimension called ``label``).
+LABEL_DIM = "label_name"
+#: The second label dimension of covariance matrices.
+LABEL_DIM2 = "label_name_2"
+
+
+def label_units_text(name: str) -> str:
+    """Units of a label as text for xarray ``units`` attributes: ``"K"``, ``"dex"``, ``"km/s"``.
+
+    Surface gravity is ``log10(g / (cm s-2))`` and abundances are logarithmic ratios, so
+    both are in dex; unknown labels get ``""`` (dimensionless or not known).
+    """
+    key = str(name).upper()
+    unit = LABEL_UNITS.get(key)
+    if unit is not None:
+        return unit
+    if key in ("LOGG", "LOG_G") or _ABUNDANCE.match(key):
+        return "dex"
+    return ""
+
+
+def set_label_units(ds, variables=None):
+    """Attach units to the label-valued variables of a result, in place; returns ``ds``.
+
+    Adds the coordinate ``label_unit`` along ``label_name`` and, on every variable with a
+    ``label_name`` dimension (or the listed ``variables``), an attribute ``units`` that
+    lists the unit of each label in order (``"K, dex, dex"``); covariances (two label
+    dimensions) get the products of the two labels' units described the same way.
+    """
+    if LABEL_DIM not in ds.dims:
+        return ds
+    names = [str(n) for n in ds[LABEL_DIM].values]
+    units = [label_units_text(n) for n in names]
+    ds.coords["label_unit"] = (LABEL_DIM, units)
+    for v in variables or list(ds.data_vars):
+        dims = ds[v].dims
+        if LABEL_DIM not in dims:
+            continue
+        if LABEL_DIM2 in dims:
+            ds[v].attrs["units"] = "products of the label units (label_unit[i] * label_unit[j])"
+        else:
+            ds[v].attrs["units"] = ", ".join(u or "1" for u in units)
+    return ds

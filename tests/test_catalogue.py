@@ -26,9 +26,9 @@ def _result(n=6, asymmetric=False, seed=0):
     flags[4] = StarFlag.AT_BOUND | StarFlag.LARGE_CHI2
     ds = xr.Dataset(
         {
-            "labels": (("star", "label"), y),
-            "errors": (("star", "label"), e),
-            "covariance": (("star", "label", "label2"), np.einsum("nk,kl->nkl", e**2, np.eye(4))),
+            "labels": (("star", "label_name"), y),
+            "errors": (("star", "label_name"), e),
+            "covariance": (("star", "label_name", "label_name_2"), np.einsum("nk,kl->nkl", e**2, np.eye(4))),
             "chi2": ("star", np.where(np.isnan(y[:, 0]), np.nan, 100.0)),
             "reduced_chi2": ("star", np.where(np.isnan(y[:, 0]), np.nan, 1.1)),
             "n_pixels": ("star", np.where(np.isnan(y[:, 0]), 0, 95)),
@@ -36,7 +36,7 @@ def _result(n=6, asymmetric=False, seed=0):
             "flags": ("star", flags),
             "n_iter": ("star", np.full(n, 5)),
         },
-        coords={"star": [f"2M{i:08d}" for i in range(n)], "label": NAMES, "label2": NAMES},
+        coords={"star": [f"2M{i:08d}" for i in range(n)], "label_name": NAMES, "label_name_2": NAMES},
         attrs={"model_training_hash": "ab" * 32, "uncertainty": "formal (inverse Fisher matrix, s² included)"},
     )
     if asymmetric:

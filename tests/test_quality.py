@@ -18,13 +18,13 @@ def _result(labels, *, flags=None, rchi2=None, npix=None):
     names = [f"L{i}" for i in range(k)]
     return xr.Dataset(
         {
-            "labels": (("star", "label"), labels),
-            "errors": (("star", "label"), np.full((n, k), 0.1)),
+            "labels": (("star", "label_name"), labels),
+            "errors": (("star", "label_name"), np.full((n, k), 0.1)),
             "flags": ("star", np.zeros(n, np.int64) if flags is None else flags),
             "reduced_chi2": ("star", np.ones(n) if rchi2 is None else rchi2),
             "n_pixels": ("star", np.full(n, 100) if npix is None else npix),
         },
-        coords={"star": [f"s{i}" for i in range(n)], "label": names},
+        coords={"star": [f"s{i}" for i in range(n)], "label_name": names},
     )
 
 

@@ -224,13 +224,13 @@ def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Datas
             cov[i, j] = coverage(y[ok], res["labels"].values[ok], hw[ok])
     return xr.Dataset(
         {
-            "coverage": (("kind", "level", "label"), cov),
+            "coverage": (("kind", "level", "label_name"), cov),
             "target": ("level", np.asarray(LEVELS)),
-            "median_error": (("kind", "label"), med),
+            "median_error": (("kind", "label_name"), med),
             "n_stars": int(ok.sum()),
-            "bias": ("label", np.mean(d[ok], axis=0)),
-            "rms": ("label", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
+            "bias": ("label_name", np.mean(d[ok], axis=0)),
+            "rms": ("label_name", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
         },
-        coords={"kind": kinds, "level": list(LEVELS), "label": list(model.label_names)},
+        coords={"kind": kinds, "level": list(LEVELS), "label_name": list(model.label_names)},
         attrs={"description": "fraction of held-out stars whose interval holds the reference label"},
     )

@@ -58,6 +58,7 @@ import xarray as xr
 from scipy import optimize, special, stats
 
 from bayescannon.core import scaling
+from bayescannon.core._kernels import weight_sums
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import (
     InsufficientDataError,
@@ -67,7 +68,7 @@ from bayescannon.errors import (
     ShapeMismatchError,
 )
 from bayescannon.flags import PixelFlag
-from bayescannon.core._kernels import weight_sums
+from bayescannon.results import set_label_units
 
 logger = logging.getLogger(__name__)
 
@@ -466,11 +467,11 @@ def apply_calibration(model, ds: xr.Dataset, ivar, kappa=None) -> xr.Dataset:
     eps = epsilon(model, x, ivar, kappa)
     cov, sd, h68, h95 = calibrated_errors(model, ds["covariance"].values, x, eps)
     out = ds.copy()
-    out["errors_formal"] = (("star", "label"), ds["errors"].values)
-    out["covariance"] = (("star", "label", "label2"), cov)
-    out["errors"] = (("star", "label"), sd)
-    out["half_width_68"] = (("star", "label"), h68)
-    out["half_width_95"] = (("star", "label"), h95)
+    out["errors_formal"] = (("star", "label_name"), ds["errors"].values)
+    out["covariance"] = (("star", "label_name", "label_name_2"), cov)
+    out["errors"] = (("star", "label_name"), sd)
+    out["half_width_68"] = (("star", "label_name"), h68)
+    out["half_width_95"] = (("star", "label_name"), h95)
     out["theta_variance"] = ("star", 1.0 + eps)
     out["errors"].attrs["description"] = "calibrated standard deviation (physical units)"
     out["errors_formal"].attrs["description"] = "formal inverse-Fisher errors (too small: model error omitted)"
@@ -482,7 +483,7 @@ def apply_calibration(model, ds: xr.Dataset, ivar, kappa=None) -> xr.Dataset:
         "(bayescannon.core.uncertainty)"
     )
     out.attrs["calibration"] = json.dumps(model.calibration_)
-    return out
+    return set_label_units(out)
 
 
 # --------------------------------------------------------------------------- coverage

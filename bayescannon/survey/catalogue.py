@@ -181,7 +181,7 @@ def result_to_table(
     astropy.table.Table
         Undefined values (stars without usable pixels) are masked, never −9999.
     """
-    names = [str(n) for n in result["label"].values]
+    names = [str(n) for n in result["label_name"].values]
     ids = np.asarray(result["star"].values).astype(str)
     n = ids.size
     t = Table()

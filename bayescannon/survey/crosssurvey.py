@@ -310,7 +310,7 @@ def compare_common(a: SurveyData, b: SurveyData, runs: dict, common, label_names
         if ca not in runs or cb not in runs:
             continue
         ra, rb = runs[ca], runs[cb]
-        rn = [str(n) for n in ra["label"].values]
+        rn = [str(n) for n in ra["label_name"].values]
         ya, yb = ra["labels"].values[ia], rb["labels"].values[ib]
         lg = lab.label_matrix(lab.ids[common[0] if lab is a else common[1]], ["LOGG"])[:, 0] if "LOGG" in rn else None
         add(f"{ca} - {cb}", lab.name, ya, yb, rn, lg)

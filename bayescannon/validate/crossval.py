@@ -658,15 +658,15 @@ def cross_validate(
     names = list(params["label_names"])
     pred = xr.Dataset(
         {
-            "reference": (("star", "label"), y),
-            "inferred": (("star", "label"), out["labels"]),
-            "errors": (("star", "label"), out["errors"]),
+            "reference": (("star", "label_name"), y),
+            "inferred": (("star", "label_name"), out["labels"]),
+            "errors": (("star", "label_name"), out["errors"]),
             "fold": ("star", folds),
             "snr": ("star", snr),
             **{name: ("star", out[name]) for name in ("chi2", "reduced_chi2", "n_pixels", "converged", "flags",
                                                       "n_iter")},
         },
-        coords={"star": ids, "label": names},
+        coords={"star": ids, "label_name": names},
         attrs={"n_folds": int(n_folds), "fold_seed": str(random_state)},
     )
     return CrossValidation(pred, names, int(n_folds), random_state, snr_bins, label_bins, min_per_bin,
@@ -799,8 +799,8 @@ def bootstrap(
     results = _run_tasks(tasks, arrays, n_jobs, progressbar=progressbar, desc="bootstrap models")
     stack = np.stack([r["labels"] for r in sorted(results, key=lambda r: r["key"])])
     names = list(params["label_names"])
-    da = xr.DataArray(stack, dims=("boot", "star", "label"),
-                      coords={"boot": np.arange(int(n_boot)), "star": tids, "label": names}, name="labels")
+    da = xr.DataArray(stack, dims=("boot", "star", "label_name"),
+                      coords={"boot": np.arange(int(n_boot)), "star": tids, "label_name": names}, name="labels")
     return BootstrapResult(da, names)
 
 
