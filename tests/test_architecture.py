@@ -47,7 +47,6 @@ PENDING_SPLIT = {
     "bayescannon.io.generic",
     "bayescannon.preprocess.steps",
     "bayescannon.simulate.mocksurvey",
-    "bayescannon.simulate.synthesis",
     "bayescannon.survey.transfer",
     "bayescannon.validate.crossval",
 }

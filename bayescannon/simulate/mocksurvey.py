@@ -72,7 +72,16 @@ from astropy.table import MaskedColumn, Table
 from bayescannon.survey.catalogue import write_table
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import write_apstar, write_aspcapstar, write_lamost
-from bayescannon.simulate.synthesis import APOGEE, LAMOST, PIPELINE_NOISE, draw_labels, lamost_feh_offset, lamost_logg_offset, lamost_teff_offset, pipeline_labels, simulate_spectra
+from bayescannon.simulate.instruments import APOGEE, LAMOST
+from bayescannon.simulate.populations import (
+    PIPELINE_NOISE,
+    draw_labels,
+    lamost_feh_offset,
+    lamost_logg_offset,
+    lamost_teff_offset,
+    pipeline_labels,
+)
+from bayescannon.simulate.synthesis import simulate_spectra
 
 logger = logging.getLogger(__name__)
 
