@@ -48,7 +48,6 @@ PENDING_SPLIT = {
     "bayescannon.preprocess.steps",
     "bayescannon.simulate.mocksurvey",
     "bayescannon.survey.transfer",
-    "bayescannon.validate.crossval",
 }
 PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.apogee"),
