@@ -46,7 +46,6 @@ MAX_LINES = 800
 PENDING_SPLIT = {
     "bayescannon.io.generic",
     "bayescannon.preprocess.steps",
-    "bayescannon.simulate.mocksurvey",
     "bayescannon.survey.transfer",
 }
 PENDING_EDGES = {
