@@ -46,7 +46,6 @@ MAX_LINES = 800
 PENDING_SPLIT = {
     "bayescannon.io.generic",
     "bayescannon.preprocess.steps",
-    "bayescannon.survey.transfer",
 }
 PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.apogee"),
