@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from bayescannon import CannonModel
-    from bayescannon.validate import mock_quadratic_survey, cross_validate
+    from bayescannon.simulate import mock_quadratic_survey
+    from bayescannon.validate import cross_validate
 
     labels = ["TEFF", "LOGG", "FE_H", "ALPHA_FE", "VMACRO"]
     t0 = time.perf_counter()

@@ -46,10 +46,6 @@ MAX_LINES = 800
 PENDING_SPLIT = {
     "bayescannon.io.generic",
     "bayescannon.preprocess.steps",
-    "bayescannon.simulate.mocksurvey",
-    "bayescannon.simulate.synthesis",
-    "bayescannon.survey.transfer",
-    "bayescannon.validate.crossval",
 }
 PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.apogee"),

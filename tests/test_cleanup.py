@@ -8,7 +8,7 @@ import pytest
 from bayescannon import CannonModel
 from bayescannon.survey.cleanup import clean_reference_set, robust_scatter
 from bayescannon.errors import InsufficientDataError, InvalidInputError
-from bayescannon.validate import mock_quadratic_survey
+from bayescannon.simulate import mock_quadratic_survey
 
 LABELS = ["TEFF", "LOGG", "FE_H"]
 N_STARS = 240

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from bayescannon import simulate as sim
-from bayescannon.simulate import synthesis
+from bayescannon.simulate import instruments, opacity
 from bayescannon.errors import InvalidInputError, LabelError
 
 LABELS = sim.LABEL_NAMES
@@ -177,7 +177,7 @@ def test_reproducible_with_seed():
 def test_result_does_not_depend_on_chunking(monkeypatch):
     labels = sim.draw_labels(7, rng=9)
     whole = sim.simulate_spectra(labels, NARROW, rng=9, return_noiseless=True)
-    monkeypatch.setattr(synthesis, "_CHUNK_ELEMENTS", 1)  # one star per chunk
+    monkeypatch.setattr(opacity, "_CHUNK_ELEMENTS", 1)  # one star per chunk
     one_by_one = sim.simulate_spectra(labels, NARROW, rng=9, return_noiseless=True)
     np.testing.assert_allclose(one_by_one["flux_true"].values, whole["flux_true"].values, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(one_by_one["mask"].values, whole["mask"].values)
@@ -319,7 +319,7 @@ def test_flux_is_not_quadratic_in_labels():
 def test_radial_velocity_shifts_lines():
     lab = reference_labels(1)
     rest = noiseless(lab, NARROW)
-    v = synthesis.C_KMS * math.expm1(3 * NARROW.log_step)  # exactly 3 pixels to the red
+    v = instruments.C_KMS * math.expm1(3 * NARROW.log_step)  # exactly 3 pixels to the red
     shifted = sim.simulate_spectra(lab, NARROW, snr=100.0, rng=0, rv=v, bad_pixel_fraction=0.0, return_noiseless=True)
     assert shifted["wavelength"].attrs["frame"] == "observed"
     assert shifted["rv"].values[0] == pytest.approx(v)

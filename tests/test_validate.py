@@ -15,9 +15,9 @@ from bayescannon.validate import (
     clone_model,
     cross_validate,
     make_folds,
-    mock_quadratic_survey,
     summary_statistics,
 )
+from bayescannon.simulate import mock_quadratic_survey
 
 LABELS = ["TEFF", "LOGG", "FE_H"]
 

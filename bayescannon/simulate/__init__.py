@@ -2,52 +2,45 @@
 populations, mock survey files and the APOGEE spectrum emulator.
 """
 
-from .synthesis import (
-    LABEL_NAMES,
-    LABEL_LIMITS,
-    POPULATION_LIMITS,
-    MASK_BITS,
-    Instrument,
-    APOGEE,
-    LAMOST,
-    GALAH,
-    INSTRUMENTS,
-    get_instrument,
-    LineList,
-    make_line_list,
-    default_line_list,
-    line_strengths,
-    draw_labels,
-    simulate_spectra,
-    simulate_survey,
-    pipeline_labels,
+from .instruments import APOGEE, GALAH, INSTRUMENTS, LAMOST, MASK_BITS, Instrument, get_instrument
+from .labels import LABEL_LIMITS, LABEL_NAMES
+from .linelist import LineList, default_line_list, make_line_list
+from .opacity import line_strengths
+from .populations import (
     PIPELINE_NOISE,
-    lamost_teff_offset,
-    lamost_logg_offset,
+    POPULATION_LIMITS,
+    draw_labels,
     lamost_feh_offset,
+    lamost_logg_offset,
+    lamost_teff_offset,
+    pipeline_labels,
 )
+from .quadratic import MOCK_LABEL_RANGES, mock_quadratic_survey
+from .synthesis import simulate_spectra, simulate_survey
 
 __all__ = [
-    "LABEL_NAMES",
-    "LABEL_LIMITS",
-    "POPULATION_LIMITS",
-    "MASK_BITS",
-    "Instrument",
     "APOGEE",
-    "LAMOST",
     "GALAH",
     "INSTRUMENTS",
-    "get_instrument",
+    "LABEL_LIMITS",
+    "LABEL_NAMES",
+    "LAMOST",
+    "MASK_BITS",
+    "MOCK_LABEL_RANGES",
+    "PIPELINE_NOISE",
+    "POPULATION_LIMITS",
+    "Instrument",
     "LineList",
-    "make_line_list",
     "default_line_list",
-    "line_strengths",
     "draw_labels",
+    "get_instrument",
+    "lamost_feh_offset",
+    "lamost_logg_offset",
+    "lamost_teff_offset",
+    "line_strengths",
+    "make_line_list",
+    "mock_quadratic_survey",
+    "pipeline_labels",
     "simulate_spectra",
     "simulate_survey",
-    "pipeline_labels",
-    "PIPELINE_NOISE",
-    "lamost_teff_offset",
-    "lamost_logg_offset",
-    "lamost_feh_offset",
 ]

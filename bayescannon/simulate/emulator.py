@@ -19,7 +19,7 @@ import numpy as np
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.spectra import make_spectra
 
-__all__ = ["Emulator", "find_emulator", "load_emulator", "EMULATOR_LABELS"]
+__all__ = ["EMULATOR_LABELS", "Emulator", "find_emulator", "load_emulator"]
 
 EMULATOR_LABELS = ("TEFF", "LOGG", "FE_H", "ALPHA_FE", "VMACRO")
 

@@ -12,7 +12,6 @@ from .crossval import (
     binned_statistics,
     clone_model,
     model_params,
-    mock_quadratic_survey,
     DEFAULT_SNR_BINS,
     BAD_FIT_FLAGS,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "binned_statistics",
     "clone_model",
     "model_params",
-    "mock_quadratic_survey",
     "DEFAULT_SNR_BINS",
     "BAD_FIT_FLAGS",
 ]
