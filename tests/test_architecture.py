@@ -45,7 +45,6 @@ MAX_LINES = 800
 #: entry is stale), so the lists only shrink; they are empty when the move is complete.
 PENDING_SPLIT = {
     "bayescannon.io.generic",
-    "bayescannon.preprocess.steps",
     "bayescannon.simulate.mocksurvey",
     "bayescannon.simulate.synthesis",
     "bayescannon.survey.transfer",
@@ -56,7 +55,6 @@ PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.galah"),
     ("bayescannon.io.generic", "bayescannon.io.lamost"),
     ("bayescannon.io.generic", "bayescannon.preprocess"),
-    ("bayescannon.preprocess.steps", "bayescannon.io.generic"),
 }
 
 

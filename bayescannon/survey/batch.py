@@ -23,7 +23,7 @@ import xarray as xr
 
 from bayescannon.errors import InvalidInputError, ModelFileError
 from bayescannon.io import read_spectra
-from bayescannon.preprocess.steps import chunk_files
+from bayescannon.preprocess import chunk_files
 
 logger = logging.getLogger(__name__)
 
