@@ -70,6 +70,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from bayescannon.survey.catalogue import write_table
+from bayescannon.core.grid import C_KMS
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import write_apstar, write_aspcapstar, write_lamost
 from bayescannon.simulate.synthesis import APOGEE, LAMOST, PIPELINE_NOISE, draw_labels, lamost_feh_offset, lamost_logg_offset, lamost_teff_offset, pipeline_labels, simulate_spectra
@@ -102,7 +103,6 @@ CORRUPTIONS: dict[str, str] = {
     "duplicate_obsid": "a second file claiming an OBSID that another file already has",
 }
 
-C_KMS = 299_792.458
 _DEFAULT_CORRUPTIONS = tuple(CORRUPTIONS)
 
 

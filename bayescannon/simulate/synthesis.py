@@ -65,6 +65,7 @@ from collections.abc import Mapping
 import numpy as np
 import scipy.fft
 
+from bayescannon.core.grid import C_KMS, vacuum_to_air_wavelength
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.spectra import default_ids, make_spectra
 
@@ -137,7 +138,6 @@ _MASK_BITS_DOC = (
     "4=SKYLINE: sky-line residual in un-normalised spectra (ivar lowered, not zero)"
 )
 
-C_KMS = 299792.458
 _LN10 = math.log(10.0)
 _K_OVER_AMU = 8.314462618e-3  # Boltzmann constant / atomic mass unit in (km/s)^2 / K
 _HC_OVER_K = 1.438776877e8  # h c / k in Angstrom K
@@ -189,14 +189,6 @@ def _check_count(n, name: str, minimum: int) -> int:
     if n < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {n}")
     return n
-
-
-def _vacuum_to_air(wavelength):
-    """Convert vacuum wavelengths (Angstrom) to air (Morton 2000 / Ciddor 1996)."""
-    wavelength = np.asarray(wavelength, dtype=float)
-    s2 = (1e4 / wavelength) ** 2
-    n = 1.0 + 0.0000834254 + 0.02406147 / (130.0 - s2) + 0.00015998 / (38.9 - s2)
-    return wavelength / n
 
 
 # --------------------------------------------------------------------------------------
@@ -886,7 +878,7 @@ def make_line_list(instrument_or_range, rng=None, density: float = 1.0, margin_k
             v = v.astype(float)
         out[k] = v
     if medium == "air":
-        out["wavelength"] = _vacuum_to_air(out["wavelength"])
+        out["wavelength"] = vacuum_to_air_wavelength(out["wavelength"])
     lines = LineList(**out, medium=medium)
     logger.debug(
         "line list %.0f-%.0f A (%s): %d lines (%s)",
