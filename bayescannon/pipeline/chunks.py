@@ -61,12 +61,12 @@ def describe(obj):
     their function, arguments and keywords, arrays by dtype, shape and a digest of their
     bytes, mappings and sequences element by element; anything else by its ``repr``.
     """
+    if isinstance(obj, np.generic):
+        return describe(obj.item())
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):
-        return repr(obj)
-    if isinstance(obj, np.generic):
-        return describe(obj.item())
+        return repr(float(obj))
     if isinstance(obj, np.ndarray):
         return {"array": digest_of(obj), "dtype": obj.dtype.str, "shape": list(obj.shape)}
     if isinstance(obj, functools.partial):
