@@ -43,6 +43,8 @@ import numpy as np
 
 from bayescannon import io as bio
 from bayescannon import preprocess as pp
+from bayescannon.core import grid as core_grid
+from bayescannon.preprocess import normalise as pp_normalise
 from bayescannon.spectra import make_spectra
 
 
@@ -137,7 +139,7 @@ def main(argv=None):
     wl = bio.lamost_wavelength()  # 3909 pixels
     rest_grid = 10 ** np.arange(np.log10(3900.0), np.log10(8800.0), 1e-4)
     templates = line_templates(rng, wl)
-    print(f"cores: {os.cpu_count()}, numba kernels: {pp._USE_NUMBA}")
+    print(f"cores: {os.cpu_count()}, numba kernels: {core_grid._USE_NUMBA and pp_normalise._USE_NUMBA}")
     print(
         f"{args.n} spectra x {wl.size} pixels -> rest grid {rest_grid.size} pixels, "
         f"chunks of {args.chunk_size}"

@@ -45,14 +45,12 @@ MAX_LINES = 800
 #: entry is stale), so the lists only shrink; they are empty when the move is complete.
 PENDING_SPLIT = {
     "bayescannon.io.generic",
-    "bayescannon.preprocess.steps",
 }
 PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.apogee"),
     ("bayescannon.io.generic", "bayescannon.io.galah"),
     ("bayescannon.io.generic", "bayescannon.io.lamost"),
     ("bayescannon.io.generic", "bayescannon.preprocess"),
-    ("bayescannon.preprocess.steps", "bayescannon.io.generic"),
 }
 
 

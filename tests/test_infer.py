@@ -1,13 +1,16 @@
 """Batched test step: agreement with per-star least squares, truth recovery, flags."""
 
+import logging
+
 import numpy as np
+from conftest import LABELS
 from scipy.optimize import least_squares
 
 from bayescannon.core import scaling
-from bayescannon.flags import StarFlag
 from bayescannon.core.likelihood import adjusted_ivar
-
-from conftest import LABELS
+from bayescannon.flags import StarFlag
+from bayescannon.spectra import make_spectra
+from bayescannon.survey.batch import infer_chunked
 
 
 def test_batched_lm_agrees_with_per_star_least_squares(trained):
@@ -130,3 +133,58 @@ def test_more_starts_never_worse(trained):
     one = model.infer(flux, ivar, n_starts=1)
     many = model.infer(flux, ivar, n_starts=8)
     assert np.all(many["chi2"].values <= one["chi2"].values + 1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# chunked, resumable inference (bayescannon.survey.batch on pipeline.chunks)
+# --------------------------------------------------------------------------------------
+
+
+def _chunk_spectra(trained, n):
+    """Spectra of ``n`` new stars (the truth's generator moves on at every call)."""
+    tr, model = trained
+    y = tr.labels(n)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_)
+    return make_spectra(model.wavelength_, flux, ivar)
+
+
+def test_chunked_inference_keys_on_the_spectra_and_options(trained, tmp_path, caplog):
+    _, model = trained
+    a = _chunk_spectra(trained, 8)
+    b = _chunk_spectra(trained, 8)
+    assert not np.array_equal(a["flux"].values, b["flux"].values)
+    work = tmp_path / "work"
+    ra = infer_chunked(model, a, work, chunk_size=3)
+    # same star ids, other spectra, same folder: b's labels, never a's
+    with caplog.at_level(logging.WARNING):
+        rb = infer_chunked(model, b, work, chunk_size=3)
+    assert "other inputs or options" in caplog.text
+    np.testing.assert_array_equal(rb["labels"].values, infer_chunked(model, b, tmp_path / "fresh", chunk_size=3)["labels"].values)
+    assert not np.allclose(rb["labels"].values, ra["labels"].values)
+    # other infer options recompute too: the result follows the options
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rb1 = infer_chunked(model, b, work, chunk_size=3, n_starts=1)
+    assert caplog.text.count("other inputs or options") == 3
+    np.testing.assert_array_equal(rb1["n_iter"].values, model.infer(b, n_starts=1, chunk_size=3)["n_iter"].values)
+
+
+def test_chunked_inference_recomputes_corrupted_chunks_bit_for_bit(trained, tmp_path, caplog):
+    _, model = trained
+    ds = _chunk_spectra(trained, 9)
+    work = tmp_path / "work"
+    full = infer_chunked(model, ds, work, chunk_size=4)
+    files = sorted(work.glob("chunk_*.nc"))
+    assert len(files) == 3
+    reference = [f.read_bytes() for f in files]
+    files[0].write_bytes(reference[0][: len(reference[0]) // 2])  # truncated
+    corrupt = bytearray(reference[1])
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    files[1].write_bytes(bytes(corrupt))  # one flipped byte
+    (work / ".tmp_chunk_000000008_000000009.nc.abc.nc").write_bytes(b"half")  # left by a killed run
+    with caplog.at_level(logging.WARNING):
+        again = infer_chunked(model, ds, work, chunk_size=4)
+    assert caplog.text.count("truncated or corrupted") == 2
+    assert not list(work.glob(".tmp_*"))
+    for name in ("labels", "errors", "chi2"):
+        np.testing.assert_array_equal(again[name].values, full[name].values)

@@ -12,18 +12,18 @@ import xarray as xr
 
 from bayescannon import io as bio
 from bayescannon import preprocess as pp
-from bayescannon.preprocess import steps as pp_steps
+from bayescannon.core import grid as core_grid
 from bayescannon.errors import GridMismatchError, InvalidInputError, NegativeIvarError, NonFiniteError
 from bayescannon.io.apogee import mask_bits_attr
+from bayescannon.preprocess import normalise as pp_normalise
 from bayescannon.spectra import make_spectra
 
 
 @pytest.fixture(params=["numba", "numpy"])
 def engine(request, monkeypatch):
     """Run a test with the compiled kernels and with the numpy reference."""
-    if request.param == "numba" and not pp_steps._HAVE_NUMBA:
-        pytest.skip("numba not installed")
-    monkeypatch.setattr(pp_steps, "_USE_NUMBA", request.param == "numba")
+    monkeypatch.setattr(core_grid, "_USE_NUMBA", request.param == "numba")
+    monkeypatch.setattr(pp_normalise, "_USE_NUMBA", request.param == "numba")
     return request.param
 
 
@@ -67,8 +67,6 @@ def test_resample_linear_function_is_exact(engine):
 
 
 def test_kernels_agree_with_numpy(monkeypatch):
-    if not pp_steps._HAVE_NUMBA:
-        pytest.skip("numba not installed")
     rng = np.random.default_rng(1)
     wl = loglin(4000, 4400)
     n = 7
@@ -80,7 +78,8 @@ def test_kernels_agree_with_numpy(monkeypatch):
     new = loglin(4010, 4390, 1.3e-4)
     results = {}
     for use in (True, False):
-        monkeypatch.setattr(pp_steps, "_USE_NUMBA", use)
+        monkeypatch.setattr(core_grid, "_USE_NUMBA", use)
+        monkeypatch.setattr(pp_normalise, "_USE_NUMBA", use)
         results[use] = (
             pp.shift_and_resample(ds, new, variance="interpolate"),
             pp.resample(ds, new),
@@ -480,36 +479,71 @@ def lamost_files(folder, n, bad=()):
 def test_process_in_chunks_from_files_with_resume(tmp_path, caplog):
     paths = lamost_files(tmp_path, 7, bad=(2,))
     grid = loglin(3750, 4100)
+    calls = []
+
+    def spy(ds):
+        calls.append(list(ds["star"].values))
+        return ds
+
     steps = [
         functools.partial(pp.to_rest_frame, new_wavelength=grid),
         (pp.normalise_ho2017, {"L": 30.0}),
         pp.add_snr,
+        spy,
     ]
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         files, skipped = pp.process_in_chunks(paths, steps, 3, out, return_skipped=True)
     assert [f.name for f in files] == ["chunk_000000.nc", "chunk_000001.nc", "chunk_000002.nc"]
     assert list(skipped["path"]) == [str(paths[2])]
+    assert len(calls) == 3
     combined = pp.read_chunks(out)
     assert combined.sizes["star"] == 6 and combined.attrs.get("normalised") in (True, 1)
     direct = pp.add_snr(pp.normalise_ho2017(pp.to_rest_frame(bio.read_many([p for i, p in enumerate(paths) if i != 2]), new_wavelength=grid), L=30.0))
     # chunking changes the float32 blocking of the smoothing products (precision="single")
     np.testing.assert_allclose(combined["flux"].values, direct["flux"].values, rtol=1e-5)
     np.testing.assert_allclose(combined["snr"].values, direct["snr"].values, rtol=1e-5)
-    # resume: nothing is recomputed
+    reference = [f.read_bytes() for f in files]
+
+    # resume after an interruption: only the missing chunk is redone; the skipped list survives
     stamps = [f.stat().st_mtime_ns for f in files]
     os.remove(files[1])
-    calls = []
-
-    def spy(ds):
-        calls.append(ds.sizes["star"])
-        return ds
-
-    files2 = pp.process_in_chunks(paths, steps[:2] + [pp.add_snr, spy], 3, out)
-    assert calls == [3]  # only the missing chunk (files 3, 4, 5) was redone
+    calls.clear()
+    files2, skipped2 = pp.process_in_chunks(paths, steps, 3, out, return_skipped=True)
+    assert len(calls) == 1 and len(calls[0]) == 3  # files 3, 4, 5
     assert files2[0].stat().st_mtime_ns == stamps[0] and files2[2].stat().st_mtime_ns == stamps[2]
-    with pytest.raises(InvalidInputError, match="chunk_size"):
-        pp.process_in_chunks(paths, steps, 4, out)
+    assert [f.read_bytes() for f in files2] == reference  # bit for bit as uninterrupted
+    assert list(skipped2["path"]) == [str(paths[2])]
+
+    # a truncated chunk is recomputed, with a warning naming it
+    files2[2].write_bytes(files2[2].read_bytes()[:100])
+    calls.clear()
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        pp.process_in_chunks(paths, steps, 3, out)
+    assert len(calls) == 1 and "chunk_000002.nc" in caplog.text and "corrupted" in caplog.text
+    assert [f.read_bytes() for f in files2] == reference
+
+    # other step options: every chunk is recomputed, and the result follows them
+    calls.clear()
+    other = steps[:1] + [(pp.normalise_ho2017, {"L": 60.0})] + steps[2:]
+    pp.process_in_chunks(paths, other, 3, out)
+    assert len(calls) == 3
+    redone = pp.read_chunks(out)
+    assert not np.allclose(redone["flux"].values, combined["flux"].values, rtol=1e-5)
+
+    # another chunk size: recomputed, and no stale chunk of the old layout is listed
+    files4 = pp.process_in_chunks(paths, steps, 4, out)
+    assert [f.name for f in files4] == ["chunk_000000.nc", "chunk_000001.nc"]
+    assert pp.chunk_files(out) == files4
+    np.testing.assert_array_equal(pp.read_chunks(out)["star"].values, combined["star"].values)
+
+    # other inputs in the same folder: recomputed, never reused
+    paths_b = lamost_files(tmp_path / "b", 7) if (tmp_path / "b").mkdir() is None else None
+    calls.clear()
+    pp.process_in_chunks(paths_b, steps, 4, out)
+    assert len(calls) == 2
+    assert pp.read_chunks(out).sizes["star"] == 7
 
 
 def test_process_in_chunks_from_container(tmp_path):

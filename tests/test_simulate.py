@@ -9,8 +9,9 @@ import pytest
 import xarray as xr
 
 from bayescannon import simulate as sim
-from bayescannon.simulate import instruments, opacity
+from bayescannon.core.grid import C_KMS
 from bayescannon.errors import InvalidInputError, LabelError
+from bayescannon.simulate import opacity
 
 LABELS = sim.LABEL_NAMES
 
@@ -319,7 +320,7 @@ def test_flux_is_not_quadratic_in_labels():
 def test_radial_velocity_shifts_lines():
     lab = reference_labels(1)
     rest = noiseless(lab, NARROW)
-    v = instruments.C_KMS * math.expm1(3 * NARROW.log_step)  # exactly 3 pixels to the red
+    v = C_KMS * math.expm1(3 * NARROW.log_step)  # exactly 3 pixels to the red
     shifted = sim.simulate_spectra(lab, NARROW, snr=100.0, rng=0, rv=v, bad_pixel_fraction=0.0, return_noiseless=True)
     assert shifted["wavelength"].attrs["frame"] == "observed"
     assert shifted["rv"].values[0] == pytest.approx(v)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from bayescannon.errors import InvalidInputError
-from bayescannon.preprocess import steps as pp
+from bayescannon import preprocess as pp
 from bayescannon.model import CannonModel
 
 NAME = "preprocess"

@@ -1,47 +1,49 @@
 """Preprocessing of spectra containers: grids (Doppler shift, rest frame, resampling,
 air/vacuum), continuum normalisation, masks and S/N, and chunked survey-scale runs.
+
+Every step is a plain function that takes a spectra container (``docs/conventions.md``)
+and returns a new one; inputs are never modified. Inverse variances are propagated
+exactly where the step is linear in the flux, and pixels without information
+(``ivar = 0``) never leak into pixels that claim information. Stars that end up with no
+good pixel are not an error: they get ``all_masked = True`` and a logged warning.
+
+Modules: :mod:`~bayescannon.preprocess.grid`, :mod:`~bayescannon.preprocess.normalise`,
+:mod:`~bayescannon.preprocess.masks`, :mod:`~bayescannon.preprocess.chunked`.
 """
 
-from .steps import (
+from ._container import flag_all_masked
+from .chunked import chunk_files, process_in_chunks, read_chunks
+from .grid import (
     C_KMS,
-    doppler_factor,
-    to_rest_frame,
-    shift_and_resample,
-    resample,
-    wavelength_cut,
     air_to_vacuum,
+    doppler_factor,
+    resample,
+    shift_and_resample,
+    to_rest_frame,
     vacuum_to_air,
-    normalise_ho2017,
-    continuum_pixels,
-    normalise_continuum,
-    mask_windows,
-    mask_bits,
-    snr,
-    add_snr,
-    flag_all_masked,
-    process_in_chunks,
-    read_chunks,
-    chunk_files,
+    wavelength_cut,
 )
+from .masks import add_snr, mask_bits, mask_windows, snr
+from .normalise import continuum_pixels, normalise_continuum, normalise_ho2017
 
 __all__ = [
     "C_KMS",
-    "doppler_factor",
-    "to_rest_frame",
-    "shift_and_resample",
-    "resample",
-    "wavelength_cut",
-    "air_to_vacuum",
-    "vacuum_to_air",
-    "normalise_ho2017",
-    "continuum_pixels",
-    "normalise_continuum",
-    "mask_windows",
-    "mask_bits",
-    "snr",
     "add_snr",
+    "air_to_vacuum",
+    "chunk_files",
+    "continuum_pixels",
+    "doppler_factor",
     "flag_all_masked",
+    "mask_bits",
+    "mask_windows",
+    "normalise_continuum",
+    "normalise_ho2017",
     "process_in_chunks",
     "read_chunks",
-    "chunk_files",
+    "resample",
+    "shift_and_resample",
+    "snr",
+    "to_rest_frame",
+    "vacuum_to_air",
+    "wavelength_cut",
 ]

@@ -34,17 +34,6 @@ _MASK_BITS_DOC = (
 )
 
 
-C_KMS = 299792.458
-
-
-def _vacuum_to_air(wavelength):
-    """Convert vacuum wavelengths (Angstrom) to air (Morton 2000 / Ciddor 1996)."""
-    wavelength = np.asarray(wavelength, dtype=float)
-    s2 = (1e4 / wavelength) ** 2
-    n = 1.0 + 0.0000834254 + 0.02406147 / (130.0 - s2) + 0.00015998 / (38.9 - s2)
-    return wavelength / n
-
-
 # --------------------------------------------------------------------------------------
 # instruments
 # --------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bayescannon.core.grid import C_KMS, vacuum_to_air_wavelength
 from bayescannon.errors import InvalidInputError
-from bayescannon.simulate.instruments import APOGEE, C_KMS, Instrument, _vacuum_to_air, get_instrument
+from bayescannon.simulate.instruments import APOGEE, Instrument, get_instrument
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ def make_line_list(instrument_or_range, rng=None, density: float = 1.0, margin_k
             v = v.astype(float)
         out[k] = v
     if medium == "air":
-        out["wavelength"] = _vacuum_to_air(out["wavelength"])
+        out["wavelength"] = vacuum_to_air_wavelength(out["wavelength"])
     lines = LineList(**out, medium=medium)
     logger.debug(
         "line list %.0f-%.0f A (%s): %d lines (%s)",

@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import MaskedColumn, Table
 
+from bayescannon.core.grid import C_KMS
 from bayescannon.errors import InvalidInputError
 from bayescannon.pipeline.atomic import atomic_path
 from bayescannon.simulate.instruments import APOGEE, LAMOST
@@ -109,7 +110,6 @@ __all__ = [
 LABELS: tuple[str, ...] = ("TEFF", "LOGG", "FE_H", "ALPHA_M")
 
 
-C_KMS = 299_792.458
 _DEFAULT_CORRUPTIONS = tuple(CORRUPTIONS)
 
 

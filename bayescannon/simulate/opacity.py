@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from bayescannon.simulate.instruments import C_KMS, Instrument
+from bayescannon.core.grid import C_KMS
+from bayescannon.simulate.instruments import Instrument
 from bayescannon.simulate.labels import LABEL_NAMES, _validate_labels
 from bayescannon.simulate.linelist import _REFERENCE_STAR, LineList
 

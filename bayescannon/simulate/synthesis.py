@@ -59,8 +59,9 @@ import time
 
 import numpy as np
 
+from bayescannon.core.grid import C_KMS
 from bayescannon.errors import InvalidInputError
-from bayescannon.simulate.instruments import _MASK_BITS_DOC, APOGEE, C_KMS, MASK_BITS, Instrument, get_instrument
+from bayescannon.simulate.instruments import _MASK_BITS_DOC, APOGEE, MASK_BITS, Instrument, get_instrument
 from bayescannon.simulate.labels import LABEL_NAMES, _as_generator, _check_count, _validate_labels
 from bayescannon.simulate.linelist import LineList, default_line_list
 from bayescannon.simulate.opacity import _labels_columns, _synthesise

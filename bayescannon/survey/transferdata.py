@@ -21,8 +21,8 @@ from bayescannon.errors import (
     SurveyFormatError,
 )
 from bayescannon.io import read_labels, read_spectra, write_spectra
-from bayescannon.preprocess.steps import mask_bits, mask_windows, normalise_ho2017, resample, to_rest_frame
-from bayescannon.preprocess.steps import snr as pixel_snr
+from bayescannon.preprocess import mask_bits, mask_windows, normalise_ho2017, resample, to_rest_frame
+from bayescannon.preprocess import snr as pixel_snr
 from bayescannon.spectra import make_spectra
 from bayescannon.survey.catalogue import write_table
 from bayescannon.survey.reference import crossmatch_ids, crossmatch_sky

@@ -1,0 +1,324 @@
+"""Survey-scale preprocessing: read → steps → write, chunk by chunk, atomically,
+resumable, in bounded memory, optionally over worker processes.
+
+The chunk folder follows the one resumable chunk protocol of
+:mod:`bayescannon.pipeline.chunks`: each chunk is recorded with the key of its input
+(star data, container file or survey files), the steps with their argument values, the
+chunk format, the reader and its options and the package version, and with its file's
+checksum; a rerun reuses exactly the chunks whose key and checksum still match.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from astropy.table import Table
+
+from bayescannon.errors import InvalidInputError
+from bayescannon.io import detect_format, read_many, read_spectra, write_spectra
+from bayescannon.pipeline.chunks import MANIFEST, ChunkStore, chunk_key, describe, digest_of, file_checksum, write_chunk
+from bayescannon.pipeline.pool import run_tasks
+from bayescannon.spectra import check_spectra
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["chunk_files", "dataset_digest", "process_in_chunks", "read_chunks"]
+
+_EXT = {"nc": "nc", "npz": "npz", "bayescannon": "fits"}
+#: io writes boolean variables of a netCDF container as int8 with this attribute.
+_IO_BOOL_TAG = "bayescannon_dtype"
+
+
+def dataset_digest(ds: xr.Dataset) -> str:
+    """Digest of every variable and coordinate of a container (names, dims, values) and its attributes."""
+    parts = []
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        parts += [f"{name}{var.dims}", np.asarray(var.values)]
+    parts.append(repr(describe(dict(ds.attrs))))
+    return digest_of(*parts)
+
+
+def _step_callable(step) -> tuple[Callable, dict]:
+    if callable(step):
+        return step, {}
+    if isinstance(step, (tuple, list)) and len(step) == 2 and callable(step[0]):
+        return step[0], dict(step[1] or {})
+    raise InvalidInputError(f"each step must be a callable or a (callable, kwargs) pair; got {step!r}")
+
+
+def _file_identity(path) -> list:
+    """Resolved path, size and modification time of a survey file (its key)."""
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return [os.fspath(p), None, None]
+    return [os.fspath(p), st.st_size, st.st_mtime_ns]
+
+
+class _ContainerFileSource:
+    """Star slices of a container file (``.nc`` read lazily: bounded memory)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        fmt = detect_format(self.path)
+        if fmt not in ("nc", "npz", "bayescannon"):
+            raise InvalidInputError(
+                f"{self.path}: a single source file must be a container (.nc, .npz, FITS "
+                "table); give a list of paths for survey files"
+            )
+        self._lazy = fmt == "nc"
+        self._ds = xr.open_dataset(self.path, engine="h5netcdf") if self._lazy else read_spectra(self.path)
+        self.n = self._ds.sizes["star"]
+
+    def chunk(self, start: int, stop: int) -> xr.Dataset:
+        sub = self._ds.isel(star=slice(start, stop))
+        if self._lazy:
+            sub = _restore_nc_slice(sub.load())
+        return check_spectra(sub.copy(deep=True))
+
+    def close(self) -> None:
+        if self._lazy:
+            self._ds.close()
+
+
+def _restore_nc_slice(ds: xr.Dataset) -> xr.Dataset:
+    """Undo io's netCDF encodings on a lazily read slice (bool variables, string ids).
+
+    To be replaced by a public ``bayescannon.io`` reader of a star slice.
+    """
+    for k in list(ds.data_vars):
+        if ds[k].attrs.get(_IO_BOOL_TAG) == "bool":
+            attrs = {a: b for a, b in ds[k].attrs.items() if a != _IO_BOOL_TAG}
+            ds[k] = ds[k].astype(bool)
+            ds[k].attrs = attrs
+    ds = ds.assign_coords(star=np.asarray(ds["star"].values).astype(str))
+    for k, v in ds.data_vars.items():
+        if v.dims == ("star",) and v.dtype == object:
+            ds[k] = ("star", np.asarray(v.values).astype(str))
+    if isinstance(ds.attrs.get("normalised"), (int, np.integer)):
+        ds.attrs["normalised"] = bool(ds.attrs["normalised"])
+    return ds
+
+
+def _run_chunk(job: dict) -> tuple[int, str | None, list]:
+    """Read → steps → write one chunk; returns (index, checksum or None, skipped rows)."""
+    skipped_rows: list = []
+    if "dataset" in job:
+        ds = job["dataset"]
+    elif "file" in job:
+        src = _ContainerFileSource(job["file"])
+        try:
+            ds = src.chunk(job["start"], job["stop"])
+        finally:
+            src.close()
+    else:
+        reader = job["reader"] or read_many
+        try:
+            ds, skipped = reader(job["paths"], on_error=job["on_error"], return_skipped=True, **job["reader_kwargs"])
+        except InvalidInputError as exc:
+            if job["on_error"] == "raise" or "no spectra to combine" not in str(exc):
+                raise
+            ds, skipped = None, getattr(exc, "skipped", None)  # every file of the chunk failed
+        if skipped is not None and len(skipped):
+            skipped_rows = [[str(v) for v in r] for r in skipped.iterrows()]
+    if ds is None or ds.sizes.get("star", 0) == 0:
+        return job["index"], None, skipped_rows
+    for step in job["steps"]:
+        fn, kw = _step_callable(step)
+        ds = fn(ds, **kw)
+        if not isinstance(ds, xr.Dataset):
+            raise InvalidInputError(f"step {describe(step)} returned {type(ds).__name__}, not a spectra container")
+    fmt = job["format"]
+    checksum = write_chunk(job["path"], lambda tmp: write_spectra(ds, tmp, format=fmt, overwrite=True))
+    return job["index"], checksum, skipped_rows
+
+
+def process_in_chunks(
+    source,
+    steps: Sequence,
+    chunk_size: int,
+    out_path,
+    *,
+    format: str = "nc",
+    reader: Callable | None = None,
+    reader_kwargs: dict | None = None,
+    on_error: str = "skip",
+    n_jobs: int = 1,
+    progressbar: bool = False,
+    return_skipped: bool = False,
+):
+    """Read → apply ``steps`` → write, one chunk of stars at a time.
+
+    Each chunk is written atomically and recorded in the folder's manifest with the key
+    of what made it (its input, the steps with their argument values, the format, the
+    reader and its options, the package version) and its checksum
+    (:mod:`bayescannon.pipeline.chunks`). Calling again resumes: chunks whose key and
+    checksum match are kept; chunks made from other inputs or options, and truncated or
+    corrupted chunk files, are recomputed (with a logged warning). Memory holds one chunk
+    per worker (for a container source this needs a ``.nc`` file, which is read lazily).
+
+    Parameters
+    ----------
+    source : xarray.Dataset, path of a container file, or sequence of survey files
+        Survey files are read with ``reader(paths, on_error=, return_skipped=True,
+        **reader_kwargs)`` (default :func:`bayescannon.io.read_many`) and keyed by path,
+        size and modification time; a container is keyed by its content.
+    steps : sequence of callable or (callable, kwargs)
+        Container → container functions, applied in order (use
+        :func:`functools.partial` or pairs to bind arguments).
+    chunk_size : int
+        Stars (or files) per chunk.
+    out_path : str or path-like
+        Output folder; chunk files ``chunk_000000.<ext>`` and the manifest ``chunks.json``.
+    format : {"nc", "npz", "bayescannon"}
+        Chunk file format.
+    reader : callable, optional
+    reader_kwargs : dict, optional
+        E.g. ``{"grid": "common"}`` for LAMOST files of different lengths, or
+        ``{"resample_to": grid}``; a chunk whose files are on different grids raises
+        :class:`~bayescannon.errors.GridMismatchError` otherwise.
+    on_error : {"skip", "raise"}
+        For survey files: unreadable files are recorded (see ``return_skipped``) and
+        logged instead of stopping the run.
+    n_jobs : int
+        Worker processes (each reads, processes and writes whole chunks, with one BLAS
+        and one numba thread; :func:`bayescannon.pipeline.pool.run_tasks`). Workers are
+        spawned: ``steps`` and ``reader`` must be picklable (module-level functions or
+        :func:`functools.partial` of them, not lambdas), and a script must call this
+        under ``if __name__ == "__main__":``.
+    progressbar : bool
+    return_skipped : bool
+        Also return an astropy Table (``path``, ``error``, ``reason``) of the files skipped.
+
+    Returns
+    -------
+    list of pathlib.Path or (list of pathlib.Path, astropy.table.Table)
+        Chunk files in order (chunks where no spectrum could be read have none).
+
+    Raises
+    ------
+    InvalidInputError
+        Bad arguments.
+    """
+    if int(chunk_size) < 1:
+        raise InvalidInputError(f"chunk_size must be >= 1; got {chunk_size}")
+    if format not in _EXT:
+        raise InvalidInputError(f"format must be 'nc', 'npz' or 'bayescannon'; got {format!r}")
+    if on_error not in ("skip", "raise"):
+        raise InvalidInputError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
+    steps = list(steps)
+    for s in steps:
+        _step_callable(s)
+    chunk_size = int(chunk_size)
+    store = ChunkStore(out_path)
+    options = {"steps": steps, "format": format}
+    file_digest = None
+    paths = None
+    if isinstance(source, xr.Dataset):
+        check_spectra(source)
+        n = source.sizes["star"]
+    elif isinstance(source, (str, os.PathLike)):
+        src = _ContainerFileSource(source)
+        n = src.n
+        src.close()
+        file_digest = file_checksum(source)
+    else:
+        paths = [os.fspath(p) for p in source]
+        n = len(paths)
+        options.update(reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error)
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    names = [f"chunk_{i:06d}.{_EXT[format]}" for i in range(n_chunks)]
+    store.set_order(names)
+
+    jobs, keys = [], {}
+    for i, name in enumerate(names):
+        start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+        job = {"index": i, "path": os.fspath(store.path(name)), "steps": steps, "format": format}
+        if isinstance(source, xr.Dataset):
+            job["dataset"] = source.isel(star=slice(start, stop))
+            digest = dataset_digest(job["dataset"])
+        elif file_digest is not None:
+            job.update(file=os.fspath(source), start=start, stop=stop)
+            digest = f"{file_digest}[{start}:{stop}]"
+        else:
+            job.update(paths=paths[start:stop], reader=reader, reader_kwargs=dict(reader_kwargs or {}),
+                       on_error=on_error)
+            digest = digest_of(repr([_file_identity(p) for p in job["paths"]]))
+        keys[i] = chunk_key(input=digest, **options)
+        if not store.is_valid(name, keys[i]):
+            jobs.append(job)
+    if len(jobs) < n_chunks:
+        logger.info("%s: %d of %d chunk(s) reused; %d to compute", store.folder, n_chunks - len(jobs), n_chunks,
+                    len(jobs))
+
+    bar = None
+    if progressbar:
+        from tqdm.auto import tqdm  # lazy: optional progress bar
+
+        bar = tqdm(total=len(jobs), desc="chunks", unit="chunk")
+
+    def record(result) -> None:
+        i, checksum, skipped_rows = result
+        store.record(names[i], keys[i], checksum, {"skipped": skipped_rows})
+        if checksum is None:
+            store.path(names[i]).unlink(missing_ok=True)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        run_tasks(_run_chunk, jobs, n_jobs, on_result=record)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = [store.path(name) for name in names if store.path(name).exists()]
+    if not return_skipped:
+        return out
+    rows = [tuple(r) for name in names for r in store.info(name).get("skipped", [])]
+    if rows:
+        skipped = Table(rows=rows, names=("path", "error", "reason"))
+    else:
+        skipped = Table([np.zeros(0, str)] * 3, names=("path", "error", "reason"))
+    return out, skipped
+
+
+def chunk_files(out_path) -> list[Path]:
+    """The chunk files of the last run of :func:`process_in_chunks` in ``out_path``, in order.
+
+    Raises
+    ------
+    InvalidInputError
+        The folder holds no chunk file.
+    """
+    out_dir = Path(out_path)
+    files = []
+    if (out_dir / MANIFEST).exists():
+        files = [out_dir / name for name in ChunkStore(out_dir, clean=False).order if (out_dir / name).exists()]
+    elif out_dir.is_dir():  # a folder written before the manifest existed
+        files = sorted(p for p in out_dir.glob("chunk_*.*") if p.suffix in (".nc", ".npz", ".fits"))
+    if not files:
+        raise InvalidInputError(
+            f"{out_dir} holds no chunk files (chunk_*.nc/.npz from process_in_chunks or `bayescannon preprocess`)"
+        )
+    return files
+
+
+def read_chunks(out_path) -> xr.Dataset:
+    """Concatenate the chunk files written by :func:`process_in_chunks` (in order)."""
+    parts = [read_spectra(p) for p in chunk_files(out_path)]
+    combined = xr.concat(
+        parts,
+        dim="star",
+        data_vars="all",
+        coords="different",
+        compat="equals",
+        join="exact",
+        combine_attrs="drop_conflicts",
+    )
+    return check_spectra(combined)
