@@ -49,7 +49,6 @@ PENDING_SPLIT = {
     "bayescannon.simulate.mocksurvey",
     "bayescannon.simulate.synthesis",
     "bayescannon.survey.transfer",
-    "bayescannon.validate.crossval",
 }
 PENDING_EDGES = {
     ("bayescannon.io.generic", "bayescannon.io.apogee"),

@@ -2,20 +2,15 @@
 repeat-based errors and open clusters.
 """
 
+from .bootstrap import BootstrapResult, bootstrap
 from .crossval import (
     CrossValidation,
-    BootstrapResult,
     cross_validate,
-    bootstrap,
     make_folds,
-    summary_statistics,
-    binned_statistics,
-    clone_model,
-    model_params,
     mock_quadratic_survey,
-    DEFAULT_SNR_BINS,
     BAD_FIT_FLAGS,
 )
+from .stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
 
 __all__ = [
     "CrossValidation",
@@ -25,8 +20,6 @@ __all__ = [
     "make_folds",
     "summary_statistics",
     "binned_statistics",
-    "clone_model",
-    "model_params",
     "mock_quadratic_survey",
     "DEFAULT_SNR_BINS",
     "BAD_FIT_FLAGS",
