@@ -143,7 +143,7 @@ def bootstrap(
                       "chunk_size": chunk_size, "test_flux": None, "test_ivar": None})
     arrays = {"flux": flux, "ivar": ivar, "labels": y, "test_flux": tf, "test_ivar": ti}
     results = run_tasks(tasks, arrays, n_jobs, progressbar=progressbar, desc="bootstrap models")
-    stack = np.stack([r["labels"] for r in sorted(results, key=lambda r: r["key"])])
+    stack = np.stack([r["result"]["labels"].values for r in sorted(results, key=lambda r: r["key"])])
     names = list(params["label_names"])
     da = xr.DataArray(stack, dims=("boot", "star", "label_name"),
                       coords={"boot": np.arange(int(n_boot)), "star": tids, "label_name": names}, name="labels")
