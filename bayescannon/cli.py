@@ -13,9 +13,10 @@ import logging
 import pkgutil
 import sys
 
-from .errors import BayesCannonError
 from bayescannon import commands
 from bayescannon._version import __version__
+
+from .errors import BayesCannonError
 
 __all__ = ["main", "build_parser"]
 

@@ -35,21 +35,27 @@ class StarFlag(enum.IntFlag):
     SURVEY_FLAGGED = 1024  #: the survey pipeline flagged this spectrum
 
 
+# one table per flag type: PixelFlag.FEW_STARS == StarFlag.NOT_CONVERGED as integers (and
+# hash alike), so a single dict keyed by members would give one text for both
 _DOC = {
-    PixelFlag.FEW_STARS: "fewer usable training stars than terms+1; neutral model",
-    PixelFlag.SINGULAR: "singular design at this pixel; neutral model",
-    PixelFlag.NOT_CONVERGED: "scatter optimisation did not converge",
-    StarFlag.NOT_CONVERGED: "label fit did not converge",
-    StarFlag.AT_BOUND: "best fit at a search bound",
-    StarFlag.EXTRAPOLATED: "labels far outside the training set",
-    StarFlag.FEW_PIXELS: "fewer usable pixels than 2x model terms",
-    StarFlag.NO_PIXELS: "no usable pixels; labels undefined",
-    StarFlag.SINGULAR_COVARIANCE: "singular Fisher matrix; errors undefined",
-    StarFlag.LARGE_CHI2: "reduced chi2 above threshold",
-    StarFlag.FAR_FROM_TRAINING: "label distance to training set above threshold",
-    StarFlag.OUTSIDE_HULL: "labels outside convex hull of training labels",
-    StarFlag.LOW_SNR: "S/N below the configured minimum",
-    StarFlag.SURVEY_FLAGGED: "survey pipeline flags set (see SURVEY_FLAGS)",
+    PixelFlag: {
+        "FEW_STARS": "fewer usable training stars than terms+1; neutral model",
+        "SINGULAR": "singular design at this pixel; neutral model",
+        "NOT_CONVERGED": "scatter optimisation did not converge",
+    },
+    StarFlag: {
+        "NOT_CONVERGED": "label fit did not converge",
+        "AT_BOUND": "best fit at a search bound",
+        "EXTRAPOLATED": "labels far outside the training set",
+        "FEW_PIXELS": "fewer usable pixels than 2x model terms",
+        "NO_PIXELS": "no usable pixels; labels undefined",
+        "SINGULAR_COVARIANCE": "singular Fisher matrix; errors undefined",
+        "LARGE_CHI2": "reduced chi2 above threshold",
+        "FAR_FROM_TRAINING": "label distance to training set above threshold",
+        "OUTSIDE_HULL": "labels outside convex hull of training labels",
+        "LOW_SNR": "S/N below the configured minimum",
+        "SURVEY_FLAGGED": "survey pipeline flags set (see SURVEY_FLAGS)",
+    },
 }
 
 
@@ -61,7 +67,7 @@ def describe(value: int, flag_type=StarFlag) -> list[str]:
 def flag_doc(flag_type=StarFlag) -> dict[str, str]:
     """``{"BIT<n> NAME": description}`` for headers and file attributes."""
     return {
-        f"{f.name}": f"bit {int(f).bit_length() - 1} (value {int(f)}): {_DOC[f]}" for f in flag_type
+        f"{f.name}": f"bit {int(f).bit_length() - 1} (value {int(f)}): {_DOC[flag_type][f.name]}" for f in flag_type
     }
 
 

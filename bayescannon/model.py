@@ -6,7 +6,9 @@ and :mod:`bayescannon.core.labelfit`, and stores fitted attributes with a traili
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import logging
 from collections.abc import Mapping
 
@@ -44,6 +46,18 @@ from .spectra import as_label_array, default_ids, unpack_spectra
 logger = logging.getLogger(__name__)
 
 __all__ = ["CannonModel"]
+
+# names of the θ-uncertainty and latent-label state in the legacy ``extra_state_`` dict
+# (format version 1 model files; core.uncertainty reads them through ``extra_state_``)
+_LEVERAGE = "extra_theta_leverage"
+_TRAIN_WEIGHT = "extra_train_weight"
+_LATENT = {
+    "latent_labels_": "extra_latent_labels_scaled",
+    "latent_iterations_": "extra_latent_iterations",
+    "latent_converged_": "extra_latent_converged",
+    "latent_calibrated_": "extra_latent_calibrated",
+    "latent_trend_order_": "extra_latent_trend_order",
+}
 
 
 def _validated_pixel_major(flux, ivar, ids, wavelength):
@@ -110,6 +124,24 @@ class CannonModel:
     pixel_flags_ : ndarray, shape (P,)
     wavelength_ : ndarray, shape (P,) or None
     training_hash_ : str
+    training_labels_scaled_ : ndarray, shape (N, K)
+        Training labels in scaled units (saved in model files: flags that need the
+        training set work on a loaded model).
+    theta_leverage_ : ndarray, shape (T, T)
+        ``G₀⁻¹``, the θ-uncertainty summary used to propagate θ errors (leverage).
+    train_weight_ : ndarray, shape (P,)
+        ``w̄``, the mean adjusted training weight per pixel.
+    latent_labels_ : ndarray, shape (N, K) or None
+        Latent (errors-in-variables) training labels in scaled units; None unless the
+        model was fitted with ``label_errors``.
+    latent_iterations_, latent_converged_, latent_calibrated_, latent_trend_order_
+        Latent-label fit state (None without ``label_errors``).
+
+    Notes
+    -----
+    The scikit-learn estimator contract holds: constructor arguments are stored unchanged
+    as attributes of the same name, :meth:`get_params` / :meth:`set_params` read and
+    write them, and :meth:`clone` (or ``sklearn.base.clone``) gives an unfitted copy.
     """
 
     def __init__(
@@ -126,7 +158,8 @@ class CannonModel:
         max_reduced_chi2: float = 5.0,
         random_state=None,
     ):
-        self.label_names = list(label_names)
+        # stored as given when it is a list (scikit-learn's clone checks identity)
+        self.label_names = label_names if isinstance(label_names, list) else list(label_names)
         self.order = order
         self.regularization = regularization
         self.censors = censors
@@ -136,6 +169,53 @@ class CannonModel:
         self.extrapolation_tolerance = extrapolation_tolerance
         self.max_reduced_chi2 = max_reduced_chi2
         self.random_state = random_state
+
+    # ------------------------------------------------------------------ estimator contract
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """Constructor parameter names, read from the signature (the one place they are listed)."""
+        sig = inspect.signature(cls.__init__)
+        return sorted(
+            name
+            for name, p in sig.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor arguments of this model (scikit-learn contract).
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn compatibility; no parameter is itself an estimator.
+
+        Returns
+        -------
+        dict
+            ``{name: value}`` for every constructor parameter; ``cls(**params)`` rebuilds
+            an unfitted model with the same settings.
+        """
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        """Set constructor arguments (scikit-learn contract); returns ``self``.
+
+        Raises
+        ------
+        InvalidInputError
+            A name that is not a constructor parameter.
+        """
+        valid = self._get_param_names()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise InvalidInputError(f"unknown CannonModel parameter(s) {unknown}; valid parameters are {valid}")
+        for name, value in params.items():
+            setattr(self, name, list(value) if name == "label_names" and not isinstance(value, list) else value)
+        return self
+
+    def clone(self):
+        """A new, unfitted model with (deep copies of) the same constructor arguments."""
+        return type(self)(**copy.deepcopy(self.get_params(deep=False)))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -210,8 +290,13 @@ class CannonModel:
         wavelength=None,
         ids=None,
         label_errors=None,
+        max_iter: int = 30,
+        tol: float = 0.01,
+        lm_iter: int = 10,
+        anderson: int = 5,
+        spectral_information: str = "calibrated",
+        trend_order: int | None = None,
         progressbar: bool = False,
-        **kwargs,
     ):
         """Fit θ and s² for every pixel from training spectra with known labels.
 
@@ -230,9 +315,10 @@ class CannonModel:
             Star identifiers for messages.
         label_errors : ndarray (N, K), optional
             1σ uncertainties of the training labels: the labels are then treated as
-            latent (errors-in-variables MAP, :func:`bayescannon.core.latent.fit_latent_labels`;
-            its keyword arguments, e.g. ``spectral_information``, ``tol``, ``max_iter``,
-            may be passed here).
+            latent (errors-in-variables MAP, :func:`bayescannon.core.latent.fit_latent_labels`).
+        max_iter, tol, lm_iter, anderson, spectral_information, trend_order
+            Options of the latent-label fit, used only with ``label_errors`` (see
+            :func:`bayescannon.core.latent.fit_latent_labels`; defaults are its own).
         progressbar : bool
             Show progress.
 
@@ -282,11 +368,10 @@ class CannonModel:
 
             result = fit_latent_labels(
                 self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, label_scale=scale_,
-                progressbar=progressbar, **kwargs
+                max_iter=max_iter, tol=tol, lm_iter=lm_iter, anderson=anderson,
+                spectral_information=spectral_information, trend_order=trend_order, progressbar=progressbar,
             )
         else:
-            if kwargs:
-                raise InvalidInputError(f"unexpected keyword arguments {sorted(kwargs)}")
             result = fit_pixels(
                 flux_t,
                 ivar_t,
@@ -318,11 +403,15 @@ class CannonModel:
         # any earlier calibration of the uncertainties
 
         pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
-        self.extra_state_ = {
-            **getattr(result, "extra_state", {}),
-            **theta_uncertainty_state(ivar_t, self.s2_, getattr(result, "design", design), pixel_ok,
-                                      pixel_major=True),
-        }
+        theta_state = theta_uncertainty_state(ivar_t, self.s2_, getattr(result, "design", design), pixel_ok,
+                                              pixel_major=True)
+        self.theta_leverage_ = np.asarray(theta_state[_LEVERAGE][1], dtype=np.float64)
+        self.train_weight_ = np.asarray(theta_state[_TRAIN_WEIGHT][1], dtype=np.float64)
+        latent = getattr(result, "extra_state", {})
+        self.latent_labels_ = None if not latent else np.asarray(latent[_LATENT["latent_labels_"]][1])
+        for attr, key in _LATENT.items():
+            if attr != "latent_labels_":
+                self._set_latent(attr, latent[key][1] if latent else None)
         self.calibration_ = None
         logger.info(
             "trained %s on %d stars x %d pixels (%d pixels flagged)",
@@ -350,6 +439,31 @@ class CannonModel:
         h.update(repr((self.label_names, self.order, float(self.regularization))).encode())
         h.update(np.ascontiguousarray(censor_mask).tobytes())
         return h.hexdigest()
+
+    def _set_latent(self, attr, value):
+        if value is not None:
+            value = bool(value) if attr in ("latent_converged_", "latent_calibrated_") else int(value)
+        setattr(self, attr, value)
+
+    @property
+    def extra_state_(self) -> dict:
+        """Legacy view of the θ-uncertainty and latent-label state, ``{name: (dims, values)}``.
+
+        Kept for callers written against the untyped dict of format version 1; read the
+        named attributes (``theta_leverage_``, ``train_weight_``, ``latent_labels_``,
+        ``latent_iterations_``, ...) instead.
+        """
+        out = {}
+        if getattr(self, "theta_leverage_", None) is not None:
+            out[_LEVERAGE] = (("term", "term2"), self.theta_leverage_)
+        if getattr(self, "train_weight_", None) is not None:
+            out[_TRAIN_WEIGHT] = (("pixel",), self.train_weight_)
+        if getattr(self, "latent_labels_", None) is not None:
+            out[_LATENT["latent_labels_"]] = (("training_star", "label"), self.latent_labels_)
+            for attr, key in _LATENT.items():
+                if attr != "latent_labels_":
+                    out[key] = ((), int(getattr(self, attr)))
+        return out
 
     # ------------------------------------------------------------------ files
     def save(self, path, *, overwrite: bool = True):

@@ -1,32 +1,38 @@
 """Model files: a fitted CannonModel as a netCDF (h5netcdf) or zarr store. No pickle.
 
-The file holds everything needed to reproduce the model's predictions bit for bit:
-θ, s², label scaling, term exponents and names, label names, wavelength grid, censor
-mask, regularisation, start candidates, pixel flags, package version and a SHA-256
-hash of the training set.
+The file holds everything needed to reproduce the model's predictions bit for bit and to
+rebuild it: the constructor arguments (``get_params()``, censors included, as JSON in the
+``params`` attribute; the model is rebuilt with ``cls(**params)``), θ, s², label scaling,
+term exponents, wavelength grid, censor mask, start candidates, pixel flags, the training
+labels, the θ-uncertainty summary (``theta_leverage``, ``train_weight``), the latent-label
+state (``latent_labels``, ``latent_iterations``, ...), the package version and a BLAKE2b
+fingerprint of the training set.
+
+Format version 2; version-1 files (untyped ``extra_*`` variables, hand-listed
+parameters, no censors or training labels) are still read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from bayescannon._version import __version__
+from bayescannon.pipeline.atomic import atomic_path
+
 from .errors import ModelFileError
 from .flags import PixelFlag, flag_doc
-from bayescannon._version import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_model", "load_model", "model_to_dataset", "model_from_dataset", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_model", "model_from_dataset", "model_to_dataset", "save_model"]
 
 FORMAT = "bayescannon.CannonModel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _REQUIRED = (
     "theta",
@@ -41,9 +47,61 @@ _REQUIRED = (
     "pixel_flags",
 )
 
+#: fitted attribute → (file variable, dims) of the optional named state
+_STATE = {
+    "training_labels_scaled_": ("training_labels", ("training_star", "label")),
+    "theta_leverage_": ("theta_leverage", ("term", "term2")),
+    "train_weight_": ("train_weight", ("pixel",)),
+    "latent_labels_": ("latent_labels", ("training_star", "label")),
+    "latent_iterations_": ("latent_iterations", ()),
+    "latent_converged_": ("latent_converged", ()),
+    "latent_calibrated_": ("latent_calibrated", ()),
+    "latent_trend_order_": ("latent_trend_order", ()),
+}
+#: the same state under its format-version-1 names
+_V1_NAMES = {
+    "theta_leverage_": "extra_theta_leverage",
+    "train_weight_": "extra_train_weight",
+    "latent_labels_": "extra_latent_labels_scaled",
+    "latent_iterations_": "extra_latent_iterations",
+    "latent_converged_": "extra_latent_converged",
+    "latent_calibrated_": "extra_latent_calibrated",
+    "latent_trend_order_": "extra_latent_trend_order",
+}
 
-def _engine(path: Path) -> str:
-    return "zarr" if path.suffix == ".zarr" or path.is_dir() else "h5netcdf"
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _params_json(model) -> str:
+    """``model.get_params()`` as JSON; a random Generator is stored as None (with a warning)."""
+    params = dict(model.get_params(deep=False))
+    rs = params.get("random_state")
+    if rs is not None and not isinstance(rs, (int, np.integer)):
+        logger.warning("random_state %r cannot be stored in a model file; it is saved as None", type(rs).__name__)
+        params["random_state"] = None
+    if params.get("censors") is not None:
+        params["censors"] = {str(k): np.asarray(v).tolist() for k, v in dict(params["censors"]).items()}
+    try:
+        return json.dumps(params, default=_json_default)
+    except TypeError as exc:
+        raise ModelFileError(f"model parameters cannot be written to a model file: {exc}") from exc
+
+
+def _params_from_json(text: str) -> dict:
+    params = json.loads(text)
+    if params.get("censors") is not None:
+        params["censors"] = {
+            k: (np.asarray(v, dtype=bool) if np.asarray(v).dtype == bool else v) for k, v in params["censors"].items()
+        }
+    return params
 
 
 def model_to_dataset(model) -> xr.Dataset:
@@ -69,25 +127,15 @@ def model_to_dataset(model) -> xr.Dataset:
         },
         coords=coords,
     )
-    extra = getattr(model, "extra_state_", None) or {}
-    for name, (dims, values) in extra.items():
-        ds[name] = (dims, values)
-    params = {
-        "label_names": list(model.label_names),
-        "order": int(model.order),
-        "regularization": float(model.regularization),
-        "n_starts": int(model.n_starts),
-        "n_candidates": int(model.n_candidates),
-        "bounds_margin": float(model.bounds_margin),
-        "extrapolation_tolerance": float(model.extrapolation_tolerance),
-        "max_reduced_chi2": float(model.max_reduced_chi2),
-        "random_state": model.random_state if isinstance(model.random_state, int) else None,
-    }
+    for attr, (name, dims) in _STATE.items():
+        value = getattr(model, attr, None)
+        if value is not None:
+            ds[name] = (dims, np.asarray(value))
     ds.attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "params": json.dumps(params),
+        "params": _params_json(model),
         "training_hash": model.training_hash_,
         "n_training_stars": int(model.n_training_stars_),
         "calibration": json.dumps(getattr(model, "calibration_", None)),
@@ -101,30 +149,24 @@ def model_to_dataset(model) -> xr.Dataset:
 def save_model(model, path, *, overwrite: bool = True) -> Path:
     """Write a fitted model to ``path`` (``.nc`` → netCDF4/HDF5, ``.zarr`` → zarr).
 
-    The file is written to a temporary name and moved into place, so a crash never
-    leaves a half-written model under the final name.
+    Written through :func:`bayescannon.pipeline.atomic.atomic_path`: a crash never leaves a
+    half-written model under the final name, and the file honours the umask.
+
+    Raises
+    ------
+    ModelFileError
+        ``path`` exists and ``overwrite`` is False, or a parameter cannot be stored.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise ModelFileError(f"{path} exists and overwrite=False")
     ds = model_to_dataset(model)
-    engine = _engine(path) if path.suffix == ".zarr" else "h5netcdf"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")) / path.name
-    try:
-        if engine == "zarr":
+    zarr = path.suffix == ".zarr"
+    with atomic_path(path, overwrite=overwrite, directory=zarr) as tmp:
+        if zarr:
             ds.to_zarr(tmp, mode="w", consolidated=False)
-            if path.exists():
-                import shutil
-
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
         else:
             ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp.parent, ignore_errors=True)
     logger.info("saved model to %s", path)
     return path
 
@@ -170,18 +212,8 @@ def model_from_dataset(ds: xr.Dataset, cls=None, source: str = "dataset"):
     if missing:
         raise ModelFileError(f"{source} is missing model variables {missing} (corrupted or truncated file)")
     try:
-        params = json.loads(ds.attrs["params"])
-        model = cls(
-            params["label_names"],
-            params["order"],
-            regularization=params["regularization"],
-            n_starts=params["n_starts"],
-            n_candidates=params["n_candidates"],
-            bounds_margin=params["bounds_margin"],
-            extrapolation_tolerance=params["extrapolation_tolerance"],
-            max_reduced_chi2=params["max_reduced_chi2"],
-            random_state=params["random_state"],
-        )
+        params = _params_from_json(ds.attrs["params"])
+        model = cls(**params)
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{source} has unreadable model parameters: {exc}") from exc
     vec = model.vectorizer
@@ -218,9 +250,15 @@ def model_from_dataset(ds: xr.Dataset, cls=None, source: str = "dataset"):
     model.package_version_ = str(ds.attrs.get("package_version", "unknown"))
     calib = ds.attrs.get("calibration")
     model.calibration_ = json.loads(calib) if calib else None
-    extra = {}
-    for name in ds.data_vars:
-        if name.startswith("extra_"):
-            extra[name] = (ds[name].dims, np.asarray(ds[name].values))
-    model.extra_state_ = extra
+    names = {attr: name for attr, (name, _) in _STATE.items()} if version >= 2 else _V1_NAMES
+    for attr in _STATE:
+        name = names.get(attr)
+        value = np.asarray(ds[name].values) if name is not None and name in ds else None
+        if value is not None and value.ndim == 0:
+            value = bool(value) if attr in ("latent_converged_", "latent_calibrated_") else int(value)
+        setattr(model, attr, value)
+    if version < 2 and model.censors is None and not model.censor_mask_.all():
+        # version 1 did not store the censors: the fitted mask, per censored label, rebuilds them
+        mask = model.censor_mask_
+        model.censors = {n: mask[:, k].copy() for k, n in enumerate(model.label_names) if not mask[:, k].all()}
     return model

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError
-from bayescannon.plots import save_figure
 from bayescannon._version import __version__
+from bayescannon.plots import save_figure
+
+from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 

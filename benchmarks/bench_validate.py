@@ -1,7 +1,7 @@
 """Benchmark: 8-fold cross-validation of 10,000 stars × 3,900 pixels × 5 labels.
 
 Target (issue 5): ≤ 5 minutes on 2 cores. The spectra come from a known quadratic
-Cannon model (bayescannon.validate.mock_quadratic_survey) with labels TEFF, LOGG,
+Cannon model (bayescannon.simulate.mock_quadratic_survey) with labels TEFF, LOGG,
 FE_H, ALPHA_FE, VMACRO; timing covers the folds only (8 trainings on 8,750 stars and 8
 test steps on 1,250 stars), not the simulation.
 

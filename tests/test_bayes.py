@@ -10,9 +10,9 @@ import xarray as xr
 
 from bayescannon import CannonModel
 from bayescannon.bayes import LabelPosterior, label_log_likelihood, star_statistics
-from bayescannon.errors import SamplingError
 from bayescannon.core.likelihood import log_likelihood
 from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.errors import SamplingError
 
 NAMES = ["A", "B", "C"]
 NOISE = 0.01
@@ -132,7 +132,7 @@ def test_plots(setup):
     import matplotlib
 
     matplotlib.use("Agg")
-    from bayescannon.bayes.diagnostics import plot_coverage, plot_corner, plot_posterior_vs_laplace
+    from bayescannon.bayes.diagnostics import plot_corner, plot_coverage, plot_posterior_vs_laplace
 
     model, post, theta, rng = setup
     flux, ivar, x = _simulate(rng, theta, 2)

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.core.uncertainty import check_label_errors, conformal_quantiles, coverage_curve, fit_error_model, interval_factor
-from bayescannon.errors import LabelError, NotCalibratedError, ShapeMismatchError
 from bayescannon.bayes import calibrate
+from bayescannon.core.uncertainty import (
+    check_label_errors,
+    conformal_quantiles,
+    coverage_curve,
+    fit_error_model,
+    interval_factor,
+)
+from bayescannon.errors import LabelError, NotCalibratedError, ShapeMismatchError
 
 EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]

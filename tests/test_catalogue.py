@@ -7,9 +7,17 @@ import pytest
 import xarray as xr
 from astropy.table import Table
 
-from bayescannon.survey.catalogue import catalogue_config, join_catalogues, label_description, make_catalogue, read_catalogue, result_to_table, write_table
 from bayescannon.errors import CrossMatchError
 from bayescannon.flags import StarFlag
+from bayescannon.survey.catalogue import (
+    catalogue_config,
+    join_catalogues,
+    label_description,
+    make_catalogue,
+    read_catalogue,
+    result_to_table,
+    write_table,
+)
 from bayescannon.validate.quality import assess
 
 NAMES = ["TEFF", "LOGG", "FE_H", "MG_FE"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.survey.cleanup import clean_reference_set, robust_scatter
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.simulate import mock_quadratic_survey
+from bayescannon.survey.cleanup import clean_reference_set, robust_scatter
 
 LABELS = ["TEFF", "LOGG", "FE_H"]
 N_STARS = 240

@@ -7,8 +7,14 @@ import pytest
 from astropy.table import Table
 from conftest import shared_file
 
-from bayescannon.validate.clusters import LITERATURE_FE_H, cluster_statistics, cluster_trends, membership_table, read_apogee_cluster_members
 from bayescannon.errors import CrossMatchError, SurveyFormatError
+from bayescannon.validate.clusters import (
+    LITERATURE_FE_H,
+    cluster_statistics,
+    cluster_trends,
+    membership_table,
+    read_apogee_cluster_members,
+)
 
 NAMES = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
 

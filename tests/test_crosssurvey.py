@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
 from bayescannon.errors import CrossMatchError
 from bayescannon.simulate import mock_quadratic_survey
+from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
 
 NAMES = ["TEFF", "LOGG", "FE_H"]
 OFFSET_B = np.array([80.0, 0.15, -0.08])  # pipeline B − truth

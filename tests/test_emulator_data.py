@@ -1,11 +1,10 @@
 """Realistic check on the APOGEE emulator (../shared/data; skipped when absent)."""
 
 import numpy as np
+from conftest import shared_file
 
 from bayescannon import CannonModel
 from bayescannon.core.likelihood import adjusted_ivar
-
-from conftest import shared_file
 
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from bayescannon import CannonModel
-from bayescannon.errors import InvalidInputError, LabelError, ShapeMismatchError
-from bayescannon.core.latent import affine_alignment, calibrated_combination, label_prior_statistics
 from bayescannon.core.labelfit import LabelFit
+from bayescannon.core.latent import affine_alignment, calibrated_combination, label_prior_statistics
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.errors import InvalidInputError, LabelError, ShapeMismatchError
 
 NAMES = ["A", "B", "C"]
 

@@ -12,9 +12,9 @@ from astropy.table import Table
 from bayescannon.cli import main
 from bayescannon.errors import InvalidInputError, SurveyFormatError
 from bayescannon.io import read_apstar, read_aspcapstar, read_labels, read_lamost
+from bayescannon.simulate import PIPELINE_NOISE
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, LABELS, apogee_id, lamost_designation, make_mock_survey
 from bayescannon.survey.reference import crossmatch_sky
-from bayescannon.simulate import PIPELINE_NOISE
 
 C_KMS = 299_792.458
 N_BOTH, N_LAMOST, N_APOGEE = 28, 10, 4

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import LABELS, Truth
 
 from bayescannon import CannonModel
 from bayescannon.errors import (
@@ -14,8 +15,6 @@ from bayescannon.errors import (
     NotFittedError,
     ShapeMismatchError,
 )
-
-from conftest import LABELS, Truth
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import LABELS
 
 from bayescannon import CannonModel
 from bayescannon.errors import ModelFileError
-
-from conftest import LABELS
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])
@@ -27,6 +26,13 @@ def test_round_trip_is_bit_identical(trained, tmp_path, suffix):
     from bayescannon import __version__
 
     assert loaded.package_version_ == __version__
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.training_labels_scaled_, model.training_labels_scaled_)
+    np.testing.assert_array_equal(loaded.theta_leverage_, model.theta_leverage_)
+    np.testing.assert_array_equal(loaded.train_weight_, model.train_weight_)
+    assert loaded.latent_labels_ is None and model.latent_labels_ is None
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
 def test_censors_and_regularisation_survive(tmp_path):
@@ -39,6 +45,10 @@ def test_censors_and_regularisation_survive(tmp_path):
     m = CannonModel(LABELS, regularization=10.0, censors={"FE_H": [(5000, 5010)]}).fit(flux, ivar, y, wavelength=wl)
     loaded = CannonModel.load(m.save(tmp_path / "m.nc"))
     assert loaded.regularization == 10.0
+    assert loaded.get_params()["censors"] == {"FE_H": [[5000.0, 5010.0]]}
+    refit = loaded.clone().fit(flux, ivar, y, wavelength=wl)
+    np.testing.assert_array_equal(refit.censor_mask_, m.censor_mask_)
+    np.testing.assert_array_equal(refit.predict(y), m.predict(y))
     np.testing.assert_array_equal(loaded.censor_mask_, m.censor_mask_)
     assert not loaded.censor_mask_[wl > 5010.5, 2].any()
     np.testing.assert_array_equal(loaded.predict(y), m.predict(y))
@@ -73,3 +83,51 @@ def test_save_is_atomic_and_leaves_no_temporary_files(trained, tmp_path):
     model.save(tmp_path / "m.nc")
     model.save(tmp_path / "m.nc")  # overwrite
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nc"]
+
+
+def test_boolean_censors_and_latent_state_round_trip(tmp_path):
+    from conftest import Truth
+
+    tr = Truth(n_pixels=30, seed=5)
+    y = tr.labels(120)
+    flux, ivar = tr.spectra(y, np.median(y, 0), np.ptp(y, 0))
+    mask = np.arange(30) % 3 != 0
+    err = np.abs(y) * 0.0 + np.array([40.0, 0.1, 0.05])
+    m = CannonModel(LABELS, censors={"LOGG": mask}).fit(flux, ivar, y, label_errors=err, max_iter=4)
+    loaded = CannonModel.load(m.save(tmp_path / "m.zarr"))
+    assert loaded.censors["LOGG"].dtype == bool
+    np.testing.assert_array_equal(loaded.censors["LOGG"], mask)
+    assert m.latent_labels_.shape == (120, 3) and not np.array_equal(m.latent_labels_, m.training_labels_scaled_)
+    for attr in ("latent_labels_", "training_labels_scaled_", "theta_leverage_", "train_weight_"):
+        np.testing.assert_array_equal(getattr(loaded, attr), getattr(m, attr), err_msg=attr)
+    for attr in ("latent_iterations_", "latent_converged_", "latent_calibrated_", "latent_trend_order_"):
+        assert getattr(loaded, attr) == getattr(m, attr), attr
+    assert loaded.extra_state_.keys() == m.extra_state_.keys()
+    a, b = m.infer(flux[:20], ivar[:20]), loaded.infer(flux[:20], ivar[:20])
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_version_1_files_are_still_read(trained, tmp_path):
+    tr, model = trained
+    ds = model.to_dataset()
+    ds = ds.rename_vars({"theta_leverage": "extra_theta_leverage", "train_weight": "extra_train_weight"})
+    ds = ds.drop_vars("training_labels")
+    ds.attrs["format_version"] = 1
+    ds.to_netcdf(tmp_path / "v1.nc", engine="h5netcdf")
+    loaded = CannonModel.load(tmp_path / "v1.nc")
+    np.testing.assert_array_equal(loaded.theta_leverage_, model.theta_leverage_)
+    assert loaded.training_labels_scaled_ is None
+    y = tr.labels(5)
+    np.testing.assert_array_equal(loaded.predict(y), model.predict(y))
+
+
+def test_flag_descriptions_are_those_of_their_flag_type(trained):
+    from bayescannon.flags import PixelFlag, StarFlag, flag_doc
+
+    _, model = trained
+    attrs = model.to_dataset().attrs
+    assert attrs["pixel_flag_FEW_STARS"] == "bit 0 (value 1): fewer usable training stars than terms+1; neutral model"
+    assert attrs["pixel_flag_NOT_CONVERGED"].endswith("scatter optimisation did not converge")
+    assert flag_doc(StarFlag)["NOT_CONVERGED"].endswith("label fit did not converge")
+    assert flag_doc(PixelFlag)["SINGULAR"].endswith("singular design at this pixel; neutral model")

@@ -8,8 +8,14 @@ from astropy.table import Table
 
 from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError
-from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors, flux_error_scale, precision_model, repeat_pairs
 from bayescannon.simulate import mock_quadratic_survey
+from bayescannon.validate.repeats import (
+    calibrate_from_repeats,
+    compare_errors,
+    flux_error_scale,
+    precision_model,
+    repeat_pairs,
+)
 
 NAMES = ["TEFF", "FE_H"]
 TRUE_PREC = np.array([[300.0, 30.0, 20.0], [0.25, 40.0, 0.02]])  # a, b, c per label

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from bayescannon.core import scaling
-from bayescannon.errors import LabelError
 from bayescannon.core.likelihood import adjusted_ivar, log_likelihood
+from bayescannon.errors import LabelError
 
 
 def test_scaling_is_median_and_central_95_percent():

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from bayescannon.flags import PixelFlag
 from bayescannon.core.train import fit_pixels, profile_log_likelihood
 from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.flags import PixelFlag
 
 
 def simulate(n=800, p=400, seed=0, snr=100.0, s2_scale=1e-4, zero_fraction=0.25):

@@ -1,5 +1,5 @@
 """Cross-validation, bootstrap and binned statistics on data from a known quadratic
-Cannon model (bayescannon.validate.mock_quadratic_survey)."""
+Cannon model (bayescannon.simulate.mock_quadratic_survey)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from astropy.table import Table
 
 from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError, InvalidInputError
+from bayescannon.simulate import mock_quadratic_survey
 from bayescannon.validate import (
     binned_statistics,
     bootstrap,
-    clone_model,
     cross_validate,
     make_folds,
     summary_statistics,
 )
-from bayescannon.simulate import mock_quadratic_survey
 
 LABELS = ["TEFF", "LOGG", "FE_H"]
 
@@ -29,7 +28,7 @@ def survey():
 
 @pytest.fixture(scope="module")
 def cv(survey):
-    return cross_validate(CannonModel(LABELS), survey, n_folds=4, random_state=1, n_jobs=1)
+    return cross_validate(CannonModel(LABELS, random_state=0), survey, n_folds=4, random_state=1, n_jobs=1)
 
 
 def test_summary_statistics_match_numpy_definitions():
@@ -67,10 +66,10 @@ def test_cross_validation_recovers_truth_within_formal_errors(cv, survey):
     n = survey.sizes["star"]
     # every star predicted exactly once, by the model of its own fold
     assert np.bincount(pred["fold"].values).sum() == n
-    assert np.all(np.isfinite(pred["inferred"].values))
+    assert np.all(np.isfinite(pred["labels"].values))
     truth = np.column_stack([survey[k].values for k in LABELS])
     assert np.array_equal(pred["reference"].values, truth)
-    z = (pred["inferred"].values - truth) / pred["errors"].values
+    z = (pred["labels"].values - truth) / pred["errors"].values
     # the mock is an exact quadratic model: errors are right up to the θ uncertainty of
     # a model trained on 180 stars with 10 terms (≈ sqrt(1 + 10/180) ≈ 1.03)
     assert np.all(np.abs(np.mean(z, axis=0)) < 4.0 / np.sqrt(n))
@@ -113,10 +112,10 @@ def test_binned_statistics_reports_skipped_bins():
 
 
 def test_parallel_folds_give_the_serial_result(survey, cv):
-    par = cross_validate(CannonModel(LABELS), survey, n_folds=4, random_state=1, n_jobs=2)
+    par = cross_validate(CannonModel(LABELS, random_state=0), survey, n_folds=4, random_state=1, n_jobs=2)
     assert np.array_equal(par.predictions["fold"].values, cv.predictions["fold"].values)
     # other thread counts sum in another order: equal to far below the label errors
-    diff = np.abs(par.predictions["inferred"].values - cv.predictions["inferred"].values)
+    diff = np.abs(par.predictions["labels"].values - cv.predictions["labels"].values)
     assert np.all(diff < 1e-3 * cv.predictions["errors"].values)
 
 
@@ -144,11 +143,26 @@ def test_bootstrap_spread_is_the_finite_reference_set_part_of_the_error(survey, 
     assert len(t) == survey.sizes["star"] and "e_BOOT_TEFF" in t.colnames
 
 
-def test_clone_keeps_the_settings():
-    m = CannonModel(LABELS, 2, regularization=0.5, n_starts=3, random_state=7)
-    c = clone_model(m)
-    assert c is not m and not c.is_fitted
-    assert (c.label_names, c.regularization, c.n_starts, c.random_state) == (LABELS, 0.5, 3, 7)
+def test_cv_predictions_are_the_infer_dataset_of_each_fold(cv, survey):
+    pred = cv.predictions
+    flux, ivar = survey["flux"].values, survey["ivar"].values
+    truth = np.column_stack([survey[k].values for k in LABELS])
+    fold = pred["fold"].values
+    test = np.flatnonzero(fold == 2)
+    model = CannonModel(LABELS, random_state=0).fit(flux[fold != 2], ivar[fold != 2], truth[fold != 2],
+                                    wavelength=survey["wavelength"].values)
+    ref = model.infer(flux[test], ivar[test], wavelength=survey["wavelength"].values)
+    assert set(ref.data_vars) <= set(pred.data_vars)
+    assert {"reference", "fold", "snr", "covariance"} <= set(pred.data_vars)
+    assert pred["covariance"].dims == ("star", "label_name", "label_name_2")
+    for name in ref.data_vars:
+        np.testing.assert_array_equal(pred[name].values[test], ref[name].values, err_msg=name)
+        assert pred[name].dims == ref[name].dims
+    assert pred["labels"].attrs["units"] == ref["labels"].attrs["units"]
+    assert list(pred["star"].values[test]) == list(survey["star"].values[test])
+    # the deprecated alias and the accessor are the labels themselves
+    np.testing.assert_array_equal(pred["inferred"].values, pred["labels"].values)
+    np.testing.assert_array_equal(cv.inferred.values, pred["labels"].values)
 
 
 def test_validate_command_writes_tables_and_report(tmp_path, survey, capsys):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.errors import InvalidInputError, LabelError
 
 
 def test_exact_quadratic_vector():

@@ -7,11 +7,11 @@ Never imported by :mod:`bayescannon.core` or :mod:`bayescannon.model`.
 from .calibration import calibrate, coverage_report
 from .latent import sample_latent_labels
 from .posterior import (
-    label_log_likelihood,
     LabelPosterior,
+    label_log_likelihood,
+    prior_bounds,
     sample_labels,
     star_statistics,
-    prior_bounds,
 )
 
 __all__ = [

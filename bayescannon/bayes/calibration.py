@@ -39,24 +39,6 @@ __all__ = ["calibrate", "coverage_report"]
 
 
 # --------------------------------------------------------------------------- calibration runs
-def _clone(model):
-    censors = model.censors
-    if censors is None and getattr(model, "censor_mask_", None) is not None and not model.censor_mask_.all():
-        censors = {n: model.censor_mask_[:, k] for k, n in enumerate(model.label_names) if not model.censor_mask_[:, k].all()}
-    return type(model)(
-        model.label_names,
-        model.order,
-        regularization=model.regularization,
-        censors=censors,
-        n_starts=model.n_starts,
-        n_candidates=model.n_candidates,
-        bounds_margin=model.bounds_margin,
-        extrapolation_tolerance=model.extrapolation_tolerance,
-        max_reduced_chi2=model.max_reduced_chi2,
-        random_state=model.random_state,
-    )
-
-
 def _usable(result):
     bad = StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED | StarFlag.SINGULAR_COVARIANCE
     return (np.asarray(result["flags"].values) & int(bad)) == 0
@@ -142,7 +124,7 @@ def calibrate(
         kw = dict(fit_kwargs or {})
         for f in folds:
             tr, te = fold != f, fold == f
-            sub = _clone(model)
+            sub = model.clone()
             if fit_label_errors and label_errors is not None:
                 kw["label_errors"] = np.asarray(label_errors)[tr]
             sub.fit(flux[tr], ivar[tr], y[tr], wavelength=model.wavelength_, **kw)

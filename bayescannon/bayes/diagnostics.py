@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayescannon.errors import InvalidInputError
 from bayescannon.core import scaling
-from bayescannon.core.uncertainty import calibrated_errors
-from bayescannon.core.uncertainty import leverage
-from bayescannon.core.uncertainty import coverage_curve
+from bayescannon.core.uncertainty import calibrated_errors, coverage_curve, leverage
+from bayescannon.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 

@@ -36,16 +36,14 @@ import time
 import numpy as np
 import xarray as xr
 
+from bayescannon.bayes.diagnostics import summarize
 from bayescannon.core import scaling
-from bayescannon.errors import InvalidInputError, SamplingError, ShapeMismatchError
-from bayescannon.flags import PixelFlag
-from bayescannon.core.uncertainty import kappa
 from bayescannon.core.labelfit import sufficient_statistics
 from bayescannon.core.likelihood import adjusted_ivar
-from bayescannon.spectra import unpack_spectra
-from bayescannon.spectra import default_ids
-from bayescannon.core.uncertainty import theta_state
-from bayescannon.bayes.diagnostics import summarize
+from bayescannon.core.uncertainty import kappa, theta_state
+from bayescannon.errors import InvalidInputError, SamplingError, ShapeMismatchError
+from bayescannon.flags import PixelFlag
+from bayescannon.spectra import default_ids, unpack_spectra
 
 logger = logging.getLogger(__name__)
 

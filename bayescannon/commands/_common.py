@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayescannon.io import read_labels, read_spectra
+
 from ..errors import InvalidInputError, LabelError
-from bayescannon.io import read_spectra
-from bayescannon.io import read_labels
 
 
 def load_spectra(path):

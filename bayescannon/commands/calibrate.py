@@ -1,12 +1,11 @@
 """``bayescannon calibrate``: fit the calibrated error model and report coverage."""
 
 from __future__ import annotations
-from bayescannon.bayes import calibrate
+
+from bayescannon.bayes import calibrate, coverage_report
+from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.errors import LabelError
-from bayescannon.commands._common import join_labels
-from bayescannon.bayes import coverage_report
 from bayescannon.model import CannonModel
-from bayescannon.commands._common import load_spectra
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"

@@ -2,16 +2,16 @@
 a report."""
 
 from __future__ import annotations
-from bayescannon.survey.catalogue import make_catalogue, write_table
+
+from bayescannon.commands._common import load_spectra
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import StarFlag
 from bayescannon.io import read_labels
 from bayescannon.model import CannonModel
 from bayescannon.plots import alpha_vs_feh, kiel_diagram
-from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
 from bayescannon.report import Report
-from bayescannon.commands._common import load_spectra
-
+from bayescannon.survey.catalogue import make_catalogue, write_table
+from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
 
 NAME = "catalogue"
 HELP = "infer labels and write a survey catalogue (FITS) with quality flags, survey labels and a report"

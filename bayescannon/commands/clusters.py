@@ -4,15 +4,14 @@ offset from the literature, trends with Teff) with a report."""
 from __future__ import annotations
 
 from pathlib import Path
-from bayescannon.validate.clusters import read_apogee_cluster_members
-from bayescannon.io import read_labels
-from bayescannon.survey.catalogue import read_catalogue, write_table
-from bayescannon.validate.clusters import cluster_statistics, cluster_trends
+
 from bayescannon.errors import InvalidInputError
-from bayescannon.report import Report
-from bayescannon.validate.crossval import BAD_FIT_FLAGS
-from bayescannon.validate.clusters import match_members
+from bayescannon.io import read_labels
 from bayescannon.plots import new_figure
+from bayescannon.report import Report
+from bayescannon.survey.catalogue import read_catalogue, write_table
+from bayescannon.validate.clusters import cluster_statistics, cluster_trends, match_members, read_apogee_cluster_members
+from bayescannon.validate.crossval import BAD_FIT_FLAGS
 
 NAME = "clusters"
 HELP = "validate a catalogue on star-cluster members: per-cluster medians, scatter, literature offsets, trends"

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bayescannon.bayes import calibrate
-from bayescannon.survey.catalogue import result_to_table, write_table
 from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
 from bayescannon.plots import one_to_one
 from bayescannon.simulate.synthesis import simulate_survey
+from bayescannon.survey.catalogue import result_to_table, write_table
 
 NAME = "demo"
 HELP = "run the whole pipeline on a built-in mock survey"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from bayescannon.survey.catalogue import result_to_table, write_table
-from bayescannon.model import CannonModel
+
 from bayescannon.commands._common import load_spectra
-from bayescannon.survey.batch import infer_chunk_files
-from bayescannon.survey.batch import infer_chunked
+from bayescannon.model import CannonModel
+from bayescannon.survey.batch import infer_chunk_files, infer_chunked
+from bayescannon.survey.catalogue import result_to_table, write_table
 
 NAME = "infer"
 HELP = "infer labels of spectra with a trained model and write a FITS catalogue"

@@ -1,6 +1,7 @@
 """``bayescannon mock-survey``: the same stars seen by an APOGEE-like and a LAMOST-like survey."""
 
 from __future__ import annotations
+
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, make_mock_survey
 
 NAME = "mock-survey"

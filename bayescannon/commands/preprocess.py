@@ -10,8 +10,9 @@ at a time.
 from __future__ import annotations
 
 from pathlib import Path
-from bayescannon.errors import InvalidInputError
+
 from bayescannon import preprocess as pp
+from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 
 NAME = "preprocess"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from bayescannon.survey.catalogue import read_catalogue, write_table
+
 from bayescannon.errors import InvalidInputError
 from bayescannon.plots import precision_vs_snr
-from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors
 from bayescannon.report import Report
+from bayescannon.survey.catalogue import read_catalogue, write_table
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
+from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors
 
 NAME = "repeats"
 HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar+2022 §3.7)"

@@ -1,11 +1,12 @@
 """``bayescannon sample``: model + spectra + star ids → posterior file and diagnostics."""
 
 from __future__ import annotations
+
 from bayescannon.bayes import sample_labels
 from bayescannon.bayes.diagnostics import save_posterior, summary_table
+from bayescannon.commands._common import load_spectra
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
-from bayescannon.commands._common import load_spectra
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"

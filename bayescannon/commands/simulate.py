@@ -1,9 +1,10 @@
 """``bayescannon simulate``: write a mock survey with known labels."""
 
 from __future__ import annotations
-from bayescannon.survey.catalogue import write_table
+
 from bayescannon.io import write_spectra
 from bayescannon.simulate.synthesis import simulate_survey
+from bayescannon.survey.catalogue import write_table
 
 NAME = "simulate"
 HELP = "simulate a mock survey (spectra with known labels)"

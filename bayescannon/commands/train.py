@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from bayescannon.model import CannonModel
+
 from ..errors import InvalidInputError
 from ._common import join_labels, load_spectra, parse_censors
-from bayescannon.model import CannonModel
 
 NAME = "train"
 HELP = "train a Cannon model on spectra with known labels"

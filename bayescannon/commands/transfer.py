@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from bayescannon.survey.transfer import STEPS
-from bayescannon.survey.transfer import TransferPipeline
+
+from bayescannon.survey.transfer import STEPS, TransferPipeline
 
 NAME = "transfer"
 HELP = "transfer labels from one survey to another's spectra (Ho+2017 pipeline, TOML-configured)"

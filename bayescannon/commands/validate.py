@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._common import join_labels, load_spectra, parse_censors
-from bayescannon.survey.catalogue import write_table
 from bayescannon.model import CannonModel
 from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
 from bayescannon.report import Report
-from bayescannon.validate.crossval import bootstrap, cross_validate
+from bayescannon.survey.catalogue import write_table
+from bayescannon.validate.bootstrap import bootstrap
+from bayescannon.validate.crossval import cross_validate
+
+from ._common import join_labels, load_spectra, parse_censors
 
 NAME = "validate"
 HELP = "cross-validate a Cannon model on its reference set (k-fold + bootstrap) and write a report"
@@ -63,7 +65,7 @@ def run(args) -> int:
     rep.add_heading("Bias and scatter per label")
     rep.add_table(cv.summary, caption="cross-validated labels − reference labels")
     units = {"TEFF": "K"}
-    ref, inf = cv.predictions["reference"].values, cv.predictions["inferred"].values
+    ref, inf = cv.predictions["reference"].values, cv.predictions["labels"].values
     rep.add_figure(one_to_one(ref, inf, args.labels, color=snr, color_label="S/N" if snr is not None else None,
                               units=units), "one_to_one", caption="cross-validated vs reference labels")
     if snr is not None:

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
 from bayescannon.core._kernels import levenberg_marquardt
 
 logger = logging.getLogger(__name__)

@@ -90,11 +90,9 @@ from bayescannon.core.train import (
     _unpack,
     fit_pixels,
 )
-from bayescannon.core.uncertainty import check_label_errors, error_model_covariance
+from bayescannon.core.uncertainty import check_label_errors, error_model_covariance, fit_error_model
 from bayescannon.core.vectorizer import PolynomialVectorizer
-from bayescannon.errors import InvalidInputError
-from bayescannon.core.uncertainty import fit_error_model
-from bayescannon.errors import InsufficientDataError
+from bayescannon.errors import InsufficientDataError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 

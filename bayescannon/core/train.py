@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bayescannon.core._kernels import log_likelihood_terms, score_terms, solve_packed, weights
+from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import PixelFlag
-from bayescannon.core.likelihood import adjusted_ivar
-from bayescannon.core._kernels import log_likelihood_terms, score_terms, solve_packed, weights
 
 logger = logging.getLogger(__name__)
 

@@ -42,13 +42,10 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
-from bayescannon.flags import flag_header
-from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit
-from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError
-from bayescannon.flags import StarFlag
-from bayescannon.validate.crossval import model_params
-from bayescannon.errors import SurveyFormatError
 from bayescannon._version import __version__
+from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError, SurveyFormatError
+from bayescannon.flags import StarFlag, flag_header
+from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +318,7 @@ def make_catalogue(
     meta = {}
     if model is not None:
 
-        params = model_params(model)
+        params = model.get_params()
         params.pop("censors", None)
         cfg.setdefault("model", {k: v for k, v in params.items() if _jsonable(v)})
         if getattr(model, "training_hash_", None):

@@ -37,8 +37,8 @@ from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.flags import StarFlag, describe
-from bayescannon.validate.crossval import clone_model, cross_validate
-from bayescannon.validate.crossval import n_model_terms, prepare_data
+from bayescannon.validate.crossval import cross_validate
+from bayescannon.validate.parallel import n_model_terms, prepare_data
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def _infer_reference(model, flux, ivar, labels, wavelength, ids, mode, n_folds, 
         cv = cross_validate(model, flux, ivar, labels, n_folds=n_folds, random_state=random_state,
                             wavelength=wavelength, ids=ids, n_jobs=n_jobs)
         pred = cv.predictions
-        return np.asarray(pred["inferred"].values), np.asarray(pred["flags"].values, dtype=np.int64)
-    fitted = clone_model(model).fit(flux, ivar, labels, wavelength=wavelength, ids=ids)
+        return np.asarray(pred["labels"].values), np.asarray(pred["flags"].values, dtype=np.int64)
+    fitted = model.clone().fit(flux, ivar, labels, wavelength=wavelength, ids=ids)
     res = fitted.infer(flux, ivar, ids=ids, wavelength=wavelength)
     return np.asarray(res["labels"].values), np.asarray(res["flags"].values, dtype=np.int64)
 

@@ -31,9 +31,9 @@ import xarray as xr
 from astropy.table import Table, vstack
 
 from bayescannon.errors import CrossMatchError, InsufficientDataError, InvalidInputError, LabelError
-from bayescannon.validate.crossval import summary_statistics
-from bayescannon.survey.catalogue import make_catalogue
 from bayescannon.model import CannonModel
+from bayescannon.survey.catalogue import make_catalogue
+from bayescannon.validate.stats import summary_statistics
 
 logger = logging.getLogger(__name__)
 

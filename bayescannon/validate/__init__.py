@@ -2,19 +2,9 @@
 repeat-based errors and open clusters.
 """
 
-from .crossval import (
-    CrossValidation,
-    BootstrapResult,
-    cross_validate,
-    bootstrap,
-    make_folds,
-    summary_statistics,
-    binned_statistics,
-    clone_model,
-    model_params,
-    DEFAULT_SNR_BINS,
-    BAD_FIT_FLAGS,
-)
+from .bootstrap import BootstrapResult, bootstrap
+from .crossval import BAD_FIT_FLAGS, CrossValidation, cross_validate, make_folds
+from .stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
 
 __all__ = [
     "CrossValidation",
@@ -24,8 +14,6 @@ __all__ = [
     "make_folds",
     "summary_statistics",
     "binned_statistics",
-    "clone_model",
-    "model_params",
     "DEFAULT_SNR_BINS",
     "BAD_FIT_FLAGS",
 ]

@@ -26,7 +26,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError, SurveyFormatError
-from bayescannon.validate.crossval import summary_statistics
+from bayescannon.validate.stats import summary_statistics
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,9 @@ import numpy as np
 import xarray as xr
 from astropy.table import MaskedColumn, Table
 
-from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
-from bayescannon.flags import StarFlag, flag_doc
 from bayescannon.core import scaling
-from bayescannon.flags import flag_header
+from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
+from bayescannon.flags import StarFlag, flag_doc, flag_header
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.table import Table
 
-from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
-from bayescannon.validate.crossval import summary_statistics
 from bayescannon.core.likelihood import adjusted_ivar
+from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
+from bayescannon.validate.stats import summary_statistics
 
 logger = logging.getLogger(__name__)
 
