@@ -508,7 +508,16 @@ def read_catalogue(path) -> Table:
         "ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=u.UnitsWarning, message=".*dex.*")
-        return Table.read(path, format=fmt)
+        table = Table.read(path, format=fmt)
+    if fmt == "fits":  # column descriptions travel as TCOMMn
+        hdr = fits.getheader(path, 1)
+        for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
+            name, comm = hdr.get(f"TTYPE{i}"), hdr.get(f"TCOMM{i}")
+            if comm and name in table.colnames and not table[name].description:
+                table[name].description = comm
+        for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
+            table.meta.pop(f"TCOMM{i}", None)
+    return table
 
 
 def _fits_hdu(table: Table) -> fits.BinTableHDU:
