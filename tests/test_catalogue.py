@@ -8,9 +8,17 @@ import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
 
-from bayescannon.survey.catalogue import catalogue_config, join_catalogues, label_description, make_catalogue, read_catalogue, result_to_table, write_table
 from bayescannon.errors import CrossMatchError
 from bayescannon.flags import StarFlag
+from bayescannon.survey.catalogue import (
+    catalogue_config,
+    join_catalogues,
+    label_description,
+    make_catalogue,
+    read_catalogue,
+    result_to_table,
+    write_table,
+)
 from bayescannon.validate.quality import assess
 
 NAMES = ["TEFF", "LOGG", "FE_H", "MG_FE"]
@@ -50,11 +58,14 @@ def test_fits_round_trip_keeps_units_masks_and_flag_bits(tmp_path):
     res = _result()
     path = write_table(result_to_table(res, meta={"SURVEY": "MOCK"}), tmp_path / "cat.fits")
     t = read_catalogue(path)  # filterwarnings=error: no UnitsWarning, no VerifyWarning
-    # dex is written as TUNITn = 'dex' (astropy itself drops it) and read back by name
-    assert t["TEFF"].unit == "K" and str(t["LOGG"].unit) == "dex" and str(t["MG_FE"].unit) == "dex"
+    # dex is no FITS unit (astropy drops u.dex and warns on TUNITn = 'dex'): the DEXCOLS
+    # card names the dex columns and read_catalogue restores them
+    assert t["TEFF"].unit == "K" and t["LOGG"].unit is None and t["MG_FE"].unit is None
+    assert t["LOGG"].meta["unit_text"] == "dex" and t["e_MG_FE"].meta["unit_text"] == "dex"
+    assert "unit_text" not in t["TEFF"].meta
     hdr = fits.getheader(path, 1)
     cols = {hdr[f"TTYPE{i}"]: i for i in range(1, hdr["TFIELDS"] + 1)}
-    assert hdr[f"TUNIT{cols['e_LOGG']}"] == "dex" and hdr[f"TDISP{cols['TEFF']}"].endswith(".1")
+    assert "e_LOGG" in hdr["DEXCOLS"].split() and hdr[f"TDISP{cols['TEFF']}"].endswith(".1")
     assert hdr[f"TCOMM{cols['e_TEFF']}"] == "formal 1-sigma uncertainty of TEFF"
     assert "ORIGIN" in hdr and "DATE" in hdr and "formal" in hdr["ERRMODEL"]
     # no model: the flags that need the training set are absent, never placeholders

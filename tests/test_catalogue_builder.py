@@ -89,7 +89,7 @@ def test_calibrated_model_catalogue_carries_calibrated_errors(calibrated):
 
 
 def test_flag_columns_are_evaluated_or_absent(calibrated):
-    model, ds, yt = calibrated
+    model, ds, _ = calibrated
     res = model.infer(ds, uncertainty="calibrated")
     # distance unit 0.1 of the box: inside it the 10 nearest of 400 training stars lie
     # ~0.07 box away (distance 1.2-1.7); the far star's fit stops at the search bound,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -498,17 +497,16 @@ def catalogue_config(table: Table) -> dict:
 
 
 def read_catalogue(path) -> Table:
-    """Read a catalogue written by :func:`write_table` (FITS, ECSV or CSV); ``dex``
-    units written to FITS come back as the (unrecognised, but named) unit ``dex``."""
+    """Read a catalogue written by :func:`write_table` (FITS, ECSV or CSV); FITS column
+    descriptions come back from TCOMMn and the columns listed in ``DEXCOLS`` get
+    ``meta['unit_text'] = 'dex'`` again."""
     path = Path(path)
     if not path.exists():
         raise SurveyFormatError(f"catalogue {path} does not exist")
     name = path.name.lower()
     fmt = "fits" if name.endswith((".fits", ".fit", ".fits.gz")) else (
         "ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=u.UnitsWarning, message=".*dex.*")
-        table = Table.read(path, format=fmt)
+    table = Table.read(path, format=fmt)
     if fmt == "fits":  # column descriptions travel as TCOMMn
         hdr = fits.getheader(path, 1)
         for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
@@ -517,20 +515,24 @@ def read_catalogue(path) -> Table:
                 table[name].description = comm
         for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
             table.meta.pop(f"TCOMM{i}", None)
+        for name in str(hdr.get("DEXCOLS", "")).split():
+            if name in table.colnames:
+                table[name].meta["unit_text"] = "dex"
     return table
 
 
 def _fits_hdu(table: Table) -> fits.BinTableHDU:
-    """A binary-table HDU with TCOMMn (descriptions), TDISPn (formats) and the ``dex``
-    units astropy does not write itself (TUNITn)."""
+    """A binary-table HDU with TCOMMn (descriptions), TDISPn (formats) and the names of
+    the columns in dex (``DEXCOLS``): ``dex`` is no FITS unit, and a TUNITn = 'dex' makes
+    every plain ``Table.read`` warn (astropy drops ``u.dex`` itself)."""
     hdu = fits.table_to_hdu(table)
+    dex = [name for name in table.colnames if (table[name].meta or {}).get("unit_text") == "dex"]
+    if dex:
+        hdu.header["DEXCOLS"] = " ".join(dex)
     for i, name in enumerate(table.colnames, 1):
         col = table[name]
         if col.description:
             hdu.header[f"TCOMM{i}"] = fits_safe(str(col.description))[:68]
-        text = col.meta.get("unit_text") if col.meta else None
-        if text and f"TUNIT{i}" not in hdu.header:
-            hdu.header[f"TUNIT{i}"] = text
         if col.format and f"TDISP{i}" not in hdu.header:
             disp = _tdisp(col.format)
             if disp:
