@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from astropy.io import fits
 from astropy.table import Table
 
 from bayescannon.errors import CrossMatchError
@@ -57,7 +58,19 @@ def test_fits_round_trip_keeps_units_masks_and_flag_bits(tmp_path):
     res = _result()
     path = write_table(result_to_table(res, meta={"SURVEY": "MOCK"}), tmp_path / "cat.fits")
     t = read_catalogue(path)  # filterwarnings=error: no UnitsWarning, no VerifyWarning
+    # dex is no FITS unit (astropy drops u.dex and warns on TUNITn = 'dex'): the DEXCOLS
+    # card names the dex columns and read_catalogue restores them
     assert t["TEFF"].unit == "K" and t["LOGG"].unit is None and t["MG_FE"].unit is None
+    assert t["LOGG"].meta["unit_text"] == "dex" and t["e_MG_FE"].meta["unit_text"] == "dex"
+    assert "unit_text" not in t["TEFF"].meta
+    hdr = fits.getheader(path, 1)
+    cols = {hdr[f"TTYPE{i}"]: i for i in range(1, hdr["TFIELDS"] + 1)}
+    assert "e_LOGG" in hdr["DEXCOLS"].split() and hdr[f"TDISP{cols['TEFF']}"].endswith(".1")
+    assert hdr[f"TCOMM{cols['e_TEFF']}"] == "formal 1-sigma uncertainty of TEFF"
+    assert "ORIGIN" in hdr and "DATE" in hdr and "formal" in hdr["ERRMODEL"]
+    # no model: the flags that need the training set are absent, never placeholders
+    assert "FLAG_OUTSIDE_HULL" not in t.colnames and "FLAG_FAR_FROM_TRAINING" not in t.colnames
+    assert any("FLAG_OUTSIDE_HULL absent" in str(v) for k, v in t.meta.items() if k.startswith("FLAGNT"))
     assert "surface gravity" in t["LOGG"].description and t["MG_FE"].description.startswith("[Mg/Fe]")
     for name in NAMES:
         assert t[name].mask[2] and not t[name].mask[[0, 1, 3]].any()
@@ -79,10 +92,14 @@ def test_asymmetric_errors_become_upper_and_lower_columns():
         np.testing.assert_allclose(t[f"e_{name}"][[0, 1]], 0.5 * res["errors"].values[[0, 1], k])
     assert label_description("ALPHA_M") == "[alpha/M] (dex)"
     cal = _result()
+    cal["errors_formal"] = cal["errors"] * 0.1
+    cal["half_width_68"] = cal["errors"] * 1.1
     cal["half_width_95"] = cal["errors"] * 2.2
     t = result_to_table(cal)
     np.testing.assert_allclose(t["HW95_TEFF"][[0, 1]], 2.2 * cal["errors"].values[[0, 1], 0])
     assert t["HW95_TEFF"].unit == "K" and t["HW95_TEFF"].mask[2]
+    np.testing.assert_allclose(t["e_TEFF"][[0, 1]], cal["errors"].values[[0, 1], 0])  # calibrated, not formal
+    assert t.meta["ERRMODEL"].startswith("calibrated")
 
 
 @pytest.fixture
@@ -102,7 +119,10 @@ def catalogue_inputs(trained):
 def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
     model, ds, y = catalogue_inputs
     res = model.infer(ds)
-    q = assess(res, model=model, cv_scatter=[30.0, 0.05, 0.03], snr=ds["snr"].values, min_snr=60)
+    sflags = np.zeros(40, np.int64)
+    sflags[5] = 4
+    q = assess(res, model=model, cv_scatter=[30.0, 0.05, 0.03], snr=ds["snr"].values, min_snr=60,
+               survey_flags=sflags)
     survey = Table({"ID": ds["star"].values[::2].astype(str), "TEFF": y[::2, 0] + 50.0, "e_TEFF": np.full(20, 80.0)})
     cat = make_catalogue(res, model=model, spectra=ds, quality=q, training_ids=["S000", "S001"],
                          survey_labels=survey, survey_name="APOGEE", config={"n_folds": 8},
@@ -117,6 +137,7 @@ def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
     np.testing.assert_allclose(t["APOGEE_TEFF"][::2], y[::2, 0] + 50.0)
     assert t["APOGEE_TEFF"].mask[1::2].all()  # stars the survey table lacks are masked
     assert list(t["IN_TRAINING"]).count(True) == 2 and t["IN_TRAINING"][0]
+    assert np.flatnonzero(t["FLAG_SURVEY_FLAGGED"]).tolist() == [5] and t["SURVEY_FLAGS"][5] == 4
     low = t["SNR"] < 60
     assert np.array_equal(t["FLAG_LOW_SNR"], low) and np.array_equal((t["FLAGS"] & StarFlag.LOW_SNR) != 0, low)
     cfg = catalogue_config(t)

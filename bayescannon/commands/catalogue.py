@@ -3,6 +3,8 @@ a report."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from bayescannon.commands._common import load_spectra
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import StarFlag
@@ -10,8 +12,8 @@ from bayescannon.io import read_labels
 from bayescannon.model import CannonModel
 from bayescannon.plots import alpha_vs_feh, kiel_diagram
 from bayescannon.report import Report
-from bayescannon.survey.catalogue import make_catalogue, write_table
-from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table
+from bayescannon.survey.catalogue import build_catalogue, join_ids, resolve_uncertainty, spectra_snr, write_table
+from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table, training_labels
 
 NAME = "catalogue"
 HELP = "infer labels and write a survey catalogue (FITS) with quality flags, survey labels and a report"
@@ -35,6 +37,9 @@ def add_arguments(p):
     p.add_argument("--survey-name", default="SURVEY", help="prefix of the survey label columns")
     p.add_argument("--survey-flags-column", help="variable of the spectra file (or column of --survey-labels) "
                    "holding the survey pipeline's flags")
+    p.add_argument("--uncertainty", choices=["auto", "calibrated", "formal"], default="auto",
+                   help="errors of the catalogue: calibrated whenever the model is calibrated (auto), or formal "
+                   "on request (said so in the header)")
     p.add_argument("--n-starts", type=int, default=None)
     p.add_argument("--chunk-size", type=int, default=2000)
     p.add_argument("--report-format", choices=["md", "html"], default="html")
@@ -43,12 +48,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import numpy as np
-
-
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
-    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size, progressbar=not args.no_progress)
+    uncertainty = resolve_uncertainty(model, args.uncertainty)
+    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size, uncertainty=uncertainty,
+                         progressbar=not args.no_progress)
     names = list(model.label_names)
     training = None
     if args.training_labels:
@@ -58,7 +62,7 @@ def run(args) -> int:
             raise InvalidInputError(f"{args.training_labels} lacks label column(s) {missing}")
         training = np.column_stack([np.asarray(tt[n], dtype=float) for n in names])
     elif getattr(model, "training_labels_scaled_", None) is not None:
-        training = model.training_labels_scaled_ * model.label_scale_ + model.label_offset_
+        training = training_labels(model)
     scatter = None
     if args.cv_summary:
         cvs = read_labels(args.cv_summary)
@@ -73,12 +77,11 @@ def run(args) -> int:
         if args.survey_flags_column in ds:
             sflags = np.asarray(ds[args.survey_flags_column].values, dtype=np.int64)
         elif survey is not None and args.survey_flags_column in survey.colnames:
-            sid = np.asarray(survey[args.survey_id_column]).astype(str)
-            lookup = dict(zip(sid, np.ma.filled(survey[args.survey_flags_column], 0).astype(np.int64)))
-            sflags = np.array([lookup.get(s, 0) for s in np.asarray(ds["star"].values).astype(str)])
+            rows, hit = join_ids(ds["star"].values, survey[args.survey_id_column], what=args.survey_labels)
+            sflags = np.where(hit, np.ma.filled(survey[args.survey_flags_column], 0).astype(np.int64)[rows], 0)
         else:
             raise InvalidInputError(f"no survey flag column {args.survey_flags_column!r} in the spectra or survey table")
-    snr = ds["snr"].values if "snr" in ds else None
+    snr = spectra_snr(ds)
     threshold = args.distance_threshold if args.distance_threshold is not None else DEFAULT_DISTANCE_THRESHOLD
     quality = assess(result, training=training, cv_scatter=scatter if training is not None else None,
                      distance_threshold=threshold, hull=(not args.no_hull) and training is not None, snr=snr,
@@ -90,13 +93,13 @@ def run(args) -> int:
     config = {"model_file": str(args.model), "spectra": str(args.spectra), "distance_threshold": threshold,
               "min_snr": args.min_snr, "max_reduced_chi2": args.max_reduced_chi2, "min_pixels": args.min_pixels,
               "hull": not args.no_hull, "cv_summary": args.cv_summary}
-    cat = make_catalogue(result, model=model, spectra=ds, quality=quality, training_ids=training_ids,
-                         survey_labels=survey, survey_name=args.survey_name, survey_id_column=args.survey_id_column,
-                         config=config)
+    cat = build_catalogue(model, result, spectra=ds, quality=quality, training_ids=training_ids,
+                          survey_labels=survey, survey_name=args.survey_name, survey_id_column=args.survey_id_column,
+                          uncertainty=uncertainty, config=config)
     out = write_table(cat, args.output)
     ft = write_table(flag_table(quality), out.with_name(out.stem + "_flags.ecsv"))
     counts = [{"FLAG": f.name, "BIT": int(f).bit_length() - 1, "N": int(cat[f"FLAG_{f.name}"].sum())}
-              for f in StarFlag]
+              for f in StarFlag if f"FLAG_{f.name}" in cat.colnames]
     rep = Report(f"Catalogue {out.name}", formats=args.plot_formats)
     rep.add_text(f"{len(cat)} spectra; model {args.model} (training hash {model.training_hash_[:16]}…); "
                  f"{int((cat['FLAGS'] == 0).sum())} without any flag.")

@@ -7,7 +7,7 @@ from pathlib import Path
 from bayescannon.commands._common import load_spectra
 from bayescannon.model import CannonModel
 from bayescannon.survey.batch import infer_chunk_files, infer_chunked
-from bayescannon.survey.catalogue import result_to_table, write_table
+from bayescannon.survey.catalogue import build_catalogue, resolve_uncertainty, write_table
 
 NAME = "infer"
 HELP = "infer labels of spectra with a trained model and write a FITS catalogue"
@@ -20,28 +20,31 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
     p.add_argument("--chunk-size", type=int, default=1000, help="stars per chunk (bounds memory)")
-    p.add_argument("--uncertainty", choices=["formal", "calibrated"], default="formal")
+    p.add_argument("--uncertainty", choices=["auto", "calibrated", "formal"], default="auto",
+                   help="calibrated whenever the model is calibrated (auto), or formal on request (said so in the "
+                   "catalogue header)")
     p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them "
                    "(for long runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-
     model = CannonModel.load(args.model)
-    kwargs = dict(n_starts=args.n_starts, uncertainty=args.uncertainty)
+    uncertainty = resolve_uncertainty(model, args.uncertainty)
+    kwargs = {"n_starts": args.n_starts, "uncertainty": uncertainty}
+    spectra = None  # a chunk folder is never held in memory: no SNR column then
     if Path(args.spectra).is_dir():
-
         result = infer_chunk_files(model, args.spectra, args.work_dir, chunk_size=args.chunk_size,
                                    progressbar=not args.no_progress, **kwargs)
     elif args.work_dir:
-
-        result = infer_chunked(model, load_spectra(args.spectra), args.work_dir, chunk_size=args.chunk_size,
+        spectra = load_spectra(args.spectra)
+        result = infer_chunked(model, spectra, args.work_dir, chunk_size=args.chunk_size,
                                progressbar=not args.no_progress, **kwargs)
     else:
-        result = model.infer(load_spectra(args.spectra), chunk_size=args.chunk_size,
-                             progressbar=not args.no_progress, **kwargs)
-    table = result_to_table(result, meta={"MODELFIL": str(args.model)[-68:]})
+        spectra = load_spectra(args.spectra)
+        result = model.infer(spectra, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)
+    table = build_catalogue(model, result, spectra=spectra, uncertainty=uncertainty,
+                            config={"model_file": str(args.model), "spectra": str(args.spectra)})
     write_table(table, args.output)
     nflag = int((table["FLAGS"] != 0).sum())
     print(f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")

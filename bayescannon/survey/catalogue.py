@@ -34,34 +34,43 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Column, MaskedColumn, Table
+from astropy import units as u
+from astropy.io import fits
+from astropy.table import Column, MaskedColumn, Table, join
 
 from bayescannon._version import __version__
+from bayescannon.core.uncertainty import check_calibrated
 from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError, SurveyFormatError
 from bayescannon.flags import StarFlag, flag_header
-from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit
+from bayescannon.pipeline.atomic import atomic_path
+from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit, label_units_text
+from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, training_labels
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "result_to_table",
-    "make_catalogue",
-    "write_table",
-    "read_catalogue",
-    "catalogue_config",
-    "join_catalogues",
-    "label_unit",
-    "flag_header",
-    "fits_safe",
-    "label_description",
-    "LABEL_UNITS",
     "LABEL_DESCRIPTIONS",
+    "LABEL_UNITS",
+    "build_catalogue",
+    "catalogue_config",
+    "fits_safe",
+    "flag_header",
+    "is_calibrated",
+    "join_catalogues",
+    "join_ids",
+    "label_description",
+    "label_unit",
+    "make_catalogue",
+    "read_catalogue",
+    "resolve_uncertainty",
+    "result_to_table",
+    "spectra_snr",
+    "write_table",
 ]
 
 #: FITS-safe units of labels that have one. Gravities (log10 of g in cm s⁻²) and
@@ -86,6 +95,59 @@ def _masked(values, **kw):
     return Column(v, **kw)
 
 
+def join_ids(ids, other_ids, *, what: str = "table", require: str = "any"):
+    """Rows of ``other_ids`` that hold each of ``ids``: the one join by star id.
+
+    Parameters
+    ----------
+    ids : array_like (N,)
+        Ids to look up (compared as strings).
+    other_ids : array_like (M,)
+        Ids of the table to join; must be unique.
+    what : str
+        Name of the joined table, for error messages.
+    require : {"any", "all", "none"}
+        ``"all"``: every id must be found; ``"any"``: at least one; ``"none"``: no check.
+
+    Returns
+    -------
+    rows : ndarray of int (N,)
+        Row of ``other_ids`` for each id (0 where not found).
+    hit : ndarray of bool (N,)
+        Whether the id was found.
+
+    Raises
+    ------
+    CrossMatchError
+        Duplicated ids in ``other_ids``, or fewer matches than ``require`` asks for.
+    """
+    ids = np.asarray(ids).astype(str)
+    other = np.asarray(other_ids).astype(str)
+    order = np.argsort(other, kind="stable")
+    srt = other[order]
+    if srt.size > 1 and np.any(srt[1:] == srt[:-1]):
+        dup = np.unique(srt[1:][srt[1:] == srt[:-1]])
+        raise CrossMatchError(f"{what} has duplicated ids, e.g. {dup[:3].tolist()}")
+    if srt.size == 0:
+        rows, hit = np.zeros(ids.size, np.int64), np.zeros(ids.size, bool)
+    else:
+        pos = np.clip(np.searchsorted(srt, ids), 0, srt.size - 1)
+        hit = srt[pos] == ids
+        rows = np.where(hit, order[pos], 0)
+    if require == "all" and not hit.all():
+        raise CrossMatchError(f"{int((~hit).sum())} of {ids.size} ids are missing from {what}, "
+                              f"e.g. {ids[~hit][:3].tolist()}")
+    if require == "any" and ids.size and not hit.any():
+        raise CrossMatchError(f"no id joins {what} (ids e.g. {ids[:2].tolist()}, {what} e.g. {other[:2].tolist()})")
+    return rows, hit
+
+
+def _aligned(ids, other_ids, what):
+    """Row order that puts ``other_ids`` in the order of ``ids`` (all must be present)."""
+    rows, _ = join_ids(ids, other_ids, what=what, require="all")
+    return rows
+
+
 def _survey_columns(survey_labels, ids, prefix, id_column):
     """Columns of a survey's own labels for the rows ``ids`` (joined by id when the
     table has an id column, else row by row)."""
@@ -93,21 +155,7 @@ def _survey_columns(survey_labels, ids, prefix, id_column):
     if survey_labels is None:
         return out
     if isinstance(survey_labels, Table) and id_column in survey_labels.colnames:
-        sid = np.asarray(survey_labels[id_column]).astype(str)
-        uniq, counts = np.unique(sid, return_counts=True)
-        if (counts > 1).any():
-            raise CrossMatchError(f"survey label table has duplicated ids in {id_column}: {uniq[counts > 1][:3]}")
-        order = np.argsort(sid)
-        pos = np.searchsorted(sid[order], ids)
-        pos = np.clip(pos, 0, max(sid.size - 1, 0))
-        found = sid.size > 0
-        hit = (sid[order][pos] == ids) if found else np.zeros(ids.size, bool)
-        if not hit.any():
-            raise CrossMatchError(
-                f"no catalogue id joins the survey label table on {id_column!r} "
-                f"(catalogue e.g. {ids[:2].tolist()}, survey e.g. {sid[:2].tolist()})"
-            )
-        rows = order[pos]
+        rows, hit = join_ids(ids, survey_labels[id_column], what=f"the survey label table ({id_column})")
         logger.info("survey labels joined for %d of %d rows", int(hit.sum()), ids.size)
         for name in survey_labels.colnames:
             if name == id_column:
@@ -126,125 +174,272 @@ def _survey_columns(survey_labels, ids, prefix, id_column):
         v = np.asarray(values)
         if v.shape != (ids.size,):
             raise ShapeMismatchError(f"survey label {name} has shape {v.shape}; expected ({ids.size},)")
-        out[f"{prefix}{name}"] = _masked(v, unit=label_unit(str(name).removeprefix("e_").removeprefix("E_")),
-                                         description=f"survey pipeline {name}")
+        out[f"{prefix}{name}"] = _label_column(v, str(name).removeprefix("e_").removeprefix("E_"),
+                                               f"survey pipeline {name}")
     return out
 
 
-def result_to_table(
+def _label_column(values, label, description):
+    """A label-valued column: FITS unit where one exists, ``dex`` kept as text in
+    ``meta['unit_text']`` (written to TUNITn by :func:`write_table`)."""
+    col = _masked(values, unit=label_unit(label), description=description)
+    text = label_units_text(label)
+    if col.unit is None and text:
+        col.meta["unit_text"] = text
+    col.format = _TDISP.get(text, "{:.4g}")
+    return col
+
+
+#: Python formats (and the TDISP astropy writes for them) by unit.
+_TDISP = {"K": "{:.1f}", "dex": "{:.4f}", "km/s": "{:.3f}", "deg": "{:.6f}"}
+
+#: StarFlag bits that need :func:`bayescannon.validate.quality.assess`, and why each is
+#: absent from a catalogue when it was not evaluated.
+_QUALITY_BITS = {
+    StarFlag.FAR_FROM_TRAINING: "no label distance (needs the training labels and a CV scatter)",
+    StarFlag.OUTSIDE_HULL: "no convex-hull test (needs the training labels)",
+    StarFlag.LOW_SNR: "no minimum S/N given",
+    StarFlag.SURVEY_FLAGGED: "no survey pipeline flags given",
+}
+
+
+def is_calibrated(model) -> bool:
+    """Whether a model holds a calibration of its uncertainties."""
+    return bool(getattr(model, "calibration_", None))
+
+
+def resolve_uncertainty(model, uncertainty: str = "auto") -> str:
+    """The error model a catalogue of ``model`` uses: ``"auto"`` means calibrated
+    whenever the model is calibrated, else formal.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown ``uncertainty``.
+    NotCalibratedError
+        ``"calibrated"`` for a model without a calibration.
+    """
+    if uncertainty not in ("auto", "formal", "calibrated"):
+        raise InvalidInputError(f"uncertainty must be 'auto', 'formal' or 'calibrated'; got {uncertainty!r}")
+    if uncertainty == "auto":
+        return "calibrated" if model is not None and is_calibrated(model) else "formal"
+    if uncertainty == "calibrated" and model is not None:
+        check_calibrated(model)
+    return uncertainty
+
+
+def spectra_snr(spectra) -> np.ndarray:
+    """S/N per star: the container's ``snr`` when present, else the median of
+    flux·√ivar over the usable pixels (ivar > 0); NaN for a star without any."""
+    if "snr" in spectra:
+        return np.asarray(spectra["snr"].values, dtype=float)
+    flux = np.asarray(spectra["flux"].values, dtype=float)
+    ivar = np.asarray(spectra["ivar"].values, dtype=float)
+    good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
+    with np.errstate(invalid="ignore"):
+        s = np.where(good, np.abs(flux) * np.sqrt(np.where(good, ivar, 0.0)), np.nan)
+    out = np.full(s.shape[0], np.nan)
+    has = good.any(axis=1)
+    out[has] = np.nanmedian(s[has], axis=1)
+    return out
+
+
+def build_catalogue(
+    model,
     result,
     *,
-    id_column: str = "ID",
-    meta=None,
-    snr=None,
+    spectra=None,
     quality=None,
-    training_ids=None,
+    cv_scatter=None,
+    distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
     survey_labels=None,
-    survey_prefix: str = "SURVEY_",
+    survey_name: str = "SURVEY",
     survey_id_column: str | None = None,
-    extra_columns=None,
+    training_ids=None,
+    uncertainty: str = "auto",
+    config=None,
+    id_column: str = "ID",
+    extra_ids=(),
+    meta=None,
 ) -> Table:
-    """One row per star: id, labels, ``e_<LABEL>`` errors, χ², flags, and optionally
-    S/N, label distance, training-set membership and the survey's own labels.
+    """The one survey catalogue of an inference result (used by ``bayescannon
+    catalogue``, ``bayescannon infer -o *.fits``, transfer and the cross-survey runs).
 
     Parameters
     ----------
+    model : CannonModel or None
+        The fitted model: its calibration decides the error model, its training labels
+        evaluate the hull and distance flags, its hash and settings go to the header.
+        ``None`` only for a bare result (no quality flags, errors as the result has them).
     result : xarray.Dataset
-        Output of :meth:`CannonModel.infer`. Asymmetric errors, when the result holds
-        ``errors_upper`` and ``errors_lower`` (star, label), become ``E_<LABEL>``
-        (upper) and ``e_<LABEL>`` (lower).
-    id_column : str
-        Name of the identifier column.
-    meta : dict, optional
-        Extra header keywords (≤ 8 characters; long values are continued).
-    snr : ndarray (N,), optional
-        S/N per star (``SNR``).
+        Output of :meth:`CannonModel.infer` (formal or calibrated).
+    spectra : xarray.Dataset, optional
+        The spectra (joined by star id): ``SNR`` (their ``snr`` or median flux·√ivar),
+        ``RA``/``DEC`` when present.
     quality : xarray.Dataset, optional
-        Output of :func:`bayescannon.validate.quality.assess`: its combined flags replace the
-        result's, and ``LABEL_DISTANCE``, ``IN_HULL``, ``SURVEY_FLAGS`` are added.
-    training_ids : array_like, optional
-        Ids of the training stars: ``IN_TRAINING`` column.
+        Output of :func:`bayescannon.validate.quality.assess`; computed from the model's
+        training labels when not given.
+    cv_scatter : array_like (K,), optional
+        Unit of the label distance (``LABEL_DISTANCE``, ``FLAG_FAR_FROM_TRAINING``);
+        used only when ``quality`` is not given.
+    distance_threshold : float
+        ``FAR_FROM_TRAINING`` threshold, used only when ``quality`` is not given.
     survey_labels : astropy Table or mapping, optional
-        The survey's own labels; a table with the id column (``survey_id_column``,
-        default ``id_column``) is joined by id (unmatched rows masked; no match at all
-        is a :class:`CrossMatchError`); otherwise columns are taken row by row.
-    survey_prefix : str
-        Prefix of the survey label columns (e.g. ``"APOGEE_"``).
-    extra_columns : mapping, optional
-        More per-star columns (e.g. ``RA``, ``DEC``).
+        The survey's own labels, joined by ``survey_id_column`` (default ``id_column``).
+    survey_name : str
+        Prefix of the survey label columns.
+    training_ids : array_like, optional
+        Ids of the training spectra (``IN_TRAINING``).
+    uncertainty : {"auto", "calibrated", "formal"}
+        ``"auto"``: calibrated whenever the model is calibrated. ``"formal"`` on request
+        (the header says so).
+    config : dict, optional
+        Recorded as JSON in ``CONFIG``.
+    id_column : str
+    extra_ids : sequence of str
+        Per-star variables of ``spectra`` copied as further id columns.
+    meta : dict, optional
+        Extra header keywords.
 
     Returns
     -------
     astropy.table.Table
-        Undefined values (stars without usable pixels) are masked, never −9999.
+        Flag columns are evaluated or absent (``FLAGNOTE`` header cards say why).
+
+    Raises
+    ------
+    InvalidInputError
+        A calibrated catalogue asked of a formal result (infer with
+        ``uncertainty="calibrated"``), or an unknown ``uncertainty``.
+    CrossMatchError
+        Spectra or quality that lack stars of the result.
     """
+    want = resolve_uncertainty(model, uncertainty) if model is not None else (
+        "calibrated" if "half_width_68" in result else "formal")
+    has_cal = "half_width_68" in result
+    if want == "calibrated" and not has_cal:
+        raise InvalidInputError("the model is calibrated but the result holds formal errors: infer with "
+                                "uncertainty='calibrated' (or ask for uncertainty='formal')")
     names = [str(n) for n in result["label_name"].values]
     ids = np.asarray(result["star"].values).astype(str)
-    n = ids.size
+    notes = []
     t = Table()
     t[id_column] = ids
-    for name, values in (extra_columns or {}).items():
-        v = values if isinstance(values, Column) else _masked(values, unit=label_unit(name))
-        if len(v) != n:
-            raise ShapeMismatchError(f"extra column {name} has {len(v)} rows; expected {n}")
-        t[name] = v
+    t[id_column].description = "spectrum identifier"
+    snr = None
+    if extra_ids and spectra is None:
+        raise InvalidInputError("extra_ids are read from the spectra container: pass spectra=")
+    if spectra is not None:
+        srows = _aligned(ids, spectra["star"].values, "the spectra")
+        for name in extra_ids:
+            if name not in spectra:
+                raise InvalidInputError(f"spectra have no per-star variable {name!r} for extra_ids")
+            t[str(name).upper()] = Column(np.asarray(spectra[name].values).astype(str)[srows],
+                                          description=f"{name} id")
+        for src, dst in (("ra", "RA"), ("RA", "RA"), ("dec", "DEC"), ("DEC", "DEC")):
+            if src in spectra and dst not in t.colnames:
+                t[dst] = _masked(np.asarray(spectra[src].values, dtype=float)[srows], unit="deg",
+                                 description="right ascension" if dst == "RA" else "declination")
+                t[dst].format = _TDISP["deg"]
+        snr = spectra_snr(spectra)[srows]
     labels = result["labels"].values
     asym = "errors_upper" in result and "errors_lower" in result
+    calibrated = want == "calibrated"
+    errors = result["errors"].values if calibrated or not has_cal else result["errors_formal"].values
     for k, name in enumerate(names):
-        unit, desc = label_unit(name), label_description(name)
-        t[name] = _masked(labels[:, k], unit=unit, description=f"{desc} (transferred label)")
+        desc = label_description(name)
+        t[name] = _label_column(labels[:, k], name, f"{desc} (inferred label)")
+        kind = "calibrated" if calibrated else "formal"
         if asym:
-            up, lo = result["errors_upper"].values[:, k], result["errors_lower"].values[:, k]
-            t[f"E_{name}"] = _masked(up, unit=unit, description=f"upper 1-sigma error of {name}")
-            t[f"e_{name}"] = _masked(lo, unit=unit, description=f"lower 1-sigma error of {name}")
+            t[f"E_{name}"] = _label_column(result["errors_upper"].values[:, k], name, f"upper 1-sigma error of {name}")
+            t[f"e_{name}"] = _label_column(result["errors_lower"].values[:, k], name, f"lower 1-sigma error of {name}")
         else:
-            t[f"e_{name}"] = _masked(result["errors"].values[:, k], unit=unit,
-                                     description=f"1-sigma uncertainty of {name}")
-        for var, col, pct in (("half_width_68", "HW68", 68), ("half_width_95", "HW95", 95)):
-            if var in result:  # calibrated errors of the Bayesian layer: interval half-widths
-                t[f"{col}_{name}"] = _masked(result[var].values[:, k], unit=unit,
-                                             description=f"half-width of the central {pct}% interval of {name}")
+            t[f"e_{name}"] = _label_column(errors[:, k], name, f"{kind} 1-sigma uncertainty of {name}")
+        if calibrated:
+            for var, col, pct in (("half_width_68", "HW68", 68), ("half_width_95", "HW95", 95)):
+                t[f"{col}_{name}"] = _label_column(result[var].values[:, k], name,
+                                                   f"half-width of the calibrated central {pct}% interval of {name}")
+    cov = result["covariance"].values if "covariance" in result else None
+    if cov is not None and len(names) > 1:
+        sd = np.sqrt(np.einsum("nkk->nk", cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / (sd[:, :, None] * sd[:, None, :])
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                c = f"CORR_{names[i]}_{names[j]}"
+                t[c] = _masked(corr[:, i, j], description=f"correlation of the errors of {names[i]} and {names[j]}")
+                t[c].format = "{:.3f}"
     for var, desc in (("chi2", "chi-squared of the best fit"), ("reduced_chi2", "chi2 / (n_pixels - n_labels)")):
         t[var.upper()] = _masked(result[var].values, description=desc)
-    t["N_PIXELS"] = result["n_pixels"].values.astype(np.int32)
-    t["N_PIXELS"].description = "pixels used in the fit"
+        t[var.upper()].format = "{:.3f}"
+    t["N_PIXELS"] = Column(result["n_pixels"].values.astype(np.int32), description="pixels used in the fit")
+    if snr is None and quality is not None and np.isfinite(quality["snr"].values).any():
+        snr = quality["snr"].values[_aligned(ids, quality["star"].values, "the quality flags")]
     if snr is not None:
-        s = np.asarray(snr, dtype=float)
-        if s.shape != (n,):
-            raise ShapeMismatchError(f"snr has shape {s.shape}; expected ({n},)")
-        t["SNR"] = _masked(s, description="signal-to-noise ratio")
-    elif quality is not None and np.isfinite(quality["snr"].values).any():
-        t["SNR"] = _masked(quality["snr"].values, description="signal-to-noise ratio")
-    t["CONVERGED"] = result["converged"].values.astype(bool)
+        t["SNR"] = _masked(np.asarray(snr, dtype=float), description="signal-to-noise ratio")
+        t["SNR"].format = "{:.1f}"
+    t["CONVERGED"] = Column(result["converged"].values.astype(bool), description="label fit converged")
     flags = result["flags"].values.astype(np.int64)
+    reasons = {f: why for f, why in _QUALITY_BITS.items()}
+    if quality is None and model is not None:
+        quality, why = _assess(model, result, snr, cv_scatter, distance_threshold)
+        reasons.update(why)
+    evaluated = set()
     if quality is not None:
-        qids = np.asarray(quality["star"].values).astype(str)
-        if qids.shape != ids.shape or np.any(qids != ids):
-            raise CrossMatchError("quality flags and result have different stars (ids differ)")
-        flags = quality["flags"].values.astype(np.int64)
-        t["LABEL_DISTANCE"] = _masked(quality["label_distance"].values,
-                                      description="mean distance to 10 nearest training stars / CV scatter")
-        t["IN_HULL"] = quality["in_hull"].values.astype(bool)
-        t["IN_HULL"].description = "labels inside the convex hull of the training labels"
-        t["SURVEY_FLAGS"] = quality["survey_flags"].values.astype(np.int64)
-        t["SURVEY_FLAGS"].description = "survey pipeline flags (carried through)"
-    t["FLAGS"] = flags
-    t["FLAGS"].description = "StarFlag bitmask (bits in header FLAGBTnn cards)"
+        qrows = _aligned(ids, quality["star"].values, "the quality flags")
+        flags = quality["flags"].values.astype(np.int64)[qrows]
+        qa = quality.attrs
+        if "distance_scale" in qa:
+            evaluated.add(StarFlag.FAR_FROM_TRAINING)
+            t["LABEL_DISTANCE"] = _masked(quality["label_distance"].values[qrows],
+                                          description="mean distance to nearest training stars / CV scatter")
+            t["LABEL_DISTANCE"].format = "{:.3f}"
+        if qa.get("hull", False):
+            evaluated.add(StarFlag.OUTSIDE_HULL)
+            t["IN_HULL"] = Column(quality["in_hull"].values.astype(bool)[qrows],
+                                  description="labels inside the convex hull of the training labels")
+        if "min_snr" in qa:
+            evaluated.add(StarFlag.LOW_SNR)
+        if "survey_flag_mask" in qa:
+            evaluated.add(StarFlag.SURVEY_FLAGGED)
+            t["SURVEY_FLAGS"] = Column(quality["survey_flags"].values.astype(np.int64)[qrows],
+                                       description="survey pipeline flags (carried through)")
+    t["FLAGS"] = Column(flags, description="StarFlag bitmask (bits in header FLAGBTnn cards)")
     for f in StarFlag:
-        t[f"FLAG_{f.name}"] = (flags & int(f)) != 0
+        if f in _QUALITY_BITS and f not in evaluated:
+            notes.append(f"FLAG_{f.name} absent: {reasons[f]}")
+            continue
+        t[f"FLAG_{f.name}"] = Column((flags & int(f)) != 0, description=f"StarFlag {f.name} set")
     if training_ids is not None:
-        t["IN_TRAINING"] = np.isin(ids, np.asarray(training_ids).astype(str))
-        t["IN_TRAINING"].description = "spectrum was in the training set"
-    for name, col in _survey_columns(survey_labels, ids, survey_prefix, survey_id_column or id_column).items():
+        t["IN_TRAINING"] = Column(np.isin(ids, np.asarray(training_ids).astype(str)),
+                                  description="spectrum was in the training set")
+    for name, col in _survey_columns(survey_labels, ids, f"{survey_name}_", survey_id_column or id_column).items():
         t[name] = col
     t.meta["EXTNAME"] = "LABELS"
     t.meta.update(flag_header())
-    if "model_training_hash" in result.attrs:
-        t.meta["MODELHSH"] = str(result.attrs["model_training_hash"])[:64]
-    if "uncertainty" in result.attrs:
-        t.meta["ERRMODEL"] = str(result.attrs["uncertainty"])
-
+    t.meta["ORIGIN"] = f"bayescannon {__version__}"
+    t.meta["DATE"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     t.meta["BCVERS"] = __version__
+    if calibrated:
+        t.meta["ERRMODEL"] = "calibrated (error model of the Bayesian layer; HW68_/HW95_ interval half-widths)"
+    elif model is not None and is_calibrated(model):
+        t.meta["ERRMODEL"] = "formal on request (inverse Fisher; too small: the model is calibrated)"
+    else:
+        t.meta["ERRMODEL"] = "formal (inverse Fisher matrix, model scatter s2 included; model not calibrated)"
+    cfg = dict(config or {})
+    hsh = getattr(model, "training_hash_", None) or result.attrs.get("model_training_hash")
+    if hsh:
+        t.meta["MODELHSH"] = str(hsh)[:64]
+    if model is not None:
+        params = model.get_params()
+        params.pop("censors", None)
+        cfg.setdefault("model", {k: v for k, v in params.items() if _jsonable(v)})
+        t.meta["NLABELS"] = len(model.label_names)
+        t.meta["LABELS"] = " ".join(model.label_names)
+    cfg["uncertainty"] = want
+    t.meta["CONFIG"] = json.dumps(cfg, sort_keys=True, default=str)
+    for i, note in enumerate(notes, 1):
+        t.meta[f"FLAGNT{i:02d}"] = note
     for k, v in (meta or {}).items():
         t.meta[k] = v
     for k in list(t.meta):
@@ -252,85 +447,33 @@ def result_to_table(
     return t
 
 
-def make_catalogue(
-    result,
-    *,
-    model=None,
-    spectra=None,
-    quality=None,
-    training_ids=None,
-    survey_labels=None,
-    survey_name: str = "SURVEY",
-    survey_id_column: str | None = None,
-    config=None,
-    id_column: str = "ID",
-    extra_ids=(),
-) -> Table:
-    """A survey catalogue: :func:`result_to_table` plus S/N and sky positions from the
-    spectra container, and the model hash and configuration in the header.
+def _assess(model, result, snr, cv_scatter, distance_threshold):
+    """Quality flags from the model's training labels, and why tests were skipped."""
+    why = {}
+    try:
+        training = training_labels(model)
+    except InvalidInputError:
+        training = None
+        why[StarFlag.OUTSIDE_HULL] = why[StarFlag.FAR_FROM_TRAINING] = "the model holds no training labels"
+    if training is not None and cv_scatter is None:
+        why[StarFlag.FAR_FROM_TRAINING] = "no CV scatter given (the unit of the label distance)"
+    quality = assess(result, training=training, cv_scatter=cv_scatter if training is not None else None,
+                     distance_threshold=distance_threshold, hull=training is not None, snr=snr)
+    return quality, why
 
-    Parameters
-    ----------
-    result : xarray.Dataset
-        Output of :meth:`CannonModel.infer`.
-    model : CannonModel, optional
-        Its settings, label names and training hash go to the header.
-    spectra : xarray.Dataset, optional
-        The spectra container: ``snr``, ``ra``/``dec`` (or ``RA``/``DEC``) columns are
-        copied when present.
-    quality : xarray.Dataset, optional
-        Output of :func:`bayescannon.validate.quality.assess`.
-    training_ids : array_like, optional
-    survey_labels : Table or mapping, optional
-        The survey's own labels (see :func:`result_to_table`).
-    survey_name : str
-        Prefix of the survey label columns (``<survey_name>_<LABEL>``).
-    config : dict, optional
-        Configuration recorded as JSON in the ``CONFIG`` header card.
-    id_column : str
-    extra_ids : sequence of str
-        Per-star variables of ``spectra`` copied as further id columns (e.g. a 2MASS
-        id beside the survey's spectrum id), upper-cased.
 
-    Returns
-    -------
-    astropy.table.Table
-    """
-    ids = np.asarray(result["star"].values).astype(str)
-    extra, snr = {}, None
-    if extra_ids and spectra is None:
-        raise InvalidInputError("extra_ids are read from the spectra container: pass spectra=")
-    for name in extra_ids:
-        if name not in spectra:
-            raise InvalidInputError(f"spectra have no per-star variable {name!r} for extra_ids")
-        extra[str(name).upper()] = Column(np.asarray(spectra[name].values).astype(str), description=f"{name} id")
-    if spectra is not None:
-        sids = np.asarray(spectra["star"].values).astype(str)
-        if sids.shape != ids.shape or np.any(sids != ids):
-            raise CrossMatchError("spectra and result have different stars (ids differ)")
-        for src, dst in (("ra", "RA"), ("RA", "RA"), ("dec", "DEC"), ("DEC", "DEC")):
-            if src in spectra and dst not in extra:
-                extra[dst] = _masked(np.asarray(spectra[src].values, dtype=float), unit="deg",
-                                     description="right ascension" if dst == "RA" else "declination")
-        if "snr" in spectra:
-            snr = np.asarray(spectra["snr"].values, dtype=float)
-    cfg = dict(config or {})
-    meta = {}
-    if model is not None:
+def result_to_table(result, *, id_column: str = "ID", meta=None, quality=None, training_ids=None,
+                    survey_labels=None, survey_prefix: str = "SURVEY_", survey_id_column=None) -> Table:
+    """A catalogue of a bare result without its model: :func:`build_catalogue` with
+    ``model=None`` (kept for callers that have no model; prefer :func:`build_catalogue`)."""
+    return build_catalogue(None, result, quality=quality, training_ids=training_ids, survey_labels=survey_labels,
+                           survey_name=survey_prefix.removesuffix("_"), survey_id_column=survey_id_column,
+                           id_column=id_column, meta=meta)
 
-        params = model.get_params()
-        params.pop("censors", None)
-        cfg.setdefault("model", {k: v for k, v in params.items() if _jsonable(v)})
-        if getattr(model, "training_hash_", None):
-            meta["MODELHSH"] = model.training_hash_[:64]
-        meta["NLABELS"] = len(model.label_names)
-        meta["LABELS"] = " ".join(model.label_names)
-    if cfg:
-        meta["CONFIG"] = json.dumps(cfg, sort_keys=True, default=str)
-    return result_to_table(result, id_column=id_column, meta=meta, snr=snr, quality=quality,
-                           training_ids=training_ids, survey_labels=survey_labels,
-                           survey_prefix=f"{survey_name}_", survey_id_column=survey_id_column,
-                           extra_columns=extra)
+
+def make_catalogue(result, *, model=None, **kwargs) -> Table:
+    """:func:`build_catalogue` with the result first (kept for earlier callers)."""
+    return build_catalogue(model, result, **kwargs)
 
 
 def _jsonable(v) -> bool:
@@ -353,40 +496,71 @@ def catalogue_config(table: Table) -> dict:
 
 
 def read_catalogue(path) -> Table:
-    """Read a catalogue written by :func:`write_table` (FITS, ECSV or CSV)."""
+    """Read a catalogue written by :func:`write_table` (FITS, ECSV or CSV); FITS column
+    descriptions come back from TCOMMn and the columns listed in ``DEXCOLS`` get
+    ``meta['unit_text'] = 'dex'`` again."""
     path = Path(path)
     if not path.exists():
-
         raise SurveyFormatError(f"catalogue {path} does not exist")
     name = path.name.lower()
     fmt = "fits" if name.endswith((".fits", ".fit", ".fits.gz")) else (
         "ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
-    return Table.read(path, format=fmt)
+    table = Table.read(path, format=fmt)
+    if fmt == "fits":  # column descriptions travel as TCOMMn
+        hdr = fits.getheader(path, 1)
+        for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
+            name, comm = hdr.get(f"TTYPE{i}"), hdr.get(f"TCOMM{i}")
+            if comm and name in table.colnames and not table[name].description:
+                table[name].description = comm
+        for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
+            table.meta.pop(f"TCOMM{i}", None)
+        for name in str(hdr.get("DEXCOLS", "")).split():
+            if name in table.colnames:
+                table[name].meta["unit_text"] = "dex"
+    return table
+
+
+def _fits_hdu(table: Table) -> fits.BinTableHDU:
+    """A binary-table HDU with TCOMMn (descriptions), TDISPn (formats) and the names of
+    the columns in dex (``DEXCOLS``): ``dex`` is no FITS unit, and a TUNITn = 'dex' makes
+    every plain ``Table.read`` warn (astropy drops ``u.dex`` itself)."""
+    hdu = fits.table_to_hdu(table)
+    dex = [name for name in table.colnames if (table[name].meta or {}).get("unit_text") == "dex"]
+    if dex:
+        hdu.header["DEXCOLS"] = " ".join(dex)
+    for i, name in enumerate(table.colnames, 1):
+        col = table[name]
+        if col.description:
+            hdu.header[f"TCOMM{i}"] = fits_safe(str(col.description))[:68]
+        if col.format and f"TDISP{i}" not in hdu.header:
+            disp = _tdisp(col.format)
+            if disp:
+                hdu.header[f"TDISP{i}"] = disp
+    return hdu
+
+
+def _tdisp(fmt: str) -> str | None:
+    """FITS TDISP of a Python format such as ``"{:.1f}"`` (F12.1), or None."""
+    spec = fmt.strip("{}:")
+    if spec.startswith(".") and spec[-1] in "fegEG" and spec[1:-1].isdigit():
+        p = int(spec[1:-1])
+        code = {"f": "F", "e": "E", "E": "E", "g": "G", "G": "G"}[spec[-1]]
+        return f"{code}{p + 10}.{p}"
+    return None
 
 
 def write_table(table: Table, path, *, overwrite: bool = True) -> Path:
-    """Write a table (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV by suffix)
-    atomically: a temporary file is moved into place when complete."""
+    """Write a table atomically (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV
+    by suffix). FITS files carry TCOMMn column descriptions, TDISPn display formats and
+    every unit, ``dex`` included."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise InvalidInputError(f"{path} exists and overwrite=False")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(fd)
-    try:
-        fmt = None
-        name = path.name.lower()
+    name = path.name.lower()
+    with atomic_path(path, overwrite=overwrite) as tmp:
         if name.endswith((".fits", ".fit", ".fits.gz")):
-            fmt = "fits"
-        elif name.endswith(".csv"):
-            fmt = "ascii.csv"
-        elif name.endswith(".ecsv"):
-            fmt = "ascii.ecsv"
-        table.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            fits.HDUList([fits.PrimaryHDU(), _fits_hdu(table)]).writeto(tmp, overwrite=True)
+        else:
+            fmt = "ascii.csv" if name.endswith(".csv") else "ascii.ecsv" if name.endswith(".ecsv") else None
+            table.write(tmp, format=fmt, overwrite=True)
     logger.info("wrote %d rows to %s", len(table), path)
     return path
 
@@ -429,13 +603,10 @@ def join_catalogues(
     CrossMatchError
         Duplicated ids, or no row joins.
     """
-    from astropy.table import join
-
     if join_type not in ("inner", "left"):
         raise InvalidInputError(f"join_type must be 'inner' or 'left'; got {join_type!r}")
     if sky:
-        from astropy import units as u
-        from astropy.coordinates import SkyCoord
+        from astropy.coordinates import SkyCoord  # lazy: coordinates load slowly, only sky joins need them
 
         ra, dec = ra_dec
         for tab, side in ((left, "left"), (right, "right")):

@@ -32,12 +32,12 @@ from astropy.table import Table, vstack
 
 from bayescannon.errors import CrossMatchError, InsufficientDataError, InvalidInputError, LabelError
 from bayescannon.model import CannonModel
-from bayescannon.survey.catalogue import make_catalogue
+from bayescannon.survey.catalogue import build_catalogue, join_ids
 from bayescannon.validate.stats import summary_statistics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SurveyData", "CrossSurveyResult", "run_cross_survey", "compare_common", "common_stars"]
+__all__ = ["CrossSurveyResult", "SurveyData", "common_stars", "compare_common", "run_cross_survey"]
 
 
 @dataclass
@@ -79,23 +79,16 @@ class SurveyData:
 
     def label_matrix(self, ids, label_names) -> np.ndarray:
         """Labels of ``ids`` (N, K); NaN where missing (unknown id, masked, −9999)."""
-        tid = np.asarray(self.labels[self.id_column]).astype(str)
-        uniq, counts = np.unique(tid, return_counts=True)
-        if (counts > 1).any():
-            raise CrossMatchError(f"{self.name} label table has duplicated ids: {uniq[counts > 1][:3].tolist()}")
         missing = [n for n in label_names if n not in self.labels.colnames]
         if missing:
             raise LabelError(f"{self.name} label table has no column(s) {missing}")
-        order = np.argsort(tid)
-        ids = np.asarray(ids).astype(str)
-        pos = np.clip(np.searchsorted(tid[order], ids), 0, max(tid.size - 1, 0))
-        hit = tid[order][pos] == ids
-        out = np.full((ids.size, len(label_names)), np.nan)
+        rows, hit = join_ids(ids, self.labels[self.id_column], what=f"{self.name} label table", require="none")
+        out = np.full((rows.size, len(label_names)), np.nan)
         for k, n in enumerate(label_names):
             col = self.labels[n]
             v = np.asarray(np.ma.getdata(col), dtype=float).copy()
             v[np.ma.getmaskarray(col) | (v <= -9998.5)] = np.nan
-            out[hit, k] = v[order][pos][hit]
+            out[hit, k] = v[rows[hit]]
         return out
 
 
@@ -128,13 +121,12 @@ def common_stars(a: SurveyData, b: SurveyData, crossmatch=None, *, columns=("ID_
             u, c = np.unique(v, return_counts=True)
             if (c > 1).any():
                 raise CrossMatchError(f"cross-match lists {side} ids more than once: {u[c > 1][:3].tolist()}")
-    pa = {s: i for i, s in enumerate(ida)}
-    pb = {s: i for i, s in enumerate(idb)}
-    keep = [(pa[u], pb[v]) for u, v in zip(xa, xb) if u in pa and v in pb]
-    if not keep:
+    ra, ha = join_ids(xa, ida, what=f"{a.name} spectra", require="none")
+    rb, hb = join_ids(xb, idb, what=f"{b.name} spectra", require="none")
+    keep = ha & hb
+    if not keep.any():
         raise CrossMatchError(f"no star is common to {a.name} and {b.name} spectra (ids do not join)")
-    ia, ib = (np.array(x, dtype=np.int64) for x in zip(*keep))
-    return ia, ib
+    return ra[keep].astype(np.int64), rb[keep].astype(np.int64)
 
 
 @dataclass
@@ -236,10 +228,10 @@ def run_cross_survey(
             runs[code], models[code] = res, model
             own = [n for n in label_names if n in spec.labels.colnames]
             own += [f"e_{n}" for n in label_names if f"e_{n}" in spec.labels.colnames]
-            cat = make_catalogue(res, model=model, spectra=ds, training_ids=spec.ids[train],
-                                 survey_labels=spec.labels[[spec.id_column, *own]],
-                                 survey_id_column=spec.id_column, survey_name=spec.name,
-                                 config={"run": code, "spectra": spec.name, "label_scale": lab.name})
+            cat = build_catalogue(model, res, spectra=ds, training_ids=spec.ids[train],
+                                  survey_labels=spec.labels[[spec.id_column, *own]],
+                                  survey_id_column=spec.id_column, survey_name=spec.name,
+                                  config={"run": code, "spectra": spec.name, "label_scale": lab.name})
             cat["SURVEY"] = np.full(len(cat), spec.name)
             cat["RUN"] = np.full(len(cat), code)
             common = np.zeros(len(cat), bool)

@@ -30,12 +30,12 @@ from bayescannon.flags import StarFlag, flag_doc, flag_header
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "label_distance",
-    "in_convex_hull",
-    "training_labels",
+    "DEFAULT_DISTANCE_THRESHOLD",
     "assess",
     "flag_table",
-    "DEFAULT_DISTANCE_THRESHOLD",
+    "in_convex_hull",
+    "label_distance",
+    "training_labels",
 ]
 
 #: Default threshold of the label distance (in units of the CV scatter) above which a
@@ -245,10 +245,12 @@ def assess(
     xarray.Dataset
         Per star: ``flags`` (StarFlag bitmask), ``label_distance``, ``in_hull``,
         ``snr``, ``survey_flags`` and one boolean ``flag_<NAME>`` per StarFlag bit;
-        attrs record the thresholds and the bit documentation.
+        attrs record the thresholds, which tests ran (``hull``; ``distance_scale``
+        when the label distance was computed; ``min_snr``; ``survey_flag_mask``) and
+        the bit documentation.
     """
     labels = np.asarray(result["labels"].values, dtype=np.float64)
-    n, k = labels.shape
+    n = labels.shape[0]
     flags = np.asarray(result["flags"].values, dtype=np.int64).copy()
     if training is None and model is not None:
         training = training_labels(model)
@@ -261,7 +263,7 @@ def assess(
     if min_pixels is not None:
         flags &= ~int(StarFlag.FEW_PIXELS)
         flags[result["n_pixels"].values < int(min_pixels)] |= StarFlag.FEW_PIXELS
-    attrs = {"distance_threshold": float(distance_threshold), "n_neighbours": int(n_neighbours)}
+    attrs = {"distance_threshold": float(distance_threshold), "n_neighbours": int(n_neighbours), "hull": int(bool(hull))}
     dist = np.full(n, np.nan)
     if cv_scatter is not None:
         if training is None:
