@@ -55,7 +55,6 @@ import logging
 import numba
 import numpy as np
 import xarray as xr
-from scipy import optimize, special, stats
 
 from . import scaling
 from .errors import InsufficientDataError, InvalidInputError, LabelError, NotCalibratedError, ShapeMismatchError
@@ -241,6 +240,8 @@ def _t_nll(resid, noise_var, x1, ref_var, params):
     ``params = [ln a, β, ln(ν − 2)]``. With ``u = r²/(var (ν − 2))`` each star contributes
     ``−ln Γ((ν+1)/2) + ln Γ(ν/2) + ½ ln(π var (ν − 2)) + (ν+1)/2 ln(1 + u)``.
     """
+    from scipy import special  # lazy: scipy subpackages cost ~0.1-0.5 s each to import
+
     loga, beta, lognu = params[0], params[1:-1], params[-1]
     nu = 2.0 + np.exp(lognu)
     floor = np.exp(x1 @ beta)
@@ -286,6 +287,8 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         ``n_stars`` (K,), ``neg_log_likelihood`` (K,), ``quantile_levels`` (L,) and
         ``z_quantiles`` (K, L): conformal quantiles of the standardised absolute residuals.
     """
+    from scipy import optimize  # lazy: see _t_nll
+
     residuals = np.asarray(residuals, dtype=np.float64)
     n, k = residuals.shape
     ref_var = np.zeros_like(residuals) if ref_var is None else np.asarray(ref_var, dtype=np.float64)
@@ -378,6 +381,8 @@ def interval_factor(cal, level):
 
 def _quantile_factor(level, dof):
     """Half-width of the central ``level`` interval of a unit-variance Student t."""
+    from scipy import stats  # lazy: see _t_nll
+
     dof = np.asarray(dof, dtype=np.float64)
     q = stats.t.ppf(0.5 + 0.5 * level, dof)
     return q * np.sqrt((dof - 2.0) / dof)
@@ -664,6 +669,8 @@ def coverage_curve(residuals, sd, dof=None, levels=None, calibration=None):
     if calibration is not None:
         q = np.vstack([interval_factor(calibration, lv) for lv in levels])
     elif dof is None:
+        from scipy import stats  # lazy: see _t_nll
+
         q = stats.norm.ppf(0.5 + 0.5 * levels)[:, None] * np.ones(k)
     else:
         q = np.column_stack([_quantile_factor(levels, d) for d in np.broadcast_to(dof, (k,))])
@@ -681,6 +688,8 @@ def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Datas
         calibrated) ``calibrated``; ``target`` (level); ``median_error`` (kind, label);
         ``n_stars``.
     """
+    from scipy import stats  # lazy: see _t_nll
+
     from .model import _as_label_array
 
     n = np.shape(flux)[0]
