@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._kernels import levenberg_marquardt
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["sufficient_statistics", "test_statistics", "fit_labels", "LabelFit", "chi2_at"]
@@ -140,8 +142,6 @@ def fit_labels(
     parallel over stars × starts; v and its Jacobian come from the vectorizer's own term
     recursion (``vectorizer.parent``, ``vectorizer.last``).
     """
-    from ._kernels import levenberg_marquardt
-
     n, s, k = starts.shape
     if bounds is None:
         lo, hi = np.full(k, -np.inf), np.full(k, np.inf)

@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from . import scaling
+from ._kernels import fingerprint, prepare_training, test_weights
 from .errors import (
     GridMismatchError,
     InsufficientDataError,
@@ -93,8 +94,6 @@ def _unpack_spectra(flux, ivar, ids, wavelength):
 
 def _validated_pixel_major(flux, ivar, ids, wavelength):
     """Validate training flux/ivar; return clean pixel-major (P, N) copies."""
-    from ._kernels import prepare_training
-
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     if flux.ndim != 2:
@@ -386,8 +385,6 @@ class CannonModel:
         of fixed pseudo-random projections of every row and column of flux and ivar (any
         change of a training value changes them), computed in one parallel pass instead of
         hashing hundreds of MB of bytes."""
-        from ._kernels import fingerprint
-
         coeffs = np.random.default_rng(20240917).uniform(0.5, 1.5, size=4099)
         h = hashlib.blake2b(digest_size=32)
         for arr in (flux_t, ivar_t):
@@ -479,8 +476,6 @@ class CannonModel:
 
     def _test_weights(self, flux, ivar, pixel_ok, ids, offset, wavelength, w, wf, inv_wbar):
         """Adjusted weights of a chunk of test spectra, validated on the way; also κ."""
-        from ._kernels import test_weights
-
         c, n_pix, bad, kap = test_weights(
             np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, inv_wbar, w, wf
         )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._kernels import log_likelihood_terms, score_terms, solve_packed, weights
 from .errors import InvalidInputError
 from .flags import PixelFlag
 from .likelihood import adjusted_ivar
@@ -207,8 +208,6 @@ def fit_pixels(
     -------
     TrainingResult
     """
-    from ._kernels import log_likelihood_terms, score_terms, solve_packed, weights
-
     if pixel_major:
         flux_t = np.ascontiguousarray(flux, dtype=np.float64)
         ivar_t = np.ascontiguousarray(ivar, dtype=np.float64)
