@@ -2,8 +2,9 @@
 
 ``python -m bayescannon._warmup`` (run by ``make setup`` after the install) trains and
 applies a tiny model through the public API: training, the test step, calibration and
-the calibrated test step, a latent-label fit, resampling (with and without a Doppler
-shift and a mask) and continuum normalisation (single and double precision). Each
+the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
+gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
+continuum normalisation (single and double precision). Each
 kernel is thereby compiled for the argument types real data give it and stored in
 numba's on-disk cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the
 first ``fit`` and ``infer`` of a later process load machine code instead of spending
@@ -82,13 +83,17 @@ def warm_up(seed: int = 0):
     p = 64
     wavelength = np.linspace(15200.0, 15260.0, p)
     theta = np.column_stack([np.full(p, 0.9), 0.02 * rng.normal(size=(p, 9))])
-    train, _ = _survey(rng, 60, p, theta, wavelength, 100.0)
+    train, ytrain = _survey(rng, 60, p, theta, wavelength, 100.0)
     held, yheld = _survey(rng, 80, p, theta, wavelength, 60.0)
     # training, test step, calibration and the calibrated test step, as the CLI runs them
     model = CannonModel(_LABELS, order=2, random_state=seed).fit(train)
     model.infer(held)
     model.calibrate(held["flux"].values, held["ivar"].values, yheld)
     model.infer(held["flux"].values, held["ivar"].values, uncertainty="calibrated")
+    # read-only spectra (e.g. from np.load(..., mmap_mode="r")) are another argument type
+    flux_ro, ivar_ro = train["flux"].values.copy(), train["ivar"].values.copy()
+    flux_ro.flags.writeable = ivar_ro.flags.writeable = False
+    CannonModel(_LABELS, order=2, random_state=seed).fit(flux_ro, ivar_ro, ytrain).infer(flux_ro, ivar_ro)
     # latent labels (errors-in-variables training)
     CannonModel(_LABELS, order=2, random_state=seed).fit(train, label_errors=np.full((60, 3), [30.0, 0.05, 0.02]))
     # preprocessing: resampling with and without a Doppler shift and a mask, normalisation
