@@ -9,6 +9,10 @@
 The maths is the one in :mod:`bayescannon.likelihood` (``w = ivar/(1 + ivar s²)``) and
 :mod:`bayescannon.vectorizer`; the tests check the results against numpy expressions and
 against per-star ``scipy.optimize.least_squares``.
+
+Compiled code is cached on disk; ``python -m bayescannon._warmup`` (``make setup``) fills
+the cache. A kernel of the package that has to be compiled all the same (cold cache, new
+argument types) is announced by one log line per step (:data:`KERNEL_STEPS`).
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ KERNEL_STEPS = {
     ),
     **dict.fromkeys(
         ["test_weights", "levenberg_marquardt", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"],
-        ("test-step", 20),
+        ("test-step", 15),
     ),
-    "_kappa_kernel": ("calibration", 3),
-    "_interp_kernel": ("resampling", 5),
-    **dict.fromkeys(["_ho_prepare", "_ho_finish"], ("continuum-normalisation", 5)),
+    "_kappa_kernel": ("calibration", 2),
+    "_interp_kernel": ("resampling", 4),
+    **dict.fromkeys(["_ho_prepare", "_ho_finish"], ("continuum-normalisation", 4)),
 }
 
 
