@@ -7,15 +7,23 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench bench-quick bench-all clean
+.PHONY: setup warmup demo test test-all bench bench-quick bench-all clean
 
 setup: $(STAMP)
 
+# the install ends by compiling the numba kernels into their on-disk cache (~1-2 min once),
+# so that the first demo/train/infer starts warm instead of compiling for ~40 s
 $(STAMP): pyproject.toml
 	@PYBIN=$$(scripts/find-python.sh) && echo "using $$PYBIN" && \
 	  { [ -x $(PY) ] || $$PYBIN -m venv $(VENV); }
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m bayescannon._warmup
 	@touch $(STAMP)
+
+# again after editing a kernel or upgrading numba (a cache miss otherwise costs one compile,
+# announced by a log line, at first use)
+warmup: setup
+	$(PY) -m bayescannon._warmup
 
 demo: setup
 	$(VENV)/bin/bayescannon demo --outdir demo_output

@@ -9,14 +9,64 @@
 The maths is the one in :mod:`bayescannon.core.likelihood` (``w = ivar/(1 + ivar s²)``) and
 :mod:`bayescannon.core.vectorizer`; the tests check the results against numpy expressions and
 against per-star ``scipy.optimize.least_squares``.
+
+Compiled code is cached on disk; ``python -m bayescannon._warmup`` (``make setup``) fills
+the cache. A kernel of the package that has to be compiled all the same (cold cache, new
+argument types) is announced by one log line per step (:data:`KERNEL_STEPS`).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
+from numba.core import event
 
 __all__ = ["weights", "score_terms", "log_likelihood_terms"]
+
+logger = logging.getLogger(__name__)
+
+#: The step each compiled kernel of the package serves (by function name, wherever it is
+#: defined) and its typical first-use compile time in seconds on one core, for the notice
+#: logged when it has to be compiled; ``python -m bayescannon._warmup`` compiles them all.
+KERNEL_STEPS = {
+    **dict.fromkeys(
+        ["prepare_training", "weights", "score_terms", "_fixed_residual_maximum", "log_likelihood_terms",
+         "solve_packed", "fingerprint", "weight_sums"],
+        ("training", 20),
+    ),
+    **dict.fromkeys(
+        ["test_weights", "levenberg_marquardt", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"],
+        ("test-step", 15),
+    ),
+    "_kappa_kernel": ("calibration", 2),
+    "_interp_kernel": ("resampling", 4),
+    **dict.fromkeys(["_ho_prepare", "_ho_finish"], ("continuum-normalisation", 4)),
+}
+
+
+class _CompileNotice(event.Listener):
+    """Log one line when a kernel of the package has to be compiled (a numba cache miss:
+    the ``numba:compile`` event fires only then), once per step and process."""
+
+    def __init__(self):
+        self.announced = set()
+
+    def on_start(self, ev):
+        py_func = getattr((ev.data or {}).get("dispatcher"), "py_func", None)
+        if not getattr(py_func, "__module__", "").startswith("bayescannon"):
+            return
+        step, seconds = KERNEL_STEPS.get(py_func.__name__, ("numerical", 10))
+        if step not in self.announced:
+            self.announced.add(step)
+            logger.warning("compiling the %s kernels (first use, ~%d s; cached afterwards)", step, seconds)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", _CompileNotice())
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)

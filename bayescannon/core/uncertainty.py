@@ -55,7 +55,6 @@ import logging
 import numba
 import numpy as np
 import xarray as xr
-from scipy import optimize, special, stats
 
 from bayescannon.core import scaling
 from bayescannon.core._kernels import weight_sums
@@ -246,6 +245,7 @@ def _t_nll(resid, noise_var, x1, ref_var, params):
     ``params = [ln a, β, ln(ν − 2)]``. With ``u = r²/(var (ν − 2))`` each star contributes
     ``−ln Γ((ν+1)/2) + ln Γ(ν/2) + ½ ln(π var (ν − 2)) + (ν+1)/2 ln(1 + u)``.
     """
+    from scipy import special  # lazy: ~0.8 s of import that fit and infer do not need
     loga, beta, lognu = params[0], params[1:-1], params[-1]
     nu = 2.0 + np.exp(lognu)
     floor = np.exp(x1 @ beta)
@@ -291,6 +291,7 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         ``n_stars`` (K,), ``neg_log_likelihood`` (K,), ``quantile_levels`` (L,) and
         ``z_quantiles`` (K, L): conformal quantiles of the standardised absolute residuals.
     """
+    from scipy import optimize  # lazy: ~0.8 s of import that fit and infer do not need
     residuals = np.asarray(residuals, dtype=np.float64)
     n, k = residuals.shape
     ref_var = np.zeros_like(residuals) if ref_var is None else np.asarray(ref_var, dtype=np.float64)
@@ -383,6 +384,7 @@ def interval_factor(cal, level):
 
 def _quantile_factor(level, dof):
     """Half-width of the central ``level`` interval of a unit-variance Student t."""
+    from scipy import stats  # lazy: ~0.8 s of import that fit and infer do not need
     dof = np.asarray(dof, dtype=np.float64)
     q = stats.t.ppf(0.5 + 0.5 * level, dof)
     return q * np.sqrt((dof - 2.0) / dof)
@@ -514,6 +516,7 @@ def coverage_curve(residuals, sd, dof=None, levels=None, calibration=None):
     levels : ndarray, shape (L,)
     empirical : ndarray, shape (L, K)
     """
+    from scipy import stats  # lazy: ~0.8 s of import that fit and infer do not need
     levels = np.linspace(0.05, 0.99, 48) if levels is None else np.asarray(levels, dtype=np.float64)
     z = np.abs(np.asarray(residuals) / np.asarray(sd))
     k = z.shape[1]
