@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup warmup demo test test-all bench bench-quick bench-all clean
+.PHONY: setup warmup lint demo test test-all bench bench-quick bench-all clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 # announced by a log line, at first use)
 warmup: setup
 	$(PY) -m bayescannon._warmup
+
+# ruff lint (rules in pyproject.toml) over the package, tests, benchmarks and scripts
+lint: setup
+	$(VENV)/bin/ruff check bayescannon tests benchmarks scripts
 
 demo: setup
 	$(VENV)/bin/bayescannon demo --outdir demo_output

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bayescannon.bayes import calibrate
 
 EMULATOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "apogee_payne_emulator.npz"
@@ -31,8 +32,8 @@ def emulate(n, rng, pixels=None, snr=(30.0, 250.0)):
     s = (np.column_stack([lab, np.full(n, 10.0)]) - d["x_min"]) / (d["x_max"] - d["x_min"]) - 0.5
     flux0 = np.empty((n, px.size))
     for a in range(0, n, 500):
-        h = 1.0 / (1.0 + np.exp(-(np.einsum("pjk,nk->npj", d["w0"][px], s[a:a + 500]) + d["b0"][px])))
-        flux0[a:a + 500] = np.einsum("pj,npj->np", d["w1"][px], h) + d["b1"][px]
+        h = 1.0 / (1.0 + np.exp(-(np.einsum("pjk,nk->npj", d["w0"][px], s[a : a + 500]) + d["b0"][px])))
+        flux0[a : a + 500] = np.einsum("pj,npj->np", d["w1"][px], h) + d["b1"][px]
     sn = np.exp(rng.uniform(np.log(snr[0]), np.log(snr[1]), n))
     flux = flux0 + rng.standard_normal(flux0.shape) / sn[:, None]
     ivar = np.broadcast_to((sn**2)[:, None], flux.shape).copy()
@@ -43,8 +44,11 @@ def emulate(n, rng, pixels=None, snr=(30.0, 250.0)):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
-    ap.add_argument("--sections", default="coverage,nuts,latent",
-                    help="comma-separated subset of coverage,nuts,latent (nuts needs coverage's model)")
+    ap.add_argument(
+        "--sections",
+        default="coverage,nuts,latent",
+        help="comma-separated subset of coverage,nuts,latent (nuts needs coverage's model)",
+    )
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if not EMULATOR.exists():
@@ -69,11 +73,17 @@ def coverage_and_nuts(args, nuts):
         ftr, itr, ltr, _ = emulate(n_train, rng)
         fte, ite, lte, _ = emulate(n_test, rng)
         model = CannonModel(LABELS, random_state=0)
-        t = time.perf_counter(); model.fit(ftr, itr, ltr); t_fit = time.perf_counter() - t
-        t = time.perf_counter(); calibrate(model, ftr, itr, ltr, n_folds=5); t_cal = time.perf_counter() - t
+        t = time.perf_counter()
+        model.fit(ftr, itr, ltr)
+        t_fit = time.perf_counter() - t
+        t = time.perf_counter()
+        calibrate(model, ftr, itr, ltr, n_folds=5)
+        t_cal = time.perf_counter() - t
         rep = coverage_report(model, fte, ite, lte)
         pooled.append(rep["coverage"].sel(kind="calibrated").values * float(rep["n_stars"]))
-        print(f"[set {rep_i}] trained on {n_train} stars x 7214 px in {t_fit:.1f} s; 5-fold CV calibration {t_cal:.1f} s")
+        print(
+            f"[set {rep_i}] trained on {n_train} stars x 7214 px in {t_fit:.1f} s; 5-fold CV calibration {t_cal:.1f} s"
+        )
         print(f"coverage on {int(rep['n_stars'])} held-out stars (S/N 30-250):")
         for kind in rep["kind"].values:
             for lv in rep["level"].values:
@@ -94,28 +104,42 @@ def coverage_and_nuts(args, nuts):
     for _ in range(reps):
         model.infer(fte, ite, uncertainty="calibrated")
     t_calib = (time.perf_counter() - t) / reps
-    print(f"test step {n_test} stars: formal {t_formal:.3f} s, calibrated {t_calib:.3f} s "
-          f"(+{100 * (t_calib / t_formal - 1):.1f}%)")
+    print(
+        f"test step {n_test} stars: formal {t_formal:.3f} s, calibrated {t_calib:.3f} s "
+        f"(+{100 * (t_calib / t_formal - 1):.1f}%)"
+    )
     if not nuts:
         return
     # NUTS: one star after one compile, then 100 stars
     from bayescannon.bayes import LabelPosterior
 
     post = LabelPosterior(model)
-    t = time.perf_counter(); post.compile(); t_comp = time.perf_counter() - t
-    t = time.perf_counter(); tree = post.sample(fte[:1], ite[:1], draws=1000, tune=1000, chains=4); t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    post.compile()
+    t_comp = time.perf_counter() - t
+    t = time.perf_counter()
+    tree = post.sample(fte[:1], ite[:1], draws=1000, tune=1000, chains=4)
+    t_one = time.perf_counter() - t
     d = tree["diagnostics"].to_dataset()
-    print(f"NUTS compile {t_comp:.1f} s; one star (4 chains x 1000 draws): {t_one:.2f} s, "
-          f"max R-hat {float(d['max_r_hat'].max()):.4f}")
+    print(
+        f"NUTS compile {t_comp:.1f} s; one star (4 chains x 1000 draws): {t_one:.2f} s, "
+        f"max R-hat {float(d['max_r_hat'].max()):.4f}"
+    )
     n_many = 20 if args.quick else 100
-    t = time.perf_counter(); tree = post.sample(fte[:n_many], ite[:n_many], draws=1000, tune=1000, chains=4); t_many = time.perf_counter() - t
+    t = time.perf_counter()
+    tree = post.sample(fte[:n_many], ite[:n_many], draws=1000, tune=1000, chains=4)
+    t_many = time.perf_counter() - t
     d = tree["diagnostics"].to_dataset()
-    print(f"{n_many} stars: {t_many:.1f} s; converged {int(d['converged'].sum())}/{n_many}; "
-          f"max R-hat {float(d['max_r_hat'].max()):.4f}; median sd/Laplace {np.median(d['sd_ratio'].values):.3f}")
+    print(
+        f"{n_many} stars: {t_many:.1f} s; converged {int(d['converged'].sum())}/{n_many}; "
+        f"max R-hat {float(d['max_r_hat'].max()):.4f}; median sd/Laplace {np.median(d['sd_ratio'].values):.3f}"
+    )
     truth = lte[:n_many]
     inside = np.abs(d["mean"].values - truth) <= d["half_width_68"].values
     inside95 = np.abs(d["mean"].values - truth) <= d["half_width_95"].values
-    print(f"  calibrated posterior intervals cover 68%: {np.round(inside.mean(0), 3)}, 95%: {np.round(inside95.mean(0), 3)}")
+    print(
+        f"  calibrated posterior intervals cover 68%: {np.round(inside.mean(0), 3)}, 95%: {np.round(inside95.mean(0), 3)}"
+    )
 
 
 def latent_labels(args):
@@ -146,19 +170,41 @@ def latent_labels(args):
     for frac in (0.03, 0.10):
         errq = np.full((n_eiv, 4), frac)
         err = np.abs(HI - LO) * frac * np.ones((n_eiv, 1))
-        cases[f"quadratic truth, label errors {frac:.0%}"] = (fq, ivq, xq + errq * rng.standard_normal(xq.shape), errq, xq, fq_t, ivq_t, xq_t)
-        cases[f"emulator, label errors {frac:.0%}"] = (f, iv, lab + err * rng.standard_normal(lab.shape), err, lab, f_t, iv_t, lab_t)
+        cases[f"quadratic truth, label errors {frac:.0%}"] = (
+            fq,
+            ivq,
+            xq + errq * rng.standard_normal(xq.shape),
+            errq,
+            xq,
+            fq_t,
+            ivq_t,
+            xq_t,
+        )
+        cases[f"emulator, label errors {frac:.0%}"] = (
+            f,
+            iv,
+            lab + err * rng.standard_normal(lab.shape),
+            err,
+            lab,
+            f_t,
+            iv_t,
+            lab_t,
+        )
     CannonModel(LABELS).fit(fq[:300], ivq[:300], xq[:300], label_errors=np.full((300, 4), 0.03))  # compile
     for name, (ff, ii, oo, ee, tt, f2, i2, t2) in cases.items():
-        t = time.perf_counter(); plain = CannonModel(LABELS).fit(ff, ii, oo); t_plain = time.perf_counter() - t
+        t = time.perf_counter()
+        plain = CannonModel(LABELS).fit(ff, ii, oo)
+        t_plain = time.perf_counter() - t
         truth_model = CannonModel(LABELS).fit(ff, ii, tt)
 
         def held_out(m, f2=f2, i2=i2, t2=t2):
             return np.sqrt(np.mean((m.infer(f2, i2)["labels"].values - t2) ** 2, axis=0))
 
-        print(f"training {n_eiv} x {p_eiv} ({name}): plain MAP {t_plain:.2f} s; held-out rms "
-              f"{np.array2string(held_out(plain), precision=4)} (trained on the true labels: "
-              f"{np.array2string(held_out(truth_model), precision=4)})")
+        print(
+            f"training {n_eiv} x {p_eiv} ({name}): plain MAP {t_plain:.2f} s; held-out rms "
+            f"{np.array2string(held_out(plain), precision=4)} (trained on the true labels: "
+            f"{np.array2string(held_out(truth_model), precision=4)})"
+        )
         runs = [("calibrated", None)]
         if "3%" in name:
             runs.append(("formal", None))
@@ -170,12 +216,14 @@ def latent_labels(args):
             t_eiv = time.perf_counter() - t
             latent = m.extra_state_["extra_latent_labels_scaled"][1] * m.label_scale_ + m.label_offset_
             what = mode if trend is None else f"{mode}, trend_order={trend}"
-            print(f"  latent-label MAP ({what}) {t_eiv:.2f} s ({t_eiv / t_plain:.2f}x plain), "
-                  f"{int(m.extra_state_['extra_latent_iterations'][1])} iterations, "
-                  f"converged={bool(m.extra_state_['extra_latent_converged'][1])}; median |label - truth|/error: "
-                  f"observed {np.array2string(np.median(np.abs(oo - tt) / ee, axis=0), precision=2)}, "
-                  f"latent {np.array2string(np.median(np.abs(latent - tt) / ee, axis=0), precision=2)}; "
-                  f"held-out rms {np.array2string(held_out(m), precision=4)}")
+            print(
+                f"  latent-label MAP ({what}) {t_eiv:.2f} s ({t_eiv / t_plain:.2f}x plain), "
+                f"{int(m.extra_state_['extra_latent_iterations'][1])} iterations, "
+                f"converged={bool(m.extra_state_['extra_latent_converged'][1])}; median |label - truth|/error: "
+                f"observed {np.array2string(np.median(np.abs(oo - tt) / ee, axis=0), precision=2)}, "
+                f"latent {np.array2string(np.median(np.abs(latent - tt) / ee, axis=0), precision=2)}; "
+                f"held-out rms {np.array2string(held_out(m), precision=4)}"
+            )
 
 
 if __name__ == "__main__":

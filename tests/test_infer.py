@@ -23,10 +23,10 @@ def test_batched_lm_agrees_with_per_star_least_squares(trained):
     for i in range(len(y)):
         sw = np.sqrt(w[i])
 
-        def resid(x):
-            return sw * (flux[i] - model.theta_ @ vec(x))
+        def resid(x, sw=sw, f=flux[i]):
+            return sw * (f - model.theta_ @ vec(x))
 
-        def jac(x):
+        def jac(x, sw=sw):
             return -sw[:, None] * (model.theta_ @ vec.jacobian(x))
 
         x0 = scaling.scale(res["labels"].values[i], model.label_offset_, model.label_scale_)

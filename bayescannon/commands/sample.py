@@ -40,7 +40,7 @@ def run(args) -> int:
         select = None
     elif len(set(select)) != len(select):
         raise InvalidInputError("star ids to sample are duplicated")
-    tree = sample_labels(model, 
+    tree = sample_labels(model,
         ds, select=select, draws=args.draws, tune=args.tune, chains=args.chains, batch_size=args.batch_size,
         prior=args.prior, propagate_theta=not args.no_theta_uncertainty, seed=args.seed,
     )

@@ -113,7 +113,7 @@ def _wavelength_unit_factor(unit, path, where: str) -> float:
         import astropy.units as u
 
         factor = float(u.Unit(str(unit).strip(), format="fits").to(u.AA))
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "unknown unit"
+    except Exception as exc:
         raise _format_error(
             path, f"unknown wavelength unit {unit!r} in {where}; expected Angstrom, nm or um"
         ) from exc

@@ -55,7 +55,7 @@ def _check_table(table, name: str) -> Table:
     if not isinstance(table, Table):
         try:
             table = Table(table)
-        except Exception as exc:  # noqa: BLE001 - anything that is not table-like
+        except Exception as exc:
             raise InvalidInputError(
                 f"{name} must be an astropy Table (or convertible); got {type(table).__name__}"
             ) from exc

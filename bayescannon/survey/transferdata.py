@@ -208,7 +208,7 @@ class _DataSteps:
                 if col in big:
                     zz = np.asarray(big[col].values, dtype=float)
                     z = zz[np.isfinite(zz)] if np.isfinite(zz).any() else z
-            if "rv" in big and not ("redshift" in big):
+            if "rv" in big and "redshift" not in big:
                 vv = np.asarray(big["rv"].values, dtype=float) / 299_792.458
                 z = vv[np.isfinite(vv)] if np.isfinite(vv).any() else z
             zmax = float(min(np.max(np.abs(z)), 0.01))
