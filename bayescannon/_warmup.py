@@ -24,9 +24,10 @@ import time
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import preprocess
-from .model import CannonModel
-from .spectra import make_spectra
+from bayescannon import preprocess
+from bayescannon.bayes import calibrate
+from bayescannon.model import CannonModel
+from bayescannon.spectra import make_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def warm_up(seed: int = 0):
     # training, test step, calibration and the calibrated test step, as the CLI runs them
     model = CannonModel(_LABELS, order=2, random_state=seed).fit(train)
     model.infer(held)
-    model.calibrate(held["flux"].values, held["ivar"].values, yheld)
+    calibrate(model, held["flux"].values, held["ivar"].values, yheld)
     model.infer(held["flux"].values, held["ivar"].values, uncertainty="calibrated")
     # read-only spectra (e.g. from np.load(..., mmap_mode="r")) are another argument type
     flux_ro, ivar_ro = train["flux"].values.copy(), train["ivar"].values.copy()

@@ -42,7 +42,7 @@ NOTICE_SCRIPT = """
 import json, logging
 import numpy as np
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-from bayescannon import _kernels
+from bayescannon.core import _kernels
 from bayescannon._warmup import kernel_stats
 ivar_t = np.full((5, 4), 1e4); flux_t = np.ones((5, 4)); s2 = np.zeros(5)
 w, wf = np.empty((5, 4)), np.empty((5, 4))
@@ -50,7 +50,7 @@ for _ in range(2):
     _kernels.weights(ivar_t, flux_t, s2, np.arange(5), w, wf)
     _kernels.log_likelihood_terms(ivar_t, flux_t, flux_t, s2)
 st = kernel_stats()
-print(json.dumps([st["bayescannon._kernels.weights"], st["bayescannon._kernels.log_likelihood_terms"]]))
+print(json.dumps([st["bayescannon.core._kernels.weights"], st["bayescannon.core._kernels.log_likelihood_terms"]]))
 """
 
 
@@ -60,7 +60,7 @@ def test_compile_notice_once_then_cache_hit(tmp_path):
     first = _run(NOTICE_SCRIPT, tmp_path)
     notices = _notices(first.stderr)
     assert len(notices) == 1, first.stderr
-    assert notices[0].startswith("bayescannon._kernels: compiling the training kernels")
+    assert notices[0].startswith("bayescannon.core._kernels: compiling the training kernels")
     assert json.loads(first.stdout.splitlines()[-1]) == [[1, 0, 1], [1, 0, 1]]
     second = _run(NOTICE_SCRIPT, tmp_path)
     assert _notices(second.stderr) == []
@@ -73,7 +73,8 @@ def test_warm_up_touches_every_kernel_once():
     proc = _run("import json; from bayescannon._warmup import warm_up; print(json.dumps(warm_up()))")
     stats = json.loads(proc.stdout.splitlines()[-1])
     modules = {name.rsplit(".", 1)[0] for name in stats}
-    assert {"bayescannon._kernels", "bayescannon.calibration", "bayescannon.preprocess"} <= modules
+    assert {"bayescannon.core._kernels", "bayescannon.core.uncertainty", "bayescannon.core.grid",
+            "bayescannon.preprocess.normalise"} <= modules
     for name, (n_sig, _, _) in stats.items():
         func = name.rsplit(".", 1)[1]
         if func in CALLEES:
