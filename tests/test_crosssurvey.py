@@ -56,6 +56,12 @@ def test_four_runs_and_two_combined_catalogues(run):
         # each survey's own labels only on its own rows
         assert cat["GALAH_TEFF"].mask[cat["SURVEY"] == "APOGEE"].all()
         assert cat.meta["SCALE"] == scale and "FLAGBT00" in cat.meta
+        # the hull flag is evaluated from each run's training labels (one builder); the
+        # distance needs a CV scatter that these runs do not have: absent, not all False
+        assert {"FLAG_OUTSIDE_HULL", "IN_HULL"} <= set(cat.colnames)
+        assert "FLAG_FAR_FROM_TRAINING" not in cat.colnames
+        assert np.array_equal(np.asarray(cat["FLAG_OUTSIDE_HULL"]), ~np.asarray(cat["IN_HULL"]))
+        assert 0.5 < np.asarray(cat["IN_HULL"]).mean() < 1.0  # most stars inside, not all
 
 
 def test_transfer_removes_the_pipeline_offset(run):
