@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
 from bayescannon.errors import CrossMatchError
+from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
 from bayescannon.validate import mock_quadratic_survey
 
 NAMES = ["TEFF", "LOGG", "FE_H"]
@@ -39,7 +39,7 @@ def _surveys(seed=0, n_common=220, n_only=60):
 
 @pytest.fixture(scope="module")
 def run():
-    a, b, xm, truth = _surveys()
+    a, b, xm, _truth = _surveys()
     return a, b, run_cross_survey(a, b, NAMES, crossmatch=xm, model_kwargs={"random_state": 0}, giant_logg=2.25)
 
 
@@ -65,7 +65,7 @@ def test_four_runs_and_two_combined_catalogues(run):
 
 
 def test_transfer_removes_the_pipeline_offset(run):
-    a, b, res = run
+    _a, _b, res = run
     t = res.comparison
     n = 220
     before = t[(t["COMPARISON"] == "APOGEE - GALAH pipeline") & (t["POPULATION"] == "all")]
@@ -94,5 +94,5 @@ def test_surveys_without_common_stars_raise():
     a, b, xm, _ = _surveys(seed=1, n_common=30, n_only=5)
     with pytest.raises(CrossMatchError, match="no star is common"):
         common_stars(a, b)  # different id schemes and no cross-match table
-    ia, ib = common_stars(a, b, xm)
+    ia, _ib = common_stars(a, b, xm)
     assert ia.size == 30 and np.array_equal(a.ids[ia], xm["ID_A"])

@@ -9,8 +9,8 @@ import xarray as xr
 from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.flags import StarFlag, describe
-from bayescannon.validate.quality import assess, flag_table, in_convex_hull, label_distance
 from bayescannon.validate import mock_quadratic_survey
+from bayescannon.validate.quality import assess, flag_table, in_convex_hull, label_distance
 
 
 def _result(labels, *, flags=None, rchi2=None, npix=None):
