@@ -39,7 +39,7 @@ def _surveys(seed=0, n_common=220, n_only=60):
 
 @pytest.fixture(scope="module")
 def run():
-    a, b, xm, truth = _surveys()
+    a, b, xm, _truth = _surveys()
     return a, b, run_cross_survey(a, b, NAMES, crossmatch=xm, model_kwargs={"random_state": 0}, giant_logg=2.25)
 
 
@@ -56,10 +56,16 @@ def test_four_runs_and_two_combined_catalogues(run):
         # each survey's own labels only on its own rows
         assert cat["GALAH_TEFF"].mask[cat["SURVEY"] == "APOGEE"].all()
         assert cat.meta["SCALE"] == scale and "FLAGBT00" in cat.meta
+        # the hull flag is evaluated from each run's training labels (one builder); the
+        # distance needs a CV scatter that these runs do not have: absent, not all False
+        assert {"FLAG_OUTSIDE_HULL", "IN_HULL"} <= set(cat.colnames)
+        assert "FLAG_FAR_FROM_TRAINING" not in cat.colnames
+        assert np.array_equal(np.asarray(cat["FLAG_OUTSIDE_HULL"]), ~np.asarray(cat["IN_HULL"]))
+        assert 0.5 < np.asarray(cat["IN_HULL"]).mean() < 1.0  # most stars inside, not all
 
 
 def test_transfer_removes_the_pipeline_offset(run):
-    a, b, res = run
+    _a, _b, res = run
     t = res.comparison
     n = 220
     before = t[(t["COMPARISON"] == "APOGEE - GALAH pipeline") & (t["POPULATION"] == "all")]
@@ -88,5 +94,5 @@ def test_surveys_without_common_stars_raise():
     a, b, xm, _ = _surveys(seed=1, n_common=30, n_only=5)
     with pytest.raises(CrossMatchError, match="no star is common"):
         common_stars(a, b)  # different id schemes and no cross-match table
-    ia, ib = common_stars(a, b, xm)
+    ia, _ib = common_stars(a, b, xm)
     assert ia.size == 30 and np.array_equal(a.ids[ia], xm["ID_A"])

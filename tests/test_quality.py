@@ -114,3 +114,8 @@ def test_flags_separate_stars_inside_and_outside_the_training_set():
     assert np.all(f[30:] & StarFlag.OUTSIDE_HULL)
     assert np.all(q["label_distance"].values[30:] > q["label_distance"].values[:30].max())
     assert np.all(f[30:] & StarFlag.FAR_FROM_TRAINING)
+    # the dataset records which tests ran, so a catalogue writes only evaluated flag columns
+    assert q.attrs["hull"] == 1 and len(q.attrs["distance_scale"]) == 3 and "min_snr" not in q.attrs
+    skipped = assess(res, hull=False)
+    assert skipped.attrs["hull"] == 0 and "distance_scale" not in skipped.attrs
+    assert not np.any(skipped["flags"].values & (StarFlag.OUTSIDE_HULL | StarFlag.FAR_FROM_TRAINING))
