@@ -4,9 +4,8 @@
 applies a tiny model through the public API: training, the test step, calibration and
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
-continuum normalisation (single and double precision). Each
-kernel is thereby compiled for the argument types real data give it and stored in
-numba's on-disk cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the
+continuum normalisation (single and double precision). Each kernel is thereby compiled
+for the argument types real data give it and stored in numba's on-disk cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the
 first ``fit`` and ``infer`` of a later process load machine code instead of spending
 ~20 s each compiling it. On a warm cache the warm-up only loads, in a few seconds.
 
@@ -27,8 +26,6 @@ from numba.core.dispatcher import Dispatcher
 from . import preprocess
 from .model import CannonModel
 from .spectra import make_spectra
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["kernel_stats", "main", "warm_up"]
 
@@ -106,9 +103,14 @@ def warm_up(seed: int = 0):
     return kernel_stats()
 
 
-def main(argv=None) -> int:
-    """Command-line entry point: warm the kernel cache and say what was done."""
-    del argv
+def main() -> int:
+    """Command-line entry point: warm the kernel cache and say what was done.
+
+    Returns
+    -------
+    int
+        The exit status (0).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t0 = time.perf_counter()
     stats = warm_up()
