@@ -5,9 +5,10 @@ applies a tiny model through the public API: training, the test step, calibratio
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
 continuum normalisation (single and double precision). Each kernel is thereby compiled
-for the argument types real data give it and stored in numba's on-disk cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the
-first ``fit`` and ``infer`` of a later process load machine code instead of spending
-~20 s each compiling it. On a warm cache the warm-up only loads, in a few seconds.
+for the argument types real data give it and stored in numba's on-disk cache
+(``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the first ``fit`` and
+``infer`` of a later process load machine code instead of spending ~20 s each compiling
+it. On a warm cache the warm-up only loads, in a few seconds.
 
 The cache is keyed on the kernel sources and the numba version: after an upgrade or an
 edit of a kernel, run the warm-up again (or pay the compile once, announced by one log
