@@ -49,8 +49,8 @@ def kernel_stats():
             continue
         for attr, obj in sorted(vars(mod).items()):
             if isinstance(obj, Dispatcher) and getattr(obj.py_func, "__module__", None) == name:
-                st = obj.stats
-                out[f"{name}.{attr}"] = (len(obj.signatures), sum(st.cache_hits.values()), sum(st.cache_misses.values()))
+                hits, misses = obj.stats.cache_hits, obj.stats.cache_misses
+                out[f"{name}.{attr}"] = (len(obj.signatures), sum(hits.values()), sum(misses.values()))
     return out
 
 
