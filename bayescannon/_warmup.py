@@ -4,11 +4,11 @@
 applies a tiny model through the public API: training, the test step, calibration and
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
-continuum normalisation (single and double precision). Each
-kernel is thereby compiled for the argument types real data give it and stored in
-numba's on-disk cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the
-first ``fit`` and ``infer`` of a later process load machine code instead of spending
-~20 s each compiling it. On a warm cache the warm-up only loads, in a few seconds.
+continuum normalisation (single and double precision). Each kernel is thereby compiled
+for the argument types real data give it and stored in numba's on-disk cache
+(``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the first ``fit`` and
+``infer`` of a later process load machine code instead of spending ~20 s each compiling
+it. On a warm cache the warm-up only loads, in a few seconds.
 
 The cache is keyed on the kernel sources and the numba version: after an upgrade or an
 edit of a kernel, run the warm-up again (or pay the compile once, announced by one log
@@ -28,8 +28,6 @@ from bayescannon import preprocess
 from bayescannon.bayes import calibrate
 from bayescannon.model import CannonModel
 from bayescannon.spectra import make_spectra
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["kernel_stats", "main", "warm_up"]
 
@@ -52,8 +50,8 @@ def kernel_stats():
             continue
         for attr, obj in sorted(vars(mod).items()):
             if isinstance(obj, Dispatcher) and getattr(obj.py_func, "__module__", None) == name:
-                st = obj.stats
-                out[f"{name}.{attr}"] = (len(obj.signatures), sum(st.cache_hits.values()), sum(st.cache_misses.values()))
+                hits, misses = obj.stats.cache_hits, obj.stats.cache_misses
+                out[f"{name}.{attr}"] = (len(obj.signatures), sum(hits.values()), sum(misses.values()))
     return out
 
 
@@ -107,9 +105,14 @@ def warm_up(seed: int = 0):
     return kernel_stats()
 
 
-def main(argv=None) -> int:
-    """Command-line entry point: warm the kernel cache and say what was done."""
-    del argv
+def main() -> int:
+    """Command-line entry point: warm the kernel cache and say what was done.
+
+    Returns
+    -------
+    int
+        The exit status (0).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t0 = time.perf_counter()
     stats = warm_up()

@@ -83,6 +83,22 @@ def test_warm_up_touches_every_kernel_once():
             assert n_sig == (2 if func in TWO_SPECIALISATIONS else 1), (name, n_sig)
 
 
+def test_fit_and_infer_import_no_heavy_libraries():
+    """``import bayescannon``, training and the test step import neither the Bayesian and
+    plotting stack nor scipy's optimize/stats (~1 s of a first call between them)."""
+    code = """
+import sys
+import numpy as np
+import bayescannon
+rng = np.random.default_rng(1)
+y = rng.normal(size=(40, 3)); f = 1 + 0.01 * rng.normal(size=(40, 30)); iv = np.full_like(f, 1e4)
+bayescannon.CannonModel(["A", "B", "C"]).fit(f, iv, y).infer(f[:5], iv[:5])
+heavy = ["pymc", "pytensor", "arviz", "matplotlib", "astropy", "scipy.optimize", "scipy.stats", "tqdm"]
+print(",".join(m for m in heavy if m in sys.modules))
+"""
+    assert _run(code).stdout.splitlines()[-1] == ""
+
+
 @pytest.mark.slow
 def test_warm_up_then_demo_compiles_nothing(tmp_path):
     """After ``python -m bayescannon._warmup`` on an empty cache, a demo run (simulate,
