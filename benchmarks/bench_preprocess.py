@@ -9,7 +9,8 @@ reading. Then it times:
 * ``to_rest_frame`` (per-star shift + linear resampling onto a common rest-frame grid,
   3,535 pixels 3,900-8,800 A) and ``normalise_ho2017`` (L = 50 A) on the in-memory
   spectra, chunk by chunk;
-* reading the FITS files (:func:`bayescannon.io.read_lamost_many`, one process);
+* reading the FITS files (:func:`bayescannon.io.read_lamost_many`, one process), with
+  ``engine="astropy"`` and with the default fast path for plain files;
 * read + shift + resample + normalise of the files on ``--n-jobs`` worker processes
   (the spectra/s figure of the speed target; nothing is written);
 * :func:`bayescannon.preprocess.process_in_chunks` end to end in one process and on
@@ -188,6 +189,8 @@ def main(argv=None):
                 )
             )
         bio.read_lamost_many(paths[:10])
+        _, dt_astropy, dc_astropy = timed(bio.read_lamost_many, paths, engine="astropy")
+        report("read LAMOST DR5 FITS (astropy.io.fits)", args.n_files, dt_astropy, dc_astropy)
         _, dt, dc = timed(bio.read_lamost_many, paths)
         report("read LAMOST DR5 FITS (one process)", args.n_files, dt, dc)
         per_star_wall = dt / args.n_files + mem_wall / n

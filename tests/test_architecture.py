@@ -44,13 +44,8 @@ MAX_LINES = 800
 #: edges still to be removed. Each entry must still be needed (the tests fail when an
 #: entry is stale), so the lists only shrink; they are empty when the move is complete.
 PENDING_SPLIT = {
-    "bayescannon.io.generic",
 }
 PENDING_EDGES = {
-    ("bayescannon.io.generic", "bayescannon.io.apogee"),
-    ("bayescannon.io.generic", "bayescannon.io.galah"),
-    ("bayescannon.io.generic", "bayescannon.io.lamost"),
-    ("bayescannon.io.generic", "bayescannon.preprocess"),
 }
 
 

@@ -13,6 +13,7 @@ from astropy.table import Table
 from bayescannon import io as bio
 from bayescannon import preprocess as pp
 from bayescannon.errors import GridMismatchError, InvalidInputError, SurveyFormatError
+from bayescannon.io.fits import read_fits_images
 from bayescannon.spectra import make_spectra
 
 ENGINES = ["fast", "astropy"]
@@ -83,7 +84,9 @@ def test_lamost_redshift_feeds_rest_frame(tmp_path):
     wl = bio.lamost_wavelength(npix=2000)
     line_rest = 4500.0
     flux = 1.0 - 0.6 * np.exp(-0.5 * ((wl - line_rest * (1 + z)) / 3.0) ** 2)
-    path = bio.write_lamost(tmp_path / "spec-z.fits", wl, flux, np.full(wl.size, 1e4), header={"Z": z}, dtype=np.float64)
+    path = bio.write_lamost(
+        tmp_path / "spec-z.fits", wl, flux, np.full(wl.size, 1e4), header={"Z": z}, dtype=np.float64
+    )
     ds = bio.read_lamost(path)
     rest = pp.to_rest_frame(ds)
     f = rest["flux"].values[0]
@@ -146,7 +149,9 @@ def test_apstar_round_trip_and_masks(tmp_path, engine):
     mask[0, 6] = 2**1  # CRPIX: rejected by default
     mask[0, 7] = 2**9  # PERSIST_HIGH: kept by default
     header = {"OBJID": "2M00000002+7417074", "SNR": 123.0, "VHELIO": -12.5, "RA": 0.0083, "DEC": 74.285}
-    path = bio.write_apstar(tmp_path / "apStar-r5-2M00000002+7417074.fits", flux, err, mask, header=header, dtype=np.float64)
+    path = bio.write_apstar(
+        tmp_path / "apStar-r5-2M00000002+7417074.fits", flux, err, mask, header=header, dtype=np.float64
+    )
     ds = bio.read_apstar(path, engine=engine)
     assert ds["star"].values[0] == "2M00000002+7417074"
     np.testing.assert_array_equal(ds["wavelength"].values, bio.apogee_wavelength(npix=flux.shape[1]))
@@ -166,7 +171,7 @@ def test_apstar_round_trip_and_masks(tmp_path, engine):
 
 
 def test_apstar_one_visit_file_and_id_from_filename(tmp_path):
-    flux, err, mask = apstar_arrays(rows=1)
+    flux, err, _ = apstar_arrays(rows=1)
     path = bio.write_apstar(tmp_path / "apStar-r5-2M11111111-2222222.fits", flux[0], err[0], header={"OBJID": None})
     with fits.open(path) as hdul:
         assert hdul[1].data.ndim == 1 and len(hdul) == 10
@@ -225,8 +230,9 @@ def test_aspcapstar_round_trip(tmp_path):
 def test_apstar_many_skips_bad_files(tmp_path, caplog):
     paths = []
     for i in range(3):
-        flux, err, mask = apstar_arrays(rows=1, seed=i)
-        paths.append(bio.write_apstar(tmp_path / f"apStar-{i}.fits", flux, err, header={"OBJID": f"2M0000000{i}+0000000"}))
+        flux, err, _ = apstar_arrays(rows=1, seed=i)
+        header = {"OBJID": f"2M0000000{i}+0000000"}
+        paths.append(bio.write_apstar(tmp_path / f"apStar-{i}.fits", flux, err, header=header))
     bad = tmp_path / "apStar-bad.fits"
     bad.write_bytes(b"garbage")
     paths.insert(1, bad)
@@ -251,13 +257,13 @@ def galah_arms(seed=0, p=120):
     arms = {}
     for ccd, start in starts.items():
         counts = 2000 + rng.normal(0, 20, p)
-        arms[ccd] = dict(
-            flux=counts,
-            relative_error=np.full(p, 0.02),
-            normalised_flux=counts / 2000.0,
-            crval1=start,
-            cdelt1=0.046,
-        )
+        arms[ccd] = {
+            "flux": counts,
+            "relative_error": np.full(p, 0.02),
+            "normalised_flux": counts / 2000.0,
+            "crval1": start,
+            "cdelt1": 0.046,
+        }
     return arms
 
 
@@ -265,7 +271,8 @@ def galah_arms(seed=0, p=120):
 def test_galah_four_arms_combined(tmp_path, engine):
     arms = galah_arms()
     # write in a scrambled order: the reader sorts arms by wavelength
-    bio.write_galah(tmp_path, 170418003701205, {k: arms[k] for k in (3, 1, 4, 2)}, header={"RA": 10.5, "DEC": -40.0}, dtype=np.float64)
+    scrambled = {k: arms[k] for k in (3, 1, 4, 2)}
+    bio.write_galah(tmp_path, 170418003701205, scrambled, header={"RA": 10.5, "DEC": -40.0}, dtype=np.float64)
     ds = bio.read_galah(170418003701205, tmp_path, engine=engine)
     assert ds.sizes["pixel"] == 4 * 120
     wl = ds["wavelength"].values
@@ -339,7 +346,8 @@ def small_container(n=3, p=40, seed=0):
     ds = make_spectra(
         wl, flux, ivar, ids=[f"s{i}" for i in range(n)], mask=mask,
         attrs={"survey": "TEST", "normalised": False, "history": "made"},
-        snr=rng.uniform(10, 20, n), name=np.array(["a", "bb", "ccc"][:n]), all_masked=np.array([False, True, False][:n]),
+        snr=rng.uniform(10, 20, n), name=np.array(["a", "bb", "ccc"][:n]),
+        all_masked=np.array([False, True, False][:n]),
     )
     ds["wavelength"].attrs.update(medium="vacuum", frame="rest")
     return ds
@@ -437,16 +445,16 @@ def test_read_labels(tmp_path):
 def test_fast_reader_matches_astropy_on_unsigned_and_scaled(tmp_path):
     data = np.arange(12, dtype=np.uint16).reshape(3, 4) + 60000
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data)]).writeto(tmp_path / "u.fits")
-    from bayescannon.io.generic import _read_fits_images
-
-    fast = _read_fits_images(tmp_path / "u.fits", 2, "fast")
-    slow = _read_fits_images(tmp_path / "u.fits", 2, "astropy")
+    fast = read_fits_images(tmp_path / "u.fits", 2, "fast")
+    slow = read_fits_images(tmp_path / "u.fits", 2, "astropy")
     np.testing.assert_array_equal(fast[1][1], slow[1][1])
     hdu = fits.PrimaryHDU(np.arange(6, dtype=np.int16).reshape(2, 3))
     hdu.header["BSCALE"] = 0.5
     hdu.writeto(tmp_path / "s.fits")
-    fast = _read_fits_images(tmp_path / "s.fits", 1, "auto")  # falls back to astropy
+    fast = read_fits_images(tmp_path / "s.fits", 1, "auto")  # falls back to astropy
     np.testing.assert_array_equal(fast[0][1], np.arange(6).reshape(2, 3) * 0.5)
+    with pytest.raises(InvalidInputError, match="engine"):
+        read_fits_images(tmp_path / "s.fits", 1, "cfitsio")
 
 
 def test_round_trip_of_xarray_container_is_a_dataset(tmp_path):

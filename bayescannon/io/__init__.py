@@ -20,6 +20,15 @@ container (.nc, .npz, FITS)    :func:`read_spectra`, :func:`write_spectra`
 many survey files              :func:`read_many`
 label tables (FITS, CSV)       :func:`read_labels`
 =============================  ======================================================
+
+Modules: :mod:`~bayescannon.io.registry` (format detection and dispatch; each format
+module declares its formats, :mod:`~bayescannon.io.backend`),
+:mod:`~bayescannon.io.container` (the container files), :mod:`~bayescannon.io.apogee`,
+:mod:`~bayescannon.io.lamost`, :mod:`~bayescannon.io.galah` (survey layouts),
+:mod:`~bayescannon.io.records` (single-star records, stacking, many files),
+:mod:`~bayescannon.io.fits` (FITS images and headers), :mod:`~bayescannon.io.labels`,
+:mod:`~bayescannon.io.bits` (mask-bit names), :mod:`~bayescannon.pipeline.atomic` (atomic
+output files) and :mod:`~bayescannon.io.common`.
 """
 
 from .apogee import (
@@ -36,9 +45,24 @@ from .apogee import (
     write_apstar,
     write_aspcapstar,
 )
-from .galah import GALAH_CCDS, galah_path, read_galah, read_galah_many, write_galah, write_galah_arm
-from .generic import detect_format, read_labels, read_many, read_spectra, write_spectra
-from .lamost import LAMOST_MASK_BITS, lamost_wavelength, read_lamost, read_lamost_many, write_lamost
+from .container import write_spectra
+from .galah import (
+    GALAH_CCDS,
+    galah_path,
+    read_galah,
+    read_galah_many,
+    write_galah,
+    write_galah_arm,
+)
+from .labels import read_labels
+from .lamost import (
+    LAMOST_MASK_BITS,
+    lamost_wavelength,
+    read_lamost,
+    read_lamost_many,
+    write_lamost,
+)
+from .registry import detect_format, read_many, read_spectra
 
 __all__ = [
     "APOGEE_ASPCAPFLAG_BITS",

@@ -17,6 +17,10 @@ with ``CRVAL1``/``CDELT1`` (``CRPIX1`` defaults to 1) read from the flux HDU hea
 Errors become inverse variances: ``ivar = 1 / error**2``, and ``ivar = 0`` where the
 error is 0, negative, non-finite or above ``max_error``, where the flux is non-finite,
 or where the pixel mask has any of ``reject_bits`` set.
+
+The formats :data:`APSTAR` and :data:`ASPCAPSTAR` are declared to the registry
+(:mod:`bayescannon.io.registry`): file names starting ``apStar``/``asStar`` and
+``aspcapStar``, or a primary header with ``OBJID`` and an HDU1 with ``CRVAL1``.
 """
 
 from __future__ import annotations
@@ -30,38 +34,48 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from astropy.io import fits
-from astropy.table import Table
 
 from ..errors import InvalidInputError
-from .generic import (
+from .backend import FitsProbe, SpectraFormat
+from .bits import bits_to_int, mask_bits_attr
+from .common import format_error, has_fits_suffix
+from .fits import (
+    header_float,
+    header_str,
+    image_hdu,
+    read_fits_images,
+    table_hdu,
+    update_header,
+    wcs_wavelength,
+    write_hdus,
+)
+from .records import (
     _call_reader,
-    _format_error,
-    _header_float,
-    _read_fits_images,
+    _error_to_ivar,
     _read_many_with,
     _Record,
     _records_to_dataset,
-    _require_keys,
     _to_uint32_mask,
-    _wavelength_unit_factor,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "APOGEE_PIXMASK_BITS",
     "APOGEE_ASPCAPFLAG_BITS",
+    "APOGEE_PIXMASK_BITS",
     "APOGEE_STARFLAG_BITS",
+    "APSTAR",
+    "ASPCAPSTAR",
     "DEFAULT_REJECT_BITS",
     "apogee_wavelength",
+    "bits_to_int",
+    "mask_bits_attr",
     "read_apstar",
     "read_apstar_many",
     "read_aspcapstar",
     "read_aspcapstar_many",
     "write_apstar",
     "write_aspcapstar",
-    "bits_to_int",
-    "mask_bits_attr",
 ]
 
 #: ``APOGEE_PIXMASK`` bit numbers and names (DR12 data model).
@@ -143,91 +157,9 @@ DEFAULT_REJECT_BITS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 12)
 
 _APOGEE_ID = re.compile(r"2M\d{8}[+-]\d{7}")
 _FLUX_BUNIT = "Flux (10^-17 erg/s/cm^2/Ang)"
-
-
-def mask_bits_attr(bits: Mapping[int, str]) -> str:
-    """Encode a bit-number → name mapping as the ``mask_bits`` attribute string.
-
-    The container stores survey mask-bit names as ``"0:BADPIX,1:CRPIX,..."`` (a
-    string survives netCDF and FITS).
-    """
-    return ",".join(f"{int(b)}:{name}" for b, name in sorted(bits.items()))
-
-
-def _parse_bits_attr(text) -> dict[str, int]:
-    """Bit name → bit number from a ``mask_bits`` attribute.
-
-    Understands ``"0:BADPIX,1:CRPIX"`` (bit numbers, as written by the readers) and
-    ``"1=BADPIX: description; 2=WINDOW: ..."`` (bit values, as written by the
-    simulator); also a mapping in either direction.
-    """
-    if isinstance(text, Mapping):
-        out = {}
-        for k, v in text.items():
-            if isinstance(k, str):
-                out[k.strip().upper()] = int(v).bit_length() - 1 if int(v) > 0 else 0
-            else:
-                out[str(v).strip().upper()] = int(k)
-        return out
-    out: dict[str, int] = {}
-    for item in re.split(r"[;,]", str(text or "")):
-        item = item.strip()
-        try:
-            if "=" in item:
-                value, rest = item.split("=", 1)
-                value = int(value)
-                if value <= 0 or value & (value - 1):
-                    continue
-                out[rest.split(":", 1)[0].strip().upper()] = value.bit_length() - 1
-            elif ":" in item:
-                b, name = item.split(":", 1)
-                out[name.strip().upper()] = int(b)
-        except ValueError:
-            continue
-    return out
-
-
-def bits_to_int(bits, names: Mapping[int, str] | str | None = None) -> int:
-    """Combine bit numbers and/or bit names into one integer bit mask.
-
-    Parameters
-    ----------
-    bits : int, str or iterable of int/str, or None
-        Bit numbers (0-31) or names (e.g. ``"BADPIX"``). ``None`` or empty → 0.
-    names : mapping or str, optional
-        Bit number → name mapping (or a ``mask_bits`` attribute string) used to
-        resolve names.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    InvalidInputError
-        For an unknown name or a bit number outside 0-31.
-    """
-    if bits is None:
-        return 0
-    if isinstance(bits, (int, np.integer, str)):
-        bits = [bits]
-    lookup = _parse_bits_attr(names) if names is not None else {}
-    value = 0
-    for b in bits:
-        if isinstance(b, (str, np.str_)):
-            key = str(b).strip().upper()
-            if key.isdigit():
-                b = int(key)
-            elif key in lookup:
-                b = lookup[key]
-            else:
-                known = ", ".join(sorted(lookup)) or "none"
-                raise InvalidInputError(f"unknown mask bit name {b!r}; known names: {known}")
-        b = int(b)
-        if not 0 <= b < 32:
-            raise InvalidInputError(f"mask bit numbers must be 0-31; got {b}")
-        value |= 1 << b
-    return value
+_APOGEE_ATTRS = {"survey": "APOGEE", "instrument": "APOGEE", "resolving_power": 22500.0}
+_APOGEE_WAVELENGTH_ATTRS = {"units": "Angstrom", "medium": "vacuum", "frame": "rest"}
+_PIXMASK_ATTR = mask_bits_attr(APOGEE_PIXMASK_BITS)
 
 
 def apogee_wavelength(
@@ -242,39 +174,9 @@ def apogee_wavelength(
     return 10.0 ** (float(crval1) + float(cdelt1) * (i + 1.0 - float(crpix1)))
 
 
-def _log_linear_wavelength(header: Mapping, npix: int, path, where: str) -> np.ndarray:
-    _require_keys(header, ("CRVAL1", "CDELT1"), path, where)
-    try:
-        crval1 = float(header["CRVAL1"])
-        cdelt1 = float(header["CDELT1"])
-        crpix1 = float(header.get("CRPIX1", 1.0) or 1.0)
-    except (TypeError, ValueError) as exc:
-        raise _format_error(path, f"CRVAL1/CDELT1/CRPIX1 in {where} are not numbers") from exc
-    if not (np.isfinite(crval1) and np.isfinite(cdelt1)) or cdelt1 <= 0:
-        raise _format_error(path, f"CDELT1 in {where} must be positive; got {cdelt1}")
-    unit = header.get("CUNIT1", None)
-    if unit is not None:
-        text = str(unit).strip()
-        m = re.fullmatch(r"(?i)log(?:10)?\((.*)\)", text)
-        unit = m.group(1) if m else text
-    factor = _wavelength_unit_factor(unit, path, f"CUNIT1 of {where}")
-    dcflag = header.get("DC-FLAG", 1)
-    if dcflag in (0, False):  # linear dispersion (not APOGEE's usual)
-        wl = crval1 + cdelt1 * (np.arange(npix) + 1.0 - crpix1)
-    else:
-        wl = 10.0 ** (crval1 + cdelt1 * (np.arange(npix) + 1.0 - crpix1))
-    return wl * factor
-
-
-def _error_to_ivar(flux, error, max_error: float):
-    flux = np.asarray(flux, dtype=np.float64)
-    error = np.asarray(error, dtype=np.float64)
-    good = np.isfinite(flux) & np.isfinite(error) & (error > 0) & (error < max_error)
-    ivar = np.zeros_like(error)
-    np.divide(1.0, error * error, out=ivar, where=good)
-    ivar[~np.isfinite(ivar)] = 0.0
-    flux = np.where(np.isfinite(flux), flux, 0.0)
-    return flux, ivar
+# ---------------------------------------------------------------------------------------
+# readers
+# ---------------------------------------------------------------------------------------
 
 
 def _apogee_id(header: Mapping, path, id_from: str) -> str:
@@ -282,25 +184,57 @@ def _apogee_id(header: Mapping, path, id_from: str) -> str:
         raise InvalidInputError(f"id_from must be 'header' or 'filename'; got {id_from!r}")
     if id_from == "header":
         for key in ("OBJID", "APOGEE_ID", "OBJECT"):
-            value = header.get(key, None)
-            if value not in (None, ""):
-                return str(value).strip()
+            if value := header_str(header, key):
+                return value
     name = os.path.basename(os.fspath(path))
     m = _APOGEE_ID.search(name)
     if m:
         return m.group(0)
     for suffix in (".gz", ".fits", ".fit"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     return name
 
 
 def _check_shapes(path, **arrays) -> None:
-    shapes = {k: (None if v is None else np.shape(v)) for k, v in arrays.items()}
-    ref = next(iter(shapes.values()))
-    if any(s != ref for s in shapes.values()):
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    if len(set(shapes.values())) > 1:
         desc = ", ".join(f"{k} {s}" for k, s in shapes.items())
-        raise _format_error(path, f"HDU shapes do not agree: {desc}")
+        raise format_error(path, f"HDU shapes do not agree: {desc}")
+
+
+def _apogee_hdus(path, engine: str, what: str, names: Sequence[str]):
+    """Header 0, header 1 and the images of HDU1-3 of an apStar/aspcapStar file."""
+    hdus = read_fits_images(path, 4, engine)
+    if len(hdus) < 4:
+        raise format_error(
+            path, f"an {what} file has at least 4 HDUs (header, {', '.join(names)}); found {len(hdus)}"
+        )
+    return hdus[0][0], hdus[1][0], [data for _, data in hdus[1:4]]
+
+
+def _apogee_record(path, h0, h1, flux, error, *, max_error, id_from, extras, attrs, mask=None, reject=0):
+    """The record of one APOGEE spectrum (1-D flux and error) with its wavelengths from HDU1."""
+    wl = wcs_wavelength(h1, flux.shape[-1], path, "HDU1 (flux) header", log=True)
+    flux, ivar = _error_to_ivar(flux, error, max_error)
+    extras = {
+        **extras,
+        "snr": header_float(h0, "SNR"),
+        "ra": header_float(h0, "RA"),
+        "dec": header_float(h0, "DEC"),
+        "filename": os.path.basename(os.fspath(path)),
+    }
+    return _Record(
+        id=_apogee_id(h0, path, id_from),
+        wavelength=wl,
+        flux=flux,
+        ivar=ivar,
+        mask=mask,
+        reject=reject,
+        extras=extras,
+        attrs={**_APOGEE_ATTRS, **attrs},
+        wavelength_attrs=dict(_APOGEE_WAVELENGTH_ATTRS),
+        path=os.fspath(path),
+    )
 
 
 def _read_apstar_record(
@@ -312,63 +246,35 @@ def _read_apstar_record(
     id_from: str = "header",
     engine: str = "auto",
 ) -> _Record:
-    hdus = _read_fits_images(path, 4, engine)
-    if len(hdus) < 4:
-        raise _format_error(
-            path,
-            f"an apStar file has at least 4 HDUs (header, flux, error, mask); found {len(hdus)}",
-        )
-    h0, _ = hdus[0]
-    h1, flux = hdus[1]
-    _, error = hdus[2]
-    _, mask = hdus[3]
-    if flux is None or error is None or mask is None:
-        missing = [n for n, a in (("1 (flux)", flux), ("2 (error)", error), ("3 (mask)", mask)) if a is None]
-        raise _format_error(path, f"HDU {', '.join(missing)} holds no image data")
+    h0, h1, (flux, error, mask) = _apogee_hdus(path, engine, "apStar", ("flux", "error", "mask"))
+    missing = [n for n, a in (("1 (flux)", flux), ("2 (error)", error), ("3 (mask)", mask)) if a is None]
+    if missing:
+        raise format_error(path, f"HDU {', '.join(missing)} holds no image data")
     _check_shapes(path, flux=flux, error=error, mask=mask)
     if flux.ndim not in (1, 2):
-        raise _format_error(path, f"flux HDU must be 1-D or 2-D; got shape {flux.shape}")
+        raise format_error(path, f"flux HDU must be 1-D or 2-D; got shape {flux.shape}")
     nrows = 1 if flux.ndim == 1 else flux.shape[0]
     if not 0 <= int(row) < nrows:
-        raise _format_error(path, f"has {nrows} spectrum row(s); row={row} was requested")
+        raise format_error(path, f"has {nrows} spectrum row(s); row={row} was requested")
     if flux.ndim == 2:
         flux, error, mask = flux[row], error[row], mask[row]
-    npix = flux.shape[-1]
-    naxis1 = h1.get("NAXIS1", npix)
-    if int(naxis1) != npix:
-        raise _format_error(path, f"NAXIS1={naxis1} but the flux HDU holds {npix} pixels")
-    wl = _log_linear_wavelength(h1, npix, path, "HDU1 (flux) header")
-    mask = _to_uint32_mask(mask)
-    flux, ivar = _error_to_ivar(flux, error, max_error)
+    naxis1 = h1.get("NAXIS1", flux.shape[-1])
+    if int(naxis1) != flux.shape[-1]:
+        raise format_error(path, f"NAXIS1={naxis1} but the flux HDU holds {flux.shape[-1]} pixels")
     reject = bits_to_int(reject_bits, APOGEE_PIXMASK_BITS)
     extras = {
-        "snr": _header_float(h0, "SNR"),
-        "rv": _header_float(h0, "VHELIO"),
-        "ra": _header_float(h0, "RA"),
-        "dec": _header_float(h0, "DEC"),
+        "rv": header_float(h0, "VHELIO"),
         "nvisits": int(h0.get("NVISITS", nrows if nrows == 1 else nrows - 2) or 0),
-        "telescope": str(h0.get("TELESCOP", "") or ""),
-        "filename": os.path.basename(os.fspath(path)),
+        "telescope": header_str(h0, "TELESCOP"),
     }
     attrs = {
-        "survey": "APOGEE",
-        "instrument": "APOGEE",
-        "resolving_power": 22500.0,
         "normalised": False,
-        "mask_bits": mask_bits_attr(APOGEE_PIXMASK_BITS),
+        "mask_bits": _PIXMASK_ATTR,
         "history": f"read_apstar(row={int(row)}, reject_bits={reject:#x})",
     }
-    return _Record(
-        id=_apogee_id(h0, path, id_from),
-        wavelength=wl,
-        flux=flux,
-        ivar=ivar,
-        mask=mask,
-        reject=reject,
-        extras=extras,
-        attrs=attrs,
-        wavelength_attrs={"units": "Angstrom", "medium": "vacuum", "frame": "rest"},
-        path=os.fspath(path),
+    return _apogee_record(
+        path, h0, h1, flux, error, max_error=max_error, id_from=id_from, extras=extras, attrs=attrs,
+        mask=_to_uint32_mask(mask), reject=reject,
     )
 
 
@@ -380,50 +286,19 @@ def _read_aspcapstar_record(
     engine: str = "auto",
     _want_model: bool = False,
 ):
-    hdus = _read_fits_images(path, 4, engine)
-    if len(hdus) < 4:
-        raise _format_error(
-            path,
-            "an aspcapStar file has at least 4 HDUs (header, normalised flux, error, model); "
-            f"found {len(hdus)}",
-        )
-    h0, _ = hdus[0]
-    h1, flux = hdus[1]
-    _, error = hdus[2]
-    _, model = hdus[3]
+    h0, h1, (flux, error, model) = _apogee_hdus(path, engine, "aspcapStar", ("normalised flux", "error", "model"))
     if flux is None or error is None:
-        raise _format_error(path, "HDU1 (flux) or HDU2 (error) holds no image data")
+        raise format_error(path, "HDU1 (flux) or HDU2 (error) holds no image data")
     _check_shapes(path, flux=flux, error=error)
     if flux.ndim != 1:
-        raise _format_error(path, f"aspcapStar flux must be 1-D; got shape {flux.shape}")
-    wl = _log_linear_wavelength(h1, flux.shape[0], path, "HDU1 (flux) header")
-    flux, ivar = _error_to_ivar(flux, error, max_error)
-    extras = {
-        "snr": _header_float(h0, "SNR"),
-        "ra": _header_float(h0, "RA"),
-        "dec": _header_float(h0, "DEC"),
-        "filename": os.path.basename(os.fspath(path)),
-    }
-    rec = _Record(
-        id=_apogee_id(h0, path, id_from),
-        wavelength=wl,
-        flux=flux,
-        ivar=ivar,
-        mask=None,
-        extras=extras,
-        attrs={
-            "survey": "APOGEE",
-            "instrument": "APOGEE",
-            "resolving_power": 22500.0,
-            "normalised": True,
-            "history": "read_aspcapstar",
-        },
-        wavelength_attrs={"units": "Angstrom", "medium": "vacuum", "frame": "rest"},
-        path=os.fspath(path),
+        raise format_error(path, f"aspcapStar flux must be 1-D; got shape {flux.shape}")
+    rec = _apogee_record(
+        path, h0, h1, flux, error, max_error=max_error, id_from=id_from, extras={},
+        attrs={"normalised": True, "history": "read_aspcapstar"},
     )
     if _want_model:
         if model is None or np.shape(model) != np.shape(flux):
-            raise _format_error(path, "HDU3 (best-fitting model) is missing or has the wrong shape")
+            raise format_error(path, "HDU3 (best-fitting model) is missing or has the wrong shape")
         return rec, np.asarray(model, dtype=np.float64)
     return rec
 
@@ -453,8 +328,9 @@ def read_apstar(
     id_from : {"header", "filename"}
         Identifier from ``OBJID`` (default) or from the 2MASS-style id in the file name.
     engine : {"auto", "fast", "astropy"}
-        FITS reading engine (``"auto"``: a fast reader for plain image HDUs, astropy
-        otherwise).
+        FITS reading (see :func:`bayescannon.io.fits.read_fits_images`): ``"auto"``
+        reads plain files with a fast path that returns what astropy returns,
+        ``"astropy"`` always uses :mod:`astropy.io.fits`.
 
     Returns
     -------
@@ -470,12 +346,7 @@ def read_apstar(
         ``CRVAL1``/``CDELT1``, an unknown ``CUNIT1``, or a row that does not exist.
     """
     rec = _call_reader(
-        _read_apstar_record,
-        path,
-        row=row,
-        reject_bits=reject_bits,
-        max_error=max_error,
-        id_from=id_from,
+        _read_apstar_record, path, row=row, reject_bits=reject_bits, max_error=max_error, id_from=id_from,
         engine=engine,
     )
     return _records_to_dataset([rec])
@@ -498,6 +369,7 @@ def read_aspcapstar(
         Errors at or above this value mark pixels without information.
     id_from : {"header", "filename"}
     engine : {"auto", "fast", "astropy"}
+        See :func:`read_apstar`.
     return_model : bool
         Also return the best-fitting ASPCAP model spectrum (HDU3), shape (1, P).
 
@@ -512,11 +384,7 @@ def read_aspcapstar(
         As :func:`read_apstar`.
     """
     out = _call_reader(
-        _read_aspcapstar_record,
-        path,
-        max_error=max_error,
-        id_from=id_from,
-        engine=engine,
+        _read_aspcapstar_record, path, max_error=max_error, id_from=id_from, engine=engine,
         _want_model=return_model,
     )
     if return_model:
@@ -525,16 +393,8 @@ def read_aspcapstar(
     return _records_to_dataset([out])
 
 
-def read_apstar_many(
-    paths: Sequence,
-    *,
-    on_error: str = "raise",
-    return_skipped: bool = False,
-    grid: str = "strict",
-    resample_to=None,
-    progressbar: bool = False,
-    **kwargs,
-):
+def read_apstar_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
+                     grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
     """Read many apStar files into one container (see :func:`read_apstar`).
 
     Parameters
@@ -547,47 +407,54 @@ def read_apstar_many(
         Return ``(ds, skipped)``, ``skipped`` an astropy Table with columns ``path``,
         ``error``, ``reason``.
     grid, resample_to
-        See :func:`bayescannon.io.generic.read_many`; grids must match unless told
+        See :func:`bayescannon.io.read_many`; grids must match unless told
         otherwise (:class:`~bayescannon.errors.GridMismatchError`).
     progressbar : bool
     **kwargs
         Passed to :func:`read_apstar` (``row``, ``reject_bits``, ...).
     """
-    return _read_many_with(
-        paths,
-        _read_apstar_record,
-        what="apStar",
-        on_error=on_error,
-        return_skipped=return_skipped,
-        grid=grid,
-        resample_to=resample_to,
-        progressbar=progressbar,
-        **kwargs,
-    )
+    return _read_many_with(paths, _read_apstar_record, what="apStar", on_error=on_error, return_skipped=return_skipped,
+                           grid=grid, resample_to=resample_to, progressbar=progressbar, **kwargs)
 
 
-def read_aspcapstar_many(
-    paths: Sequence,
-    *,
-    on_error: str = "raise",
-    return_skipped: bool = False,
-    grid: str = "strict",
-    resample_to=None,
-    progressbar: bool = False,
-    **kwargs,
-):
+def read_aspcapstar_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
+                         grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
     """Read many aspcapStar files into one container (see :func:`read_apstar_many`)."""
-    return _read_many_with(
-        paths,
-        _read_aspcapstar_record,
-        what="aspcapStar",
-        on_error=on_error,
-        return_skipped=return_skipped,
-        grid=grid,
-        resample_to=resample_to,
-        progressbar=progressbar,
-        **kwargs,
-    )
+    return _read_many_with(paths, _read_aspcapstar_record, what="aspcapStar", on_error=on_error,
+                           return_skipped=return_skipped, grid=grid, resample_to=resample_to,
+                           progressbar=progressbar, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# format entries
+# ---------------------------------------------------------------------------------------
+
+
+def _name_starts(*prefixes: str):
+    def guess_can_open(path) -> bool:
+        return has_fits_suffix(path) and os.path.basename(os.fspath(path)).lower().startswith(prefixes)
+
+    return guess_can_open
+
+
+def _looks_like_apstar(probe: FitsProbe) -> bool:
+    ext = probe.first_extension
+    return "OBJID" in probe.primary and len(probe.names) >= 4 and ext is not None and "CRVAL1" in ext
+
+
+APSTAR = SpectraFormat(
+    name="apstar",
+    description="APOGEE apStar (combined and visit spectra)",
+    guess_can_open=_name_starts("apstar", "asstar"),
+    read_record=_read_apstar_record,
+    guess_from_content=_looks_like_apstar,
+)
+ASPCAPSTAR = SpectraFormat(
+    name="aspcapstar",
+    description="APOGEE aspcapStar (continuum-normalised spectra)",
+    guess_can_open=_name_starts("aspcapstar"),
+    read_record=_read_aspcapstar_record,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -595,37 +462,27 @@ def read_aspcapstar_many(
 # ---------------------------------------------------------------------------------------
 
 
-def _prepare_output(path, overwrite: bool) -> Path:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InvalidInputError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _writer_arrays(flux, error, other, other_name: str, default, ndims: tuple[int, ...]):
+    """flux, error and a third array (``default`` where None) checked to be one shape."""
+    flux = np.asarray(flux)
+    error = np.asarray(error)
+    if flux.ndim not in ndims or error.shape != flux.shape:
+        raise InvalidInputError(
+            f"flux must be {' or '.join(f'{n}-D' for n in ndims)} and error the same shape; "
+            f"got {flux.shape} and {error.shape}"
+        )
+    other = default(flux.shape) if other is None else np.asarray(other)
+    if other.shape != flux.shape:
+        raise InvalidInputError(f"{other_name} has shape {other.shape}; expected {flux.shape}")
+    return flux, error, other
 
 
-def _wcs_cards(header: fits.Header, crval1, cdelt1, crpix1) -> None:
-    header["CRVAL1"] = (float(crval1), "log10 of the first wavelength (Angstrom)")
-    header["CDELT1"] = (float(cdelt1), "log10 wavelength step")
-    header["CRPIX1"] = (float(crpix1), "reference pixel")
-    header["CTYPE1"] = "LOG-LINEAR"
-    header["DC-FLAG"] = (1, "log-linear dispersion")
-
-
-def _update_header(header: fits.Header, values: Mapping | None) -> None:
-    for key, value in (values or {}).items():
-        if value is None:
-            if key in header:
-                del header[key]
-            continue
-        header[str(key).upper()] = value
-
-
-def _mask_hdu(mask, name: str) -> fits.ImageHDU:
+def _mask_hdu(mask, name: str, wcs) -> fits.ImageHDU:
     mask = np.asarray(mask)
     if mask.size and (mask.min() < 0 or mask.max() >= 2**31):
         raise InvalidInputError(f"{name} values must be within 0 .. 2**31-1")
     dtype = np.int16 if (mask.size == 0 or mask.max() < 2**15) else np.int32
-    return fits.ImageHDU(mask.astype(dtype), name=name)
+    return image_hdu(mask, name, dtype, wcs=wcs)
 
 
 def write_apstar(
@@ -641,7 +498,7 @@ def write_apstar(
     dtype=np.float32,
     overwrite: bool = False,
 ) -> Path:
-    """Write an apStar file in the real layout.
+    """Write an apStar file in the real layout (atomically).
 
     Parameters
     ----------
@@ -660,21 +517,13 @@ def write_apstar(
         Data type of flux/error images (``float32`` as in the survey; ``float64`` for
         bit-exact round trips).
     overwrite : bool
+        Replace an existing file (else :class:`~bayescannon.errors.InvalidInputError`).
 
     Returns
     -------
     pathlib.Path
     """
-    flux = np.asarray(flux)
-    error = np.asarray(error)
-    if flux.ndim not in (1, 2) or error.shape != flux.shape:
-        raise InvalidInputError(
-            f"flux must be 1-D or 2-D and error the same shape; got {flux.shape} and {error.shape}"
-        )
-    mask = np.zeros(flux.shape, np.int16) if mask is None else np.asarray(mask)
-    if mask.shape != flux.shape:
-        raise InvalidInputError(f"mask has shape {mask.shape}; expected {flux.shape}")
-    path = _prepare_output(path, overwrite)
+    flux, error, mask = _writer_arrays(flux, error, mask, "mask", lambda s: np.zeros(s, np.int16), (1, 2))
     nrows = 1 if flux.ndim == 1 else flux.shape[0]
     primary = fits.PrimaryHDU()
     h0 = primary.header
@@ -684,41 +533,30 @@ def write_apstar(
     h0["VHELIO"] = (0.0, "mean heliocentric velocity (km/s)")
     h0["RA"] = 0.0
     h0["DEC"] = 0.0
-    _update_header(h0, header)
-    hdus: list = [primary]
-    for name, data, bunit in (
-        ("FLUX", flux, _FLUX_BUNIT),
-        ("ERROR", error, _FLUX_BUNIT),
-    ):
-        hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), name=name)
-        hdu.header["BUNIT"] = bunit
-        _wcs_cards(hdu.header, crval1, cdelt1, crpix1)
-        hdus.append(hdu)
-    mhdu = _mask_hdu(mask, "MASK")
-    _wcs_cards(mhdu.header, crval1, cdelt1, crpix1)
-    hdus.append(mhdu)
-    zeros = np.zeros(flux.shape, dtype=dtype)
-    for name, data in (
-        ("SKY", zeros),
-        ("SKYERR", zeros),
-        ("TELLURIC", np.ones(flux.shape, dtype=dtype)),
-        ("TELLURICERR", zeros),
-    ):
-        hdu = fits.ImageHDU(data, name=name)
-        _wcs_cards(hdu.header, crval1, cdelt1, crpix1)
-        hdus.append(hdu)
-    hdus.append(fits.ImageHDU(np.zeros((nrows, 26), dtype=np.float64), name="LSF"))
-    rv = Table(
-        {
-            "VHELIO": np.full(max(nrows - 2, 1), float(h0.get("VHELIO", 0.0))),
-            "SNR": np.full(max(nrows - 2, 1), float(h0.get("SNR", 0.0))),
-        }
-    )
-    rv_hdu = fits.table_to_hdu(rv)
-    rv_hdu.name = "RV"
-    hdus.append(rv_hdu)
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
-    return path
+    update_header(h0, header)
+    wcs = (crval1, cdelt1, crpix1)
+    bunit = {"BUNIT": _FLUX_BUNIT}
+    zeros = np.zeros(flux.shape)
+    nvisit_rows = max(nrows - 2, 1)
+    hdus = [
+        primary,
+        image_hdu(flux, "FLUX", dtype, cards=bunit, wcs=wcs),
+        image_hdu(error, "ERROR", dtype, cards=bunit, wcs=wcs),
+        _mask_hdu(mask, "MASK", wcs),
+        image_hdu(zeros, "SKY", dtype, wcs=wcs),
+        image_hdu(zeros, "SKYERR", dtype, wcs=wcs),
+        image_hdu(np.ones(flux.shape), "TELLURIC", dtype, wcs=wcs),
+        image_hdu(zeros, "TELLURICERR", dtype, wcs=wcs),
+        image_hdu(np.zeros((nrows, 26)), "LSF", np.float64),
+        table_hdu(
+            {
+                "VHELIO": np.full(nvisit_rows, float(h0.get("VHELIO", 0.0))),
+                "SNR": np.full(nvisit_rows, float(h0.get("SNR", 0.0))),
+            },
+            "RV",
+        ),
+    ]
+    return write_hdus(hdus, path, overwrite=overwrite)
 
 
 def write_aspcapstar(
@@ -734,7 +572,7 @@ def write_aspcapstar(
     dtype=np.float32,
     overwrite: bool = False,
 ) -> Path:
-    """Write an aspcapStar file in the real layout (HDU1 flux, HDU2 error, HDU3 model).
+    """Write an aspcapStar file in the real layout (HDU1 flux, HDU2 error, HDU3 model; atomically).
 
     Parameters
     ----------
@@ -748,32 +586,22 @@ def write_aspcapstar(
     crval1, cdelt1, crpix1 : float
     dtype : numpy dtype
     overwrite : bool
+        Replace an existing file (else :class:`~bayescannon.errors.InvalidInputError`).
 
     Returns
     -------
     pathlib.Path
     """
-    flux = np.asarray(flux)
-    error = np.asarray(error)
-    if flux.ndim != 1 or error.shape != flux.shape:
-        raise InvalidInputError(
-            f"flux must be 1-D and error the same shape; got {flux.shape} and {error.shape}"
-        )
-    model = np.ones(flux.shape) if model is None else np.asarray(model)
-    if model.shape != flux.shape:
-        raise InvalidInputError(f"model has shape {model.shape}; expected {flux.shape}")
-    path = _prepare_output(path, overwrite)
+    flux, error, model = _writer_arrays(flux, error, model, "model", np.ones, (1,))
     primary = fits.PrimaryHDU()
-    _update_header(primary.header, header)
-    hdus: list = [primary]
-    for name, data in (("FLUX", flux), ("ERROR", error), ("MODEL", model)):
-        hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), name=name)
-        _wcs_cards(hdu.header, crval1, cdelt1, crpix1)
-        hdus.append(hdu)
+    update_header(primary.header, header)
+    wcs = (crval1, cdelt1, crpix1)
     objid = str(primary.header.get("OBJID", ""))
-    table = Table({"APOGEE_ID": np.asarray([objid]), "SNR": [float(primary.header.get("SNR", 0.0))]})
-    thdu = fits.table_to_hdu(table)
-    thdu.name = "ASPCAP"
-    hdus.append(thdu)
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
-    return path
+    hdus = [
+        primary,
+        image_hdu(flux, "FLUX", dtype, wcs=wcs),
+        image_hdu(error, "ERROR", dtype, wcs=wcs),
+        image_hdu(model, "MODEL", dtype, wcs=wcs),
+        table_hdu({"APOGEE_ID": np.asarray([objid]), "SNR": [float(primary.header.get("SNR", 0.0))]}, "ASPCAP"),
+    ]
+    return write_hdus(hdus, path, overwrite=overwrite)

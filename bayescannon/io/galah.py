@@ -15,10 +15,14 @@ Wavelengths are linear, ``lambda_i = CRVAL1 + CDELT1 * (i + 1 - CRPIX1)`` (``i``
 0) from the header of the HDU that is read, in air (HERMES reductions), heliocentric.
 :func:`read_galah` combines one star's arms into one container, pixels concatenated in
 wavelength order.
+
+The format :data:`GALAH` is declared to the registry (:mod:`bayescannon.io.registry`):
+file names ``<15-digit sobject_id><ccd>.fits``; reading one arm file reads its star.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -30,34 +34,42 @@ import xarray as xr
 from astropy.io import fits
 
 from ..errors import InvalidInputError
-from .apogee import _prepare_output, _update_header
-from .generic import (
+from .backend import SpectraFormat
+from .common import format_error
+from .fits import (
+    header_float,
+    image_hdu,
+    read_fits_images,
+    set_wcs_cards,
+    update_header,
+    wcs_wavelength,
+    write_hdus,
+)
+from .records import (
     _call_reader,
-    _format_error,
-    _header_float,
-    _read_fits_images,
+    _error_to_ivar,
     _read_many_with,
     _Record,
     _records_to_dataset,
-    _require_keys,
-    _wavelength_unit_factor,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "GALAH",
     "GALAH_CCDS",
     "galah_path",
     "read_galah",
     "read_galah_many",
-    "write_galah_arm",
     "write_galah",
+    "write_galah_arm",
 ]
 
 #: HERMES cameras: ccd number → name.
 GALAH_CCDS: dict[int, str] = {1: "blue", 2: "green", 3: "red", 4: "ir"}
 
 _ARM_NAME = re.compile(r"^(\d+)([1-4])\.fits?(\.gz)?$")
+_DR3_ARM_NAME = re.compile(r"^\d{15}[1-4]\.fits?(\.gz)?$")
 
 
 def galah_path(directory, sobject_id, ccd: int) -> Path:
@@ -65,24 +77,22 @@ def galah_path(directory, sobject_id, ccd: int) -> Path:
     return Path(directory) / f"{str(sobject_id).strip()}{int(ccd)}.fits"
 
 
-def _linear_wavelength(header: Mapping, npix: int, path, where: str) -> np.ndarray:
-    _require_keys(header, ("CRVAL1", "CDELT1"), path, where)
-    try:
-        crval1 = float(header["CRVAL1"])
-        cdelt1 = float(header["CDELT1"])
-        crpix1 = float(header.get("CRPIX1", 1.0) or 1.0)
-    except (TypeError, ValueError) as exc:
-        raise _format_error(path, f"CRVAL1/CDELT1/CRPIX1 in {where} are not numbers") from exc
-    if not cdelt1 > 0:
-        raise _format_error(path, f"CDELT1 in {where} must be positive; got {cdelt1}")
-    factor = _wavelength_unit_factor(header.get("CUNIT1", None), path, f"CUNIT1 of {where}")
-    return (crval1 + cdelt1 * (np.arange(npix, dtype=np.float64) + 1.0 - crpix1)) * factor
+def _check_ccd(ccd) -> int:
+    if int(ccd) not in GALAH_CCDS:
+        raise InvalidInputError(f"GALAH ccd numbers are 1-4; got {ccd}")
+    return int(ccd)
+
+
+# ---------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------
 
 
 def _read_arm(path, *, normalised: bool, engine: str):
-    hdus = _read_fits_images(path, 5, engine)
+    """(wavelength, flux, ivar, primary header) of one arm file."""
+    hdus = read_fits_images(path, 5, engine)
     if len(hdus) < 5:
-        raise _format_error(
+        raise format_error(
             path,
             f"a GALAH DR3 arm file has 5 HDUs (flux, relative error, no-sky flux, no-sky "
             f"sigma, normalised flux); found {len(hdus)}",
@@ -91,20 +101,14 @@ def _read_arm(path, *, normalised: bool, engine: str):
     header, flux = hdus[ext]
     _, rel = hdus[1]
     if flux is None or rel is None:
-        raise _format_error(path, f"HDU {ext} (flux) or HDU 1 (relative error) holds no data")
+        raise format_error(path, f"HDU {ext} (flux) or HDU 1 (relative error) holds no data")
     if flux.ndim != 1 or rel.shape != flux.shape:
-        raise _format_error(
-            path, f"flux HDU {ext} has shape {flux.shape}, relative error HDU 1 {rel.shape}"
-        )
-    wl = _linear_wavelength(header, flux.shape[0], path, f"HDU {ext} header")
+        raise format_error(path, f"flux HDU {ext} has shape {flux.shape}, relative error HDU 1 {rel.shape}")
+    wl = wcs_wavelength(header, flux.shape[0], path, f"HDU {ext} header", log=False)
     f = np.asarray(flux, dtype=np.float64)
     r = np.asarray(rel, dtype=np.float64)
-    sigma = np.abs(r * f)
-    good = np.isfinite(f) & np.isfinite(r) & (r > 0) & (sigma > 0)
-    ivar = np.zeros_like(f)
-    np.divide(1.0, sigma * sigma, out=ivar, where=good)
-    ivar[~np.isfinite(ivar)] = 0.0
-    f = np.where(np.isfinite(f), f, 0.0)
+    # absolute error = relative error x flux; a relative error <= 0 marks no information
+    f, ivar = _error_to_ivar(f, np.where(r > 0, np.abs(r * f), np.nan))
     return wl, f, ivar, hdus[0][0]
 
 
@@ -137,46 +141,37 @@ def _read_galah_record(
         raise InvalidInputError(f"missing_arms must be 'raise' or 'skip'; got {missing_arms!r}")
     sobject_id, directory = _split_star(star, directory)
     arms = []
-    for ccd in ccds:
-        if int(ccd) not in GALAH_CCDS:
-            raise InvalidInputError(f"GALAH ccd numbers are 1-4; got {ccd}")
+    for ccd in map(_check_ccd, ccds):
         path = galah_path(directory, sobject_id, ccd)
         if not path.exists():
             if missing_arms == "raise":
-                raise _format_error(path, f"missing arm file for ccd {ccd} of star {sobject_id}")
+                raise format_error(path, f"missing arm file for ccd {ccd} of star {sobject_id}")
             logger.info("%s: missing arm file for ccd %d; skipped", path, ccd)
             continue
-        wl, f, iv, h0 = _read_arm(path, normalised=normalised, engine=engine)
-        arms.append((wl, f, iv, h0, path))
+        arms.append((*_read_arm(path, normalised=normalised, engine=engine), path))
     if not arms:
-        raise _format_error(
-            galah_path(directory, sobject_id, ccds[0]), f"no arm file found for star {sobject_id}"
-        )
+        raise format_error(galah_path(directory, sobject_id, ccds[0]), f"no arm file found for star {sobject_id}")
     arms.sort(key=lambda a: a[0][0])
-    for (wa, *_, pa), (wb, *_, pb) in zip(arms[:-1], arms[1:]):
+    for (wa, *_, pa), (wb, *_, pb) in itertools.pairwise(arms):
         if wb[0] <= wa[-1]:
-            raise _format_error(
+            raise format_error(
                 pb,
                 f"its wavelengths ({wb[0]:.2f}-{wb[-1]:.2f} A) overlap those of {pa} "
                 f"({wa[0]:.2f}-{wa[-1]:.2f} A)",
             )
-    wl = np.concatenate([a[0] for a in arms])
-    flux = np.concatenate([a[1] for a in arms])
-    ivar = np.concatenate([a[2] for a in arms])
     h0 = arms[0][3]
-    ra = _header_float(h0, "RA", _header_float(h0, "RA_OBJ"))
-    dec = _header_float(h0, "DEC", _header_float(h0, "DEC_OBJ"))
     extras = {
         "sobject_id": sobject_id,
-        "ra": ra,
-        "dec": dec,
+        "ra": header_float(h0, "RA", header_float(h0, "RA_OBJ")),
+        "dec": header_float(h0, "DEC", header_float(h0, "DEC_OBJ")),
         "n_arms": len(arms),
     }
+    history = f"read_galah(normalised={bool(normalised)}, ccds={tuple(int(c) for c in ccds)})"
     return _Record(
         id=sobject_id,
-        wavelength=wl,
-        flux=flux,
-        ivar=ivar,
+        wavelength=np.concatenate([a[0] for a in arms]),
+        flux=np.concatenate([a[1] for a in arms]),
+        ivar=np.concatenate([a[2] for a in arms]),
         mask=None,
         extras=extras,
         attrs={
@@ -184,7 +179,7 @@ def _read_galah_record(
             "instrument": "HERMES",
             "resolving_power": 28000.0,
             "normalised": bool(normalised),
-            "history": f"read_galah(normalised={bool(normalised)}, ccds={tuple(int(c) for c in ccds)})",
+            "history": history,
         },
         wavelength_attrs={"units": "Angstrom", "medium": "air", "frame": "observed"},
         path=os.fspath(arms[0][4]),
@@ -220,6 +215,7 @@ def read_galah(
     missing_arms : {"raise", "skip"}
         What to do when an arm file is absent.
     engine : {"auto", "fast", "astropy"}
+        FITS reading (see :func:`bayescannon.io.fits.read_fits_images`).
 
     Returns
     -------
@@ -235,27 +231,14 @@ def read_galah(
         ``CRVAL1``/``CDELT1``, mismatched shapes, or arms whose wavelengths overlap.
     """
     rec = _call_reader(
-        lambda s, **kw: _read_galah_record(s, directory, **kw),
-        star,
-        normalised=normalised,
-        ccds=ccds,
-        missing_arms=missing_arms,
-        engine=engine,
+        lambda s, **kw: _read_galah_record(s, directory, **kw), star, normalised=normalised, ccds=ccds,
+        missing_arms=missing_arms, engine=engine,
     )
     return _records_to_dataset([rec])
 
 
-def read_galah_many(
-    sobject_ids: Sequence,
-    directory,
-    *,
-    on_error: str = "raise",
-    return_skipped: bool = False,
-    grid: str = "strict",
-    resample_to=None,
-    progressbar: bool = False,
-    **kwargs,
-):
+def read_galah_many(sobject_ids: Sequence, directory, *, on_error: str = "raise", return_skipped: bool = False,
+                    grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
     """Read many GALAH stars into one container.
 
     Each star has its own wavelength solution, so pass ``resample_to=<grid>`` unless the
@@ -269,7 +252,7 @@ def read_galah_many(
     return_skipped : bool
         Return ``(ds, skipped)`` (``skipped`` lists the sobject_id in ``path``).
     grid, resample_to, progressbar
-        See :func:`bayescannon.io.generic.read_many`.
+        See :func:`bayescannon.io.read_many`.
     **kwargs
         Passed to :func:`read_galah`.
     """
@@ -277,17 +260,22 @@ def read_galah_many(
     def read_one(sid, **kw):
         return _read_galah_record(sid, directory, **kw)
 
-    return _read_many_with(
-        [str(s) for s in sobject_ids],
-        read_one,
-        what="GALAH",
-        on_error=on_error,
-        return_skipped=return_skipped,
-        grid=grid,
-        resample_to=resample_to,
-        progressbar=progressbar,
-        **kwargs,
-    )
+    return _read_many_with([str(s) for s in sobject_ids], read_one, what="GALAH", on_error=on_error,
+                           return_skipped=return_skipped, grid=grid, resample_to=resample_to,
+                           progressbar=progressbar, **kwargs)
+
+
+GALAH = SpectraFormat(
+    name="galah",
+    description="GALAH DR3 arm file <sobject_id><ccd>.fits (reads the star's arms from its folder)",
+    guess_can_open=lambda path: bool(_DR3_ARM_NAME.match(os.path.basename(os.fspath(path)))),
+    read_record=_read_galah_arm_path_record,
+    open_dataset=lambda path, **kwargs: read_galah(path, **kwargs),
+)
+
+# ---------------------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------------------
 
 
 def write_galah_arm(
@@ -305,7 +293,7 @@ def write_galah_arm(
     dtype=np.float32,
     overwrite: bool = False,
 ) -> Path:
-    """Write one GALAH DR3 arm file (five HDUs).
+    """Write one GALAH DR3 arm file (five HDUs; atomically).
 
     Parameters
     ----------
@@ -324,6 +312,7 @@ def write_galah_arm(
         Primary-header keywords (``RA``, ``DEC``, ...).
     dtype : numpy dtype
     overwrite : bool
+        Replace an existing file (else :class:`~bayescannon.errors.InvalidInputError`).
 
     Returns
     -------
@@ -341,36 +330,23 @@ def write_galah_arm(
     norm = np.asarray(normalised_flux)
     if norm.shape != flux.shape:
         raise InvalidInputError(f"normalised_flux has shape {norm.shape}; expected {flux.shape}")
-    path = _prepare_output(path, overwrite)
-
-    def wcs(h, c1, d1):
-        h["CRVAL1"] = (float(c1), "wavelength of the reference pixel (Angstrom)")
-        h["CDELT1"] = (float(d1), "wavelength step (Angstrom)")
-        h["CRPIX1"] = (float(crpix1), "reference pixel")
-        h["CTYPE1"] = "LINEAR"
-        h["CUNIT1"] = "Angstroms"
-
+    wcs = (crval1, cdelt1, crpix1)
     primary = fits.PrimaryHDU(np.asarray(flux, dtype=dtype))
-    wcs(primary.header, crval1, cdelt1)
-    _update_header(primary.header, header)
-    hdus = [primary]
-    for name, data in (
-        ("input_sigma", rel),
-        ("no_sky_subspectrum", flux),
-        ("no_sky_sigma", rel),
-    ):
-        hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), name=name)
-        wcs(hdu.header, crval1, cdelt1)
-        hdus.append(hdu)
-    nhdu = fits.ImageHDU(np.asarray(norm, dtype=dtype), name="normalised_spectrum")
-    wcs(
-        nhdu.header,
+    set_wcs_cards(primary.header, *wcs, log=False)
+    update_header(primary.header, header)
+    norm_wcs = (
         crval1 if normalised_crval1 is None else normalised_crval1,
         cdelt1 if normalised_cdelt1 is None else normalised_cdelt1,
+        crpix1,
     )
-    hdus.append(nhdu)
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
-    return path
+    hdus = [
+        primary,
+        image_hdu(rel, "input_sigma", dtype, wcs=wcs, log=False),
+        image_hdu(flux, "no_sky_subspectrum", dtype, wcs=wcs, log=False),
+        image_hdu(rel, "no_sky_sigma", dtype, wcs=wcs, log=False),
+        image_hdu(norm, "normalised_spectrum", dtype, wcs=norm_wcs, log=False),
+    ]
+    return write_hdus(hdus, path, overwrite=overwrite)
 
 
 def write_galah(
@@ -402,14 +378,12 @@ def write_galah(
     """
     paths = []
     for ccd, arm in sorted(arms.items()):
-        if int(ccd) not in GALAH_CCDS:
-            raise InvalidInputError(f"GALAH ccd numbers are 1-4; got {ccd}")
         kw = dict(arm)
         arm_header = dict(header or {})
         arm_header.update(kw.pop("header", None) or {})
         paths.append(
             write_galah_arm(
-                galah_path(directory, sobject_id, ccd),
+                galah_path(directory, sobject_id, _check_ccd(ccd)),
                 kw.pop("flux"),
                 kw.pop("relative_error"),
                 kw.pop("normalised_flux", None),

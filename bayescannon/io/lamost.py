@@ -15,6 +15,10 @@ Wavelengths are heliocentric, observed frame (shift with
 :func:`bayescannon.preprocess.to_rest_frame`, which uses the ``redshift`` column read
 from ``Z``), vacuum unless ``VACUUM = F``. The pipeline already sets ``ivar = 0`` on
 bad pixels; ``reject_bits`` can also mask pixels by their and/or-mask bits.
+
+The format :data:`LAMOST` is declared to the registry (:mod:`bayescannon.io.registry`):
+file names starting ``spec-`` or ``med-``, or a primary header with ``Z`` and
+``OBSID`` or ``DESIG``.
 """
 
 from __future__ import annotations
@@ -30,21 +34,23 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..errors import InvalidInputError, SurveyFormatError
-from .apogee import _prepare_output, _update_header, bits_to_int, mask_bits_attr
-from .generic import (
-    _call_reader,
-    _format_error,
-    _header_float,
-    _read_fits_images,
-    _read_many_with,
-    _Record,
-    _records_to_dataset,
-    _wavelength_unit_factor,
+from .backend import FitsProbe, SpectraFormat
+from .bits import bits_to_int, mask_bits_attr
+from .common import format_error, has_fits_suffix, wavelength_unit_factor
+from .fits import (
+    header_float,
+    header_str,
+    read_fits_images,
+    table_hdu,
+    update_header,
+    write_hdus,
 )
+from .records import _call_reader, _read_many_with, _Record, _records_to_dataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LAMOST",
     "LAMOST_MASK_BITS",
     "lamost_wavelength",
     "read_lamost",
@@ -148,25 +154,39 @@ def lamost_wavelength(coeff0: float = 3.5682, coeff1: float = 1.0e-4, npix: int 
     return 10.0 ** (float(coeff0) + float(coeff1) * np.arange(int(npix), dtype=np.float64))
 
 
+_LAMOST_MASK_BITS_ATTR = mask_bits_attr(LAMOST_MASK_BITS)
+
+# ---------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------
+
+
 def _lamost_id(header: Mapping, path, id_from: str) -> str:
     if id_from not in ("obsid", "filename", "desig"):
         raise InvalidInputError(f"id_from must be 'obsid', 'filename' or 'desig'; got {id_from!r}")
-    if id_from == "obsid" and header.get("OBSID", None) not in (None, ""):
+    if id_from == "obsid" and header_str(header, "OBSID"):
         value = header["OBSID"]
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return str(value).strip()
-    if id_from == "desig" and header.get("DESIG", None) not in (None, ""):
-        return str(header["DESIG"]).strip()
-    name = os.path.basename(os.fspath(path))
-    return name[:-3] if name.endswith(".gz") else name
+    if id_from == "desig" and header_str(header, "DESIG"):
+        return header_str(header, "DESIG")
+    return os.path.basename(os.fspath(path)).removesuffix(".gz")
+
+
+def _obsid(header: Mapping) -> int:
+    try:
+        return int(header["OBSID"])
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 def _read_table_layout(path):
+    """The rows (flux, ivar, wavelength, masks) and wavelength unit of the DR8+ table layout."""
     try:
         with fits.open(path, memmap=False) as hdul:
             if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-                raise _format_error(
+                raise format_error(
                     path,
                     "primary HDU holds no (5, P) image and HDU1 is not a binary table: "
                     "neither the DR2-DR7 nor the DR8+ LAMOST layout",
@@ -175,22 +195,22 @@ def _read_table_layout(path):
             names = [c.name.upper() for c in table.columns]
             missing = [c for c in _TABLE_COLUMNS[:3] if c not in names]
             if missing:
-                raise _format_error(path, f"table HDU1 lacks column(s) {', '.join(missing)}")
+                raise format_error(path, f"table HDU1 lacks column(s) {', '.join(missing)}")
             if table.data is None or len(table.data) < 1:
-                raise _format_error(path, "table HDU1 has no rows")
-            rows = {}
-            for c in _TABLE_COLUMNS:
-                if c in names:
-                    rows[c.lower()] = np.asarray(table.data[c][0]).ravel()
+                raise format_error(path, "table HDU1 has no rows")
+            rows = {c.lower(): np.asarray(table.data[c][0]).ravel() for c in _TABLE_COLUMNS if c in names}
             unit = table.columns["WAVELENGTH"].unit
     except SurveyFormatError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise _format_error(path, f"cannot read the LAMOST table HDU ({exc})") from exc
+        raise format_error(path, f"cannot read the LAMOST table HDU ({exc})") from exc
     return rows, unit
 
 
-_LAMOST_MASK_BITS_ATTR = mask_bits_attr(LAMOST_MASK_BITS)
+def _check_pixels(path, rows: Mapping, names, npix: int) -> None:
+    for name in names:
+        if np.shape(rows[name]) != (npix,):
+            raise format_error(path, f"{name} has {np.size(rows[name])} pixels; wavelength has {npix}")
 
 
 def _read_lamost_record(
@@ -204,14 +224,14 @@ def _read_lamost_record(
 ) -> _Record:
     if mask not in ("andmask", "ormask", None):
         raise InvalidInputError(f"mask must be 'andmask', 'ormask' or None; got {mask!r}")
-    hdus = _read_fits_images(path, 1, engine)
+    hdus = read_fits_images(path, 1, engine)
     if not hdus:
-        raise _format_error(path, "empty FITS file")
+        raise format_error(path, "empty FITS file")
     h0, data = hdus[0]
     unit = h0.get("CUNIT1", None)
     if data is not None:
         if data.ndim != 2 or data.shape[0] != 5:
-            raise _format_error(
+            raise format_error(
                 path,
                 f"primary image has shape {data.shape}; the LAMOST DR2-DR7 layout is (5, P) "
                 "with rows flux, ivar, wavelength, andmask, ormask",
@@ -220,46 +240,33 @@ def _read_lamost_record(
     else:
         rows, table_unit = _read_table_layout(path)
         unit = table_unit or unit
-    if require_redshift and ("Z" not in h0 or h0.get("Z") is None):
-        raise _format_error(path, "missing header keyword Z (redshift) in the primary header")
+    if require_redshift and h0.get("Z") is None:
+        raise format_error(path, "missing header keyword Z (redshift) in the primary header")
     wl = np.asarray(rows["wavelength"], dtype=np.float64)
     npix = wl.size
-    for name in ("flux", "ivar"):
-        if np.shape(rows[name]) != (npix,):
-            raise _format_error(path, f"{name} has {np.size(rows[name])} pixels; wavelength has {npix}")
-    factor = _wavelength_unit_factor(unit, path, "the wavelength unit")
+    _check_pixels(path, rows, ("flux", "ivar"), npix)
+    factor = wavelength_unit_factor(unit, path, "the wavelength unit")
     if factor != 1.0:
         wl = wl * factor
     if not (wl[0] > 0 and np.all(np.diff(wl) > 0)):  # NaN fails too
-        raise _format_error(path, "wavelength row is not finite, positive and strictly increasing")
+        raise format_error(path, "wavelength row is not finite, positive and strictly increasing")
     mask_arr = None
     reject = bits_to_int(reject_bits, LAMOST_MASK_BITS)
     if mask is not None and mask in rows:
+        _check_pixels(path, rows, (mask,), npix)
         mask_arr = rows[mask]
-        if np.shape(mask_arr) != (npix,):
-            raise _format_error(path, f"{mask} has {np.size(mask_arr)} pixels; wavelength has {npix}")
     elif reject:
         raise InvalidInputError("reject_bits needs mask='andmask' or 'ormask'")
-    vacuum = h0.get("VACUUM", True)
-    medium = "air" if vacuum in (False, "F", 0) else "vacuum"
-    obsid = h0.get("OBSID", None)
-    try:
-        obsid = int(obsid) if obsid not in (None, "") else -1
-    except (TypeError, ValueError):
-        obsid = -1
+    medium = "air" if h0.get("VACUUM", True) in (False, "F", 0) else "vacuum"
     extras = {
-        "redshift": _header_float(h0, "Z"),
-        "redshift_err": _header_float(h0, "Z_ERR"),
-        "snr_u": _header_float(h0, "SNRU"),
-        "snr_g": _header_float(h0, "SNRG"),
-        "snr_r": _header_float(h0, "SNRR"),
-        "snr_i": _header_float(h0, "SNRI"),
-        "snr_z": _header_float(h0, "SNRZ"),
-        "ra": _header_float(h0, "RA"),
-        "dec": _header_float(h0, "DEC"),
-        "obsid": obsid,
-        "desig": str(h0.get("DESIG", "") or "").strip(),
-        "lamost_class": str(h0.get("CLASS", "") or "").strip(),
+        "redshift": header_float(h0, "Z"),
+        "redshift_err": header_float(h0, "Z_ERR"),
+        **{f"snr_{band}": header_float(h0, f"SNR{band.upper()}") for band in "ugriz"},
+        "ra": header_float(h0, "RA"),
+        "dec": header_float(h0, "DEC"),
+        "obsid": _obsid(h0),
+        "desig": header_str(h0, "DESIG"),
+        "lamost_class": header_str(h0, "CLASS"),
         "filename": os.path.basename(os.fspath(path)),
     }
     attrs = {
@@ -310,6 +317,7 @@ def read_lamost(
     require_redshift : bool
         Raise when the ``Z`` keyword is missing (a value of -9999 becomes NaN).
     engine : {"auto", "fast", "astropy"}
+        FITS reading (see :func:`bayescannon.io.fits.read_fits_images`).
 
     Returns
     -------
@@ -325,44 +333,72 @@ def read_lamost(
         a wavelength row that is not increasing, or an unknown wavelength unit.
     """
     rec = _call_reader(
-        _read_lamost_record,
-        path,
-        mask=mask,
-        reject_bits=reject_bits,
-        id_from=id_from,
-        require_redshift=require_redshift,
-        engine=engine,
+        _read_lamost_record, path, mask=mask, reject_bits=reject_bits, id_from=id_from,
+        require_redshift=require_redshift, engine=engine,
     )
     return _records_to_dataset([rec])
 
 
-def read_lamost_many(
-    paths: Sequence,
-    *,
-    on_error: str = "raise",
-    return_skipped: bool = False,
-    grid: str = "strict",
-    resample_to=None,
-    progressbar: bool = False,
-    **kwargs,
-):
+def read_lamost_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
+                     grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
     """Read many LAMOST files into one container (see :func:`read_lamost`).
 
     LAMOST spectra share one log-linear lattice but differ in length; use
     ``grid="common"`` to keep the common pixels, or ``resample_to=`` for an explicit
     grid. ``on_error="skip"`` with ``return_skipped=True`` returns ``(ds, skipped)``.
     """
-    return _read_many_with(
-        paths,
-        _read_lamost_record,
-        what="LAMOST",
-        on_error=on_error,
-        return_skipped=return_skipped,
-        grid=grid,
-        resample_to=resample_to,
-        progressbar=progressbar,
-        **kwargs,
-    )
+    return _read_many_with(paths, _read_lamost_record, what="LAMOST", on_error=on_error, return_skipped=return_skipped,
+                           grid=grid, resample_to=resample_to, progressbar=progressbar, **kwargs)
+
+
+def _guess_lamost(path) -> bool:
+    return has_fits_suffix(path) and os.path.basename(os.fspath(path)).lower().startswith(("spec-", "med-"))
+
+
+def _looks_like_lamost(probe: FitsProbe) -> bool:
+    return "Z" in probe.primary and ("OBSID" in probe.primary or "DESIG" in probe.primary)
+
+
+LAMOST = SpectraFormat(
+    name="lamost",
+    description="LAMOST low-resolution spectrum (DR2-DR7 image or DR8+ table layout)",
+    guess_can_open=_guess_lamost,
+    read_record=_read_lamost_record,
+    guess_from_content=_looks_like_lamost,
+)
+
+# ---------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------
+
+
+def _lamost_header(wavelength: np.ndarray, header: Mapping | None) -> fits.Header:
+    hdr = fits.Header()
+    for key, value, comment in _DR5_KEYWORDS:
+        hdr[key] = (value, comment)
+    hdr["OBSID"] = (0, "unique spectrum id")
+    hdr["DESIG"] = ("", "designation")
+    hdr["RA"] = (0.0, "right ascension (deg)")
+    hdr["DEC"] = (0.0, "declination (deg)")
+    hdr["CLASS"] = ("STAR", "spectral class")
+    hdr["Z"] = (0.0, "redshift")
+    hdr["Z_ERR"] = (0.0, "redshift error")
+    for band in "UGRIZ":
+        hdr[f"SNR{band}"] = (0.0, f"S/N in {band.lower()}")
+    hdr["VACUUM"] = (True, "wavelengths in vacuum")
+    hdr["HELIO"] = (True, "heliocentric correction applied")
+    p = wavelength.size
+    if p > 1 and np.all(wavelength > 0):
+        logw = np.log10(wavelength)
+        step = (logw[-1] - logw[0]) / (p - 1)
+        hdr["COEFF0"] = (float(logw[0]), "log10 of the first wavelength")
+        hdr["COEFF1"] = (float(step), "log10 wavelength step")
+        hdr["CRVAL1"] = float(logw[0])
+        hdr["CD1_1"] = float(step)
+        hdr["CRPIX1"] = 1.0
+        hdr["DC-FLAG"] = 1
+    update_header(hdr, header)
+    return hdr
 
 
 def write_lamost(
@@ -378,7 +414,7 @@ def write_lamost(
     dtype=np.float32,
     overwrite: bool = False,
 ) -> Path:
-    """Write a LAMOST low-resolution spectrum in the real layout.
+    """Write a LAMOST low-resolution spectrum in the real layout (atomically).
 
     Parameters
     ----------
@@ -395,6 +431,7 @@ def write_lamost(
     dtype : numpy dtype
         Data type (``float32`` as in the survey; ``float64`` for exact round trips).
     overwrite : bool
+        Replace an existing file (else :class:`~bayescannon.errors.InvalidInputError`).
 
     Returns
     -------
@@ -412,40 +449,14 @@ def write_lamost(
     andmask = np.zeros(p) if andmask is None else np.asarray(andmask)
     ormask = np.zeros(p) if ormask is None else np.asarray(ormask)
     if andmask.shape != (p,) or ormask.shape != (p,):
-        raise InvalidInputError("andmask and ormask must have the shape of flux")
+        raise InvalidInputError(f"andmask and ormask must have the shape of flux ({p},); got {andmask.shape}, "
+                                f"{ormask.shape}")
     if layout not in ("dr5", "dr8"):
         raise InvalidInputError(f"layout must be 'dr5' or 'dr8'; got {layout!r}")
-    path = _prepare_output(path, overwrite)
-    hdr = fits.Header()
-    for key, value, comment in _DR5_KEYWORDS:
-        hdr[key] = (value, comment)
-    hdr["OBSID"] = (0, "unique spectrum id")
-    hdr["DESIG"] = ("", "designation")
-    hdr["RA"] = (0.0, "right ascension (deg)")
-    hdr["DEC"] = (0.0, "declination (deg)")
-    hdr["CLASS"] = ("STAR", "spectral class")
-    hdr["Z"] = (0.0, "redshift")
-    hdr["Z_ERR"] = (0.0, "redshift error")
-    for band in "UGRIZ":
-        hdr[f"SNR{band}"] = (0.0, f"S/N in {band.lower()}")
-    hdr["VACUUM"] = (True, "wavelengths in vacuum")
-    hdr["HELIO"] = (True, "heliocentric correction applied")
-    if p > 1 and np.all(wavelength > 0):
-        logw = np.log10(wavelength)
-        step = (logw[-1] - logw[0]) / (p - 1)
-        hdr["COEFF0"] = (float(logw[0]), "log10 of the first wavelength")
-        hdr["COEFF1"] = (float(step), "log10 wavelength step")
-        hdr["CRVAL1"] = float(logw[0])
-        hdr["CD1_1"] = float(step)
-        hdr["CRPIX1"] = 1.0
-        hdr["DC-FLAG"] = 1
-    _update_header(hdr, header)
+    hdr = _lamost_header(wavelength, header)
     if layout == "dr5":
         data = np.vstack([flux, ivar, wavelength, andmask, ormask]).astype(dtype)
-        primary = fits.PrimaryHDU(data, header=hdr)
-        primary.writeto(path, overwrite=overwrite)
-        return path
-    primary = fits.PrimaryHDU(header=hdr)
+        return write_hdus([fits.PrimaryHDU(data, header=hdr)], path, overwrite=overwrite)
     table = Table(
         {
             "FLUX": np.asarray(flux, dtype=dtype)[None, :],
@@ -457,7 +468,4 @@ def write_lamost(
         }
     )
     table["WAVELENGTH"].unit = "Angstrom"
-    thdu = fits.table_to_hdu(table)
-    thdu.name = "COADD"
-    fits.HDUList([primary, thdu]).writeto(path, overwrite=overwrite)
-    return path
+    return write_hdus([fits.PrimaryHDU(header=hdr), table_hdu(table, "COADD")], path, overwrite=overwrite)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,17 +21,54 @@ from pathlib import Path
 
 from bayescannon.errors import InvalidInputError
 
-__all__ = ["atomic_path", "check_writable", "write_json", "file_mode", "TMP_PREFIX"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["atomic_path", "check_writable", "write_atomic", "write_json", "file_mode", "current_umask", "TMP_PREFIX"]
 
 #: Prefix of every temporary file or folder the package creates beside a target.
 TMP_PREFIX = ".tmp_"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read with the
+    set-and-restore idiom of :func:`os.umask` (not thread-safe, hence the first way).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def file_mode() -> int:
     """Permission bits a new regular file gets under the current umask (0o666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~current_umask()
+
+
+def _exists_error(path: Path) -> InvalidInputError:
+    return InvalidInputError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+
+
+def _move_no_clobber(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists, even one that appeared meanwhile
+    (a hard link fails when the target exists)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    except OSError:  # no hard links on this file system: check, then replace
+        if path.exists():
+            raise _exists_error(path) from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 def check_writable(path, *, overwrite: bool = False, inputs=()) -> Path:
@@ -60,7 +98,7 @@ def check_writable(path, *, overwrite: bool = False, inputs=()) -> Path:
         if inp is not None and Path(inp).resolve() == target:
             raise InvalidInputError(f"output {path} is also an input of this run: choose another output path")
     if path.exists() and not overwrite:
-        raise InvalidInputError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+        raise _exists_error(path)
     return path
 
 
@@ -95,7 +133,7 @@ def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs
     suffix = "".join(path.suffixes)
     if directory:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
     else:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix)
         os.close(fd)
@@ -107,8 +145,12 @@ def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs
             if path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             os.replace(tmp, path)
-        else:
+        elif overwrite:
+            os.chmod(tmp, file_mode())  # the writer may have replaced the file
             os.replace(tmp, path)
+        else:
+            os.chmod(tmp, file_mode())
+            _move_no_clobber(tmp, path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -118,15 +160,23 @@ def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path, data, *, overwrite: bool = True) -> Path:
     """Write ``data`` as indented JSON, atomically. Returns the path."""
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_atomic(path, write, *, overwrite: bool = False) -> Path:
+    """Write a file atomically with ``write(tmp_path)``; see :func:`atomic_path`.
+
+    ``write`` is called with a temporary path in the destination folder whose name ends
+    with the destination's suffixes (so writers that choose compression by suffix, such
+    as astropy for ``.fits.gz``, behave as for ``path``). Returns ``path``.
+    """
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        write(tmp)
+    logger.debug("wrote %s", path)
     return path
