@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.likelihood import adjusted_ivar
 from .errors import InvalidInputError, ShapeMismatchError
 
 __all__ = [
@@ -357,7 +358,7 @@ def residual_band(model, flux, ivar, labels, *, wavelength_range=None, normalise
     r = np.full(f.shape, np.nan)
     r[good] = f[good] - model.predict(y[good])
     if normalised:
-        w = iv / (1.0 + iv * model.s2_[None, :])
+        w = adjusted_ivar(iv, model.s2_[None, :])
         r = r * np.sqrt(w)
     r[iv <= 0] = np.nan
     p = f.shape[1]

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import xarray as xr
 
+from bayescannon.core.likelihood import adjusted_ivar, log_weight
 from bayescannon.core.uncertainty import check_label_errors
 from bayescannon.errors import ShapeMismatchError
 from bayescannon.spectra import as_label_array
@@ -39,7 +40,7 @@ def _marginal_model(model, flux, ivar, x_obs, err_s, s_scale):
         z = pm.Normal("z", 0.0, 1.0, dims=("training_star", "label_name"))
         x = pt.as_tensor(x_obs) + pt.as_tensor(err_s) * z
         s = pm.HalfNormal("s", sigma=s_scale, dims="pixel")
-        w = pt.as_tensor(ivar) / (1.0 + pt.as_tensor(ivar) * (s**2)[None, :])  # adjusted ivar
+        w = adjusted_ivar(pt.as_tensor(ivar), (s**2)[None, :])
         v = vec(x, xp=pt)  # (N, T)
         vv = v[:, iu] * v[:, ju]  # (N, T(T+1)/2)
         packed = w.T @ vv  # (P, T(T+1)/2)
@@ -50,7 +51,7 @@ def _marginal_model(model, flux, ivar, x_obs, err_s, s_scale):
         bvec = wf.T @ v  # (P, T)
         L = pt.linalg.cholesky(G)
         y = pt.linalg.solve_triangular(L, bvec[..., None], lower=True)[..., 0]
-        logw = pt.log(w + (1.0 - pt.as_tensor(used)))
+        logw = log_weight(w, pt.as_tensor(used), xp=pt)
         ll = (
             -0.5 * ((wf * pt.as_tensor(fz)).sum(axis=0) - (g / (1.0 + g)) * (y**2).sum(axis=-1))
             - 0.5 * t * np.log1p(g)

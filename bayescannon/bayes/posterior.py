@@ -1,7 +1,7 @@
 """PyMC models of the labels of given spectra, built from a fitted :class:`CannonModel`.
 
 The label posterior of a star with θ and s² fixed at their MAP values needs only the
-star's sufficient statistics (:func:`bayescannon.core.labelfit.sufficient_statistics`)
+star's sufficient statistics (:func:`bayescannon.core.labelfit.spectrum_statistics`)
 
     A = Σ_λ w_λ θ_λ θ_λᵀ,  b = Σ_λ w_λ f_λ θ_λ,  c = Σ_λ w_λ f_λ²,   w = ivar/(1 + ivar s²),
 
@@ -10,7 +10,10 @@ same vectorizer as the MAP engine, evaluated with ``xp=pytensor.tensor``). With 
 uncertainty propagated (:mod:`bayescannon.core.uncertainty`), each pixel variance grows by
 the factor ``1 + ε(ℓ)`` with ``ε = κ v(ℓ)ᵀ G₀⁻¹ v(ℓ)``, and the log-likelihood is
 
-    ln L(ℓ) = −½ χ²(ℓ)/(1 + ε(ℓ)) − ½ n_pix ln(1 + ε(ℓ))           (:func:`label_log_likelihood`).
+    ln L(ℓ) = −½ χ²(ℓ)/(1 + ε(ℓ)) − ½ n_pix ln(1 + ε(ℓ))
+
+(:func:`bayescannon.core.likelihood.label_log_likelihood`: the core's formula, evaluated
+with ``xp=pytensor.tensor``; re-exported here).
 
 So a (T×T) matrix per star is all the model sees: one compiled model serves any star
 (data swapped with ``nutpie``'s ``with_data``, never recompiled) and a batch of stars
@@ -38,9 +41,9 @@ import xarray as xr
 
 from bayescannon.bayes.diagnostics import summarize
 from bayescannon.core import scaling
-from bayescannon.core.labelfit import sufficient_statistics
-from bayescannon.core.likelihood import adjusted_ivar
-from bayescannon.core.uncertainty import kappa, theta_state
+from bayescannon.core.labelfit import spectrum_statistics
+from bayescannon.core.likelihood import label_log_likelihood
+from bayescannon.core.uncertainty import inverse_train_weight, theta_state
 from bayescannon.errors import InvalidInputError, SamplingError, ShapeMismatchError
 from bayescannon.flags import PixelFlag
 from bayescannon.spectra import default_ids, unpack_spectra
@@ -48,34 +51,6 @@ from bayescannon.spectra import default_ids, unpack_spectra
 logger = logging.getLogger(__name__)
 
 __all__ = ["label_log_likelihood", "LabelPosterior", "sample_labels", "star_statistics", "prior_bounds"]
-
-
-def label_log_likelihood(A, b, c, v, n_pix=None, eps=None, xp=np):
-    """Log-likelihood of labels from sufficient statistics (numpy or PyTensor).
-
-    Parameters
-    ----------
-    A, b, c : array or tensor, shapes (..., T, T), (..., T), (...)
-        Sufficient statistics of each star.
-    v : array or tensor, shape (..., T)
-        Design vectors ``v(ℓ)``.
-    n_pix : array or tensor, shape (...), optional
-        Used pixels (needed when ``eps`` is given).
-    eps : array or tensor, shape (...), optional
-        Relative extra pixel variance from θ uncertainty.
-    xp : module
-        ``numpy`` or ``pytensor.tensor``.
-
-    Returns
-    -------
-    array or tensor, shape (...)
-        ``−½ χ²/(1+ε) − ½ n_pix ln(1+ε)`` (without the constant ``½ Σ ln(w/2π)``).
-    """
-    av = (A * v[..., None, :]).sum(axis=-1)
-    chi2 = (v * (av - 2.0 * b)).sum(axis=-1) + c
-    if eps is None:
-        return -0.5 * chi2
-    return -0.5 * chi2 / (1.0 + eps) - 0.5 * n_pix * xp.log1p(eps)
 
 
 def prior_bounds(model, prior="uniform", prior_margin: float = 0.25):
@@ -96,17 +71,20 @@ def prior_bounds(model, prior="uniform", prior_margin: float = 0.25):
 
 
 def star_statistics(model, flux, ivar, *, propagate_theta: bool = True):
-    """Sufficient statistics (A, b, c, n_pix, κ) of spectra under a fitted model."""
+    """Sufficient statistics (A, b, c, n_pix, κ) of spectra under a fitted model.
+
+    The test step's weighting (:func:`bayescannon.core.labelfit.spectrum_statistics`):
+    pixels without a model, with ``ivar`` 0, negative or not finite, or with a non-finite
+    flux get weight 0; κ is 0 without ``propagate_theta``.
+    """
 
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
     if flux.shape != ivar.shape:
         raise ShapeMismatchError(f"flux has shape {flux.shape} but ivar has shape {ivar.shape}")
     pixel_ok = ~(model.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
-    use = (ivar > 0) & pixel_ok & np.isfinite(flux)
-    w = np.where(use, adjusted_ivar(np.where(use, ivar, 0.0), model.s2_[None, :]), 0.0)
-    A, b, c, n_pix = sufficient_statistics(np.where(use, flux, 0.0), w, model.theta_)
-    k = kappa(model, np.where(use, ivar, 0.0)) if propagate_theta else np.zeros(flux.shape[0])
+    inv_wbar = inverse_train_weight(model) if propagate_theta else None
+    A, b, c, n_pix, k, _ = spectrum_statistics(flux, ivar, model.s2_, model.theta_, pixel_ok, inv_wbar)
     return A, b, c, n_pix, k
 
 

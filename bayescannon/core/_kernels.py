@@ -6,9 +6,13 @@
   on each star's sufficient statistics, with v(ℓ) from the vectorizer's own term
   recursion (``parent``, ``last``).
 
-The maths is the one in :mod:`bayescannon.core.likelihood` (``w = ivar/(1 + ivar s²)``) and
-:mod:`bayescannon.core.vectorizer`; the tests check the results against numpy expressions and
-against per-star ``scipy.optimize.least_squares``.
+The maths is the one in :mod:`bayescannon.core.likelihood` and :mod:`bayescannon.core.vectorizer`:
+the adjusted inverse variance ``w = ivar/(1 + ivar s²)`` is
+:func:`bayescannon.core.likelihood.adjusted_ivar` itself, compiled and inlined
+(:data:`_adjusted_ivar`), and the θ-uncertainty weight κ has one compiled definition
+(:func:`_kappa_sums`, :func:`_kappa_ratio`) shared by :func:`test_weights` and
+:func:`kappa_kernel`. ``tests/test_kernels.py`` checks every kernel against the numpy core;
+the test step is also checked against per-star ``scipy.optimize.least_squares``.
 
 Compiled code is cached on disk; ``python -m bayescannon._warmup`` (``make setup``) fills
 the cache. A kernel of the package that has to be compiled all the same (cold cache, new
@@ -23,7 +27,9 @@ import numba
 import numpy as np
 from numba.core import event
 
-__all__ = ["weights", "score_terms", "log_likelihood_terms"]
+from bayescannon.core.likelihood import adjusted_ivar
+
+__all__ = ["weights", "score_terms", "log_likelihood_terms", "test_weights", "kappa_kernel"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +38,15 @@ logger = logging.getLogger(__name__)
 #: logged when it has to be compiled; ``python -m bayescannon._warmup`` compiles them all.
 KERNEL_STEPS = {
     **dict.fromkeys(
-        ["prepare_training", "weights", "score_terms", "_fixed_residual_maximum", "log_likelihood_terms",
+        ["adjusted_ivar", "prepare_training", "weights", "score_terms", "_fixed_residual_maximum", "log_likelihood_terms",
          "solve_packed", "fingerprint", "weight_sums"],
         ("training", 20),
     ),
     **dict.fromkeys(
-        ["test_weights", "levenberg_marquardt", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"],
+        ["test_weights", "_kappa_sums", "_kappa_ratio", "levenberg_marquardt", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"],
         ("test-step", 15),
     ),
-    "_kappa_kernel": ("calibration", 2),
+    "kappa_kernel": ("calibration", 2),
     "_interp_kernel": ("resampling", 4),
     **dict.fromkeys(["_ho_prepare", "_ho_finish"], ("continuum-normalisation", 4)),
 }
@@ -68,6 +74,25 @@ class _CompileNotice(event.Listener):
 
 event.register("numba:compile", _CompileNotice())
 
+#: :func:`bayescannon.core.likelihood.adjusted_ivar` compiled for the kernels (inlined: the
+#: same arithmetic, the same rounding, no call overhead). Numba's disk cache of a kernel is
+#: keyed on this file: after changing ``adjusted_ivar`` clear ``__pycache__``.
+_adjusted_ivar = numba.njit(cache=True, inline="always")(adjusted_ivar)
+
+
+@numba.njit(cache=True, inline="always")
+def _kappa_sums(num, den, w, inv_wbar_j):  # pragma: no cover - compiled
+    """One pixel's contribution to κ = Σ w²/w̄ / Σ w (pixels with ``1/w̄ > 0`` only)."""
+    if inv_wbar_j > 0.0:
+        return num + w * w * inv_wbar_j, den + w
+    return num, den
+
+
+@numba.njit(cache=True, inline="always")
+def _kappa_ratio(num, den):  # pragma: no cover - compiled
+    """κ from its sums: 0 for a star without a usable pixel."""
+    return num / den if den > 0.0 else 0.0
+
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def weights(ivar_t, flux_t, s2, idx, w, wf):  # pragma: no cover - compiled
@@ -80,7 +105,7 @@ def weights(ivar_t, flux_t, s2, idx, w, wf):  # pragma: no cover - compiled
         s = s2[p]
         for j in range(n):
             iv = ivar_t[p, j]
-            x = iv / (1.0 + iv * s)
+            x = _adjusted_ivar(iv, s)
             w[a, j] = x
             wf[a, j] = x * flux_t[p, j]
     return w, wf
@@ -98,7 +123,7 @@ def _fixed_residual_maximum(iv_row, r2, x, noise):  # pragma: no cover - compile
         f2 = 0.0
         for j in range(n):
             iv = iv_row[j]
-            w = iv / (1.0 + iv * x)
+            w = _adjusted_ivar(iv, x)
             wr2 = w * r2[j]
             f1 += w * (wr2 - 1.0)
             f2 += w * w * (0.5 - wr2)
@@ -158,7 +183,7 @@ def score_terms(ivar_t, flux_t, model_t, s2, idx, w2r, solve_fixed):  # pragma: 
         for j in range(n):
             iv = ivar_t[p, j]
             r = flux_t[p, j] - model_t[a, j]
-            w = iv / (1.0 + iv * s)
+            w = _adjusted_ivar(iv, s)
             wr2 = w * r * r
             acc1 += w * (wr2 - 1.0)
             acc2 += w * w * (0.5 - wr2)
@@ -199,7 +224,7 @@ def log_likelihood_terms(ivar_t, flux_t, model_t, s2):  # pragma: no cover - com
             iv = ivar_t[p, j]
             if iv > 0.0:
                 r = flux_t[p, j] - model_t[p, j]
-                w = iv / (1.0 + iv * s)
+                w = _adjusted_ivar(iv, s)
                 acc += w * r * r - np.log(w)
         out[p] = -0.5 * acc
     return out
@@ -219,8 +244,8 @@ def test_weights(flux, ivar, s2, pixel_ok, inv_wbar, w, wf):  # pragma: no cover
     n_pix : (N,) number of usable pixels
     bad : (N, 3) first pixel per star with non-finite ivar, negative ivar, non-finite
         flux where ivar > 0 (−1 where none)
-    kappa : (N,) ``Σ w²/w̄ / Σ w`` over pixels with ``inv_wbar > 0`` (θ-uncertainty weight of
-        :func:`bayescannon.core.uncertainty.kappa`, at no extra pass)
+    kappa : (N,) ``Σ w²/w̄ / Σ w`` over pixels with ``inv_wbar > 0`` (the θ-uncertainty
+        weight of :func:`kappa_kernel`, at no extra pass)
     """
     n, p = flux.shape
     kappa = np.zeros(n)
@@ -247,11 +272,9 @@ def test_weights(flux, ivar, s2, pixel_ok, inv_wbar, w, wf):  # pragma: no cover
                     if bad[i, 2] < 0:
                         bad[i, 2] = j
                 elif pixel_ok[j]:
-                    x = iv / (1.0 + iv * s2[j])
+                    x = _adjusted_ivar(iv, s2[j])
                     cnt += 1
-                    if inv_wbar[j] > 0.0:
-                        kden += x
-                        knum += x * x * inv_wbar[j]
+                    knum, kden = _kappa_sums(knum, kden, x, inv_wbar[j])
             w[i, j] = x
             if x > 0.0:
                 y = x * f
@@ -261,9 +284,25 @@ def test_weights(flux, ivar, s2, pixel_ok, inv_wbar, w, wf):  # pragma: no cover
                 wf[i, j] = 0.0
         c[i] = acc
         n_pix[i] = cnt
-        if kden > 0.0:
-            kappa[i] = knum / kden
+        kappa[i] = _kappa_ratio(knum, kden)
     return c, n_pix, bad, kappa
+
+
+@numba.njit(parallel=True, cache=True)
+def kappa_kernel(ivar, s2, inv_wbar):  # pragma: no cover - compiled
+    """κ per star in one fused pass: ``Σ w²/w̄ / Σ w`` over pixels with ``inv_wbar > 0``
+    and a finite ``ivar > 0`` (w = adjusted ivar; the same sums as :func:`test_weights`)."""
+    n, p = ivar.shape
+    out = np.zeros(n)
+    for i in numba.prange(n):
+        num = 0.0
+        den = 0.0
+        for j in range(p):
+            iv = ivar[i, j]
+            if iv > 0.0 and np.isfinite(iv):
+                num, den = _kappa_sums(num, den, _adjusted_ivar(iv, s2[j]), inv_wbar[j])
+        out[i] = _kappa_ratio(num, den)
+    return out
 
 
 @numba.njit(parallel=True, cache=True)
@@ -576,7 +615,7 @@ def weight_sums(ivar_t, s2, ok):  # pragma: no cover - compiled
                 acc = 0.0
                 for j in range(n):
                     iv = ivar_t[pp, j]
-                    w = iv / (1.0 + iv * s)
+                    w = _adjusted_ivar(iv, s)
                     acc += w
                     partial[blk, j] += w
                 wsum[pp] = acc

@@ -19,26 +19,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayescannon.core._kernels import levenberg_marquardt
+from bayescannon.core._kernels import levenberg_marquardt, test_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["sufficient_statistics", "test_statistics", "fit_labels", "LabelFit", "chi2_at"]
+__all__ = ["sufficient_statistics", "test_statistics", "spectrum_statistics", "fit_labels", "LabelFit", "chi2_at"]
 
 
 def _pairs(t):
     return np.triu_indices(t)
 
 
-def sufficient_statistics(flux, w, theta, theta_pairs=None):
-    """A (N,T,T), b (N,T), c (N,) and the number of used pixels per star.
+def test_statistics(w, wf, theta, theta_pairs=None):
+    """A (N,T,T) and b (N,T) from weights ``w`` and ``w·f`` (N, P): the one place they are formed.
+
+    ``A = Σ_λ w_λ θ_λ θ_λᵀ`` from one matrix product ``W (θ ⊗ θ)`` over the packed upper
+    triangle, ``b = Σ_λ w_λ f_λ θ_λ``.
 
     Parameters
     ----------
-    flux : ndarray, shape (N, P)
-        Flux (any value where ``w == 0``: it is ignored).
-    w : ndarray, shape (N, P)
-        Adjusted inverse variances (0 for unusable pixels).
+    w, wf : ndarray, shape (N, P)
+        Adjusted inverse variances (0 for unusable pixels) and ``w·f``.
     theta : ndarray, shape (P, T)
     theta_pairs : ndarray, shape (P, T(T+1)/2), optional
         Precomputed ``θ_t θ_u`` products (t ≤ u).
@@ -51,22 +52,62 @@ def sufficient_statistics(flux, w, theta, theta_pairs=None):
     A = np.empty((w.shape[0], t, t))
     A[:, iu, ju] = packed
     A[:, ju, iu] = packed
+    return A, wf @ theta
+
+
+def sufficient_statistics(flux, w, theta, theta_pairs=None):
+    """A (N,T,T), b (N,T), c (N,) and the number of used pixels per star.
+
+    Parameters
+    ----------
+    flux : ndarray, shape (N, P)
+        Flux (any finite value where ``w == 0``: it is ignored).
+    w : ndarray, shape (N, P)
+        Adjusted inverse variances (0 for unusable pixels).
+    theta : ndarray, shape (P, T)
+    theta_pairs : ndarray, shape (P, T(T+1)/2), optional
+        Precomputed ``θ_t θ_u`` products (t ≤ u).
+    """
     wf = w * flux
-    b = wf @ theta
+    A, b = test_statistics(w, wf, theta, theta_pairs)
     c = np.einsum("np,np->n", wf, flux)
     n_pix = np.count_nonzero(w > 0, axis=1)
     return A, b, c, n_pix
 
 
-def test_statistics(w, wf, theta, theta_pairs):
-    """A (N,T,T) and b (N,T) from precomputed weights ``w`` and ``w·f`` (N, P)."""
-    t = theta.shape[1]
-    iu, ju = _pairs(t)
-    packed = w @ theta_pairs
-    A = np.empty((w.shape[0], t, t))
-    A[:, iu, ju] = packed
-    A[:, ju, iu] = packed
-    return A, wf @ theta
+def spectrum_statistics(flux, ivar, s2, theta, pixel_ok, inv_wbar=None, theta_pairs=None):
+    """Weights and sufficient statistics of spectra in one compiled pass (as the test step).
+
+    Unusable pixels (``ivar`` 0, negative or not finite, flux not finite where ``ivar > 0``,
+    pixels without a model) get weight 0; they are reported in ``bad``, not raised.
+
+    Parameters
+    ----------
+    flux, ivar : ndarray, shape (N, P)
+    s2 : ndarray, shape (P,)
+    theta : ndarray, shape (P, T)
+    pixel_ok : ndarray of bool, shape (P,)
+        Pixels with a fitted model.
+    inv_wbar : ndarray, shape (P,), optional
+        ``1/w̄`` of the training weights for κ (default: no θ-uncertainty, κ = 0).
+    theta_pairs : ndarray, shape (P, T(T+1)/2), optional
+
+    Returns
+    -------
+    A, b, c, n_pix, kappa, bad : ndarray
+        (N, T, T), (N, T), (N,), (N,), (N,) and (N, 3): the first pixel of each star with
+        non-finite ivar, negative ivar, non-finite flux where ivar > 0 (−1 where none).
+    """
+    flux = np.ascontiguousarray(np.atleast_2d(flux), dtype=np.float64)
+    ivar = np.ascontiguousarray(np.atleast_2d(ivar), dtype=np.float64)
+    n, p = flux.shape
+    inv_wbar = np.zeros(p) if inv_wbar is None else np.ascontiguousarray(inv_wbar, dtype=np.float64)
+    w, wf = np.empty((n, p)), np.empty((n, p))
+    c, n_pix, bad, kappa = test_weights(
+        flux, ivar, np.ascontiguousarray(s2, dtype=np.float64), np.ascontiguousarray(pixel_ok, dtype=bool), inv_wbar, w, wf
+    )
+    A, b = test_statistics(w, wf, theta, theta_pairs)
+    return A, b, c, n_pix, kappa, bad
 
 
 def chi2_at(A, b, c, v):

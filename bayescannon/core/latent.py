@@ -81,15 +81,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bayescannon.core._kernels import score_terms, solve_packed, weights
+from bayescannon.core._kernels import weights
 from bayescannon.core.labelfit import fit_labels, test_statistics
-from bayescannon.core.train import (
-    _lasso,
-    _products,
-    _profile_newton,
-    _unpack,
-    fit_pixels,
-)
+from bayescannon.core.train import fit_pixels, lasso_step, scatter_update, theta_step
 from bayescannon.core.uncertainty import check_label_errors, error_model_covariance, fit_error_model
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.errors import InsufficientDataError, InvalidInputError
@@ -257,21 +251,13 @@ def fit_latent_labels(
         """θ by weighted least squares at labels x (weights w), then s² at fixed residuals."""
         nonlocal first_scatter
         design = vec(x)
-        packed = w @ _products(design)
-        bp = wf @ design
-        th, _ = solve_packed(packed, bp, allowed, 1e-10)  # singular pixels: flagged by the final fit
+        th, _, packed, bp = theta_step(w, wf, design, allowed)  # singular pixels: flagged by the final fit
         if reg > 0:
-            th = _lasso(_unpack(packed, t), bp, th, 0.5 * reg, allowed)
+            th = lasso_step(packed, bp, th, reg, allowed)
         model_t = np.matmul(th, design.T, out=buf)
-        if first_scatter:
-            # from s² = 0: the maximiser at fixed residuals (Newton on the cached residuals)
-            _, s_fixed, _, _ = score_terms(ivar_t, flux_t, model_t, s2, active, buf, True)
-            s2[active] = s_fixed
-            first_scatter = False
-        else:
-            # then one Newton step per iteration: exact at the fixed point, one pass over memory
-            g1, _, g2, noise = score_terms(ivar_t, flux_t, model_t, s2, active, buf, False)
-            s2[active] = _profile_newton(s2[active], g1, g2, noise)
+        # from s² = 0 the maximiser at fixed residuals, then one Newton step per iteration
+        scatter_update(ivar_t, flux_t, model_t, s2, active, buf, fixed_residuals=first_scatter)
+        first_scatter = False
         return th
 
     def spectral_statistics(th):

@@ -32,13 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from bayescannon.core._kernels import log_likelihood_terms, score_terms, solve_packed, weights
-from bayescannon.core.likelihood import adjusted_ivar
+from bayescannon.core.likelihood import adjusted_ivar, log_likelihood
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import PixelFlag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingResult", "fit_pixels", "normal_equations", "profile_log_likelihood"]
+__all__ = [
+    "TrainingResult",
+    "fit_pixels",
+    "normal_equations",
+    "profile_log_likelihood",
+    "theta_step",
+    "lasso_step",
+    "scatter_update",
+]
 
 
 @dataclass
@@ -132,6 +140,59 @@ def _lasso(G, b, theta0, lam, term_mask, tol=1e-10, max_sweeps=500):
     return theta
 
 
+def theta_step(w, wf, design, allowed, vv=None):
+    """θ at fixed s² for the pixels in the rows of ``w``: weighted least squares.
+
+    Parameters
+    ----------
+    w, wf : ndarray, shape (M, N)
+        Adjusted inverse variances and ``w·f`` of M pixels (pixel-major, as written by
+        :func:`bayescannon.core._kernels.weights`).
+    design : ndarray, shape (N, T)
+    allowed : ndarray of bool, shape (M, T)
+        False where a term is censored (fixed at 0).
+    vv : ndarray, shape (N, T(T+1)/2), optional
+        Precomputed column products of ``design``.
+
+    Returns
+    -------
+    theta : ndarray, shape (M, T)
+        0 for pixels whose normal equations are singular.
+    ok : ndarray of bool, shape (M,)
+        False where singular.
+    packed, b : ndarray
+        The normal equations ``G`` (packed upper triangle, (M, T(T+1)/2)) and ``b`` (M, T).
+    """
+    packed = w @ (_products(design) if vv is None else vv)
+    b = wf @ design
+    theta, ok = solve_packed(packed, b, allowed, 1e-10)
+    return theta, ok, packed, b
+
+
+def lasso_step(packed, b, start, regularization, allowed):
+    """θ with the L1 penalty ``Λ Σ_{t≥1}|θ_t|`` (``regularization`` = Λ, the convention of
+    :func:`fit_pixels`) by coordinate descent from ``start``, on the normal equations of
+    :func:`theta_step`."""
+    return _lasso(_unpack(packed, start.shape[1]), b, start, 0.5 * regularization, allowed)
+
+
+def scatter_update(ivar_t, flux_t, model_t, s2, idx, w2r, *, fixed_residuals: bool):
+    """Update s² of the pixels ``idx`` in place after a θ step (θ held at its new value).
+
+    ``fixed_residuals``: the maximiser over s² ≥ 0 with the residuals held fixed (Newton on
+    the residuals kept in cache; the move to make from s² = 0); otherwise one Newton step
+    of the likelihood in ``ln(s² + <σ²>)`` with the fixed-θ curvature (exact at the fixed
+    point, one pass over memory). ``model_t`` (≥ M, N) holds θ·v of the pixels ``idx``
+    and ``w2r`` is a work array of the same shape (it may be ``model_t`` itself).
+    """
+    if fixed_residuals:
+        _, s_fixed, _, _ = score_terms(ivar_t, flux_t, model_t, s2, idx, w2r, True)
+        s2[idx] = s_fixed
+    else:
+        g1, _, g2, noise = score_terms(ivar_t, flux_t, model_t, s2, idx, w2r, False)
+        s2[idx] = _profile_newton(s2[idx], g1, g2, noise)
+
+
 def profile_log_likelihood(flux, ivar, design, s2, term_mask=None, regularization=0.0):
     """Profile log-likelihood ``max_θ ln p(θ, s²)`` per pixel at given s².
 
@@ -154,10 +215,7 @@ def profile_log_likelihood(flux, ivar, design, s2, term_mask=None, regularizatio
     theta = _solve_masked(G, b, term_mask)
     if regularization > 0:
         theta = _lasso(G, b, theta, 0.5 * regularization, term_mask)
-    r = flux - design @ theta.T
-    used = ivar > 0
-    logw = np.log(np.where(used, w, 1.0))
-    lnp = -0.5 * np.sum(np.where(used, w * r * r - logw, 0.0), axis=0)
+    lnp = log_likelihood(flux, ivar, design @ theta.T, s2[None, :], axis=0, constant=False)
     if regularization > 0:
         lnp -= 0.5 * regularization * np.abs(theta[:, 1:]).sum(axis=1)
     return lnp
@@ -252,9 +310,7 @@ def fit_pixels(
         m = active.size
         w, wf = buf_a[:m], buf_b[:m]  # reused buffers: no page faults after the first pass
         weights(ivar_t, flux_t, s2, active, w, wf)
-        packed = w @ vv
-        ba = wf @ design
-        th, ok = solve_packed(packed, ba, allowed[active], 1e-10)
+        th, ok, packed, ba = theta_step(w, wf, design, allowed[active], vv)
         if it == 0 and not ok.all():
             # singular designs are found at s² = 0 (the rank does not depend on s²)
             sing = active[~ok]
@@ -265,7 +321,7 @@ def fit_pixels(
                 break
         if regularization > 0:
             start = th if it == 0 else theta[active]
-            th = _lasso(_unpack(packed, t), ba, start, lam, allowed[active])
+            th = lasso_step(packed, ba, start, regularization, allowed[active])
         theta[active] = th
         model_t = np.matmul(th, design.T, out=buf_a[:m])
         # the fixed-residual solve pays off while s² is far from its optimum (first two

@@ -52,12 +52,11 @@ from __future__ import annotations
 import json
 import logging
 
-import numba
 import numpy as np
 import xarray as xr
 
 from bayescannon.core import scaling
-from bayescannon.core._kernels import weight_sums
+from bayescannon.core._kernels import kappa_kernel, weight_sums
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import (
     InsufficientDataError,
@@ -202,32 +201,17 @@ def inverse_train_weight(model):
 
 
 def kappa(model, ivar, chunk_size: int = 2000):
-    """Weight of each test star relative to the training weights, ``Σ w²/w̄ / Σ w`` (N,)."""
+    """Weight of each test star relative to the training weights, ``Σ w²/w̄ / Σ w`` (N,).
+
+    The compiled :func:`bayescannon.core._kernels.kappa_kernel` (the same sums as the test
+    step's weighting pass, :func:`bayescannon.core._kernels.test_weights`); pixels with
+    ``ivar`` 0 or not finite are skipped.
+    """
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
     inv_wbar = inverse_train_weight(model)
     if not inv_wbar.any():
         return np.zeros(ivar.shape[0])
-    return _kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar)
-
-
-@numba.njit(parallel=True, cache=True)
-def _kappa_kernel(ivar, s2, inv_wbar):  # pragma: no cover - compiled
-    """κ per star in one fused pass: Σ w²/w̄ / Σ w over usable pixels (``inv_wbar > 0``;
-    w = adjusted ivar)."""
-    n, p = ivar.shape
-    out = np.zeros(n)
-    for i in numba.prange(n):
-        num = 0.0
-        den = 0.0
-        for j in range(p):
-            iv = ivar[i, j]
-            if inv_wbar[j] > 0.0 and iv > 0.0 and np.isfinite(iv):
-                w = iv / (1.0 + iv * s2[j])
-                den += w
-                num += w * w * inv_wbar[j]
-        if den > 0.0:
-            out[i] = num / den
-    return out
+    return kappa_kernel(np.ascontiguousarray(ivar), np.ascontiguousarray(model.s2_, dtype=np.float64), inv_wbar)
 
 
 def epsilon(model, x_scaled, ivar, kappa_=None):
