@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Kernels called only from other kernels (compiled into their callers' machine code).
-CALLEES = {"_fixed_residual_maximum", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"}
+CALLEES = {"_fixed_residual_maximum", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve",
+           "_adjusted_ivar", "_kappa_sums", "_kappa_ratio"}
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.
 TWO_SPECIALISATIONS = {"_ho_prepare", "_ho_finish", "prepare_training", "test_weights"}

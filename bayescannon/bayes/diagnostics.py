@@ -135,12 +135,11 @@ def summary_table(tree: xr.DataTree):
 
 
 def _figure(nrows, ncols, **kw):
-    import matplotlib
+    """A figure and its axes grid, without pyplot: the library never switches the backend."""
+    from matplotlib.figure import Figure  # lazy: matplotlib only when a figure is asked for
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, squeeze=False, **kw)
+    fig = Figure(figsize=kw.pop("figsize", None), layout=kw.pop("layout", "constrained"))
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
 def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):
@@ -182,7 +181,6 @@ def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):
         ax.set_yticks([])
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"star {sid}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 

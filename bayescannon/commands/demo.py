@@ -12,7 +12,7 @@ from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
 from bayescannon.plots import one_to_one
 from bayescannon.simulate.synthesis import simulate_survey
-from bayescannon.survey.catalogue import result_to_table, write_table
+from bayescannon.survey.catalogue import build_catalogue, write_table
 
 NAME = "demo"
 HELP = "run the whole pipeline on a built-in mock survey"
@@ -52,11 +52,11 @@ def run(args) -> int:
     t4 = time.perf_counter()
     print(f"calibrated the uncertainties by 5-fold cross-validation in {t4 - t3:.1f} s")
     model.save(out / "model.nc")
-    table = result_to_table(calibrated)
+    table = build_catalogue(model, calibrated, spectra=test, config={"command": "demo", "seed": args.seed})
     for name in LABELS:
         table[f"TRUE_{name}"] = test[name].values
-    table["SNR"] = test["snr"].values
-    write_table(table, out / "catalogue.fits")
+        table[f"TRUE_{name}"].description = f"true {name} of the simulated star"
+    write_table(table, out / "catalogue.fits", overwrite=True)
     truth = np.column_stack([test[n].values for n in LABELS])
     inferred = result["labels"].values
     err = result["errors"].values

@@ -13,7 +13,7 @@ from astropy.table import MaskedColumn, Table
 from bayescannon.errors import InsufficientDataError
 from bayescannon.io import read_labels, read_spectra
 from bayescannon.model import CannonModel
-from bayescannon.survey.catalogue import result_to_table, write_table
+from bayescannon.survey.catalogue import build_catalogue, join_ids, write_table
 from bayescannon.survey.cleanup import clean_reference_set
 from bayescannon.survey.reference import QualityCuts, apply_cuts
 from bayescannon.survey.transferconfig import (
@@ -233,35 +233,52 @@ class _ModelSteps:
 
         self.manifest("infer")
         result = xr.load_dataset(self.step_dir("infer") / "labels.nc", engine="h5netcdf")
-        table = result_to_table(result, id_column="ID", meta={"PIPELINE": "bayescannon transfer"})
-        ids = np.asarray(table["ID"]).astype(str)
-        ds = read_spectra(self.step_dir("preprocess") / "spectra.nc")
-        ds = self._select(ds, ids)
+        model = CannonModel.load(self.step_dir("train") / "model.nc")
+        ids = np.asarray(result["star"].values).astype(str)
+        ds = self._select(read_spectra(self.step_dir("preprocess") / "spectra.nc"), ids)
         tgt = self.config.data["target"]
         ref_cfg = self.config.data["reference"]
         tname, rname = tgt["name"], ref_cfg["name"]
-        for col, name in ((tgt["ra_column"], "RA"), (tgt["dec_column"], "DEC")):
-            if col in ds:
-                table[name] = MaskedColumn(np.asarray(ds[col].values, dtype=float), unit="deg")
-                table[name].mask = ~np.isfinite(np.asarray(ds[col].values, dtype=float))
-        for col in ("snr_g", "snr", "snr_pixels", "source_file"):
-            if col in ds:
-                table[col.upper()] = np.asarray(ds[col].values)
-        # survey Y's own labels
+        # the label-distance unit: the cross-validated scatter of the validate step
+        cv_scatter = None
+        summary_path = self.step_dir("validate") / "summary.fits"
+        if summary_path.is_file():
+            summary = Table.read(summary_path)
+            rms = {str(r["LABEL"]): float(r["RMS"]) for r in summary}
+            if all(n in rms for n in self.config.label_names):
+                cv_scatter = np.array([rms[n] for n in self.config.label_names])
+        # survey Y's own labels, joined by star id inside the builder
         targets = self._read_table("crossmatch", "targets.fits")
-        t_index = {s: i for i, s in enumerate(np.asarray(targets["ID"]).astype(str))}
-        t_rows = np.asarray([t_index.get(s, -1) for s in ids])
-        for n in self.config.label_names:
-            col = f"{tname}_{n}"
-            if col in targets.colnames:
-                vals = np.where(t_rows >= 0, _as_float(targets[col])[np.maximum(t_rows, 0)], np.nan)
-                table[col] = MaskedColumn(vals, mask=~np.isfinite(vals),
-                                          description=f"{n} from the {tname} pipeline")
+        own = [f"{tname}_{n}" for n in self.config.label_names if f"{tname}_{n}" in targets.colnames]
+        survey = Table({"ID": np.asarray(targets["ID"]).astype(str)})
+        for col in own:
+            survey[col[len(tname) + 1:]] = _as_float(targets[col])
+        training = np.asarray(self._read_table("cleanup", "training_set.fits")["ID"]).astype(str)
+        table = build_catalogue(
+            model,
+            result,
+            spectra=ds,
+            cv_scatter=cv_scatter,
+            survey_labels=survey if own else None,
+            survey_name=tname,
+            survey_id_column="ID",
+            training_ids=training,
+            uncertainty="formal" if "half_width_68" not in result else "auto",
+            config={"transfer": self.config.data},
+            meta={"PIPELINE": "bayescannon transfer"},
+        )
+        for col, name in ((tgt["ra_column"], "RA"), (tgt["dec_column"], "DEC")):
+            if col in ds and name not in table.colnames:
+                vals = np.asarray(ds[col].values, dtype=float)
+                table[name] = MaskedColumn(vals, mask=~np.isfinite(vals), unit="deg")
+        for col in ("snr_g", "snr", "snr_pixels", "source_file"):
+            if col in ds and col.upper() not in table.colnames:
+                table[col.upper()] = np.asarray(ds[col].values)
         # reference labels and the role of every star in the reference set
         matched = self._read_table("crossmatch", "matched.fits")
-        m_index = {s: i for i, s in enumerate(np.asarray(matched["ID"]).astype(str))}
-        m_rows = np.asarray([m_index.get(s, -1) for s in ids])
-        ref_id = np.where(m_rows >= 0, np.asarray(matched["REF_ID"]).astype(str)[np.maximum(m_rows, 0)], "")
+        rows, hit = join_ids(ids, matched["ID"], what=f"the {rname} cross-match", require="none")
+        m_rows = np.where(hit, rows, -1)
+        ref_id = np.where(hit, np.asarray(matched["REF_ID"]).astype(str)[rows], "")
         table[f"{rname}_ID"] = ref_id
         for n in self.config.label_names:
             vals = np.where(m_rows >= 0, _as_float(matched[f"REF_{n}"])[np.maximum(m_rows, 0)], np.nan)
@@ -276,8 +293,8 @@ class _ModelSteps:
                     status[p] = f"excluded ({r['STEP']}): {r['REASON']}"
         training = set(np.asarray(self._read_table("cleanup", "training_set.fits")["ID"]).astype(str))
         holdout = set(np.asarray(self._read_table("cleanup", "holdout.fits")["ID"]).astype(str))
-        in_train = np.isin(ids, list(training))
-        in_hold = np.isin(ids, list(holdout))
+        in_train = np.isin(ids, np.asarray(sorted(training)))
+        in_hold = np.isin(ids, np.asarray(sorted(holdout)))
         status[in_train] = "training"
         status[in_hold] = "holdout"
         table["IN_TRAINING"] = in_train
