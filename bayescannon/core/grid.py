@@ -260,7 +260,7 @@ def interpolate(wl, flux, ivar, mask, new_wl, factor=None, variance: str = "prop
             f"flux has shape {flux.shape} and ivar {ivar.shape}; expected (N, {wl.size})"
         )
     if factor is not None:
-        factor = np.ascontiguousarray(np.broadcast_to(factor, (flux.shape[0],)), dtype=np.float64)
+        factor = np.array(np.broadcast_to(factor, (flux.shape[0],)), dtype=np.float64)  # writable: one kernel type
     if not _USE_NUMBA:
         return interpolate_numpy(wl, flux, ivar, mask, new_wl, factor, variance)
     fac = np.ones(flux.shape[0]) if factor is None else factor
