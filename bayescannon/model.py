@@ -145,8 +145,10 @@ class CannonModel:
         it are flagged ``EXTRAPOLATED``.
     max_reduced_chi2 : float, default 5.0
         Stars above this reduced χ² are flagged ``LARGE_CHI2``.
-    random_state : int or numpy.random.Generator, optional
-        Seed for the choice of start candidates.
+    random_state : int, numpy.random.Generator or None, default 0
+        Seed for the choice of start candidates. The fixed default makes fits and label
+        inferences reproducible (same inputs, bit-identical outputs); ``None`` draws fresh
+        candidates on each fit.
 
     Attributes
     ----------
@@ -170,7 +172,7 @@ class CannonModel:
         bounds_margin: float = 0.5,
         extrapolation_tolerance: float = 0.1,
         max_reduced_chi2: float = 5.0,
-        random_state=None,
+        random_state=0,
     ):
         self.label_names = list(label_names)
         self.order = order
