@@ -167,3 +167,18 @@ def test_fits_on_a_bound_are_minima_of_the_bounded_problem(trained):
         ref = least_squares(resid, np.clip(x0, lo, hi), jac=jac, bounds=(lo, hi), method="trf",
                             xtol=1e-15, ftol=1e-15, gtol=1e-15)
         assert res["chi2"].values[i] <= 2 * ref.cost * (1 + 1e-9) + 1e-6
+
+
+def test_stars_the_model_fits_badly_converge_quickly():
+    """Dwarfs on a model of giants: large residuals, where Gauss–Newton converges only
+    linearly (here up to ~50 iterations); the exact-Hessian steps need a few."""
+    from bayescannon.simulate import simulate_survey
+
+    names = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+    train = simulate_survey(200, population="giants", snr=(50.0, 250.0), rng=30)
+    test = simulate_survey(200, population="dwarfs", snr=(30.0, 300.0), rng=31)
+    res = CannonModel(names).fit(train).infer(test)
+    assert np.median(res["reduced_chi2"].values) > 2  # the model does not describe these stars
+    assert res["converged"].values.all()
+    assert res["n_iter"].values.max() <= 25
+    assert np.median(res["n_iter"].values) <= 10
