@@ -7,9 +7,10 @@ Each star is first reduced to its sufficient statistics under the fitted model,
 with ``w = ivar/(1 + ivar s²)``, so that ``χ²(ℓ) = vᵀAv − 2bᵀv + c`` exactly for a
 polynomial model (v = v(ℓ)). All A for a chunk of stars come from one matrix product
 ``W (θ ⊗ θ)``. Levenberg–Marquardt then runs on (stars × starts) small problems at once,
-with the analytic Jacobian of v: gradient ``Jᵀ(Av − b)``, Gauss–Newton matrix ``JᵀAJ``,
-identical to what a per-star least-squares solver on the pixel residuals
-``√w (f − θ·v)`` would use.
+with the analytic Jacobian of v: gradient ``Jᵀ(Av − b)`` and Gauss–Newton matrix ``JᵀAJ``
+(what a per-star least-squares solver on the pixel residuals ``√w (f − θ·v)`` would use),
+plus the residual-weighted curvature of v where the exact Hessian is positive definite.
+A second round restarts from the other dips of χ² scans along each label (``restart``).
 """
 
 from __future__ import annotations
