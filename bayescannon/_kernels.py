@@ -421,14 +421,14 @@ def _chi2_only(A, b, c, v):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _damped_solve(H, lam, g, step, M, free):  # pragma: no cover - compiled
-    """step = −(H + λ diag H)⁻¹ g by Cholesky on the free variables (0 for the others);
+def _damped_solve(H, G, lam, g, step, M, free):  # pragma: no cover - compiled
+    """step = −(H + λ diag G)⁻¹ g by Cholesky on the free variables (0 for the others);
     returns False if not positive definite."""
     k_n = g.shape[0]
     for i in range(k_n):
         for k in range(k_n):
             M[i, k] = H[i, k] if free[i] and free[k] else 0.0
-        M[i, i] = M[i, i] + lam * max(H[i, i], 1e-300) if free[i] else 1.0
+        M[i, i] = M[i, i] + lam * max(G[i, i], 1e-300) if free[i] else 1.0
     for j in range(k_n):
         s = M[j, j]
         for q in range(j):
@@ -514,7 +514,8 @@ def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_to
             # the damped Gauss–Newton step is solved on the others (projected LM)
             for k in range(k_n):
                 free[k] = not ((x[k] <= lo[k] and g[k] > 0.0) or (x[k] >= hi[k] and g[k] < 0.0))
-            ok = _damped_solve(Hn, lam, g, step, M, free) or _damped_solve(H, lam, g, step, M, free)
+            # damping scaled by the Gauss–Newton diagonal (the Fisher information) in both
+            ok = _damped_solve(Hn, H, lam, g, step, M, free) or _damped_solve(H, H, lam, g, step, M, free)
             if not ok:
                 lam *= 10.0
                 if lam > 1e12:
