@@ -576,6 +576,7 @@ class CannonModel:
         ids=None,
         wavelength=None,
         n_starts: int | None = None,
+        restart: bool = True,
         chunk_size: int = 1000,
         uncertainty: str = "formal",
         progressbar: bool = False,
@@ -593,7 +594,13 @@ class CannonModel:
         wavelength : ndarray (P,), optional
             Grid of the spectra; checked against the model's.
         n_starts : int, optional
-            Starting points per star (default: the model's ``n_starts``).
+            Starting points per star (default: the model's ``n_starts``): the stored
+            candidates with the lowest χ².
+        restart : bool, default True
+            Second round: scan χ² along each label through each star's best fit and restart
+            from the lowest other dip of the scans where there is one (see
+            :func:`bayescannon.infer.fit_labels`). It finds the wrong minima that the χ²
+            ranking of the candidates misses (e.g. a label acting mainly through its square).
         chunk_size : int
             Stars processed at once; memory does not grow with N.
         uncertainty : {"formal", "calibrated"}
@@ -679,7 +686,7 @@ class CannonModel:
             cchi = chi2_at(A, b, c, v_cand)
             order = np.argsort(cchi, axis=1)[:, :s]
             starts = cand[order]  # (m, s, K)
-            fit = fit_labels(A, b, c, vec, starts, bounds=bounds)
+            fit = fit_labels(A, b, c, vec, starts, bounds=bounds, restart=restart)
             labels[sl] = fit.labels
             cov[sl] = fit.covariance
             chi2[sl] = fit.chi2

@@ -475,6 +475,29 @@ def _chi2_and_grad(A, b, c, v, J, Av, g, H, AJ):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
+def _newton_matrix(x, parent, last, b, J, Av, H, D2, Hn):  # pragma: no cover - compiled
+    """Hn = JᵀAJ + Σ_t (Av − b)_t ∇²v_t: half the exact Hessian of χ² (D2: work (T, K, K))."""
+    t_n, k_n = J.shape
+    for k in range(k_n):
+        for q in range(k_n):
+            D2[0, k, q] = 0.0
+            Hn[k, q] = H[k, q]
+    for t in range(1, t_n):
+        pa = parent[t]
+        j = last[t]
+        r = Av[t] - b[t]
+        for k in range(k_n):
+            for q in range(k_n):
+                d = D2[pa, k, q] * x[j]
+                if k == j:
+                    d += J[pa, q]
+                if q == j:
+                    d += J[pa, k]
+                D2[t, k, q] = d
+                Hn[k, q] += r * d
+
+
+@numba.njit(cache=True, inline="always")
 def _chi2_only(A, b, c, v):  # pragma: no cover - compiled
     t_n = v.shape[0]
     chi2 = c
@@ -487,13 +510,14 @@ def _chi2_only(A, b, c, v):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _damped_solve(H, lam, g, step, M):  # pragma: no cover - compiled
-    """step = −(H + λ diag H)⁻¹ g by Cholesky; returns False if not positive definite."""
+def _damped_solve(H, G, lam, g, step, M, free):  # pragma: no cover - compiled
+    """step = −(H + λ diag G)⁻¹ g by Cholesky on the free variables (0 for the others);
+    returns False if not positive definite."""
     k_n = g.shape[0]
     for i in range(k_n):
         for k in range(k_n):
-            M[i, k] = H[i, k]
-        M[i, i] += lam * max(H[i, i], 1e-300)
+            M[i, k] = H[i, k] if free[i] and free[k] else 0.0
+        M[i, i] = M[i, i] + lam * max(G[i, i], 1e-300) if free[i] else 1.0
     for j in range(k_n):
         s = M[j, j]
         for q in range(j):
@@ -507,7 +531,7 @@ def _damped_solve(H, lam, g, step, M):  # pragma: no cover - compiled
                 s2 -= M[i, q] * M[j, q]
             M[i, j] = s2 / M[j, j]
     for i in range(k_n):
-        s = -g[i]
+        s = -g[i] if free[i] else 0.0
         for q in range(i):
             s -= M[i, q] * step[q]
         step[i] = s / M[i, i]
@@ -523,8 +547,15 @@ def _damped_solve(H, lam, g, step, M):  # pragma: no cover - compiled
 def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_tol):  # pragma: no cover
     """Levenberg–Marquardt on χ²(x) = vᵀAv − 2bᵀv + c for every star and start.
 
-    Gradient ``Jᵀ(Av − b)`` and Gauss–Newton matrix ``JᵀAJ`` (the ones a least-squares
-    solver on the pixel residuals would use); steps are projected onto [lo, hi].
+    Gradient ``Jᵀ(Av − b)``; the step solves the damped exact Hessian (``JᵀAJ`` plus the
+    curvature of v weighted by the residuals ``Av − b``) where that is positive definite, else
+    the damped Gauss–Newton matrix ``JᵀAJ`` (the one a least-squares solver on the pixel
+    residuals would use). Gauss–Newton alone converges only linearly for stars the model
+    fits badly (large residuals) and can run out of iterations there; near a minimum the
+    exact Hessian gives quadratic convergence. Steps are projected onto [lo, hi]. Labels on a
+    bound whose gradient points outwards are held there and the step is solved on the
+    others (an active set): without it the full step, clipped, keeps failing and the
+    damping grows until steps are too small to measure, a false convergence on the bound.
     Convergence: an accepted step lowers χ² by less than ``chi2_tol``, or a rejected step
     whose Gauss–Newton decrement ``−g·step`` is below it; the damping hitting 1e12 means
     no further progress is possible (converged only if the decrement is tiny).
@@ -557,14 +588,23 @@ def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_to
         AJ = np.empty((t_n, k_n))
         M = np.empty((k_n, k_n))
         step = np.empty(k_n)
+        free = np.ones(k_n, dtype=np.bool_)
+        Hn = np.empty((k_n, k_n))
+        D2 = np.empty((t_n, k_n, k_n))
         _design(x, parent, last, v, J)
         chi2 = _chi2_and_grad(Ai, bi, ci, v, J, Av, g, H, AJ)
+        _newton_matrix(x, parent, last, bi, J, Av, H, D2, Hn)
         lam = 1e-3
         done = False
         it = 0
         while it < max_iter and not done:
             it += 1
-            ok = _damped_solve(H, lam, g, step, M)
+            # active set: a label on a bound whose gradient points outwards is held there, and
+            # the damped Gauss–Newton step is solved on the others (projected LM)
+            for k in range(k_n):
+                free[k] = not ((x[k] <= lo[k] and g[k] > 0.0) or (x[k] >= hi[k] and g[k] < 0.0))
+            # damping scaled by the Gauss–Newton diagonal (the Fisher information) in both
+            ok = _damped_solve(Hn, H, lam, g, step, M, free) or _damped_solve(H, H, lam, g, step, M, free)
             if not ok:
                 lam *= 10.0
                 if lam > 1e12:
@@ -583,6 +623,7 @@ def levenberg_marquardt(A, b, c, starts, parent, last, lo, hi, max_iter, chi2_to
                     x[k] = xn[k]
                 _design(x, parent, last, v, J)
                 chi2 = _chi2_and_grad(Ai, bi, ci, v, J, Av, g, H, AJ)
+                _newton_matrix(x, parent, last, bi, J, Av, H, D2, Hn)
                 lam = max(lam / 10.0, 1e-12)
                 if decrease < chi2_tol:
                     done = True
