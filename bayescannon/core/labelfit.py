@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bayescannon.core._kernels import test_weights
+from bayescannon.core._kernels import levenberg_marquardt, test_weights
 from bayescannon.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
