@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml
 warmup: setup
 	$(PY) -m bayescannon._warmup
 
-# ruff lint (rules in pyproject.toml) over the package, tests, benchmarks and scripts
+# ruff lint and format check (rules in pyproject.toml) over the package, tests, benchmarks and scripts
 lint: setup
 	$(VENV)/bin/ruff check bayescannon tests benchmarks scripts
+	$(VENV)/bin/ruff format --check bayescannon tests benchmarks scripts
 
 demo: setup
 	$(VENV)/bin/bayescannon demo --outdir demo_output

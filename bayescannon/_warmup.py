@@ -96,8 +96,9 @@ def warm_up(seed: int = 0):
     # latent labels (errors-in-variables training)
     CannonModel(_LABELS, order=2, random_state=seed).fit(train, label_errors=np.full((60, 3), [30.0, 0.05, 0.02]))
     # preprocessing: resampling with and without a Doppler shift and a mask, normalisation
-    masked = make_spectra(wavelength, train["flux"].values, train["ivar"].values,
-                          mask=np.zeros((60, p), dtype=np.uint32))
+    masked = make_spectra(
+        wavelength, train["flux"].values, train["ivar"].values, mask=np.zeros((60, p), dtype=np.uint32)
+    )
     preprocess.resample(train, wavelength[2:-2] + 0.1)
     preprocess.shift_and_resample(masked, wavelength[4:-4], rv=rng.normal(0.0, 20.0, size=60))
     for precision in ("single", "double"):

@@ -74,5 +74,7 @@ def flag_doc(flag_type=StarFlag) -> dict[str, str]:
 def flag_header(flag_type=StarFlag) -> dict[str, str]:
     """Header cards documenting the flag bits: ``FLAGBT00 = "NOT_CONVERGED: bit 0
     (value 1): ..."`` (keywords of at most 8 characters, as FITS requires)."""
-    return {f"FLAGBT{int(f).bit_length() - 1:02d}": f"{name}: {doc}"
-            for f, (name, doc) in zip(flag_type, flag_doc(flag_type).items())}
+    return {
+        f"FLAGBT{int(f).bit_length() - 1:02d}": f"{name}: {doc}"
+        for f, (name, doc) in zip(flag_type, flag_doc(flag_type).items())
+    }

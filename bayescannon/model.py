@@ -234,7 +234,11 @@ class CannonModel:
             raise NotFittedError("this CannonModel is not fitted yet: call fit() or load()")
 
     def __repr__(self) -> str:
-        state = f"fitted on {self.n_training_stars_} stars x {self.theta_.shape[0]} pixels" if self.is_fitted else "not fitted"
+        state = (
+            f"fitted on {self.n_training_stars_} stars x {self.theta_.shape[0]} pixels"
+            if self.is_fitted
+            else "not fitted"
+        )
         return f"CannonModel(label_names={self.label_names!r}, order={self.order}) [{state}]"
 
     @property
@@ -340,9 +344,7 @@ class CannonModel:
         if wavelength is not None:
             wavelength = np.asarray(wavelength, dtype=np.float64)
             if wavelength.shape != (p,):
-                raise ShapeMismatchError(
-                    f"wavelength has shape {wavelength.shape} but spectra have {p} pixels"
-                )
+                raise ShapeMismatchError(f"wavelength has shape {wavelength.shape} but spectra have {p} pixels")
             if p > 1 and not np.all(np.diff(wavelength) > 0):
                 raise InvalidInputError("wavelength grid must be strictly increasing")
         vec = self.vectorizer
@@ -367,11 +369,21 @@ class CannonModel:
         term_mask = self._term_mask(censor_mask)
         design = vec(x)
         if label_errors is not None:
-
             result = fit_latent_labels(
-                self, flux_t.T, ivar_t.T, x, label_errors, term_mask=term_mask, label_scale=scale_,
-                max_iter=max_iter, tol=tol, lm_iter=lm_iter, anderson=anderson,
-                spectral_information=spectral_information, trend_order=trend_order, progressbar=progressbar,
+                self,
+                flux_t.T,
+                ivar_t.T,
+                x,
+                label_errors,
+                term_mask=term_mask,
+                label_scale=scale_,
+                max_iter=max_iter,
+                tol=tol,
+                lm_iter=lm_iter,
+                anderson=anderson,
+                spectral_information=spectral_information,
+                trend_order=trend_order,
+                progressbar=progressbar,
             )
         else:
             result = fit_pixels(
@@ -405,8 +417,9 @@ class CannonModel:
         # any earlier calibration of the uncertainties
 
         pixel_ok = ~(self.pixel_flags_ & (PixelFlag.FEW_STARS | PixelFlag.SINGULAR)).astype(bool)
-        theta_state = theta_uncertainty_state(ivar_t, self.s2_, getattr(result, "design", design), pixel_ok,
-                                              pixel_major=True)
+        theta_state = theta_uncertainty_state(
+            ivar_t, self.s2_, getattr(result, "design", design), pixel_ok, pixel_major=True
+        )
         self.theta_leverage_ = np.asarray(theta_state[_LEVERAGE][1], dtype=np.float64)
         self.train_weight_ = np.asarray(theta_state[_TRAIN_WEIGHT][1], dtype=np.float64)
         latent = getattr(result, "extra_state", {})
@@ -506,7 +519,9 @@ class CannonModel:
         ndarray, shape (N, P) (or (P,) for a single label vector)
         """
         self._check_fitted()
-        single = not isinstance(labels, (Mapping, xr.Dataset)) and not hasattr(labels, "colnames") and np.ndim(labels) == 1
+        single = (
+            not isinstance(labels, (Mapping, xr.Dataset)) and not hasattr(labels, "colnames") and np.ndim(labels) == 1
+        )
         y = as_label_array(np.atleast_2d(labels) if single else labels, self.label_names)
         x = scaling.scale(y, self.label_offset_, self.label_scale_)
         out = self.vectorizer(x) @ self.theta_.T
@@ -523,9 +538,7 @@ class CannonModel:
     def _check_grid(self, wavelength, n_pixels):
         p = self.theta_.shape[0]
         if n_pixels != p:
-            raise GridMismatchError(
-                f"spectra have {n_pixels} pixels but the model was trained on {p} pixels"
-            )
+            raise GridMismatchError(f"spectra have {n_pixels} pixels but the model was trained on {p} pixels")
         if wavelength is None or self.wavelength_ is None:
             return
         wl = np.asarray(wavelength, dtype=np.float64)
@@ -634,7 +647,6 @@ class CannonModel:
         if uncertainty not in ("formal", "calibrated"):
             raise InvalidInputError(f"uncertainty must be 'formal' or 'calibrated'; got {uncertainty!r}")
         if uncertainty == "calibrated":
-
             check_calibrated(self)  # NotCalibratedError before any work
         s = int(n_starts or self.n_starts)
         if s < 1:
@@ -670,7 +682,6 @@ class CannonModel:
         buf_w = np.empty((min(chunk_size, n), p))
         buf_wf = np.empty((min(chunk_size, n), p))
         if uncertainty == "calibrated":
-
             inv_wbar = inverse_train_weight(self)  # κ of the θ-uncertainty term, in the same pass
         else:
             inv_wbar = np.zeros(p)
@@ -696,7 +707,6 @@ class CannonModel:
             niter[sl] = fit.n_iter
         ds = self._assemble(ids, labels, cov, chi2, npix, conv, atb, niter, smin, smax, width)
         if uncertainty == "calibrated":
-
             ds = apply_calibration(self, ds, ivar, kappa=kap)
         return ds
 

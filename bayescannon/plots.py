@@ -129,8 +129,14 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
         if not ok.any():
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
             continue
-        sc = ax.scatter(x[ok], y[ok], s=4, alpha=0.7, rasterized=True,
-                        **_colour(None if color is None else np.asarray(color)[ok], "viridis"))
+        sc = ax.scatter(
+            x[ok],
+            y[ok],
+            s=4,
+            alpha=0.7,
+            rasterized=True,
+            **_colour(None if color is None else np.asarray(color)[ok], "viridis"),
+        )
         if errors is not None:
             ax.errorbar(x[ok], y[ok], yerr=np.asarray(errors)[ok, i], fmt="none", lw=0.3, alpha=0.3, color="k")
         lo, hi = np.min(np.r_[x[ok], y[ok]]), np.max(np.r_[x[ok], y[ok]])
@@ -138,8 +144,14 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
         d = y[ok] - x[ok]
         unit = (units or {}).get(name, "")
         p16, p84 = np.percentile(d, [16, 84])
-        ax.text(0.04, 0.96, f"bias {np.mean(d):.3g}\nscatter {np.std(d):.3g} {unit}\n"
-                f"(16-84)/2 {0.5 * (p84 - p16):.3g}", transform=ax.transAxes, va="top", fontsize=8)
+        ax.text(
+            0.04,
+            0.96,
+            f"bias {np.mean(d):.3g}\nscatter {np.std(d):.3g} {unit}\n(16-84)/2 {0.5 * (p84 - p16):.3g}",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+        )
         ax.set_xlabel(f"reference {name}")
         ax.set_ylabel(f"bayescannon {name}")
         ax.set_aspect("equal", adjustable="datalim")
@@ -223,8 +235,17 @@ def scatter_vs_snr(cv, *, label_names=None):
     return binned_statistics_plot(table, label_names=label_names, xlabel="S/N", logx=True)
 
 
-def kiel_diagram(teff, logg, *, color=None, color_label="[Fe/H]", titles=("before", "after"), teff_after=None,
-                 logg_after=None, color_after=None):
+def kiel_diagram(
+    teff,
+    logg,
+    *,
+    color=None,
+    color_label="[Fe/H]",
+    titles=("before", "after"),
+    teff_after=None,
+    logg_after=None,
+    color_after=None,
+):
     """Kiel diagram (log g vs Teff, both axes reversed), optionally before / after.
 
     Parameters
@@ -248,7 +269,7 @@ def kiel_diagram(teff, logg, *, color=None, color_label="[Fe/H]", titles=("befor
     sc = None
     allc = [np.asarray(c, float) for _, _, c in panels if c is not None]
     finite = np.concatenate([c[np.isfinite(c)] for c in allc]) if allc else np.array([])
-    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (None, None))
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (None, None)
     for ax, (t, g, c), title in zip(axes, panels, titles):
         t, g = np.asarray(t, float), np.asarray(g, float)
         if t.shape != g.shape:
@@ -322,8 +343,17 @@ def coefficient_spectra(model, *, labels=None, lines=None, wavelength_range=None
                 for ax in axes:
                     ax.axvline(w, color="C2", lw=0.5, alpha=0.6, ls=":")
                 if line_labels:
-                    axes[0].text(w, 1.0, lname, transform=axes[0].get_xaxis_transform(), rotation=90,
-                                 fontsize=6, va="bottom", ha="center", color="C2")
+                    axes[0].text(
+                        w,
+                        1.0,
+                        lname,
+                        transform=axes[0].get_xaxis_transform(),
+                        rotation=90,
+                        fontsize=6,
+                        va="bottom",
+                        ha="center",
+                        color="C2",
+                    )
     return fig
 
 
@@ -384,8 +414,17 @@ def residual_band(model, flux, ivar, labels, *, wavelength_range=None, normalise
     return fig
 
 
-def alpha_vs_feh(feh, alpha, *, color=None, color_label=None, feh_after=None, alpha_after=None,
-                 titles=("before", "after"), ylabel="[α/M]"):
+def alpha_vs_feh(
+    feh,
+    alpha,
+    *,
+    color=None,
+    color_label=None,
+    feh_after=None,
+    alpha_after=None,
+    titles=("before", "after"),
+    ylabel="[α/M]",
+):
     """[α/M] vs [Fe/H], optionally before / after side by side.
 
     Parameters

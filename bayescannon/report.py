@@ -178,12 +178,16 @@ class Report:
                 _, _, name, caption = item
                 files = figures.get(name, [f"{name}.png"])
                 links = " ".join(f"<a href='{esc(f)}'>{esc(f.rsplit('.', 1)[-1])}</a>" for f in files[1:])
-                parts.append(f"<figure><img src='{esc(files[0])}' alt='{esc(caption or name)}'>"
-                             f"<figcaption>{esc(caption or '')} {links}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img src='{esc(files[0])}' alt='{esc(caption or name)}'>"
+                    f"<figcaption>{esc(caption or '')} {links}</figcaption></figure>"
+                )
             elif kind == "files":
-                parts.append(f"<p><strong>{esc(item[2])}</strong></p><ul>"
-                             + "".join(f"<li><a href='{esc(f)}'><code>{esc(f)}</code></a></li>" for f in item[1])
-                             + "</ul>")
+                parts.append(
+                    f"<p><strong>{esc(item[2])}</strong></p><ul>"
+                    + "".join(f"<li><a href='{esc(f)}'><code>{esc(f)}</code></a></li>" for f in item[1])
+                    + "</ul>"
+                )
         parts.append("</body></html>")
         return "\n".join(parts)
 

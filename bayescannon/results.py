@@ -11,8 +11,16 @@ import re
 
 __all__ = ["LABEL_UNITS", "LABEL_DESCRIPTIONS", "label_unit", "label_description"]
 
-LABEL_UNITS = {"TEFF": "K", "VMACRO": "km/s", "VMIC": "km/s", "VSINI": "km/s", "VBROAD": "km/s",
-               "RV": "km/s", "RA": "deg", "DEC": "deg"}
+LABEL_UNITS = {
+    "TEFF": "K",
+    "VMACRO": "km/s",
+    "VMIC": "km/s",
+    "VSINI": "km/s",
+    "VBROAD": "km/s",
+    "RV": "km/s",
+    "RA": "deg",
+    "DEC": "deg",
+}
 
 #: Descriptions written beside labels (and their errors).
 LABEL_DESCRIPTIONS = {

@@ -60,9 +60,7 @@ def check_flux_ivar(flux, ivar, *, ids=None, wavelength=None, name: str = "flux"
     if flux.ndim != 2:
         raise ShapeMismatchError(f"{name} must be 2-D (stars, pixels); got shape {flux.shape}")
     if flux.shape != ivar.shape:
-        raise ShapeMismatchError(
-            f"{name} has shape {flux.shape} but ivar has shape {ivar.shape}"
-        )
+        raise ShapeMismatchError(f"{name} has shape {flux.shape} but ivar has shape {ivar.shape}")
 
     def where(mask):
         n, p = np.argwhere(mask)[0]
@@ -148,9 +146,7 @@ def check_spectra(ds: xr.Dataset) -> xr.Dataset:
         if var not in ds:
             raise InvalidInputError(f"spectra dataset has no '{var}' variable")
         if ds[var].dims != ("star", "pixel"):
-            raise InvalidInputError(
-                f"'{var}' must have dims ('star', 'pixel'); got {ds[var].dims}"
-            )
+            raise InvalidInputError(f"'{var}' must have dims ('star', 'pixel'); got {ds[var].dims}")
     if "wavelength" not in ds.coords:
         raise InvalidInputError("spectra dataset has no 'wavelength' coordinate")
     if ds["wavelength"].dims != ("pixel",):
@@ -178,7 +174,11 @@ def as_label_array(labels, label_names, n_expected=None):
             raise LabelError(f"labels dataset has no column(s) {missing}; it has {list(labels.data_vars)}")
         arr = np.column_stack([np.asarray(labels[n].values, dtype=np.float64) for n in label_names])
     elif isinstance(labels, Mapping) or hasattr(labels, "colnames") or hasattr(labels, "columns"):
-        cols = list(labels.colnames) if hasattr(labels, "colnames") else list(labels.keys() if isinstance(labels, Mapping) else labels.columns)
+        cols = (
+            list(labels.colnames)
+            if hasattr(labels, "colnames")
+            else list(labels.keys() if isinstance(labels, Mapping) else labels.columns)
+        )
         missing = [n for n in label_names if n not in cols]
         if missing:
             raise LabelError(f"label table has no column(s) {missing}; it has {cols}")
@@ -191,13 +191,10 @@ def as_label_array(labels, label_names, n_expected=None):
             raise ShapeMismatchError(f"labels must be 2-D (stars, labels); got shape {arr.shape}")
         if arr.shape[1] != len(label_names):
             raise ShapeMismatchError(
-                f"labels have {arr.shape[1]} columns but the model has {len(label_names)} "
-                f"labels {label_names}"
+                f"labels have {arr.shape[1]} columns but the model has {len(label_names)} labels {label_names}"
             )
     if n_expected is not None and arr.shape[0] != n_expected:
-        raise ShapeMismatchError(
-            f"labels have {arr.shape[0]} rows but there are {n_expected} spectra"
-        )
+        raise ShapeMismatchError(f"labels have {arr.shape[0]} rows but there are {n_expected} spectra")
     bad = ~np.isfinite(arr)
     if bad.any():
         n, k = np.argwhere(bad)[0]

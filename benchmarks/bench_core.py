@@ -47,8 +47,16 @@ def run_thecannon(train, test):
     ytr = np.column_stack([train[n].values for n in LABELS])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = dataset.Dataset(wl, train["star"].values, train["flux"].values.copy(), train["ivar"].values.copy(),
-                             ytr, test["star"].values, test["flux"].values.copy(), test["ivar"].values.copy())
+        ds = dataset.Dataset(
+            wl,
+            train["star"].values,
+            train["flux"].values.copy(),
+            train["ivar"].values.copy(),
+            ytr,
+            test["star"].values,
+            test["flux"].values.copy(),
+            test["ivar"].values.copy(),
+        )
         ds.set_label_names(LABELS)
         md = model.CannonModel(2, useErrors=False)
         t0 = time.perf_counter()
@@ -57,8 +65,13 @@ def run_thecannon(train, test):
         t0 = time.perf_counter()
         errs, chisq = md.infer_labels(ds)
         t_test = time.perf_counter() - t0
-    return dict(t_train=t_train, t_test=t_test, labels=np.asarray(ds.test_label_vals),
-                errors=np.asarray(errs) * md.scales, s2=np.asarray(md.scatters) ** 2)
+    return dict(
+        t_train=t_train,
+        t_test=t_test,
+        labels=np.asarray(ds.test_label_vals),
+        errors=np.asarray(errs) * md.scales,
+        s2=np.asarray(md.scatters) ** 2,
+    )
 
 
 def run_ours(train, test, n_starts):
@@ -71,8 +84,14 @@ def run_ours(train, test, n_starts):
     t0 = time.perf_counter()
     r = m.infer(test)
     t_test = time.perf_counter() - t0
-    return dict(t_train=t_train, t_test=t_test, labels=r["labels"].values, errors=r["errors"].values,
-                flags=r["flags"].values, model=m)
+    return dict(
+        t_train=t_train,
+        t_test=t_test,
+        labels=r["labels"].values,
+        errors=r["errors"].values,
+        flags=r["flags"].values,
+        model=m,
+    )
 
 
 def warm_up():
@@ -113,17 +132,22 @@ def first_call(train, test, n_starts, workdir, cache_dir=None):
     process (s); ``cache_dir``: numba cache folder for it (an empty one: cold start)."""
     import os
 
-    for name, arr in [("train_flux", train["flux"].values), ("train_ivar", train["ivar"].values),
-                      ("train_labels", np.column_stack([train[n].values for n in LABELS])),
-                      ("test_flux", test["flux"].values), ("test_ivar", test["ivar"].values)]:
+    for name, arr in [
+        ("train_flux", train["flux"].values),
+        ("train_ivar", train["ivar"].values),
+        ("train_labels", np.column_stack([train[n].values for n in LABELS])),
+        ("test_flux", test["flux"].values),
+        ("test_ivar", test["ivar"].values),
+    ]:
         path = os.path.join(workdir, f"{name}.npy")
         if not os.path.exists(path):
             np.save(path, arr)
     env = dict(os.environ)
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = cache_dir
-    out = subprocess.run([sys.executable, "-c", FIRST_CALL, workdir, str(n_starts)], capture_output=True,
-                         text=True, check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL, workdir, str(n_starts)], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -204,18 +228,26 @@ def main(argv=None):
     ref = run_thecannon(train, test)
     m = ours["model"]
     p = train.sizes["pixel"]
-    print(f"\n== bayescannon vs thecannon 0.7.3: {args.n_train} training stars x {p} pixels x 4 labels, "
-          f"{args.n_test} test stars ==")
-    print(f"training   : bayescannon {ours['t_train']:7.2f} s   thecannon {ref['t_train']:7.2f} s   "
-          f"speed-up {ref['t_train'] / ours['t_train']:6.1f}x")
+    print(
+        f"\n== bayescannon vs thecannon 0.7.3: {args.n_train} training stars x {p} pixels x 4 labels, "
+        f"{args.n_test} test stars =="
+    )
+    print(
+        f"training   : bayescannon {ours['t_train']:7.2f} s   thecannon {ref['t_train']:7.2f} s   "
+        f"speed-up {ref['t_train'] / ours['t_train']:6.1f}x"
+    )
     ours_rate = args.n_test / ours["t_test"]
     ref_rate = args.n_test / ref["t_test"]
-    print(f"test step  : bayescannon {ours_rate:7.0f} stars/s ({args.n_starts} starts)   thecannon {ref_rate:7.0f} "
-          f"stars/s (1 start)   speed-up {ours_rate / ref_rate:6.1f}x")
+    print(
+        f"test step  : bayescannon {ours_rate:7.0f} stars/s ({args.n_starts} starts)   thecannon {ref_rate:7.0f} "
+        f"stars/s (1 start)   speed-up {ours_rate / ref_rate:6.1f}x"
+    )
     for kind, fc in first.items():
-        print(f"first call : fresh process, {kind} kernel cache: import bayescannon {fc['t_import']:.2f} s; "
-              f"training {fc['t_train'][0]:.2f} s (then {fc['t_train'][1]:.2f} s); test step "
-              f"{args.n_test / fc['t_test'][0]:.0f} stars/s (then {args.n_test / fc['t_test'][1]:.0f} stars/s)")
+        print(
+            f"first call : fresh process, {kind} kernel cache: import bayescannon {fc['t_import']:.2f} s; "
+            f"training {fc['t_train'][0]:.2f} s (then {fc['t_train'][1]:.2f} s); test step "
+            f"{args.n_test / fc['t_test'][0]:.0f} stars/s (then {args.n_test / fc['t_test'][1]:.0f} stars/s)"
+        )
     # s² optimality: profile likelihood at our s² vs at thecannon's, and at neighbours of ours
     lp_ours = profile_lnp(m, train, m.s2_)
     lp_ref = profile_lnp(m, train, ref["s2"])
@@ -223,11 +255,15 @@ def main(argv=None):
     worse = np.zeros_like(gain)
     for f in (1 - 1e-3, 1 + 1e-3):
         worse = np.maximum(worse, profile_lnp(m, train, m.s2_ * f + (f > 1) * 1e-12) - lp_ours)
-    print(f"s²         : profile lnL(ours) − lnL(thecannon's s²): median {np.median(gain):.3g}, "
-          f"min {gain.min():.3g} (≥ 0 means ours is at least as likely); "
-          f"max gain at s²(1±1e-3): {worse.max():.2e}")
-    print(f"\n{'label':>9} {'scatter ours':>13} {'scatter thecannon':>18} {'bias ours':>10} {'bias thecannon':>15}"
-          f" {'1σ cov ours':>12} {'1σ cov thecannon':>17}")
+    print(
+        f"s²         : profile lnL(ours) − lnL(thecannon's s²): median {np.median(gain):.3g}, "
+        f"min {gain.min():.3g} (≥ 0 means ours is at least as likely); "
+        f"max gain at s²(1±1e-3): {worse.max():.2e}"
+    )
+    print(
+        f"\n{'label':>9} {'scatter ours':>13} {'scatter thecannon':>18} {'bias ours':>10} {'bias thecannon':>15}"
+        f" {'1σ cov ours':>12} {'1σ cov thecannon':>17}"
+    )
     res = {}
     for k, name in enumerate(LABELS):
         do = ours["labels"][:, k] - truth[:, k]
@@ -235,22 +271,40 @@ def main(argv=None):
         okr = np.isfinite(dr) & (np.abs(ref["labels"][:, k]) < 9000)
         co = np.mean(np.abs(do) < ours["errors"][:, k])
         cr = np.mean(np.abs(dr[okr]) < ref["errors"][okr, k])
-        res[name] = dict(scatter_ours=float(np.std(do)), scatter_ref=float(np.std(dr[okr])),
-                         bias_ours=float(np.mean(do)), bias_ref=float(np.mean(dr[okr])))
-        print(f"{name:>9} {np.std(do):>13.4g} {np.std(dr[okr]):>18.4g} {np.mean(do):>10.3g} {np.mean(dr[okr]):>15.3g}"
-              f" {co:>12.2f} {cr:>17.2f}")
+        res[name] = dict(
+            scatter_ours=float(np.std(do)),
+            scatter_ref=float(np.std(dr[okr])),
+            bias_ours=float(np.mean(do)),
+            bias_ref=float(np.mean(dr[okr])),
+        )
+        print(
+            f"{name:>9} {np.std(do):>13.4g} {np.std(dr[okr]):>18.4g} {np.mean(do):>10.3g} {np.mean(dr[okr]):>15.3g}"
+            f" {co:>12.2f} {cr:>17.2f}"
+        )
     mem = {}
     if not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (1000, 4000):
                 mem[n] = memory_probe(m, test, n, 500, tmp)
-        print("\ntest-step working memory (peak RSS above model + inputs, chunk 500): "
-              + ", ".join(f"{n} stars: {v:.0f} MiB" for n, v in mem.items()))
-    figures = dict(n_train=args.n_train, n_test=args.n_test, pixels=p,
-                   t_train_ours=ours["t_train"], t_train_ref=ref["t_train"],
-                   train_speedup=ref["t_train"] / ours["t_train"], test_rate_ours=ours_rate,
-                   test_rate_ref=ref_rate, labels=res, memory_mib=mem, first_call=first,
-                   s2_gain_min=float(gain.min()), s2_neighbour_gain_max=float(worse.max()))
+        print(
+            "\ntest-step working memory (peak RSS above model + inputs, chunk 500): "
+            + ", ".join(f"{n} stars: {v:.0f} MiB" for n, v in mem.items())
+        )
+    figures = dict(
+        n_train=args.n_train,
+        n_test=args.n_test,
+        pixels=p,
+        t_train_ours=ours["t_train"],
+        t_train_ref=ref["t_train"],
+        train_speedup=ref["t_train"] / ours["t_train"],
+        test_rate_ours=ours_rate,
+        test_rate_ref=ref_rate,
+        labels=res,
+        memory_mib=mem,
+        first_call=first,
+        s2_gain_min=float(gain.min()),
+        s2_neighbour_gain_max=float(worse.max()),
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)

@@ -141,10 +141,7 @@ def main(argv=None):
     rest_grid = 10 ** np.arange(np.log10(3900.0), np.log10(8800.0), 1e-4)
     templates = line_templates(rng, wl)
     print(f"cores: {os.cpu_count()}, numba kernels: {core_grid._USE_NUMBA and pp_normalise._USE_NUMBA}")
-    print(
-        f"{args.n} spectra x {wl.size} pixels -> rest grid {rest_grid.size} pixels, "
-        f"chunks of {args.chunk_size}"
-    )
+    print(f"{args.n} spectra x {wl.size} pixels -> rest grid {rest_grid.size} pixels, chunks of {args.chunk_size}")
 
     # ---- in-memory data ---------------------------------------------------------------
     t0 = time.perf_counter()
@@ -184,7 +181,10 @@ def main(argv=None):
         for i in range(args.n_files):
             paths.append(
                 bio.write_lamost(
-                    tmp / f"spec-{i:06d}.fits", wl, flux[i], ivar[i],
+                    tmp / f"spec-{i:06d}.fits",
+                    wl,
+                    flux[i],
+                    ivar[i],
                     header={"OBSID": i, "Z": float(z[i]), "SNRG": 50.0},
                 )
             )

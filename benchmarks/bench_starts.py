@@ -117,30 +117,48 @@ def run_set(name, train, test, labels, seed, repeat):
     miss_rank = misses(r_rank["chi2"].values, ref)
     better = misses(ref, r_def["chi2"].values)  # the default below the reference
     n = len(ref)
-    print(f"\n== {name} (seed {seed}): {n} test stars x {flux.shape[1]} pixels, {len(labels)} labels; "
-          f"training {train.sizes['star']} stars in {t_fit:.1f} s; {n_cand} candidates")
-    print(f"   miss rate  default {100 * miss_def.mean():.2f}% ({miss_def.sum()})   "
-          f"ranking alone {100 * miss_rank.mean():.2f}% ({miss_rank.sum()})   "
-          f"default below the all-candidates χ²: {better.sum()} stars")
-    print(f"   stars/s    default {n / t_def:,.0f}   ranking alone {n / t_rank:,.0f}   all {n_cand} candidates "
-          f"{n / t_all:,.0f}")
+    print(
+        f"\n== {name} (seed {seed}): {n} test stars x {flux.shape[1]} pixels, {len(labels)} labels; "
+        f"training {train.sizes['star']} stars in {t_fit:.1f} s; {n_cand} candidates"
+    )
+    print(
+        f"   miss rate  default {100 * miss_def.mean():.2f}% ({miss_def.sum()})   "
+        f"ranking alone {100 * miss_rank.mean():.2f}% ({miss_rank.sum()})   "
+        f"default below the all-candidates χ²: {better.sum()} stars"
+    )
+    print(
+        f"   stars/s    default {n / t_def:,.0f}   ranking alone {n / t_rank:,.0f}   all {n_cand} candidates "
+        f"{n / t_all:,.0f}"
+    )
     snr = test["snr"].values
     print("   S/N bin        stars   miss default   miss ranking alone")
     for lo, hi in itertools.pairwise(SNR_BINS):
         sel = (snr >= lo) & (snr < hi) if hi < SNR_BINS[-1] else (snr >= lo) & (snr <= hi)
         k = int(sel.sum())
         if k:
-            print(f"   {lo:5.0f}-{hi:<5.0f} {k:10d}   {100 * miss_def[sel].mean():10.2f}%   "
-                  f"{100 * miss_rank[sel].mean():10.2f}%")
+            print(
+                f"   {lo:5.0f}-{hi:<5.0f} {k:10d}   {100 * miss_def[sel].mean():10.2f}%   "
+                f"{100 * miss_rank[sel].mean():10.2f}%"
+            )
     for what, mi, res in (("default", miss_def, r_def), ("ranking alone", miss_rank, r_rank)):
         if mi.any():
             d = np.abs(res["labels"].values[mi] - r_all["labels"].values[mi])
             dchi = (res["chi2"].values - ref)[mi]
-            print(f"   missed by {what}: |Δlabel| max " + ", ".join(f"{lab} {v:.3g}" for lab, v in zip(labels, d.max(0)))
-                  + "; median " + ", ".join(f"{lab} {v:.3g}" for lab, v in zip(labels, np.median(d, 0)))
-                  + f"; Δχ² median {np.median(dchi):.3g}, max {dchi.max():.3g}")
-    return {"n": n, "miss_def": int(miss_def.sum()), "miss_rank": int(miss_rank.sum()),
-            "rate_def": n / t_def, "rate_rank": n / t_rank, "rate_all": n / t_all}
+            print(
+                f"   missed by {what}: |Δlabel| max "
+                + ", ".join(f"{lab} {v:.3g}" for lab, v in zip(labels, d.max(0)))
+                + "; median "
+                + ", ".join(f"{lab} {v:.3g}" for lab, v in zip(labels, np.median(d, 0)))
+                + f"; Δχ² median {np.median(dchi):.3g}, max {dchi.max():.3g}"
+            )
+    return {
+        "n": n,
+        "miss_def": int(miss_def.sum()),
+        "miss_rank": int(miss_rank.sum()),
+        "rate_def": n / t_def,
+        "rate_rank": n / t_rank,
+        "rate_all": n / t_all,
+    }
 
 
 def main():
@@ -170,9 +188,11 @@ def main():
             summary[(name, seed)] = run_set(name, train, test, labels, seed, args.repeat)
     print("\nsummary                     stars   miss default   miss ranking alone   stars/s default / ranking / all")
     for (name, seed), s in summary.items():
-        print(f"{name:18s} seed {seed:<3d} {s['n']:6d}   {100 * s['miss_def'] / s['n']:10.2f}%   "
-              f"{100 * s['miss_rank'] / s['n']:16.2f}%   {s['rate_def']:8,.0f} / {s['rate_rank']:,.0f} / "
-              f"{s['rate_all']:,.0f}")
+        print(
+            f"{name:18s} seed {seed:<3d} {s['n']:6d}   {100 * s['miss_def'] / s['n']:10.2f}%   "
+            f"{100 * s['miss_rank'] / s['n']:16.2f}%   {s['rate_def']:8,.0f} / {s['rate_rank']:,.0f} / "
+            f"{s['rate_all']:,.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ds = mock_quadratic_survey(args.n_stars, args.n_pixels, labels, snr=(20.0, 250.0), rng=args.seed)
     t1 = time.perf_counter()
-    print(f"simulated {args.n_stars} stars x {args.n_pixels} pixels x {len(labels)} labels in {t1 - t0:.1f} s "
-          f"({os.cpu_count()} cores visible)")
+    print(
+        f"simulated {args.n_stars} stars x {args.n_pixels} pixels x {len(labels)} labels in {t1 - t0:.1f} s "
+        f"({os.cpu_count()} cores visible)"
+    )
     runs = [args.n_jobs] + ([1] if args.serial and args.n_jobs != 1 else [])
     for n_jobs in runs:
         t0 = time.perf_counter()
@@ -51,8 +53,10 @@ def main(argv=None) -> int:
         z = cv.differences / cv.predictions["errors"].values
         print(f"{args.n_folds}-fold CV, n_jobs={n_jobs}: {dt:.1f} s ({dt / 60:.2f} min; target <= 5 min)")
         for row, zz in zip(cv.summary, np.nanstd(z, axis=0)):
-            print(f"  {row['LABEL']:>9}: bias {row['BIAS']:+.3g}  rms {row['RMS']:.3g}  "
-                  f"(p84-p16)/2 {row['HALF_P16_84']:.3g}  std(dl/err) {zz:.3f}")
+            print(
+                f"  {row['LABEL']:>9}: bias {row['BIAS']:+.3g}  rms {row['RMS']:.3g}  "
+                f"(p84-p16)/2 {row['HALF_P16_84']:.3g}  std(dl/err) {zz:.3f}"
+            )
     return 0
 
 

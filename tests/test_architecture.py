@@ -108,7 +108,7 @@ def _find_cycles(graph: dict[str, list[str]]) -> list[list[str]]:
         stack.append(m)
         for t in graph.get(m, ()):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t)
         stack.pop()

@@ -12,7 +12,9 @@ def test_chunked_inference_resumes_and_matches(trained, tmp_path):
     ds = make_spectra(model.wavelength_, flux, ivar)
     full = model.infer(ds)
     out = infer_chunked(model, ds, tmp_path / "work", chunk_size=5)
-    np.testing.assert_allclose(out["labels"].values, full["labels"].values, rtol=0, atol=1e-4 * np.nanmax(full["errors"].values))
+    np.testing.assert_allclose(
+        out["labels"].values, full["labels"].values, rtol=0, atol=1e-4 * np.nanmax(full["errors"].values)
+    )
     files = sorted((tmp_path / "work").glob("chunk_*.nc"))
     assert len(files) == 5
     # an interrupted run: remove two chunks; the rerun recomputes only those

@@ -163,6 +163,18 @@ def test_batched_sampling_and_cli(setup, tmp_path):
     model.save(tmp_path / "m.nc")
     ds = make_spectra(np.arange(150.0) + 15000.0, flux, ivar, ids=["a", "b", "c"])
     write_spectra(ds, tmp_path / "s.nc", overwrite=True)
-    rc = main(["sample", str(tmp_path / "m.nc"), str(tmp_path / "s.nc"), "-o", str(tmp_path / "p.nc"),
-               "--ids", "a", "c", "--summary", str(tmp_path / "t.csv")])
+    rc = main(
+        [
+            "sample",
+            str(tmp_path / "m.nc"),
+            str(tmp_path / "s.nc"),
+            "-o",
+            str(tmp_path / "p.nc"),
+            "--ids",
+            "a",
+            "c",
+            "--summary",
+            str(tmp_path / "t.csv"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "p.nc").exists() and (tmp_path / "t.csv").exists()

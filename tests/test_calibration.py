@@ -44,7 +44,11 @@ def test_fit_error_model_recovers_known_parameters():
     n, k = 20000, 2
     x = rng.uniform(-0.5, 0.5, (n, k))
     formal = rng.uniform(0.05, 0.3, (n, k)) ** 2
-    a_true, beta_true, dof_true = np.array([1.5, 1.0]), np.array([[np.log(0.04), 1.0, 0.0], [np.log(0.01), 0.0, -1.0]]), 8.0
+    a_true, beta_true, dof_true = (
+        np.array([1.5, 1.0]),
+        np.array([[np.log(0.04), 1.0, 0.0], [np.log(0.01), 0.0, -1.0]]),
+        8.0,
+    )
     var = a_true**2 * formal + np.exp(np.column_stack([np.ones(n), x]) @ beta_true.T)
     t = rng.standard_t(dof_true, (n, k)) * np.sqrt((dof_true - 2) / dof_true)
     out = fit_error_model(t * np.sqrt(var), formal, np.zeros(n), x, ["a", "b"])
@@ -98,8 +102,12 @@ def test_coverage_curve_is_diagonal_for_gaussian_errors():
 
 @pytest.mark.parametrize(
     "errors, exc",
-    [(np.zeros((5, 2)), LabelError), (-np.ones((5, 2)), LabelError), (np.ones((5, 3)), ShapeMismatchError),
-     (np.full((5, 2), np.nan), LabelError)],
+    [
+        (np.zeros((5, 2)), LabelError),
+        (-np.ones((5, 2)), LabelError),
+        (np.ones((5, 3)), ShapeMismatchError),
+        (np.full((5, 2), np.nan), LabelError),
+    ],
 )
 def test_bad_label_errors_raise(errors, exc):
     with pytest.raises(exc):
@@ -144,7 +152,9 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
     # the calibration travels with the model file
     model.save(tmp_path / "m.nc")
     back = CannonModel.load(tmp_path / "m.nc")
-    np.testing.assert_allclose(back.infer(tf, ti, uncertainty="calibrated")["errors"].values, cal["errors"].values, rtol=1e-10)
+    np.testing.assert_allclose(
+        back.infer(tf, ti, uncertainty="calibrated")["errors"].values, cal["errors"].values, rtol=1e-10
+    )
 
 
 def test_error_model_gradient_matches_finite_differences():

@@ -110,9 +110,16 @@ def catalogue_inputs(trained):
     from bayescannon.spectra import make_spectra
 
     ids = [f"S{i:03d}" for i in range(40)]
-    ds = make_spectra(model.wavelength_, flux, ivar, ids=ids, snr=np.sqrt(ivar[:, 0]),
-                      ra=np.linspace(10, 11, 40), dec=np.linspace(-5, -4, 40),
-                      tmass_id=[f"2M{i:08d}" for i in range(40)])
+    ds = make_spectra(
+        model.wavelength_,
+        flux,
+        ivar,
+        ids=ids,
+        snr=np.sqrt(ivar[:, 0]),
+        ra=np.linspace(10, 11, 40),
+        dec=np.linspace(-5, -4, 40),
+        tmass_id=[f"2M{i:08d}" for i in range(40)],
+    )
     return model, ds, y
 
 
@@ -121,17 +128,39 @@ def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
     res = model.infer(ds)
     sflags = np.zeros(40, np.int64)
     sflags[5] = 4
-    q = assess(res, model=model, cv_scatter=[30.0, 0.05, 0.03], snr=ds["snr"].values, min_snr=60,
-               survey_flags=sflags)
+    q = assess(res, model=model, cv_scatter=[30.0, 0.05, 0.03], snr=ds["snr"].values, min_snr=60, survey_flags=sflags)
     survey = Table({"ID": ds["star"].values[::2].astype(str), "TEFF": y[::2, 0] + 50.0, "e_TEFF": np.full(20, 80.0)})
-    cat = make_catalogue(res, model=model, spectra=ds, quality=q, training_ids=["S000", "S001"],
-                         survey_labels=survey, survey_name="APOGEE", config={"n_folds": 8},
-                         extra_ids=["tmass_id"])
+    cat = make_catalogue(
+        res,
+        model=model,
+        spectra=ds,
+        quality=q,
+        training_ids=["S000", "S001"],
+        survey_labels=survey,
+        survey_name="APOGEE",
+        config={"n_folds": 8},
+        extra_ids=["tmass_id"],
+    )
     path = write_table(cat, tmp_path / "cat.fits")
     t = read_catalogue(path)
     assert t["TMASS_ID"][3] == "2M00000003"
-    for col in ("ID", "RA", "DEC", "TEFF", "e_TEFF", "CHI2", "REDUCED_CHI2", "SNR", "LABEL_DISTANCE", "IN_HULL",
-                "FLAGS", "IN_TRAINING", "APOGEE_TEFF", "APOGEE_e_TEFF", "SURVEY_FLAGS"):
+    for col in (
+        "ID",
+        "RA",
+        "DEC",
+        "TEFF",
+        "e_TEFF",
+        "CHI2",
+        "REDUCED_CHI2",
+        "SNR",
+        "LABEL_DISTANCE",
+        "IN_HULL",
+        "FLAGS",
+        "IN_TRAINING",
+        "APOGEE_TEFF",
+        "APOGEE_e_TEFF",
+        "SURVEY_FLAGS",
+    ):
         assert col in t.colnames, col
     assert t["RA"].unit == "deg" and t["APOGEE_TEFF"].unit is None
     np.testing.assert_allclose(t["APOGEE_TEFF"][::2], y[::2, 0] + 50.0)
@@ -148,10 +177,22 @@ def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
 
 
 def test_join_by_id_and_by_sky():
-    a = Table({"ID": ["a", "b", "c", "d"], "RA": [10.0, 20.0, 30.0, 40.0], "DEC": [0.0, 1.0, 2.0, 3.0],
-               "TEFF": [1.0, 2.0, 3.0, 4.0]})
-    b = Table({"ID": ["c", "a", "x"], "RA": [30.0 + 0.3 / 3600, 10.0, 50.0], "DEC": [2.0, 0.0, 5.0],
-               "TEFF": [30.0, 10.0, 50.0]})
+    a = Table(
+        {
+            "ID": ["a", "b", "c", "d"],
+            "RA": [10.0, 20.0, 30.0, 40.0],
+            "DEC": [0.0, 1.0, 2.0, 3.0],
+            "TEFF": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    b = Table(
+        {
+            "ID": ["c", "a", "x"],
+            "RA": [30.0 + 0.3 / 3600, 10.0, 50.0],
+            "DEC": [2.0, 0.0, 5.0],
+            "TEFF": [30.0, 10.0, 50.0],
+        }
+    )
     j = join_catalogues(a, b, keys="ID", table_names=("L", "R"))
     assert sorted(j["ID"]) == ["a", "c"]
     assert np.allclose(j["TEFF_R"], 10 * j["TEFF_L"])
@@ -179,9 +220,27 @@ def test_catalogue_command(tmp_path, catalogue_inputs, capsys):
     tl.write(tmp_path / "train.fits")
     Table({"LABEL": model.label_names, "RMS": [30.0, 0.05, 0.03]}).write(tmp_path / "cv_summary.ecsv")
     out = tmp_path / "cat.fits"
-    assert main(["catalogue", str(mpath), str(spath), "-o", str(out), "--cv-summary", str(tmp_path / "cv_summary.ecsv"),
-                 "--training-labels", str(tmp_path / "train.fits"), "--min-snr", "60", "--no-progress",
-                 "--report-format", "md"]) == 0
+    assert (
+        main(
+            [
+                "catalogue",
+                str(mpath),
+                str(spath),
+                "-o",
+                str(out),
+                "--cv-summary",
+                str(tmp_path / "cv_summary.ecsv"),
+                "--training-labels",
+                str(tmp_path / "train.fits"),
+                "--min-snr",
+                "60",
+                "--no-progress",
+                "--report-format",
+                "md",
+            ]
+        )
+        == 0
+    )
     t = read_catalogue(out)
     assert len(t) == 40 and np.isfinite(np.asarray(t["LABEL_DISTANCE"], float)).all()
     assert np.array_equal(t["FLAG_LOW_SNR"], t["SNR"] < 60)

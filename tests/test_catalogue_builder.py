@@ -52,8 +52,21 @@ def test_catalogue_and_infer_commands_write_the_same_catalogue(tmp_path, calibra
     mpath = model.save(tmp_path / "model.nc")
     spath = write_spectra(ds, tmp_path / "spectra.nc", overwrite=True)
     assert main(["infer", str(mpath), str(spath), "-o", str(tmp_path / "infer.fits"), "--no-progress"]) == 0
-    assert main(["catalogue", str(mpath), str(spath), "-o", str(tmp_path / "cat.fits"), "--no-progress",
-                 "--report-format", "md"]) == 0
+    assert (
+        main(
+            [
+                "catalogue",
+                str(mpath),
+                str(spath),
+                "-o",
+                str(tmp_path / "cat.fits"),
+                "--no-progress",
+                "--report-format",
+                "md",
+            ]
+        )
+        == 0
+    )
     a, b = read_catalogue(tmp_path / "infer.fits"), read_catalogue(tmp_path / "cat.fits")
     _columns_equal(a, b)
     for t in (a, b):  # both calibrated (the model is), both with S/N and every flag evaluated or absent
@@ -74,8 +87,9 @@ def test_calibrated_model_catalogue_carries_calibrated_errors(calibrated):
     # calibrated errors are not the formal ones (the model's own error is added to them)
     assert (cal["errors"].values[:, 0] / cal["errors_formal"].values[:, 0]).min() > 1.0 + 1e-4
     assert t.meta["ERRMODEL"].startswith("calibrated") and "calibrated" in t.meta["CONFIG"]
-    corr = cal["covariance"].values[:, 0, 1] / np.sqrt(cal["covariance"].values[:, 0, 0]
-                                                        * cal["covariance"].values[:, 1, 1])
+    corr = cal["covariance"].values[:, 0, 1] / np.sqrt(
+        cal["covariance"].values[:, 0, 0] * cal["covariance"].values[:, 1, 1]
+    )
     np.testing.assert_allclose(np.asarray(t["CORR_TEFF_LOGG"]), corr, rtol=1e-12)
     # formal errors only on request, and then the header says so
     f = build_catalogue(model, cal, spectra=ds, uncertainty="formal")

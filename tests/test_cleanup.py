@@ -39,8 +39,9 @@ def _model():
 @pytest.mark.parametrize("mode", ["train", "cv"])
 def test_finds_every_injected_bad_label(reference, mode):
     ds, labels, bad, which = reference
-    res = clean_reference_set(_model(), ds["flux"].values, ds["ivar"].values, labels,
-                              ids=ds["star"].values, mode=mode, n_folds=3, n_sigma=4.0)
+    res = clean_reference_set(
+        _model(), ds["flux"].values, ds["ivar"].values, labels, ids=ds["star"].values, mode=mode, n_folds=3, n_sigma=4.0
+    )
     dropped = np.flatnonzero(~res.kept)
     assert set(bad) <= set(dropped), f"missed {sorted(set(bad) - set(dropped))}"
     # clean stars beyond 4 sigma by chance: 2 P(|z| > 4) x 240 x 3 labels ~ 0.05 expected
@@ -78,8 +79,9 @@ def test_scatter_of_kept_stars_matches_the_label_noise(reference):
 
 def test_rms_scatter_option_and_train_mode_agree_on_outliers(reference):
     ds, labels, bad, _ = reference
-    res = clean_reference_set(_model(), ds["flux"].values, ds["ivar"].values, labels, mode="train",
-                              scatter="rms", max_iter=8)
+    res = clean_reference_set(
+        _model(), ds["flux"].values, ds["ivar"].values, labels, mode="train", scatter="rms", max_iter=8
+    )
     # the RMS is inflated by the outliers at first, so it may take more iterations, but
     # it ends with every bad label found
     assert set(bad) <= set(np.flatnonzero(~res.kept))
@@ -100,8 +102,7 @@ def test_robust_scatter_of_gaussian_samples():
 def test_too_strict_threshold_raises(reference):
     ds, labels, _, _ = reference
     with pytest.raises(InsufficientDataError, match="too small|fewer than"):
-        clean_reference_set(_model(), ds["flux"].values, ds["ivar"].values, labels, mode="train",
-                            n_sigma=0.05)
+        clean_reference_set(_model(), ds["flux"].values, ds["ivar"].values, labels, mode="train", n_sigma=0.05)
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,12 @@ def test_simulate_train_infer_round_trip(tmp_path, capsys):
     labels = tmp_path / "labels.csv"
     assert main(["simulate", "-o", str(spectra), "-n", "120", "--seed", "3", "--labels-out", str(labels)]) == 0
     model = tmp_path / "model.nc"
-    assert main(["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H", "--no-progress"]
+        )
+        == 0
+    )
     test = tmp_path / "test.nc"
     assert main(["simulate", "-o", str(test), "-n", "20", "--seed", "4"]) == 0
     cat = tmp_path / "cat.fits"
@@ -36,8 +40,9 @@ def test_simulate_train_infer_round_trip(tmp_path, capsys):
     assert t["TEFF"].unit == "K"
     assert "FLAGBT00" in t.meta
     # stored label columns of the spectra file also work as training labels
-    assert main(["train", str(spectra), "-o", str(tmp_path / "m2.nc"), "--labels", "TEFF", "LOGG",
-                 "--no-progress"]) == 0
+    assert (
+        main(["train", str(spectra), "-o", str(tmp_path / "m2.nc"), "--labels", "TEFF", "LOGG", "--no-progress"]) == 0
+    )
 
 
 def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
@@ -58,15 +63,51 @@ def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
     t.write(labels, overwrite=True)
     model = tmp_path / "model.nc"
     capsys.readouterr()
-    assert main(["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H",
-                 "--label-errors", "e_TEFF", "e_LOGG", "e_FE_H", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(spectra),
+                str(labels),
+                "-o",
+                str(model),
+                "--labels",
+                "TEFF",
+                "LOGG",
+                "FE_H",
+                "--label-errors",
+                "e_TEFF",
+                "e_LOGG",
+                "e_FE_H",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["latent_labels"]["converged"] and summary["latent_labels"]["calibrated"]
     m = CannonModel.load(model)
     assert int(m.extra_state_["extra_latent_converged"][1]) == 1
     # a column count that does not match the labels is a clear error, not a crash
-    assert main(["train", str(spectra), str(labels), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H",
-                 "--label-errors", "e_TEFF", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                str(spectra),
+                str(labels),
+                "-o",
+                str(model),
+                "--labels",
+                "TEFF",
+                "LOGG",
+                "FE_H",
+                "--label-errors",
+                "e_TEFF",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "--label-errors" in capsys.readouterr().err
 
 
@@ -107,8 +148,20 @@ def test_preprocess_then_infer_chunk_folder(tmp_path, capsys):
         flux = 100 * (1 - depth * np.exp(-0.5 * ((wl - 3900) / 3) ** 2)) + rng.normal(0, 0.5, wl.size)
         bio.write_lamost(path, wl, flux, np.full(wl.size, 4.0), header={"OBSID": i, "Z": rng.normal(0, 1e-4)})
     out = tmp_path / "chunks"
-    argv = ["preprocess", str(files), "-o", str(out), "--grid", "3760", "4150", "--chunk-size", "3",
-            "--L", "30", "--no-progress"]
+    argv = [
+        "preprocess",
+        str(files),
+        "-o",
+        str(out),
+        "--grid",
+        "3760",
+        "4150",
+        "--chunk-size",
+        "3",
+        "--L",
+        "30",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "1 file(s) skipped" in capsys.readouterr().out
     skipped = Table.read(out / "skipped.ecsv")
@@ -133,8 +186,9 @@ def test_preprocess_then_infer_chunk_folder(tmp_path, capsys):
     model.save(tmp_path / "m.nc")
     cat = tmp_path / "cat.fits"
     work = tmp_path / "work"
-    assert main(["infer", str(tmp_path / "m.nc"), str(out), "-o", str(cat), "--work-dir", str(work),
-                 "--no-progress"]) == 0
+    assert (
+        main(["infer", str(tmp_path / "m.nc"), str(out), "-o", str(cat), "--work-dir", str(work), "--no-progress"]) == 0
+    )
     t = Table.read(cat)
     ref = model.infer(combined)
     np.testing.assert_array_equal(np.asarray(t["ID"]).astype(str), combined["star"].values.astype(str))

@@ -85,8 +85,10 @@ def test_reader_rejects_malformed_files(tmp_path):
     with pytest.raises(SurveyFormatError):
         read_apogee_cluster_members(tmp_path / "missing.txt")
     bad = tmp_path / "bad.txt"
-    bad.write_text("./x/aspcapStar-v304-2M00000000+0000000.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n"
-                   "./x/no-id.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n")
+    bad.write_text(
+        "./x/aspcapStar-v304-2M00000000+0000000.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n"
+        "./x/no-id.fits M67 1.0 4800 4810 2.5 2.6 0.0 0.01\n"
+    )
     with pytest.raises(SurveyFormatError, match=":2:"):
         read_apogee_cluster_members(bad)
 
@@ -114,14 +116,16 @@ def test_clusters_command_on_real_members(tmp_path, capsys):
 
     members = shared_file("apogee_dr10_cluster_members.txt")
     t = read_apogee_cluster_members(members)
-    cat = Table({"ID": t["ID"], "TEFF": t["TEFF"], "LOGG": t["LOGG"], "FE_H": t["FE_H"],
-                 "FLAGS": np.zeros(len(t), np.int64)})
+    cat = Table(
+        {"ID": t["ID"], "TEFF": t["TEFF"], "LOGG": t["LOGG"], "FE_H": t["FE_H"], "FLAGS": np.zeros(len(t), np.int64)}
+    )
     cat.meta["LABELS"] = "TEFF LOGG FE_H"
     path = tmp_path / "cat.fits"
     cat.write(path)
     out = tmp_path / "cl"
-    assert main(["clusters", str(path), str(members), "--min-members", "5", "-o", str(out),
-                 "--report-format", "md"]) == 0
+    assert (
+        main(["clusters", str(path), str(members), "--min-members", "5", "-o", str(out), "--report-format", "md"]) == 0
+    )
     stats = Table.read(out / "cluster_statistics.ecsv")
     assert len(stats) == 19 and (stats["STATUS"] == "ok").sum() == 18
     trends = Table.read(out / "cluster_trends.ecsv")

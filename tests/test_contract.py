@@ -9,9 +9,17 @@ from conftest import LABELS
 from bayescannon import CannonModel
 from bayescannon.errors import InvalidInputError
 
-SETTINGS = {"order": 2, "regularization": 0.5, "censors": {"FE_H": [(5000.0, 5010.0)]}, "n_starts": 3,
-            "n_candidates": 32, "bounds_margin": 0.25, "extrapolation_tolerance": 0.2, "max_reduced_chi2": 3.0,
-            "random_state": 7}
+SETTINGS = {
+    "order": 2,
+    "regularization": 0.5,
+    "censors": {"FE_H": [(5000.0, 5010.0)]},
+    "n_starts": 3,
+    "n_candidates": 32,
+    "bounds_margin": 0.25,
+    "extrapolation_tolerance": 0.2,
+    "max_reduced_chi2": 3.0,
+    "random_state": 7,
+}
 
 
 def test_get_params_lists_every_constructor_argument():

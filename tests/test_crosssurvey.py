@@ -25,11 +25,18 @@ def _surveys(seed=0, n_common=220, n_only=60):
     ids_a = [f"A{i:04d}" for i in ta]
     ids_b = [f"B{i:04d}" for i in tb]
     spec_a = mock_quadratic_survey(ta.size, 40, NAMES, labels=truth[ta], snr=(80, 200), ids=ids_a, rng=rng)
-    spec_b = mock_quadratic_survey(tb.size, 30, NAMES, labels=truth[tb], snr=(60, 150), ids=ids_b, rng=rng,
-                                   wavelength=np.linspace(4000, 5500, 30))
-    lab_a = Table({"ID": ids_a, **{n: truth[ta, k] + rng.normal(0, NOISE["A"][k], ta.size) for k, n in enumerate(NAMES)}})
-    lab_b = Table({"ID": ids_b, **{n: truth[tb, k] + OFFSET_B[k] + rng.normal(0, NOISE["B"][k], tb.size)
-                                   for k, n in enumerate(NAMES)}})
+    spec_b = mock_quadratic_survey(
+        tb.size, 30, NAMES, labels=truth[tb], snr=(60, 150), ids=ids_b, rng=rng, wavelength=np.linspace(4000, 5500, 30)
+    )
+    lab_a = Table(
+        {"ID": ids_a, **{n: truth[ta, k] + rng.normal(0, NOISE["A"][k], ta.size) for k, n in enumerate(NAMES)}}
+    )
+    lab_b = Table(
+        {
+            "ID": ids_b,
+            **{n: truth[tb, k] + OFFSET_B[k] + rng.normal(0, NOISE["B"][k], tb.size) for k, n in enumerate(NAMES)},
+        }
+    )
     lab_b["e_TEFF"] = np.full(tb.size, NOISE["B"][0])
     xm = Table({"ID_A": [f"A{i:04d}" for i in range(n_common)], "ID_B": [f"B{i:04d}" for i in range(n_common)]})
     a = SurveyData("APOGEE", spec_a, lab_a, label_code="AA")

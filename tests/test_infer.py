@@ -159,7 +159,9 @@ def test_chunked_inference_keys_on_the_spectra_and_options(trained, tmp_path, ca
     with caplog.at_level(logging.WARNING):
         rb = infer_chunked(model, b, work, chunk_size=3)
     assert "other inputs or options" in caplog.text
-    np.testing.assert_array_equal(rb["labels"].values, infer_chunked(model, b, tmp_path / "fresh", chunk_size=3)["labels"].values)
+    np.testing.assert_array_equal(
+        rb["labels"].values, infer_chunked(model, b, tmp_path / "fresh", chunk_size=3)["labels"].values
+    )
     assert not np.allclose(rb["labels"].values, ra["labels"].values)
     # other infer options recompute too: the result follows the options
     caplog.clear()

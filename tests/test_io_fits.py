@@ -156,10 +156,52 @@ def test_fast_header_matches_astropy_on_random_headers():
 
 
 VALUE_TOKENS = [
-    "1", "-3", "+4", "007", "1.", ".5", "-.5", "1E5", "1e5", "1D5", "1d-5", "1.5E+300", "1E400", "-0", "T", "F", "t",
-    "TRUE", "'abc'", "''", "'a''b'", "'x'''", "'  '", "'a&'", "(1,2)", "( 1.0 , -2 )", "1 2", "1_000", "nan", "inf",
-    "1.5.5", "--1", "'unterminated", "'q' x", "1E", "E5", ".", "+", "'a'/c", "5/c", "T/c", "'a' / c '", "/only", "",
-    "'it''s'/x'", "'a'' / b'",
+    "1",
+    "-3",
+    "+4",
+    "007",
+    "1.",
+    ".5",
+    "-.5",
+    "1E5",
+    "1e5",
+    "1D5",
+    "1d-5",
+    "1.5E+300",
+    "1E400",
+    "-0",
+    "T",
+    "F",
+    "t",
+    "TRUE",
+    "'abc'",
+    "''",
+    "'a''b'",
+    "'x'''",
+    "'  '",
+    "'a&'",
+    "(1,2)",
+    "( 1.0 , -2 )",
+    "1 2",
+    "1_000",
+    "nan",
+    "inf",
+    "1.5.5",
+    "--1",
+    "'unterminated",
+    "'q' x",
+    "1E",
+    "E5",
+    ".",
+    "+",
+    "'a'/c",
+    "5/c",
+    "T/c",
+    "'a' / c '",
+    "/only",
+    "",
+    "'it''s'/x'",
+    "'a'' / b'",
 ]
 
 
@@ -341,10 +383,16 @@ def hierarch(request):
 @pytest.fixture
 def lamost_file(tmp_path, hierarch):
     wl = bio.lamost_wavelength(npix=60)
-    path = bio.write_lamost(tmp_path / "spec-awk.fits", wl, np.full(60, 2.0), np.full(60, 4.0),
-                            header={"OBSID": 77, "SNRG": None, "Z": None})
-    add_awkward_cards(path, hierarch=hierarch, DESIG=LONG, CLASS="STAR " + "y" * 80,
-                      **{"HIERARCH SNRG": 42.5, "HIERARCH Z": 1.5e-4})
+    path = bio.write_lamost(
+        tmp_path / "spec-awk.fits",
+        wl,
+        np.full(60, 2.0),
+        np.full(60, 4.0),
+        header={"OBSID": 77, "SNRG": None, "Z": None},
+    )
+    add_awkward_cards(
+        path, hierarch=hierarch, DESIG=LONG, CLASS="STAR " + "y" * 80, **{"HIERARCH SNRG": 42.5, "HIERARCH Z": 1.5e-4}
+    )
     return path
 
 
@@ -370,8 +418,9 @@ def test_lamost_readers_see_what_astropy_sees(lamost_file, engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_apogee_readers_see_what_astropy_sees(tmp_path, engine, hierarch):
-    ap = bio.write_apstar(tmp_path / "apStar-awk.fits", np.ones((4, 40)), np.ones((4, 40)),
-                          header={"SNR": None, "TELESCOP": None})
+    ap = bio.write_apstar(
+        tmp_path / "apStar-awk.fits", np.ones((4, 40)), np.ones((4, 40)), header={"SNR": None, "TELESCOP": None}
+    )
     add_awkward_cards(ap, hierarch=hierarch, OBJID=LONG_ID, TELESCOP="apo25m " + "t" * 70, **{"HIERARCH SNR": 123.5})
     add_awkward_cards(ap, hdu=1, hierarch=hierarch)  # and in the header of the flux HDU
     asp = bio.write_aspcapstar(tmp_path / "aspcapStar-awk.fits", np.ones(40), np.ones(40), header={"SNR": None})
@@ -417,8 +466,9 @@ def test_galah_readers_see_what_astropy_sees(tmp_path, engine, hierarch):
 
 
 def test_container_fits_with_continued_attributes(tmp_path):
-    ds = bio.read_lamost(bio.write_lamost(tmp_path / "spec-c.fits", bio.lamost_wavelength(npix=20),
-                                          np.ones(20), np.ones(20)))
+    ds = bio.read_lamost(
+        bio.write_lamost(tmp_path / "spec-c.fits", bio.lamost_wavelength(npix=20), np.ones(20), np.ones(20))
+    )
     ds.attrs["history"] = "\n".join(f"step {i}: " + "z" * 30 for i in range(5))  # BCATTRS > 68 characters
     path = bio.write_spectra(ds, tmp_path / "c.fits")
     assert "CONTINUE" in fits.getheader(path).tostring()

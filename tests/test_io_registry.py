@@ -205,8 +205,17 @@ def test_resample_to_equals_resampling_after_reading(tmp_path):
         ormask = rng.integers(0, 3, wl.size) * (rng.random(wl.size) < 0.05)
         ivar = rng.uniform(0.5, 2.0, wl.size)
         ivar[rng.integers(0, wl.size, 5)] = 0.0
-        paths.append(bio.write_lamost(tmp_path / f"spec-{i}.fits", wl, 1 + rng.normal(0, 0.1, wl.size), ivar,
-                                      ormask=ormask, header={"OBSID": i}, dtype=np.float64))
+        paths.append(
+            bio.write_lamost(
+                tmp_path / f"spec-{i}.fits",
+                wl,
+                1 + rng.normal(0, 0.1, wl.size),
+                ivar,
+                ormask=ormask,
+                header={"OBSID": i},
+                dtype=np.float64,
+            )
+        )
     grid = np.linspace(wl[3] + 0.37, wl[-5], 211)
     direct = bio.read_lamost_many(paths, mask="ormask", resample_to=grid)
     after = pp.resample(bio.read_lamost_many(paths, mask="ormask"), grid)

@@ -260,12 +260,18 @@ def test_log_likelihood_numpy_and_pytensor_ignore_masked_pixels():
     _, flux, ivar, model, s2 = _data(seed=8, n=6, p=9)
     garbage = np.where(ivar > 0, flux, np.nan)  # NaN flux under masked pixels
     want = -0.5 * np.sum(
-        np.where(ivar > 0, adjusted_ivar(ivar, s2) * (flux - model) ** 2 - np.log(np.where(ivar > 0, adjusted_ivar(ivar, s2), 1.0)), 0.0)
+        np.where(
+            ivar > 0,
+            adjusted_ivar(ivar, s2) * (flux - model) ** 2 - np.log(np.where(ivar > 0, adjusted_ivar(ivar, s2), 1.0)),
+            0.0,
+        )
     )
     got = log_likelihood(garbage, ivar, model, s2, constant=False)
     np.testing.assert_allclose(got, want, rtol=RTOL)
     n_used = np.count_nonzero(ivar)
-    np.testing.assert_allclose(log_likelihood(garbage, ivar, model, s2), want - 0.5 * n_used * np.log(2 * np.pi), rtol=RTOL)
+    np.testing.assert_allclose(
+        log_likelihood(garbage, ivar, model, s2), want - 0.5 * n_used * np.log(2 * np.pi), rtol=RTOL
+    )
     f, iv, mf, s = pt.dmatrix(), pt.dmatrix(), pt.dmatrix(), pt.dvector()
     lnl = log_likelihood(f, iv, mf, s, xp=pt)
     fn = pytensor.function([f, iv, mf, s], [lnl, pytensor.grad(lnl, s), pytensor.grad(lnl, mf)])

@@ -24,8 +24,16 @@ N_BOTH, N_LAMOST, N_APOGEE = 28, 10, 4
 def mock(tmp_path_factory):
     out = tmp_path_factory.mktemp("mock")
     return make_mock_survey(
-        out, N_BOTH, N_LAMOST, N_APOGEE, lamost_layout="mixed", outlier_fraction=0.1, flagged_fraction=0.05,
-        n_close_pairs=1, n_duplicate_ids=1, seed=3,
+        out,
+        N_BOTH,
+        N_LAMOST,
+        N_APOGEE,
+        lamost_layout="mixed",
+        outlier_fraction=0.1,
+        flagged_fraction=0.05,
+        n_close_pairs=1,
+        n_duplicate_ids=1,
+        seed=3,
     )
 
 
@@ -52,8 +60,7 @@ def test_the_same_stars_in_both_surveys(mock):
     # (reference.crossmatch_sky warns when both tables carry an EXTNAME: drop the metadata)
     lamost.meta.clear()
     apogee.meta.clear()
-    matched, _ = crossmatch_sky(lamost, apogee, 1.0, ra_a="ra", dec_a="dec", ra_b="RA", dec_b="DEC",
-                                ambiguous="reject")
+    matched, _ = crossmatch_sky(lamost, apogee, 1.0, ra_a="ra", dec_a="dec", ra_b="RA", dec_b="DEC", ambiguous="reject")
     assert len(matched) == N_BOTH - 2  # the two ambiguous stars are rejected
     # separation of two independent 0.1" (per axis) errors: Rayleigh with sigma = 0.14"
     assert np.all(matched["sep_arcsec"] < 5 * 0.1 * np.sqrt(2))
@@ -195,8 +202,23 @@ def test_cli_writes_a_runnable_configuration(tmp_path, capsys):
     from bayescannon.survey.transfer import TransferConfig
 
     out = tmp_path / "cli_mock"
-    rc = main(["mock-survey", str(out), "--n-both", "6", "--n-lamost-only", "2", "--n-apogee-only", "1",
-               "--apogee-spectra", "--no-corruptions", "--no-progress", "--seed", "2"])
+    rc = main(
+        [
+            "mock-survey",
+            str(out),
+            "--n-both",
+            "6",
+            "--n-lamost-only",
+            "2",
+            "--n-apogee-only",
+            "1",
+            "--apogee-spectra",
+            "--no-corruptions",
+            "--no-progress",
+            "--seed",
+            "2",
+        ]
+    )
     assert rc == 0
     assert "bayescannon transfer" in capsys.readouterr().out
     cfg = TransferConfig.from_toml(out / "transfer.toml")

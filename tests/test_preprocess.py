@@ -59,7 +59,9 @@ def test_resample_linear_function_is_exact(engine):
     new = np.linspace(5000.5, 5099.5, 517)
     new = new[(new >= wl[0]) & (new <= wl[-1])]
     out = unchanged(pp.resample, ds, new)
-    np.testing.assert_allclose(out["flux"].values, np.stack([2.0 + 0.01 * new, -1.0 + 0.003 * new]), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(
+        out["flux"].values, np.stack([2.0 + 0.01 * new, -1.0 + 0.003 * new]), rtol=1e-13, atol=1e-12
+    )
     assert np.all(out["ivar"].values > 0)
     same = pp.resample(ds, wl)
     np.testing.assert_array_equal(same["flux"].values, ds["flux"].values)
@@ -336,9 +338,7 @@ def poly_setup(kind="chebyshev", n=3):
         cont = np.stack([np.polynomial.chebyshev.chebval(x, c) for c in coefs])
     else:
         arg = np.pi * (wl - wl[0]) / (wl[-1] - wl[0])
-        cont = np.stack(
-            [c[0] + c[1] * np.sin(arg) + c[2] * np.cos(arg) + c[3] * np.sin(2 * arg) for c in coefs]
-        )
+        cont = np.stack([c[0] + c[1] * np.sin(arg) + c[2] * np.cos(arg) + c[3] * np.sin(2 * arg) for c in coefs])
     return wl, cont, lines, cont_pix
 
 
@@ -347,7 +347,9 @@ def test_continuum_fit_recovers_known_continuum(kind):
     wl, cont, lines, cont_pix = poly_setup(kind)
     ivar = np.random.default_rng(6).uniform(0.5, 2.0, cont.shape)
     ds = container(wl, cont * lines, ivar)
-    out, fitted = unchanged(pp.normalise_continuum, ds, cont_pix, order=3 if kind == "chebyshev" else 2, kind=kind, return_continuum=True)
+    out, fitted = unchanged(
+        pp.normalise_continuum, ds, cont_pix, order=3 if kind == "chebyshev" else 2, kind=kind, return_continuum=True
+    )
     np.testing.assert_allclose(fitted, cont, rtol=1e-9)
     np.testing.assert_allclose(out["flux"].values, np.broadcast_to(lines, cont.shape), rtol=1e-9)
     np.testing.assert_allclose(out["ivar"].values, ivar * cont**2, rtol=1e-9)
@@ -499,7 +501,11 @@ def test_process_in_chunks_from_files_with_resume(tmp_path, caplog):
     assert len(calls) == 3
     combined = pp.read_chunks(out)
     assert combined.sizes["star"] == 6 and combined.attrs.get("normalised") in (True, 1)
-    direct = pp.add_snr(pp.normalise_ho2017(pp.to_rest_frame(bio.read_many([p for i, p in enumerate(paths) if i != 2]), new_wavelength=grid), L=30.0))
+    direct = pp.add_snr(
+        pp.normalise_ho2017(
+            pp.to_rest_frame(bio.read_many([p for i, p in enumerate(paths) if i != 2]), new_wavelength=grid), L=30.0
+        )
+    )
     # chunking changes the float32 blocking of the smoothing products (precision="single")
     np.testing.assert_allclose(combined["flux"].values, direct["flux"].values, rtol=1e-5)
     np.testing.assert_allclose(combined["snr"].values, direct["snr"].values, rtol=1e-5)

@@ -72,8 +72,18 @@ def test_assess_sets_each_bit_from_its_criterion():
     snr = np.array([50.0, 50.0, 50.0, 50.0, 5.0, 50.0, 50.0, 50.0])
     survey = np.array([0, 0, 0, 0, 0, 4, 1, 0])
     res = _result(labels, flags=base, rchi2=rchi2, npix=npix)
-    q = assess(res, training=train, cv_scatter=[0.05, 0.05], distance_threshold=3.0, snr=snr, min_snr=10,
-               max_reduced_chi2=2.0, min_pixels=20, survey_flags=survey, survey_flag_mask=4)
+    q = assess(
+        res,
+        training=train,
+        cv_scatter=[0.05, 0.05],
+        distance_threshold=3.0,
+        snr=snr,
+        min_snr=10,
+        max_reduced_chi2=2.0,
+        min_pixels=20,
+        survey_flags=survey,
+        survey_flag_mask=4,
+    )
     f = q["flags"].values
     # threshold replaced: rchi2 2.5 > 2 is now flagged, 6 still is
     assert [bool(v & StarFlag.LARGE_CHI2) for v in f[:3]] == [True, False, True]
@@ -105,8 +115,7 @@ def test_flags_separate_stars_inside_and_outside_the_training_set():
     far = inside.copy()
     far[:, 2] = hi[2] + 0.6 * (hi[2] - lo[2])  # [Fe/H] well beyond the training range
     theta, s2 = ref["true_theta"].values, ref["true_s2"].values
-    test = mock_quadratic_survey(60, 30, names, snr=150.0, theta=theta, s2=s2, labels=np.vstack([inside, far]),
-                                 rng=6)
+    test = mock_quadratic_survey(60, 30, names, snr=150.0, theta=theta, s2=s2, labels=np.vstack([inside, far]), rng=6)
     res = model.infer(test)
     q = assess(res, model=model, cv_scatter=np.array([40.0, 0.06, 0.03]))
     f = q["flags"].values

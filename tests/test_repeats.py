@@ -108,21 +108,48 @@ def test_repeats_command(tmp_path, capsys):
     from bayescannon.cli import main
 
     labels, formal, snr, group, *_ = _repeats(n_stars=300, seed=4)
-    t = Table({"ID": [f"spec{i}" for i in range(len(snr))], "STAR": group, "SNR": snr,
-               "TEFF": labels[:, 0], "e_TEFF": formal[:, 0], "FE_H": labels[:, 1], "e_FE_H": formal[:, 1],
-               "e_BAYES_TEFF": 1.5 * formal[:, 0], "e_BAYES_FE_H": 0.8 * formal[:, 1],
-               "FLAGS": np.zeros(len(snr), np.int64)})
+    t = Table(
+        {
+            "ID": [f"spec{i}" for i in range(len(snr))],
+            "STAR": group,
+            "SNR": snr,
+            "TEFF": labels[:, 0],
+            "e_TEFF": formal[:, 0],
+            "FE_H": labels[:, 1],
+            "e_FE_H": formal[:, 1],
+            "e_BAYES_TEFF": 1.5 * formal[:, 0],
+            "e_BAYES_FE_H": 0.8 * formal[:, 1],
+            "FLAGS": np.zeros(len(snr), np.int64),
+        }
+    )
     t.meta["LABELS"] = "TEFF FE_H"
     path = tmp_path / "cat.fits"
     t.write(path)
     out = tmp_path / "rep"
-    assert main(["repeats", str(path), "--group-column", "STAR", "--compare-prefix", "e_BAYES_",
-                 "-o", str(out), "--report-format", "html"]) == 0
+    assert (
+        main(
+            [
+                "repeats",
+                str(path),
+                "--group-column",
+                "STAR",
+                "--compare-prefix",
+                "e_BAYES_",
+                "-o",
+                str(out),
+                "--report-format",
+                "html",
+            ]
+        )
+        == 0
+    )
     summary = Table.read(out / "repeat_calibration.ecsv")
     n_pairs = len(Table.read(out / "repeat_pairs.fits"))
     np.testing.assert_allclose(summary["ERROR_SCALE"], TRUE_SCALE, rtol=5 * 1.2 / np.sqrt(n_pairs))
     cal = Table.read(out / "catalogue_calibrated.fits")
-    assert "e_CAL_TEFF" in cal.colnames and np.all(cal["e_CAL_TEFF"] >= summary["ERROR_SCALE"][0] * cal["e_TEFF"] - 1e-9)
+    assert "e_CAL_TEFF" in cal.colnames and np.all(
+        cal["e_CAL_TEFF"] >= summary["ERROR_SCALE"][0] * cal["e_TEFF"] - 1e-9
+    )
     html = (out / "report.html").read_text()
     assert (out / "error_comparison.ecsv").is_file() and "<img src='precision_vs_snr.png'" in html
     assert html.count("<table>") == 4 and (out / "precision_vs_snr.png").stat().st_size > 0

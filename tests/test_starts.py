@@ -165,8 +165,9 @@ def test_fits_on_a_bound_are_minima_of_the_bounded_problem(trained):
         def jac(z, sw=sw):
             return -sw[:, None] * (model.theta_ @ vec.jacobian(z))
 
-        ref = least_squares(resid, np.clip(x0, lo, hi), jac=jac, bounds=(lo, hi), method="trf",
-                            xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        ref = least_squares(
+            resid, np.clip(x0, lo, hi), jac=jac, bounds=(lo, hi), method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15
+        )
         assert res["chi2"].values[i] <= 2 * ref.cost * (1 + 1e-9) + 1e-6
 
 

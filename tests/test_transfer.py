@@ -91,8 +91,16 @@ def _write_config(path, cfg):
 def run(tmp_path_factory):
     """The mock and one complete CLI run on it."""
     mock_dir = tmp_path_factory.mktemp("transfer_mock")
-    mock = make_mock_survey(mock_dir, n_both=400, n_lamost_only=130, n_apogee_only=20, apogee_spectra=(),
-                            corruptions=tuple(CORRUPTIONS), lamost_snr=(30.0, 300.0), seed=7)
+    mock = make_mock_survey(
+        mock_dir,
+        n_both=400,
+        n_lamost_only=130,
+        n_apogee_only=20,
+        apogee_spectra=(),
+        corruptions=tuple(CORRUPTIONS),
+        lamost_snr=(30.0, 300.0),
+        seed=7,
+    )
     cfg = _config(mock_dir, max_iter=2)
     cfg["cuts"]["min_snr"] = 35.0
     cfg["validate"]["n_folds"] = 2  # the statistics are only checked for presence here
@@ -145,16 +153,23 @@ def test_every_bad_file_and_star_is_listed_with_its_reason(run):
         assert hit.size, f"{kind}: file {kinds[kind]} not listed"
         return hit[0]
 
-    expected_read = {"not_fits": "not a readable FITS", "truncated": "truncated", "missing_z": "keyword Z",
-                     "bad_wavelength": "increasing"}
+    expected_read = {
+        "not_fits": "not a readable FITS",
+        "truncated": "truncated",
+        "missing_z": "keyword Z",
+        "bad_wavelength": "increasing",
+    }
     for kind, words in expected_read.items():
         i = row_for_file(kind)
         assert step[i] == "read" and words in reason[i], (kind, reason[i])
         assert ids[i] == kinds[kind].rsplit(".", 1)[0], ids[i]  # the file stem stands in for the id
     dup = np.flatnonzero(ids == obsid_of["duplicate_obsid"])
     assert dup.size == 2 and all(step[dup] == "read") and all("duplicated id" in reason[i] for i in dup)
-    expected_pre = {"no_overlap": "does not overlap", "all_masked": "no usable pixel",
-                    "bad_redshift": "no valid redshift"}
+    expected_pre = {
+        "no_overlap": "does not overlap",
+        "all_masked": "no usable pixel",
+        "bad_redshift": "no valid redshift",
+    }
     for kind, words in expected_pre.items():
         i = np.flatnonzero(ids == obsid_of[kind])
         assert i.size == 1 and step[i[0]] == "preprocess" and words in reason[i[0]], (kind, reason[i])
@@ -270,8 +285,9 @@ def test_no_spectra_files(tmp_path):
 @pytest.mark.slow
 def test_full_size_reproduction(tmp_path):
     """Ho+2017 at a fuller size: 2,000 stars in both surveys, 600 LAMOST-only, CV clean-up."""
-    mock = make_mock_survey(tmp_path / "mock", n_both=2000, n_lamost_only=600, n_apogee_only=200,
-                            apogee_spectra=(), seed=11)
+    mock = make_mock_survey(
+        tmp_path / "mock", n_both=2000, n_lamost_only=600, n_apogee_only=200, apogee_spectra=(), seed=11
+    )
     cfg = _config(mock.outdir, n_folds=5, cleanup_mode="cv", holdout=0.1, max_iter=5)
     cfg["validate"]["n_folds"] = 8
     pipe = TransferPipeline(TransferConfig(cfg, base_dir=mock.outdir))

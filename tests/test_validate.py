@@ -149,8 +149,9 @@ def test_cv_predictions_are_the_infer_dataset_of_each_fold(cv, survey):
     truth = np.column_stack([survey[k].values for k in LABELS])
     fold = pred["fold"].values
     test = np.flatnonzero(fold == 2)
-    model = CannonModel(LABELS, random_state=0).fit(flux[fold != 2], ivar[fold != 2], truth[fold != 2],
-                                    wavelength=survey["wavelength"].values)
+    model = CannonModel(LABELS, random_state=0).fit(
+        flux[fold != 2], ivar[fold != 2], truth[fold != 2], wavelength=survey["wavelength"].values
+    )
     ref = model.infer(flux[test], ivar[test], wavelength=survey["wavelength"].values)
     assert set(ref.data_vars) <= set(pred.data_vars)
     assert {"reference", "fold", "snr", "covariance"} <= set(pred.data_vars)
@@ -172,8 +173,25 @@ def test_validate_command_writes_tables_and_report(tmp_path, survey, capsys):
     ds = survey.isel(star=slice(0, 120)).drop_vars(["true_theta", "true_s2", "term"])
     spectra = write_spectra(ds, tmp_path / "ref.nc", overwrite=True)
     out = tmp_path / "val"
-    rc = main(["validate", str(spectra), "--labels", *LABELS, "--n-folds", "3", "--bootstrap", "2",
-               "--n-jobs", "1", "-o", str(out), "--no-progress", "--report-format", "md"])
+    rc = main(
+        [
+            "validate",
+            str(spectra),
+            "--labels",
+            *LABELS,
+            "--n-folds",
+            "3",
+            "--bootstrap",
+            "2",
+            "--n-jobs",
+            "1",
+            "-o",
+            str(out),
+            "--no-progress",
+            "--report-format",
+            "md",
+        ]
+    )
     assert rc == 0
     summary = Table.read(out / "cv_summary.ecsv")
     assert list(summary["LABEL"]) == LABELS and np.all(summary["N"] == 120)

@@ -17,8 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Kernels called only from other kernels (compiled into their callers' machine code).
-CALLEES = {"_fixed_residual_maximum", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve",
-           "_adjusted_ivar", "_kappa_sums", "_kappa_ratio"}
+CALLEES = {
+    "_fixed_residual_maximum",
+    "_design",
+    "_chi2_and_grad",
+    "_chi2_only",
+    "_damped_solve",
+    "_newton_matrix",
+    "_adjusted_ivar",
+    "_kappa_sums",
+    "_kappa_ratio",
+}
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.
 TWO_SPECIALISATIONS = {"_ho_prepare", "_ho_finish", "prepare_training", "test_weights"}
@@ -29,8 +38,9 @@ def _run(code, cache_dir=None, timeout=600):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = str(cache_dir)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -74,8 +84,7 @@ def test_warm_up_touches_every_kernel_once():
     proc = _run("import json; from bayescannon._warmup import warm_up; print(json.dumps(warm_up()))")
     stats = json.loads(proc.stdout.splitlines()[-1])
     modules = {name.rsplit(".", 1)[0] for name in stats}
-    assert {"bayescannon.core._kernels", "bayescannon.core.grid",
-            "bayescannon.preprocess.normalise"} <= modules
+    assert {"bayescannon.core._kernels", "bayescannon.core.grid", "bayescannon.preprocess.normalise"} <= modules
     for name, (n_sig, _, _) in stats.items():
         func = name.rsplit(".", 1)[1]
         if func in CALLEES:

@@ -109,7 +109,9 @@ def calibrate(
         ok = _usable(res)
         est[ok] = res["labels"].values[ok]
         fvar[ok] = np.einsum("nkk->nk", res["covariance"].values)[ok]
-        eps = epsilon(model, scaling.scale(np.nan_to_num(res["labels"].values), model.label_offset_, model.label_scale_), ivar)
+        eps = epsilon(
+            model, scaling.scale(np.nan_to_num(res["labels"].values), model.label_offset_, model.label_scale_), ivar
+        )
         source = "holdout"
     elif n_folds >= 2:
         if n < 2 * n_folds:
@@ -163,8 +165,12 @@ def calibrate(
         "68": [float(v) for v in coverage(resid[ok], 0.0, (h68 * fac)[ok])],
         "95": [float(v) for v in coverage(resid[ok], 0.0, (h95 * fac)[ok])],
     }
-    logger.info("calibration (%s) in-sample coverage 68%%: %s; 95%%: %s", source,
-                cal["coverage_in_sample"]["68"], cal["coverage_in_sample"]["95"])
+    logger.info(
+        "calibration (%s) in-sample coverage 68%%: %s; 95%%: %s",
+        source,
+        cal["coverage_in_sample"]["68"],
+        cal["coverage_in_sample"]["95"],
+    )
     return cal
 
 

@@ -105,23 +105,27 @@ def summarize(tree: xr.DataTree, *, model=None, rhat_max: float = RHAT_MAX, min_
     finite = np.all(np.isfinite(out["r_hat"].values), axis=1)
     out["converged"] = (
         "star",
-        finite & (out["max_r_hat"].values < rhat_max) & (out["n_divergent"].values == 0) & (out["min_ess"].values >= min_ess),
+        finite
+        & (out["max_r_hat"].values < rhat_max)
+        & (out["n_divergent"].values == 0)
+        & (out["min_ess"].values >= min_ess),
     )
     if model is not None and getattr(model, "calibration_", None):
-
         x = scaling.scale(mean, model.label_offset_, model.label_scale_)
         centred = flat - mean[:, :, None]
         pcov = np.einsum("nks,njs->nkj", centred, centred) / (flat.shape[-1] - 1)
         eps = np.zeros(mean.shape[0])
         if not int(tree.attrs.get("propagate_theta", 1)) and "kappa" in const:
-
             eps = const["kappa"].values * leverage(model, x)
         _, csd, h68, h95 = calibrated_errors(model, pcov, x, eps)
         out["calibrated_sd"] = (dims, csd)
         out["half_width_68"] = (dims, h68)
         out["half_width_95"] = (dims, h95)
-    out.attrs = {"rhat_max": rhat_max, "min_ess": min_ess,
-                 "converged": "R-hat < rhat_max for every label, no divergence, bulk and tail ESS >= min_ess"}
+    out.attrs = {
+        "rhat_max": rhat_max,
+        "min_ess": min_ess,
+        "converged": "R-hat < rhat_max for every label, no divergence, bulk and tail ESS >= min_ess",
+    }
     return out
 
 
@@ -171,12 +175,20 @@ def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):
         mu, sd = float(const["map_labels"].sel(label_name=name)), float(const["map_errors"].sel(label_name=name))
         if np.isfinite(sd) and sd > 0:
             grid = np.linspace(min(grid[0], mu - 4 * sd), max(grid[-1], mu + 4 * sd), 200)
-            ax.plot(grid, np.exp(-0.5 * ((grid - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), "k-", lw=1, label="Laplace (MAP)")
+            ax.plot(
+                grid,
+                np.exp(-0.5 * ((grid - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
+                "k-",
+                lw=1,
+                label="Laplace (MAP)",
+            )
         if diag is not None and "calibrated_sd" in diag:
             cs = float(diag["calibrated_sd"].sel(label_name=name))
             m = float(diag["mean"].sel(label_name=name))
             g2 = np.linspace(m - 4 * cs, m + 4 * cs, 200)
-            ax.plot(g2, np.exp(-0.5 * ((g2 - m) / cs) ** 2) / (cs * np.sqrt(2 * np.pi)), "C3--", lw=1, label="calibrated")
+            ax.plot(
+                g2, np.exp(-0.5 * ((g2 - m) / cs) ** 2) / (cs * np.sqrt(2 * np.pi)), "C3--", lw=1, label="calibrated"
+            )
         ax.set_xlabel(name)
         ax.set_yticks([])
     axes[0][0].legend(fontsize=7, loc="upper left")

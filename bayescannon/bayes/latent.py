@@ -59,7 +59,9 @@ def _marginal_model(model, flux, ivar, x_obs, err_s, s_scale):
         )
         pm.Potential("marginal_likelihood", ll.sum())
         pm.Deterministic(
-            "labels", x * pt.as_tensor(model.label_scale_) + pt.as_tensor(model.label_offset_), dims=("training_star", "label_name")
+            "labels",
+            x * pt.as_tensor(model.label_scale_) + pt.as_tensor(model.label_offset_),
+            dims=("training_star", "label_name"),
         )
     return pmm
 
@@ -108,7 +110,6 @@ def sample_latent_labels(
     import arviz as az
     import nutpie
 
-
     model._check_fitted()
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
@@ -126,8 +127,17 @@ def sample_latent_labels(
     s_scale = float(max(5.0 * noise, 3.0 * np.sqrt(np.max(model.s2_[cols])), 1e-4))
     pmm = _marginal_model(model, f, iv, x_obs, err_s, s_scale)
     cm = nutpie.compile_pymc_model(pmm, var_names=["labels", "s"])
-    trace = nutpie.sample(cm, draws=draws, tune=tune, chains=chains, cores=min(chains, 2), seed=seed,
-                          progress_bar=False, save_warmup=False, adaptation=adaptation)
+    trace = nutpie.sample(
+        cm,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=min(chains, 2),
+        seed=seed,
+        progress_bar=False,
+        save_warmup=False,
+        adaptation=adaptation,
+    )
     post = trace["posterior"].to_dataset()[["labels", "s"]]
     post = post.assign_coords(training_star=rows, pixel=cols)
     stats = trace["sample_stats"].to_dataset()[["diverging"]]

@@ -155,7 +155,6 @@ class LabelPosterior:
         import pymc as pm
         import pytensor.tensor as pt
 
-
         m = self.model
         s = self.batch_size
         k = len(m.label_names)
@@ -237,7 +236,9 @@ class LabelPosterior:
                 sd = np.sqrt(np.abs(np.einsum("nkk->nk", cov_u[ok])))
                 chol[ok] = sd[:, :, None] * np.eye(k)
         if (~ok).any():
-            logger.warning("%d stars have a singular Laplace covariance: the sampler starts with unit scales", int((~ok).sum()))
+            logger.warning(
+                "%d stars have a singular Laplace covariance: the sampler starts with unit scales", int((~ok).sum())
+            )
         return u, chol
 
     # ----------------------------------------------------------------- sampling
@@ -299,14 +300,23 @@ class LabelPosterior:
         x_map = scaling.scale(map_result["labels"].values, m.label_offset_, m.label_scale_)
         cov_x = map_result["covariance"].values / (m.label_scale_[None, :, None] * m.label_scale_[None, None, :])
         if self.prior_kind == "uniform":
-            x_map = np.clip(x_map, self.lower + 1e-6 * (self.upper - self.lower), self.upper - 1e-6 * (self.upper - self.lower))
+            x_map = np.clip(
+                x_map, self.lower + 1e-6 * (self.upper - self.lower), self.upper - 1e-6 * (self.upper - self.lower)
+            )
         u0, chol = self._laplace_u(x_map, cov_x)
         s = self.batch_size
         n_batches = -(-n // s)
         pad = n_batches * s - n
         rep = np.r_[np.arange(n), np.full(pad, n - 1)]
-        data = {"A": A[rep], "b": b[rep], "c": c[rep], "n_pix": n_pix[rep].astype(float), "kappa": kap[rep],
-                "u_map": u0[rep], "chol": chol[rep]}
+        data = {
+            "A": A[rep],
+            "b": b[rep],
+            "c": c[rep],
+            "n_pix": n_pix[rep].astype(float),
+            "kappa": kap[rep],
+            "u_map": u0[rep],
+            "chol": chol[rep],
+        }
         post, div, maxd = [], [], []
         batches = range(n_batches)
         if progressbar:
@@ -325,13 +335,22 @@ class LabelPosterior:
             post.append(np.asarray(trace["posterior"]["labels"].values)[:, :, :keep])
             stats = trace["sample_stats"]
             d = np.asarray(stats["diverging"].values, dtype=bool)
-            md = np.asarray(stats["maxdepth_reached"].values, dtype=bool) if "maxdepth_reached" in stats else np.zeros_like(d)
+            md = (
+                np.asarray(stats["maxdepth_reached"].values, dtype=bool)
+                if "maxdepth_reached" in stats
+                else np.zeros_like(d)
+            )
             div.append(np.repeat(d[:, :, None], keep, axis=2))
             maxd.append(np.repeat(md[:, :, None], keep, axis=2))
         elapsed = time.perf_counter() - t0
         labels = np.concatenate(post, axis=2)
         chains_, draws_ = labels.shape[:2]
-        coords = {"chain": np.arange(chains_), "draw": np.arange(draws_), "star": ids, "label_name": list(m.label_names)}
+        coords = {
+            "chain": np.arange(chains_),
+            "draw": np.arange(draws_),
+            "star": ids,
+            "label_name": list(m.label_names),
+        }
         posterior = xr.Dataset({"labels": (("chain", "draw", "star", "label_name"), labels)}, coords=coords)
         posterior["labels"].attrs["units"] = "physical label units"
         sample_stats = xr.Dataset(
@@ -385,16 +404,29 @@ class LabelPosterior:
 
             cm = self._compiled.with_data(**batch)
             return nutpie.sample(
-                cm, draws=draws, tune=tune, chains=chains, cores=cores or min(chains, 2), seed=seed,
-                progress_bar=False, save_warmup=False,
+                cm,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores or min(chains, 2),
+                seed=seed,
+                progress_bar=False,
+                save_warmup=False,
             )
         import pymc as pm
 
         with self.pymc_model:
             pm.set_data(batch)
             return pm.sample(
-                draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed, progressbar=False,
-                nuts_sampler="pymc", var_names=["labels"], compute_convergence_checks=False,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=1,
+                random_seed=seed,
+                progressbar=False,
+                nuts_sampler="pymc",
+                var_names=["labels"],
+                compute_convergence_checks=False,
             )
 
 
@@ -478,7 +510,13 @@ def sample_labels(
     cache = _cache(model)
     if key not in cache:
         cache[key] = LabelPosterior(
-            model, batch_size=batch_size, prior=prior, prior_margin=prior_margin,
-            propagate_theta=propagate_theta, sampler=sampler,
+            model,
+            batch_size=batch_size,
+            prior=prior,
+            prior_margin=prior_margin,
+            propagate_theta=propagate_theta,
+            sampler=sampler,
         )
-    return cache[key].sample(flux, ivar, ids=ids, draws=draws, tune=tune, chains=chains, seed=seed, progressbar=progressbar)
+    return cache[key].sample(
+        flux, ivar, ids=ids, draws=draws, tune=tune, chains=chains, seed=seed, progressbar=progressbar
+    )

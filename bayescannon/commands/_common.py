@@ -31,9 +31,7 @@ def join_labels(ds, labels_path, label_names, id_column):
     rows = np.array([index.get(s, -1) for s in star])
     if (rows < 0).any():
         miss = star[rows < 0]
-        raise LabelError(
-            f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})"
-        )
+        raise LabelError(f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})")
     return np.column_stack([np.asarray(table[n], dtype=float)[rows] for n in label_names])
 
 

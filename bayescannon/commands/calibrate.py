@@ -14,12 +14,22 @@ HELP = "calibrate label uncertainties on stars with known labels and report inte
 def add_arguments(p):
     p.add_argument("model", help="model file (.nc or .zarr)")
     p.add_argument("spectra", help="spectra with known labels (.nc, .npz or bayescannon FITS)")
-    p.add_argument("labels_table", nargs="?", help="label table with an id column (default: label columns of the spectra file)")
+    p.add_argument(
+        "labels_table", nargs="?", help="label table with an id column (default: label columns of the spectra file)"
+    )
     p.add_argument("--id-column", default="ID")
-    p.add_argument("--error-prefix", default="e_", help="columns <prefix><LABEL> hold reference-label errors, if present")
-    p.add_argument("--n-folds", type=int, default=0,
-                   help="0: the spectra are held out from training; >= 2: K-fold cross-validation (refits the model)")
-    p.add_argument("--report-only", action="store_true", help="only report coverage with the model's current calibration")
+    p.add_argument(
+        "--error-prefix", default="e_", help="columns <prefix><LABEL> hold reference-label errors, if present"
+    )
+    p.add_argument(
+        "--n-folds",
+        type=int,
+        default=0,
+        help="0: the spectra are held out from training; >= 2: K-fold cross-validation (refits the model)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="only report coverage with the model's current calibration"
+    )
     p.add_argument("--holdout", help="spectra file of held-out stars (with label columns) for the coverage report")
     p.add_argument("-o", "--output", help="write the calibrated model here (default: overwrite MODEL)")
     p.add_argument("--report", help="write the coverage report (.nc)")
@@ -27,7 +37,6 @@ def add_arguments(p):
 
 def _labels_and_errors(ds, path, names, id_column, prefix):
     import numpy as np
-
 
     if path:
         labels = join_labels(ds, path, names, id_column)
@@ -61,9 +70,13 @@ def run(args) -> int:
         report = coverage_report(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors)
     cov = report["coverage"]
     print(f"coverage on {int(report['n_stars'])} stars (target 0.68 / 0.95):")
-    print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report['kind'].values))
+    print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
     for name in model.label_names:
-        vals = " ".join(f"{float(cov.sel(kind=k, level=lv, label=name)):>7.3f}" for k in report["kind"].values for lv in (0.68, 0.95))
+        vals = " ".join(
+            f"{float(cov.sel(kind=k, level=lv, label=name)):>7.3f}"
+            for k in report["kind"].values
+            for lv in (0.68, 0.95)
+        )
         print(f"{name:>10} {vals}")
     if args.report:
         report.to_netcdf(args.report, engine="h5netcdf")

@@ -24,8 +24,11 @@ def add_arguments(p):
     p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS)")
     p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits)")
     p.add_argument("--cv-summary", help="cv_summary.ecsv of `bayescannon validate`: unit of the label distance")
-    p.add_argument("--training-labels", help="table with the training labels (label columns), for the label "
-                   "distance and the convex-hull test when the model file does not hold them")
+    p.add_argument(
+        "--training-labels",
+        help="table with the training labels (label columns), for the label "
+        "distance and the convex-hull test when the model file does not hold them",
+    )
     p.add_argument("--training-ids", help="table whose ID column lists the training spectra (IN_TRAINING)")
     p.add_argument("--distance-threshold", type=float, default=None, help="label distance flag threshold")
     p.add_argument("--no-hull", action="store_true", help="skip the convex-hull test")
@@ -35,11 +38,17 @@ def add_arguments(p):
     p.add_argument("--survey-labels", help="the survey's own labels (FITS/CSV) to put beside the transferred ones")
     p.add_argument("--survey-id-column", default="ID", help="id column of --survey-labels")
     p.add_argument("--survey-name", default="SURVEY", help="prefix of the survey label columns")
-    p.add_argument("--survey-flags-column", help="variable of the spectra file (or column of --survey-labels) "
-                   "holding the survey pipeline's flags")
-    p.add_argument("--uncertainty", choices=["auto", "calibrated", "formal"], default="auto",
-                   help="errors of the catalogue: calibrated whenever the model is calibrated (auto), or formal "
-                   "on request (said so in the header)")
+    p.add_argument(
+        "--survey-flags-column",
+        help="variable of the spectra file (or column of --survey-labels) holding the survey pipeline's flags",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=["auto", "calibrated", "formal"],
+        default="auto",
+        help="errors of the catalogue: calibrated whenever the model is calibrated (auto), or formal "
+        "on request (said so in the header)",
+    )
     p.add_argument("--n-starts", type=int, default=None)
     p.add_argument("--chunk-size", type=int, default=2000)
     p.add_argument("--report-format", choices=["md", "html"], default="html")
@@ -51,8 +60,13 @@ def run(args) -> int:
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
     uncertainty = resolve_uncertainty(model, args.uncertainty)
-    result = model.infer(ds, n_starts=args.n_starts, chunk_size=args.chunk_size, uncertainty=uncertainty,
-                         progressbar=not args.no_progress)
+    result = model.infer(
+        ds,
+        n_starts=args.n_starts,
+        chunk_size=args.chunk_size,
+        uncertainty=uncertainty,
+        progressbar=not args.no_progress,
+    )
     names = list(model.label_names)
     training = None
     if args.training_labels:
@@ -80,33 +94,65 @@ def run(args) -> int:
             rows, hit = join_ids(ds["star"].values, survey[args.survey_id_column], what=args.survey_labels)
             sflags = np.where(hit, np.ma.filled(survey[args.survey_flags_column], 0).astype(np.int64)[rows], 0)
         else:
-            raise InvalidInputError(f"no survey flag column {args.survey_flags_column!r} in the spectra or survey table")
+            raise InvalidInputError(
+                f"no survey flag column {args.survey_flags_column!r} in the spectra or survey table"
+            )
     snr = spectra_snr(ds)
     threshold = args.distance_threshold if args.distance_threshold is not None else DEFAULT_DISTANCE_THRESHOLD
-    quality = assess(result, training=training, cv_scatter=scatter if training is not None else None,
-                     distance_threshold=threshold, hull=(not args.no_hull) and training is not None, snr=snr,
-                     min_snr=args.min_snr, max_reduced_chi2=args.max_reduced_chi2, min_pixels=args.min_pixels,
-                     survey_flags=sflags)
+    quality = assess(
+        result,
+        training=training,
+        cv_scatter=scatter if training is not None else None,
+        distance_threshold=threshold,
+        hull=(not args.no_hull) and training is not None,
+        snr=snr,
+        min_snr=args.min_snr,
+        max_reduced_chi2=args.max_reduced_chi2,
+        min_pixels=args.min_pixels,
+        survey_flags=sflags,
+    )
     training_ids = None
     if args.training_ids:
         training_ids = np.asarray(read_labels(args.training_ids, id_column="ID")["ID"]).astype(str)
-    config = {"model_file": str(args.model), "spectra": str(args.spectra), "distance_threshold": threshold,
-              "min_snr": args.min_snr, "max_reduced_chi2": args.max_reduced_chi2, "min_pixels": args.min_pixels,
-              "hull": not args.no_hull, "cv_summary": args.cv_summary}
-    cat = build_catalogue(model, result, spectra=ds, quality=quality, training_ids=training_ids,
-                          survey_labels=survey, survey_name=args.survey_name, survey_id_column=args.survey_id_column,
-                          uncertainty=uncertainty, config=config)
+    config = {
+        "model_file": str(args.model),
+        "spectra": str(args.spectra),
+        "distance_threshold": threshold,
+        "min_snr": args.min_snr,
+        "max_reduced_chi2": args.max_reduced_chi2,
+        "min_pixels": args.min_pixels,
+        "hull": not args.no_hull,
+        "cv_summary": args.cv_summary,
+    }
+    cat = build_catalogue(
+        model,
+        result,
+        spectra=ds,
+        quality=quality,
+        training_ids=training_ids,
+        survey_labels=survey,
+        survey_name=args.survey_name,
+        survey_id_column=args.survey_id_column,
+        uncertainty=uncertainty,
+        config=config,
+    )
     out = write_table(cat, args.output)
     ft = write_table(flag_table(quality), out.with_name(out.stem + "_flags.ecsv"))
-    counts = [{"FLAG": f.name, "BIT": int(f).bit_length() - 1, "N": int(cat[f"FLAG_{f.name}"].sum())}
-              for f in StarFlag if f"FLAG_{f.name}" in cat.colnames]
+    counts = [
+        {"FLAG": f.name, "BIT": int(f).bit_length() - 1, "N": int(cat[f"FLAG_{f.name}"].sum())}
+        for f in StarFlag
+        if f"FLAG_{f.name}" in cat.colnames
+    ]
     rep = Report(f"Catalogue {out.name}", formats=args.plot_formats)
-    rep.add_text(f"{len(cat)} spectra; model {args.model} (training hash {model.training_hash_[:16]}…); "
-                 f"{int((cat['FLAGS'] == 0).sum())} without any flag.")
+    rep.add_text(
+        f"{len(cat)} spectra; model {args.model} (training hash {model.training_hash_[:16]}…); "
+        f"{int((cat['FLAGS'] == 0).sum())} without any flag."
+    )
     rep.add_table(counts, caption="stars per flag bit")
     if training is None:
-        rep.add_text("No training labels available: label distance and convex-hull test skipped "
-                     "(pass --training-labels).")
+        rep.add_text(
+            "No training labels available: label distance and convex-hull test skipped (pass --training-labels)."
+        )
     elif scatter is None:
         rep.add_text("No cross-validation scatter given: label distance skipped (pass --cv-summary).")
     good = np.asarray(cat["FLAGS"] == 0)
@@ -117,19 +163,33 @@ def run(args) -> int:
     which = "unflagged stars" if show is good else "all stars with labels"
     if "TEFF" in names and "LOGG" in names:
         fe = y[:, names.index("FE_H")] if "FE_H" in names else None
-        if survey is not None and f"{args.survey_name}_TEFF" in cat.colnames and f"{args.survey_name}_LOGG" in cat.colnames:
+        if (
+            survey is not None
+            and f"{args.survey_name}_TEFF" in cat.colnames
+            and f"{args.survey_name}_LOGG" in cat.colnames
+        ):
             st = np.ma.filled(cat[f"{args.survey_name}_TEFF"].astype(float), np.nan)
             sg = np.ma.filled(cat[f"{args.survey_name}_LOGG"].astype(float), np.nan)
-            fig = kiel_diagram(st, sg, color=fe, teff_after=y[:, names.index("TEFF")],
-                               logg_after=y[:, names.index("LOGG")], titles=(args.survey_name, "transferred"))
+            fig = kiel_diagram(
+                st,
+                sg,
+                color=fe,
+                teff_after=y[:, names.index("TEFF")],
+                logg_after=y[:, names.index("LOGG")],
+                titles=(args.survey_name, "transferred"),
+            )
         else:
-            fig = kiel_diagram(y[show, names.index("TEFF")], y[show, names.index("LOGG")],
-                               color=None if fe is None else fe[show])
+            fig = kiel_diagram(
+                y[show, names.index("TEFF")], y[show, names.index("LOGG")], color=None if fe is None else fe[show]
+            )
         rep.add_figure(fig, "kiel", caption=f"Kiel diagram ({which})")
     alpha = next((n for n in ("ALPHA_M", "ALPHA_FE") if n in names), None)
     if alpha and "FE_H" in names:
-        rep.add_figure(alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)]),
-                       "alpha_feh", caption=f"{alpha} vs [Fe/H] ({which})")
+        rep.add_figure(
+            alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)]),
+            "alpha_feh",
+            caption=f"{alpha} vs [Fe/H] ({which})",
+        )
     rep.add_files([out.name, ft.name])
     rp = rep.write(out.with_name(out.stem + f"_report.{args.report_format}"))
     print(f"wrote {len(cat)} stars to {out} ({int((~good).sum())} flagged); report {rp}")

@@ -19,17 +19,27 @@ HELP = "validate a catalogue on star-cluster members: per-cluster medians, scatt
 
 def add_arguments(p):
     p.add_argument("catalogue", help="catalogue (FITS/ECSV/CSV) with an id column and label columns")
-    p.add_argument("members", help="membership table: the APOGEE DR10 member file, or a FITS/CSV table "
-                   "with id and cluster columns")
+    p.add_argument(
+        "members", help="membership table: the APOGEE DR10 member file, or a FITS/CSV table with id and cluster columns"
+    )
     p.add_argument("--members-format", choices=["auto", "apogee-dr10", "table"], default="auto")
-    p.add_argument("--labels", nargs="+", default=None, metavar="NAME",
-                   help="label columns (default: the catalogue's LABELS header card)")
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="label columns (default: the catalogue's LABELS header card)",
+    )
     p.add_argument("--id-column", default="ID", help="id column of the catalogue and of a member table")
     p.add_argument("--cluster-column", default="CLUSTER", help="cluster column of a member table")
     p.add_argument("--literature", help="table with CLUSTER and label columns (default: built-in [Fe/H])")
     p.add_argument("--min-members", type=int, default=3, help="fewer usable members: cluster skipped")
-    p.add_argument("--exclude-flags", type=int, default=None,
-                   help="StarFlag bits that exclude a star (default: NO_PIXELS|NOT_CONVERGED)")
+    p.add_argument(
+        "--exclude-flags",
+        type=int,
+        default=None,
+        help="StarFlag bits that exclude a star (default: NO_PIXELS|NOT_CONVERGED)",
+    )
     p.add_argument("-o", "--outdir", default="clusters")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
@@ -48,7 +58,6 @@ def _read_members(args):
 def run(args) -> int:
     import numpy as np
 
-
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     cat = read_catalogue(args.catalogue)
@@ -66,23 +75,47 @@ def run(args) -> int:
     excl = BAD_FIT_FLAGS if args.exclude_flags is None else args.exclude_flags
     good = (np.asarray(cat["FLAGS"]) & excl) == 0 if "FLAGS" in cat.colnames else None
     lit = read_labels(args.literature) if args.literature else None
-    stats = cluster_statistics(ids, y, members, names, literature=lit, min_members=args.min_members, good=good,
-                               id_column=mid, cluster_column=mcl)
+    stats = cluster_statistics(
+        ids,
+        y,
+        members,
+        names,
+        literature=lit,
+        min_members=args.min_members,
+        good=good,
+        id_column=mid,
+        cluster_column=mcl,
+    )
     files = [write_table(stats, out / "cluster_statistics.ecsv")]
     rep = Report(f"Cluster validation of {Path(args.catalogue).name}", formats=args.plot_formats)
     n_ok = int((stats["STATUS"] == "ok").sum())
-    rep.add_text(f"{len(stats)} clusters in {Path(args.members).name}; {n_ok} with at least {args.min_members} "
-                 "usable members in the catalogue.")
+    rep.add_text(
+        f"{len(stats)} clusters in {Path(args.members).name}; {n_ok} with at least {args.min_members} "
+        "usable members in the catalogue."
+    )
     rep.add_table(stats, caption="per cluster: median, scatter (std), half 16-84 width, literature, offset")
     ys = [n for n in ("FE_H", "ALPHA_FE", "ALPHA_M", "M_H") if n in names]
     if "TEFF" in names and ys:
-        trends = cluster_trends(ids, y, members, names, x="TEFF", y=ys, min_members=max(args.min_members, 3),
-                                good=good, id_column=mid, cluster_column=mcl)
+        trends = cluster_trends(
+            ids,
+            y,
+            members,
+            names,
+            x="TEFF",
+            y=ys,
+            min_members=max(args.min_members, 3),
+            good=good,
+            id_column=mid,
+            cluster_column=mcl,
+        )
         files.append(write_table(trends, out / "cluster_trends.ecsv"))
         rep.add_heading("Trends with Teff")
         rep.add_table(trends, caption="least-squares slope per 1000 K")
-        rep.add_figure(_trend_figure(ids, y, names, members, mid, mcl, ys, good, stats), "trends_teff",
-                       caption="labels of cluster members vs Teff (Nandakumar+2022 Figs 12-13)")
+        rep.add_figure(
+            _trend_figure(ids, y, names, members, mid, mcl, ys, good, stats),
+            "trends_teff",
+            caption="labels of cluster members vs Teff (Nandakumar+2022 Figs 12-13)",
+        )
     rep.add_files([f.name for f in files])
     rp = rep.write(out / f"report.{args.report_format}")
     print(f"{n_ok} of {len(stats)} clusters validated; report {rp}")
@@ -91,7 +124,6 @@ def run(args) -> int:
 
 def _trend_figure(ids, y, names, members, mid, mcl, ys, good, stats):
     import numpy as np
-
 
     cl = match_members(ids, members, id_column=mid, cluster_column=mcl)
     use = cl != ""

@@ -35,12 +35,16 @@ def run(args) -> int:
     train = simulate_survey(args.n_train, instrument=args.instrument, snr=(50.0, 250.0), rng=args.seed)
     test = simulate_survey(args.n_test, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed + 1000)
     t1 = time.perf_counter()
-    print(f"simulated {args.n_train} training + {args.n_test} test {args.instrument} spectra "
-          f"({train.sizes['pixel']} pixels) in {t1 - t0:.1f} s")
+    print(
+        f"simulated {args.n_train} training + {args.n_test} test {args.instrument} spectra "
+        f"({train.sizes['pixel']} pixels) in {t1 - t0:.1f} s"
+    )
     model = CannonModel(LABELS, order=2, random_state=args.seed).fit(train, progressbar=True)
     t2 = time.perf_counter()
-    print(f"trained on {model.n_training_stars_} stars in {t2 - t1:.1f} s "
-          f"({int((model.pixel_flags_ != 0).sum())} pixels flagged)")
+    print(
+        f"trained on {model.n_training_stars_} stars in {t2 - t1:.1f} s "
+        f"({int((model.pixel_flags_ != 0).sum())} pixels flagged)"
+    )
     result = model.infer(test, progressbar=True)
     t3 = time.perf_counter()
     print(f"inferred labels of {args.n_test} stars in {t3 - t2:.2f} s ({args.n_test / (t3 - t2):.0f} stars/s)")
@@ -64,19 +68,29 @@ def run(args) -> int:
     cal_err = calibrated["errors"].values
     hw95 = calibrated["half_width_95"].values if "half_width_95" in calibrated else 1.96 * cal_err
     print()
-    print(f"{'label':>9} {'bias':>10} {'scatter':>10} {'formal err':>11} {'68% cover':>10}"
-          f" {'calib. err':>11} {'68% cover':>10} {'95% cover':>10}")
+    print(
+        f"{'label':>9} {'bias':>10} {'scatter':>10} {'formal err':>11} {'68% cover':>10}"
+        f" {'calib. err':>11} {'68% cover':>10} {'95% cover':>10}"
+    )
     for k, name in enumerate(LABELS):
         d = inferred[good, k] - truth[good, k]
         cover = np.mean(np.abs(d) < err[good, k])
         dc = calibrated["labels"].values[good, k] - truth[good, k]
         c68 = np.mean(np.abs(dc) < cal_err[good, k])
         c95 = np.mean(np.abs(dc) < hw95[good, k])
-        print(f"{name:>9} {np.mean(d):>10.4g} {np.std(d):>10.4g} {np.median(err[good, k]):>11.4g} {cover:>10.2f}"
-              f" {np.median(cal_err[good, k]):>11.4g} {c68:>10.2f} {c95:>10.2f}")
+        print(
+            f"{name:>9} {np.mean(d):>10.4g} {np.std(d):>10.4g} {np.median(err[good, k]):>11.4g} {cover:>10.2f}"
+            f" {np.median(cal_err[good, k]):>11.4g} {c68:>10.2f} {c95:>10.2f}"
+        )
     print(f"\n{int((~good).sum())} of {len(good)} stars flagged as not converged / no pixels")
-    fig = one_to_one(truth, inferred, LABELS, color=test["snr"].values, color_label="S/N",
-                     units={"TEFF": "K", "LOGG": "dex", "FE_H": "dex", "ALPHA_FE": "dex"})
+    fig = one_to_one(
+        truth,
+        inferred,
+        LABELS,
+        color=test["snr"].values,
+        color_label="S/N",
+        units={"TEFF": "K", "LOGG": "dex", "FE_H": "dex", "ALPHA_FE": "dex"},
+    )
     fig.savefig(out / "one_to_one.png", dpi=110, bbox_inches="tight")
     print(f"wrote {out / 'model.nc'}, {out / 'catalogue.fits'} and {out / 'one_to_one.png'}")
     return 0

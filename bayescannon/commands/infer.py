@@ -15,16 +15,22 @@ HELP = "infer labels of spectra with a trained model and write a FITS catalogue"
 
 def add_arguments(p):
     p.add_argument("model", help="model file (.nc or .zarr)")
-    p.add_argument("spectra", help="spectra on the model's grid (.nc, .npz or bayescannon FITS), or a folder "
-                   "of chunk files from `bayescannon preprocess` (read one chunk at a time)")
+    p.add_argument(
+        "spectra",
+        help="spectra on the model's grid (.nc, .npz or bayescannon FITS), or a folder "
+        "of chunk files from `bayescannon preprocess` (read one chunk at a time)",
+    )
     p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
     p.add_argument("--chunk-size", type=int, default=1000, help="stars per chunk (bounds memory)")
-    p.add_argument("--uncertainty", choices=["auto", "calibrated", "formal"], default="auto",
-                   help="calibrated whenever the model is calibrated (auto), or formal on request (said so in the "
-                   "catalogue header)")
-    p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them "
-                   "(for long runs)")
+    p.add_argument(
+        "--uncertainty",
+        choices=["auto", "calibrated", "formal"],
+        default="auto",
+        help="calibrated whenever the model is calibrated (auto), or formal on request (said so in the "
+        "catalogue header)",
+    )
+    p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them (for long runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -34,17 +40,24 @@ def run(args) -> int:
     kwargs = {"n_starts": args.n_starts, "uncertainty": uncertainty}
     spectra = None  # a chunk folder is never held in memory: no SNR column then
     if Path(args.spectra).is_dir():
-        result = infer_chunk_files(model, args.spectra, args.work_dir, chunk_size=args.chunk_size,
-                                   progressbar=not args.no_progress, **kwargs)
+        result = infer_chunk_files(
+            model, args.spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
+        )
     elif args.work_dir:
         spectra = load_spectra(args.spectra)
-        result = infer_chunked(model, spectra, args.work_dir, chunk_size=args.chunk_size,
-                               progressbar=not args.no_progress, **kwargs)
+        result = infer_chunked(
+            model, spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
+        )
     else:
         spectra = load_spectra(args.spectra)
         result = model.infer(spectra, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)
-    table = build_catalogue(model, result, spectra=spectra, uncertainty=uncertainty,
-                            config={"model_file": str(args.model), "spectra": str(args.spectra)})
+    table = build_catalogue(
+        model,
+        result,
+        spectra=spectra,
+        uncertainty=uncertainty,
+        config={"model_file": str(args.model), "spectra": str(args.spectra)},
+    )
     write_table(table, args.output)
     nflag = int((table["FLAGS"] != 0).sum())
     print(f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")

@@ -14,8 +14,13 @@ def add_arguments(p):
     p.add_argument("--n-lamost-only", type=int, default=600, help="stars only in LAMOST (default 600)")
     p.add_argument("--n-apogee-only", type=int, default=200, help="stars only in APOGEE (default 200)")
     p.add_argument("--population", default="giants", choices=["giants", "dwarfs", "mixed"])
-    p.add_argument("--apogee-spectra", nargs="*", default=["apstar", "aspcapstar"],
-                   choices=["apstar", "aspcapstar"], help="APOGEE file types to write (none: catalogue only)")
+    p.add_argument(
+        "--apogee-spectra",
+        nargs="*",
+        default=["apstar", "aspcapstar"],
+        choices=["apstar", "aspcapstar"],
+        help="APOGEE file types to write (none: catalogue only)",
+    )
     p.add_argument("--lamost-layout", default="dr5", choices=["dr5", "dr8", "mixed"])
     p.add_argument("--no-corruptions", action="store_true", help="write no corrupted LAMOST files")
     p.add_argument("--seed", type=int, default=0)
@@ -38,8 +43,10 @@ def run(args) -> int:
         overwrite=args.overwrite,
         progressbar=not args.no_progress,
     )
-    print(f"wrote {len(mock.lamost_files)} LAMOST files ({len(mock.corrupted)} corrupted) and "
-          f"{len(mock.apogee_files)} APOGEE files to {mock.outdir}")
+    print(
+        f"wrote {len(mock.lamost_files)} LAMOST files ({len(mock.corrupted)} corrupted) and "
+        f"{len(mock.apogee_files)} APOGEE files to {mock.outdir}"
+    )
     print(f"catalogues: {mock.apogee_catalogue.name}, {mock.lamost_catalogue.name}; truth: {mock.truth_path.name}")
     if mock.config_path is not None:
         print(f"run the label transfer with: bayescannon transfer {mock.config_path}")

@@ -25,19 +25,35 @@ def add_arguments(p):
     p.add_argument("inputs", nargs="*", help="survey files, or folders searched recursively for FITS files")
     p.add_argument("--file-list", help="text file with one survey file path per line")
     p.add_argument("-o", "--output", required=True, help="output folder (chunk files, manifest, skipped.ecsv)")
-    p.add_argument("--format", default=None,
-                   help="survey format of the files (lamost, apstar, aspcapstar; default: guessed)")
+    p.add_argument(
+        "--format", default=None, help="survey format of the files (lamost, apstar, aspcapstar; default: guessed)"
+    )
     grid = p.add_mutually_exclusive_group(required=True)
-    grid.add_argument("--grid", nargs=2, type=float, metavar=("LO", "HI"),
-                      help="log-linear rest-frame grid from LO to HI Angstrom (step --dlog)")
+    grid.add_argument(
+        "--grid",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="log-linear rest-frame grid from LO to HI Angstrom (step --dlog)",
+    )
     grid.add_argument("--grid-from", metavar="MODEL", help="use the wavelength grid of a trained model")
     p.add_argument("--dlog", type=float, default=1e-4, help="log10 step of --grid (default 1e-4, LAMOST)")
-    p.add_argument("--no-rest-frame", action="store_true",
-                   help="spectra are already in the rest frame: only resample")
-    p.add_argument("--mask-window", nargs=2, type=float, action="append", default=[], metavar=("LO", "HI"),
-                   help="rest-frame window (Angstrom) set to ivar = 0; repeat for several")
-    p.add_argument("--normalise", choices=["ho2017", "none"], default="ho2017",
-                   help="Ho+2017 Gaussian-smoothed normalisation (default) or none")
+    p.add_argument("--no-rest-frame", action="store_true", help="spectra are already in the rest frame: only resample")
+    p.add_argument(
+        "--mask-window",
+        nargs=2,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("LO", "HI"),
+        help="rest-frame window (Angstrom) set to ivar = 0; repeat for several",
+    )
+    p.add_argument(
+        "--normalise",
+        choices=["ho2017", "none"],
+        default="ho2017",
+        help="Ho+2017 Gaussian-smoothed normalisation (default) or none",
+    )
     p.add_argument("--L", type=float, default=50.0, help="Ho+2017 smoothing width in Angstrom (default 50)")
     p.add_argument("--chunk-size", type=int, default=1000, help="files per chunk (default 1000)")
     p.add_argument("--n-jobs", type=int, default=1, help="worker processes (default 1)")
@@ -66,7 +82,6 @@ def build_steps(args, grid):
     """The preprocessing steps (picklable partials) for these arguments."""
     import functools
 
-
     steps = []
     if args.no_rest_frame:
         steps.append(functools.partial(pp.resample, new_wavelength=grid))
@@ -83,10 +98,8 @@ def build_steps(args, grid):
 def run(args) -> int:
     import numpy as np
 
-
     paths = _collect(args)
     if args.grid_from:
-
         grid = CannonModel.load(args.grid_from).wavelength_
         if grid is None:
             raise InvalidInputError(f"model {args.grid_from} has no wavelength grid")
@@ -112,7 +125,9 @@ def run(args) -> int:
     )
     out = Path(args.output)
     skipped.write(out / "skipped.ecsv", format="ascii.ecsv", overwrite=True)
-    print(f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
-          f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})")
+    print(
+        f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
+        f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})"
+    )
     print(f"infer labels with: bayescannon infer MODEL {out} -o catalogue.fits")
     return 0

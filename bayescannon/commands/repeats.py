@@ -18,19 +18,29 @@ HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar
 def add_arguments(p):
     p.add_argument("catalogue", help="catalogue (FITS/ECSV/CSV), one row per spectrum, with errors e_<LABEL>")
     p.add_argument("--group-column", required=True, help="column with the star id shared by repeat spectra")
-    p.add_argument("--labels", nargs="+", default=None, metavar="NAME",
-                   help="labels (default: the catalogue's LABELS header card)")
+    p.add_argument(
+        "--labels", nargs="+", default=None, metavar="NAME", help="labels (default: the catalogue's LABELS header card)"
+    )
     p.add_argument("--id-column", default="ID")
     p.add_argument("--snr-column", default="SNR")
     p.add_argument("--snr-bins", type=int, default=8, help="S/N bins of the precision fit")
     p.add_argument("--min-pairs", type=int, default=10, help="fewer pairs: bin skipped")
-    p.add_argument("--compare-prefix", default=None,
-                   help="compare with other errors in columns <PREFIX><LABEL> (e.g. the Bayesian layer's "
-                        "calibrated errors)")
-    p.add_argument("--exclude-flags", type=int, default=None,
-                   help="StarFlag bits that exclude a spectrum (default: NO_PIXELS|NOT_CONVERGED)")
-    p.add_argument("--pair-width", action="store_true",
-                   help="use the width of pair differences as the precision (no division by sqrt 2)")
+    p.add_argument(
+        "--compare-prefix",
+        default=None,
+        help="compare with other errors in columns <PREFIX><LABEL> (e.g. the Bayesian layer's calibrated errors)",
+    )
+    p.add_argument(
+        "--exclude-flags",
+        type=int,
+        default=None,
+        help="StarFlag bits that exclude a spectrum (default: NO_PIXELS|NOT_CONVERGED)",
+    )
+    p.add_argument(
+        "--pair-width",
+        action="store_true",
+        help="use the width of pair differences as the precision (no division by sqrt 2)",
+    )
     p.add_argument("-o", "--outdir", default="repeats")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
@@ -39,7 +49,6 @@ def add_arguments(p):
 def run(args) -> int:
     import numpy as np
     from astropy.table import MaskedColumn
-
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,23 +71,39 @@ def run(args) -> int:
     groups = np.ma.asarray(np.asarray(cat[args.group_column]).astype(str))
     groups[bad] = np.ma.masked
     ids = np.asarray(cat[args.id_column]).astype(str) if args.id_column in cat.colnames else None
-    cal = calibrate_from_repeats(y, e, snr, groups, names, snr_bins=args.snr_bins, min_pairs=args.min_pairs,
-                                 per_measurement=not args.pair_width, ids=ids)
+    cal = calibrate_from_repeats(
+        y,
+        e,
+        snr,
+        groups,
+        names,
+        snr_bins=args.snr_bins,
+        min_pairs=args.min_pairs,
+        per_measurement=not args.pair_width,
+        ids=ids,
+    )
     calibrated = cal.apply(e, snr)
-    files = [write_table(cal.summary, out / "repeat_calibration.ecsv"),
-             write_table(cal.binned, out / "repeat_precision_by_snr.ecsv"),
-             write_table(cal.pairs, out / "repeat_pairs.fits")]
+    files = [
+        write_table(cal.summary, out / "repeat_calibration.ecsv"),
+        write_table(cal.binned, out / "repeat_precision_by_snr.ecsv"),
+        write_table(cal.pairs, out / "repeat_pairs.fits"),
+    ]
     if len(cal.skipped):
         files.append(write_table(cal.skipped, out / "repeat_skipped.ecsv"))
     newcat = cat.copy()
     for k, n in enumerate(names):
-        newcat[f"e_CAL_{n}"] = MaskedColumn(calibrated[:, k], mask=~np.isfinite(calibrated[:, k]),
-                                            unit=cat[f"e_{n}"].unit,
-                                            description=f"repeat-calibrated 1-sigma error of {n}")
+        newcat[f"e_CAL_{n}"] = MaskedColumn(
+            calibrated[:, k],
+            mask=~np.isfinite(calibrated[:, k]),
+            unit=cat[f"e_{n}"].unit,
+            description=f"repeat-calibrated 1-sigma error of {n}",
+        )
     files.append(write_table(newcat, out / "catalogue_calibrated.fits"))
     rep = Report(f"Error calibration from repeats: {Path(args.catalogue).name}", formats=args.plot_formats)
-    rep.add_text(f"{len(cal.pairs)} pairs of spectra of the same star; {len(cal.skipped)} stars with a single "
-                 "spectrum skipped. Calibrated error = max(scale x formal error, precision(S/N)).")
+    rep.add_text(
+        f"{len(cal.pairs)} pairs of spectra of the same star; {len(cal.skipped)} stars with a single "
+        "spectrum skipped. Calibrated error = max(scale x formal error, precision(S/N))."
+    )
     rep.add_table(cal.summary, caption="formal-error scale factors and precision fits")
     rep.add_table(cal.binned, caption="precision in bins of the lower S/N of each pair")
     rep.add_figure(precision_vs_snr(cal), "precision_vs_snr", caption="precision vs S/N and exponential fit")

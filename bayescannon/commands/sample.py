@@ -40,9 +40,17 @@ def run(args) -> int:
         select = None
     elif len(set(select)) != len(select):
         raise InvalidInputError("star ids to sample are duplicated")
-    tree = sample_labels(model,
-        ds, select=select, draws=args.draws, tune=args.tune, chains=args.chains, batch_size=args.batch_size,
-        prior=args.prior, propagate_theta=not args.no_theta_uncertainty, seed=args.seed,
+    tree = sample_labels(
+        model,
+        ds,
+        select=select,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        batch_size=args.batch_size,
+        prior=args.prior,
+        propagate_theta=not args.no_theta_uncertainty,
+        seed=args.seed,
     )
     save_posterior(tree, args.output)
     table = summary_table(tree)
@@ -52,6 +60,8 @@ def run(args) -> int:
     bad = [str(s) for s in diag["star"].values[~diag["converged"].values]]
     cols = ["star", "label_name", "mean", "sd", "laplace_sd", "r_hat", "ess_bulk", "n_divergent", "converged"]
     print(table[[c for c in cols if c in table]].to_string(index=False))
-    print(f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
-          f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}")
+    print(
+        f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
+        f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}"
+    )
     return 3 if bad else 0

@@ -15,8 +15,9 @@ def add_arguments(p):
     p.add_argument("-n", "--n-stars", type=int, default=1000, help="number of stars")
     p.add_argument("--instrument", default="apogee", help="apogee, lamost or galah")
     p.add_argument("--population", default="giants", help="giants, dwarfs or mixed")
-    p.add_argument("--snr", type=float, nargs=2, default=(30.0, 250.0), metavar=("MIN", "MAX"),
-                   help="S/N range (log-uniform)")
+    p.add_argument(
+        "--snr", type=float, nargs=2, default=(30.0, 250.0), metavar=("MIN", "MAX"), help="S/N range (log-uniform)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels-out", help="also write the true labels as a table (FITS/CSV) with an ID column")
 
@@ -24,9 +25,9 @@ def add_arguments(p):
 def run(args) -> int:
     from astropy.table import Table
 
-
-    ds = simulate_survey(args.n_stars, instrument=args.instrument, population=args.population,
-                         snr=tuple(args.snr), rng=args.seed)
+    ds = simulate_survey(
+        args.n_stars, instrument=args.instrument, population=args.population, snr=tuple(args.snr), rng=args.seed
+    )
     write_spectra(ds, args.output, overwrite=True)
     if args.labels_out:
         t = Table()

@@ -15,21 +15,36 @@ HELP = "train a Cannon model on spectra with known labels"
 
 def add_arguments(p):
     p.add_argument("spectra", help="training spectra (.nc, .npz or bayescannon FITS)")
-    p.add_argument("labels_table", nargs="?", help="label table (FITS or CSV) with an id column; "
-                   "default: label columns stored in the spectra file")
+    p.add_argument(
+        "labels_table",
+        nargs="?",
+        help="label table (FITS or CSV) with an id column; default: label columns stored in the spectra file",
+    )
     p.add_argument("-o", "--output", required=True, help="model file to write (.nc or .zarr)")
     p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
     p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
     p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
     p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
-    p.add_argument("--censor", action="append", metavar="LABEL:LO-HI,...",
-                   help="wavelength windows (A) where LABEL may act; repeatable")
-    p.add_argument("--label-errors", nargs="+", metavar="COLUMN",
-                   help="1-sigma error columns of the label table, one per label in --labels order: the "
-                        "reference labels are then latent (errors-in-variables training)")
-    p.add_argument("--trend-order", type=int, default=None,
-                   help="with --label-errors: order of the polynomial trend removed from the spectroscopic "
-                        "labels (default: the model order)")
+    p.add_argument(
+        "--censor",
+        action="append",
+        metavar="LABEL:LO-HI,...",
+        help="wavelength windows (A) where LABEL may act; repeatable",
+    )
+    p.add_argument(
+        "--label-errors",
+        nargs="+",
+        metavar="COLUMN",
+        help="1-sigma error columns of the label table, one per label in --labels order: the "
+        "reference labels are then latent (errors-in-variables training)",
+    )
+    p.add_argument(
+        "--trend-order",
+        type=int,
+        default=None,
+        help="with --label-errors: order of the polynomial trend removed from the spectroscopic "
+        "labels (default: the model order)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (start candidates)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,13 +76,19 @@ def run(args) -> int:
     model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
     model.save(args.output)
     flagged = int((model.pixel_flags_ != 0).sum())
-    summary = {"model": str(args.output), "stars": model.n_training_stars_,
-               "pixels": int(model.theta_.shape[0]), "flagged_pixels": flagged,
-               "training_hash": model.training_hash_}
+    summary = {
+        "model": str(args.output),
+        "stars": model.n_training_stars_,
+        "pixels": int(model.theta_.shape[0]),
+        "flagged_pixels": flagged,
+        "training_hash": model.training_hash_,
+    }
     if label_errors is not None:
         extra = model.extra_state_
-        summary["latent_labels"] = {"iterations": int(extra["extra_latent_iterations"][1]),
-                                    "converged": bool(extra["extra_latent_converged"][1]),
-                                    "calibrated": bool(extra["extra_latent_calibrated"][1])}
+        summary["latent_labels"] = {
+            "iterations": int(extra["extra_latent_iterations"][1]),
+            "converged": bool(extra["extra_latent_converged"][1]),
+            "calibrated": bool(extra["extra_latent_calibrated"][1]),
+        }
     print(json.dumps(summary))
     return 0

@@ -62,8 +62,10 @@ def run(args) -> int:
                         print(f"    {k} excluded at step {st}")
             if step == "evaluate":
                 for name, e in summary["statistics"].items():
-                    line = (f"    {name}: transferred - true bias {e['bias']:.4g} (+- {e['se_bias']:.2g}), "
-                            f"scatter {e['scatter']:.4g}")
+                    line = (
+                        f"    {name}: transferred - true bias {e['bias']:.4g} (+- {e['se_bias']:.2g}), "
+                        f"scatter {e['scatter']:.4g}"
+                    )
                     if e.get("y_scatter") is not None and e["y_scatter"] == e["y_scatter"]:
                         line += f" | pipeline bias {e['y_bias']:.4g}, scatter {e['y_scatter']:.4g}"
                     if e.get("offset_mean") is not None and e["offset_mean"] == e["offset_mean"]:

@@ -20,22 +20,38 @@ HELP = "cross-validate a Cannon model on its reference set (k-fold + bootstrap) 
 
 def add_arguments(p):
     p.add_argument("spectra", help="reference spectra (.nc, .npz or bayescannon FITS)")
-    p.add_argument("labels_table", nargs="?", help="label table (FITS/CSV) with an id column; "
-                   "default: label columns stored in the spectra file")
+    p.add_argument(
+        "labels_table",
+        nargs="?",
+        help="label table (FITS/CSV) with an id column; default: label columns stored in the spectra file",
+    )
     p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
     p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
     p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
     p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
-    p.add_argument("--censor", action="append", metavar="LABEL:LO-HI,...",
-                   help="wavelength windows (A) where LABEL may act; repeatable")
+    p.add_argument(
+        "--censor",
+        action="append",
+        metavar="LABEL:LO-HI,...",
+        help="wavelength windows (A) where LABEL may act; repeatable",
+    )
     p.add_argument("--n-folds", type=int, default=8, help="folds (Ho+2017: 8; Nandakumar+2022: 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and bootstrap")
     p.add_argument("--n-jobs", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--bootstrap", type=int, default=20, metavar="N",
-                   help="bootstrap models of the reference set (Ho+2017: 20; 0 = skip)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=20,
+        metavar="N",
+        help="bootstrap models of the reference set (Ho+2017: 20; 0 = skip)",
+    )
     p.add_argument("--snr-column", default="snr", help="per-star S/N variable of the spectra file")
-    p.add_argument("--model-out", default=None, help="also save the model trained on all reference stars "
-                   "(it draws the coefficient and residual plots in any case)")
+    p.add_argument(
+        "--model-out",
+        default=None,
+        help="also save the model trained on all reference stars "
+        "(it draws the coefficient and residual plots in any case)",
+    )
     p.add_argument("-o", "--outdir", default="validation", help="output folder")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
@@ -45,29 +61,48 @@ def add_arguments(p):
 def run(args) -> int:
     import numpy as np
 
-
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_spectra(args.spectra)
     labels = join_labels(ds, args.labels_table, args.labels, args.id_column) if args.labels_table else ds
-    model = CannonModel(args.labels, args.order, regularization=args.regularization,
-                        censors=parse_censors(args.censor) or None, random_state=args.seed)
+    model = CannonModel(
+        args.labels,
+        args.order,
+        regularization=args.regularization,
+        censors=parse_censors(args.censor) or None,
+        random_state=args.seed,
+    )
     snr = ds[args.snr_column].values if args.snr_column in ds else None
-    cv = cross_validate(model, ds, labels=labels, n_folds=args.n_folds, random_state=args.seed, snr=snr,
-                        n_jobs=args.n_jobs, progressbar=not args.no_progress)
-    files = [write_table(cv.to_table(), out / "cv_predictions.fits"),
-             write_table(cv.summary, out / "cv_summary.ecsv"),
-             write_table(cv.by_label, out / "cv_by_label.ecsv")]
+    cv = cross_validate(
+        model,
+        ds,
+        labels=labels,
+        n_folds=args.n_folds,
+        random_state=args.seed,
+        snr=snr,
+        n_jobs=args.n_jobs,
+        progressbar=not args.no_progress,
+    )
+    files = [
+        write_table(cv.to_table(), out / "cv_predictions.fits"),
+        write_table(cv.summary, out / "cv_summary.ecsv"),
+        write_table(cv.by_label, out / "cv_by_label.ecsv"),
+    ]
     rep = Report(f"Cross-validation of {' '.join(args.labels)}", formats=args.plot_formats)
-    rep.add_text(f"{ds.sizes['star']} reference spectra x {ds.sizes['pixel']} pixels; {args.n_folds}-fold "
-                 f"cross-validation with folds fixed by seed {args.seed}; order {args.order}, "
-                 f"regularization {args.regularization}.")
+    rep.add_text(
+        f"{ds.sizes['star']} reference spectra x {ds.sizes['pixel']} pixels; {args.n_folds}-fold "
+        f"cross-validation with folds fixed by seed {args.seed}; order {args.order}, "
+        f"regularization {args.regularization}."
+    )
     rep.add_heading("Bias and scatter per label")
     rep.add_table(cv.summary, caption="cross-validated labels − reference labels")
     units = {"TEFF": "K"}
     ref, inf = cv.predictions["reference"].values, cv.predictions["labels"].values
-    rep.add_figure(one_to_one(ref, inf, args.labels, color=snr, color_label="S/N" if snr is not None else None,
-                              units=units), "one_to_one", caption="cross-validated vs reference labels")
+    rep.add_figure(
+        one_to_one(ref, inf, args.labels, color=snr, color_label="S/N" if snr is not None else None, units=units),
+        "one_to_one",
+        caption="cross-validated vs reference labels",
+    )
     if snr is not None:
         files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv"))
         rep.add_heading("In S/N bins")
@@ -77,37 +112,63 @@ def run(args) -> int:
     rep.add_table(cv.by_label, caption="bias and scatter in bins of the reference labels")
     rep.add_figure(binned_statistics_plot(cv.by_label), "by_label", caption="bias and scatter vs reference label")
     # the model of the whole reference set: its coefficients and residuals
-    full = CannonModel(**{k: getattr(model, k) for k in ("label_names", "order", "regularization", "censors",
-                                                         "random_state")})
+    full = CannonModel(
+        **{k: getattr(model, k) for k in ("label_names", "order", "regularization", "censors", "random_state")}
+    )
     full.fit(ds, labels=labels, progressbar=False)
     if args.model_out:
         full.save(args.model_out)
         files.append(Path(args.model_out))
     rep.add_heading("Model of the whole reference set")
-    rep.add_figure(coefficient_spectra(full), "coefficients",
-                   caption="linear-term coefficients per label and model scatter s (Ho+2017 Fig. 5)")
+    rep.add_figure(
+        coefficient_spectra(full),
+        "coefficients",
+        caption="linear-term coefficients per label and model scatter s (Ho+2017 Fig. 5)",
+    )
     yref = cv.predictions["reference"].values
-    rep.add_figure(residual_band(full, ds["flux"].values, ds["ivar"].values, yref), "residuals",
-                   caption="per-pixel median residual and 16-84% band over the reference set "
-                           "(Nandakumar+2022 Figs 5-6)")
-    summary = {"cv": {r["LABEL"]: {"bias": float(r["BIAS"]), "rms": float(r["RMS"]),
-                                   "half_p16_84": float(r["HALF_P16_84"])} for r in cv.summary}}
+    rep.add_figure(
+        residual_band(full, ds["flux"].values, ds["ivar"].values, yref),
+        "residuals",
+        caption="per-pixel median residual and 16-84% band over the reference set (Nandakumar+2022 Figs 5-6)",
+    )
+    summary = {
+        "cv": {
+            r["LABEL"]: {"bias": float(r["BIAS"]), "rms": float(r["RMS"]), "half_p16_84": float(r["HALF_P16_84"])}
+            for r in cv.summary
+        }
+    }
     if args.bootstrap:
-        boot = bootstrap(model, ds, labels=labels, n_boot=args.bootstrap, random_state=args.seed,
-                         n_jobs=args.n_jobs, progressbar=not args.no_progress)
-        files += [write_table(boot.summary, out / "bootstrap_summary.ecsv"),
-                  write_table(boot.to_table(), out / "bootstrap.fits")]
+        boot = bootstrap(
+            model,
+            ds,
+            labels=labels,
+            n_boot=args.bootstrap,
+            random_state=args.seed,
+            n_jobs=args.n_jobs,
+            progressbar=not args.no_progress,
+        )
+        files += [
+            write_table(boot.summary, out / "bootstrap_summary.ecsv"),
+            write_table(boot.to_table(), out / "bootstrap.fits"),
+        ]
         rep.add_heading("Bootstrap of the reference set")
-        rep.add_text(f"{args.bootstrap} models trained on resamples of the reference set (Ho+2017 §4.2); "
-                     "sigma is the spread of the labels they give each star: the uncertainty due to the "
-                     "finite reference set.")
+        rep.add_text(
+            f"{args.bootstrap} models trained on resamples of the reference set (Ho+2017 §4.2); "
+            "sigma is the spread of the labels they give each star: the uncertainty due to the "
+            "finite reference set."
+        )
         rep.add_table(boot.summary)
         summary["bootstrap_median_sigma"] = {r["LABEL"]: float(r["MEDIAN_SIGMA"]) for r in boot.summary}
     rep.add_files([Path(f).name for f in files])
     path = rep.write(out / f"report.{args.report_format}")
     for row in cv.summary:
-        print(f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
-              f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}")
-    print(json.dumps({"report": str(path), "n_stars": int(ds.sizes["star"]),
-                      "n_folds": args.n_folds, **summary}, default=float))
+        print(
+            f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
+            f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
+        )
+    print(
+        json.dumps(
+            {"report": str(path), "n_stars": int(ds.sizes["star"]), "n_folds": args.n_folds, **summary}, default=float
+        )
+    )
     return 0 if np.isfinite(cv.summary["RMS"]).all() else 1

@@ -38,12 +38,30 @@ logger = logging.getLogger(__name__)
 #: logged when it has to be compiled; ``python -m bayescannon._warmup`` compiles them all.
 KERNEL_STEPS = {
     **dict.fromkeys(
-        ["adjusted_ivar", "prepare_training", "weights", "score_terms", "_fixed_residual_maximum", "log_likelihood_terms",
-         "solve_packed", "fingerprint", "weight_sums"],
+        [
+            "adjusted_ivar",
+            "prepare_training",
+            "weights",
+            "score_terms",
+            "_fixed_residual_maximum",
+            "log_likelihood_terms",
+            "solve_packed",
+            "fingerprint",
+            "weight_sums",
+        ],
         ("training", 20),
     ),
     **dict.fromkeys(
-        ["test_weights", "_kappa_sums", "_kappa_ratio", "levenberg_marquardt", "_design", "_chi2_and_grad", "_chi2_only", "_damped_solve"],
+        [
+            "test_weights",
+            "_kappa_sums",
+            "_kappa_ratio",
+            "levenberg_marquardt",
+            "_design",
+            "_chi2_and_grad",
+            "_chi2_only",
+            "_damped_solve",
+        ],
         ("test-step", 15),
     ),
     "kappa_kernel": ("calibration", 2),

@@ -88,10 +88,7 @@ def refractive_index_air(wl_air) -> np.ndarray:
     """Refractive index of standard air at air wavelengths (Angstrom; VALD inverse of Morton 2000)."""
     s2 = (1.0e4 / np.asarray(wl_air, dtype=np.float64)) ** 2
     return (
-        1.0
-        + 8.336624212083e-5
-        + 2.408926869968e-2 / (130.1065924522 - s2)
-        + 1.599740894897e-4 / (38.92568793293 - s2)
+        1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
     )
 
 
@@ -124,6 +121,7 @@ def interpolate_numpy(wl, flux, ivar, mask, new_wl, factor=None, variance: str =
     i0 = np.minimum(np.floor(frac).astype(np.intp), p - 2)
     t = frac - i0
     if factor is None:
+
         def gather(a, k):
             return np.take(a, k, axis=1)
     else:
@@ -256,9 +254,7 @@ def interpolate(wl, flux, ivar, mask, new_wl, factor=None, variance: str = "prop
     if wl.ndim != 1 or wl.size < 2:
         raise InvalidInputError(f"cannot interpolate from a grid of shape {wl.shape}: need >= 2 pixels")
     if flux.shape != ivar.shape or flux.ndim != 2 or flux.shape[1] != wl.size:
-        raise InvalidInputError(
-            f"flux has shape {flux.shape} and ivar {ivar.shape}; expected (N, {wl.size})"
-        )
+        raise InvalidInputError(f"flux has shape {flux.shape} and ivar {ivar.shape}; expected (N, {wl.size})")
     if factor is not None:
         factor = np.array(np.broadcast_to(factor, (flux.shape[0],)), dtype=np.float64)  # writable: one kernel type
     if not _USE_NUMBA:

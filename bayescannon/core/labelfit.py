@@ -115,7 +115,13 @@ def spectrum_statistics(flux, ivar, s2, theta, pixel_ok, inv_wbar=None, theta_pa
     inv_wbar = np.zeros(p) if inv_wbar is None else np.ascontiguousarray(inv_wbar, dtype=np.float64)
     w, wf = np.empty((n, p)), np.empty((n, p))
     c, n_pix, bad, kappa = test_weights(
-        flux, ivar, np.ascontiguousarray(s2, dtype=np.float64), np.ascontiguousarray(pixel_ok, dtype=bool), inv_wbar, w, wf
+        flux,
+        ivar,
+        np.ascontiguousarray(s2, dtype=np.float64),
+        np.ascontiguousarray(pixel_ok, dtype=bool),
+        inv_wbar,
+        w,
+        wf,
     )
     A, b = test_statistics(w, wf, theta, theta_pairs)
     return A, b, c, n_pix, kappa, bad
@@ -225,8 +231,9 @@ def fit_labels(
         start2, has = profile_restarts(A, b, c, vectorizer, xb, np.column_stack([lo, hi]), n_grid=n_grid)
         if has.any():
             idx = np.flatnonzero(has)
-            x2, chi22, done2, iters2 = _run_lm(A[idx], b[idx], c[idx], vectorizer, start2[idx][:, None, :],
-                                               lo, hi, max_iter, chi2_tol)
+            x2, chi22, done2, iters2 = _run_lm(
+                A[idx], b[idx], c[idx], vectorizer, start2[idx][:, None, :], lo, hi, max_iter, chi2_tol
+            )
             win = chi22[:, 0] < chi2b[idx] - chi2_tol
             idx, w = idx[win], np.flatnonzero(win)
             xb[idx], chi2b[idx], doneb[idx], itb[idx], best[idx] = x2[w, 0], chi22[w, 0], done2[w, 0], iters2[w, 0], s
@@ -245,9 +252,16 @@ def fit_labels(
 def _run_lm(A, b, c, vectorizer, starts, lo, hi, max_iter, chi2_tol):
 
     return levenberg_marquardt(
-        np.ascontiguousarray(A), np.ascontiguousarray(b), np.ascontiguousarray(c),
-        np.ascontiguousarray(starts, dtype=np.float64), vectorizer.parent, vectorizer.last,
-        lo, hi, int(max_iter), float(chi2_tol),
+        np.ascontiguousarray(A),
+        np.ascontiguousarray(b),
+        np.ascontiguousarray(c),
+        np.ascontiguousarray(starts, dtype=np.float64),
+        vectorizer.parent,
+        vectorizer.last,
+        lo,
+        hi,
+        int(max_iter),
+        float(chi2_tol),
     )
 
 

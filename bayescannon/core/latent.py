@@ -273,7 +273,9 @@ def fit_latent_labels(
         if calib is None:
             # exact: χ² + Gaussian label term, both quadratic forms in v
             A, b, c = spectral_statistics(th)
-            return fit_labels(A + A0, b + b0, c + c0, vec, x[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6).labels
+            return fit_labels(
+                A + A0, b + b0, c + c0, vec, x[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6
+            ).labels
         if spec is None:
             A, b, c = spectral_statistics(th)
             spec = fit_labels(A, b, c, vec, x_spec[:, None, :], bounds=bounds, max_iter=lm_iter, chi2_tol=1e-6)
@@ -296,7 +298,9 @@ def fit_latent_labels(
     theta = theta_at(x)
     calib, spec, x_spec = None, None, None
     if spectral_information == "calibrated":
-        spec = fit_labels(*spectral_statistics(theta), vec, x[:, None, :], bounds=bounds, max_iter=max(lm_iter, 20), chi2_tol=1e-6)
+        spec = fit_labels(
+            *spectral_statistics(theta), vec, x[:, None, :], bounds=bounds, max_iter=max(lm_iter, 20), chi2_tol=1e-6
+        )
         calib = spectral_error_model(model, spec, x_obs, err_s)
         x_spec = spec.labels
     iterator = range(max_iter)
@@ -318,13 +322,17 @@ def fit_latent_labels(
         spec = None
         moves = np.max(np.abs(x_new - x) / err_s, axis=1)
         move = float(np.quantile(moves, 0.99))
-        logger.debug("latent-label iteration %d: 99th percentile move %.3g label errors (largest %.3g)", it, move, moves.max())
+        logger.debug(
+            "latent-label iteration %d: 99th percentile move %.3g label errors (largest %.3g)", it, move, moves.max()
+        )
         if move < tol:  # the final fit below gives θ, s² at these labels
             x = x_new
             converged = True
             unsettled = int(np.count_nonzero(moves >= tol))
             if unsettled:
-                logger.info("%d stars' latent labels still moved by >= %.3g label errors in the last iteration", unsettled, tol)
+                logger.info(
+                    "%d stars' latent labels still moved by >= %.3g label errors in the last iteration", unsettled, tol
+                )
             break
         th_new = theta_at(x_new)
         z = np.concatenate([x.ravel() / scale_x, theta.ravel()])
@@ -354,7 +362,9 @@ def fit_latent_labels(
     if not converged:
         logger.warning(
             "latent labels not converged: 1%% of the stars still moved by >= %.3g label errors in the last of %d "
-            "iterations (recorded in extra_latent_converged; raise max_iter)", move, max_iter
+            "iterations (recorded in extra_latent_converged; raise max_iter)",
+            move,
+            max_iter,
         )
     design = vec(x)
     res = fit_pixels(flux_t, ivar_t, design, term_mask=tm, regularization=reg, pixel_major=True, s2_start=s2)
@@ -364,7 +374,15 @@ def fit_latent_labels(
         float(np.median(np.abs(x - x_obs) / err_s)),
     )
     return LatentLabelResult(
-        res.theta, res.s2, res.pixel_flags, res.log_likelihood, res.n_stars_used, x, design, it + 1, converged,
+        res.theta,
+        res.s2,
+        res.pixel_flags,
+        res.log_likelihood,
+        res.n_stars_used,
+        x,
+        design,
+        it + 1,
+        converged,
         extra_state={
             "extra_latent_labels_scaled": (("training_star", "label"), x),
             "extra_latent_iterations": ((), it + 1),
@@ -402,8 +420,12 @@ def spectral_error_model(model, spec, x_obs, err_s):
     ok = np.all(np.isfinite(formal) & (formal > 0), axis=1)
     try:
         cal = fit_error_model(
-            np.where(ok[:, None], spec.labels - x_obs, np.nan), np.where(ok[:, None], formal, np.nan), None,
-            spec.labels, list(model.label_names), ref_var=err_s**2,
+            np.where(ok[:, None], spec.labels - x_obs, np.nan),
+            np.where(ok[:, None], formal, np.nan),
+            None,
+            spec.labels,
+            list(model.label_names),
+            ref_var=err_s**2,
         )
     except InsufficientDataError as exc:
         logger.warning("spectroscopic error model not fitted (%s): formal spectral information used", exc)
@@ -486,5 +508,3 @@ def affine_alignment(x, x_obs, precision):
     except np.linalg.LinAlgError:
         return x
     return x1 @ coef.T
-
-

@@ -37,8 +37,7 @@ def fit_scaling(labels, label_names=None):
         k = int(np.flatnonzero(bad)[0])
         name = label_names[k] if label_names is not None else f"label {k}"
         raise LabelError(
-            f"training label {name} has no spread (97.5th - 2.5th percentile = {scale[k]}); "
-            "it cannot be a model label"
+            f"training label {name} has no spread (97.5th - 2.5th percentile = {scale[k]}); it cannot be a model label"
         )
     return offset, scale
 

@@ -153,7 +153,6 @@ def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1
         "extra_train_weight": (("pixel",), w̄)}`` for ``model.extra_state_``.
     """
     if pixel_major:
-
         p, n = ivar.shape
         ok = np.ones(p, dtype=bool) if pixel_ok is None else np.asarray(pixel_ok, dtype=bool)
         wsum, rowsum = weight_sums(np.ascontiguousarray(ivar), np.asarray(s2, dtype=np.float64), ok)
@@ -230,6 +229,7 @@ def _t_nll(resid, noise_var, x1, ref_var, params):
     ``−ln Γ((ν+1)/2) + ln Γ(ν/2) + ½ ln(π var (ν − 2)) + (ν+1)/2 ln(1 + u)``.
     """
     from scipy import special  # lazy: ~0.8 s of import that fit and infer do not need
+
     loga, beta, lognu = params[0], params[1:-1], params[-1]
     nu = 2.0 + np.exp(lognu)
     floor = np.exp(x1 @ beta)
@@ -238,14 +238,19 @@ def _t_nll(resid, noise_var, x1, ref_var, params):
     u = resid * resid / (var * (nu - 2.0))
     log1pu = np.log1p(u)
     nll = np.sum(
-        special.gammaln(0.5 * nu) - special.gammaln(0.5 * (nu + 1)) + 0.5 * np.log(np.pi * var * (nu - 2.0))
+        special.gammaln(0.5 * nu)
+        - special.gammaln(0.5 * (nu + 1))
+        + 0.5 * np.log(np.pi * var * (nu - 2.0))
         + 0.5 * (nu + 1) * log1pu
     )
     frac = u / (1.0 + u)
     d_var = 0.5 / var - 0.5 * (nu + 1) * frac / var  # ∂nll/∂var per star
     d_nu = np.sum(
-        0.5 * special.digamma(0.5 * nu) - 0.5 * special.digamma(0.5 * (nu + 1)) + 0.5 / (nu - 2.0)
-        + 0.5 * log1pu - 0.5 * (nu + 1) * frac / (nu - 2.0)
+        0.5 * special.digamma(0.5 * nu)
+        - 0.5 * special.digamma(0.5 * (nu + 1))
+        + 0.5 / (nu - 2.0)
+        + 0.5 * log1pu
+        - 0.5 * (nu + 1) * frac / (nu - 2.0)
     )
     grad = np.concatenate([[np.sum(d_var * 2.0 * scaled_noise)], (d_var * floor) @ x1, [d_nu * (nu - 2.0)]])
     return nll, grad
@@ -276,14 +281,22 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         ``z_quantiles`` (K, L): conformal quantiles of the standardised absolute residuals.
     """
     from scipy import optimize  # lazy: ~0.8 s of import that fit and infer do not need
+
     residuals = np.asarray(residuals, dtype=np.float64)
     n, k = residuals.shape
     ref_var = np.zeros_like(residuals) if ref_var is None else np.asarray(ref_var, dtype=np.float64)
     eps = np.zeros(n) if eps is None else np.asarray(eps, dtype=np.float64)
     x1 = np.column_stack([np.ones(n), np.asarray(x_scaled, dtype=np.float64)])
     n_par = k + 3
-    out = {"noise_scale": [], "floor_coefficients": [], "dof": [], "n_stars": [], "neg_log_likelihood": [],
-           "quantile_levels": [float(v) for v in _Z_LEVELS], "z_quantiles": []}
+    out = {
+        "noise_scale": [],
+        "floor_coefficients": [],
+        "dof": [],
+        "n_stars": [],
+        "neg_log_likelihood": [],
+        "quantile_levels": [float(v) for v in _Z_LEVELS],
+        "z_quantiles": [],
+    }
     for j in range(k):  # a few labels: a small optimisation each
         good = (
             np.isfinite(residuals[:, j])
@@ -308,7 +321,11 @@ def fit_error_model(residuals, formal_var, eps, x_scaled, label_names, *, ref_va
         p0[-1] = np.log(8.0)
         bounds = [(0.0, 5.0)] + [(None, None)] + [(-20.0, 20.0)] * k + [(np.log(0.5), np.log(_MAX_DOF - 2.0))]
         res = optimize.minimize(
-            lambda prm, r=r, nv=nv, xx=xx, rv=rv: _t_nll(r, nv, xx, rv, prm), p0, method="L-BFGS-B", bounds=bounds, jac=True
+            lambda prm, r=r, nv=nv, xx=xx, rv=rv: _t_nll(r, nv, xx, rv, prm),
+            p0,
+            method="L-BFGS-B",
+            bounds=bounds,
+            jac=True,
         )
         if not np.isfinite(res.fun):
             raise InsufficientDataError(f"the error model of {label_names[j]} could not be fitted: {res.message}")
@@ -369,6 +386,7 @@ def interval_factor(cal, level):
 def _quantile_factor(level, dof):
     """Half-width of the central ``level`` interval of a unit-variance Student t."""
     from scipy import stats  # lazy: ~0.8 s of import that fit and infer do not need
+
     dof = np.asarray(dof, dtype=np.float64)
     q = stats.t.ppf(0.5 + 0.5 * level, dof)
     return q * np.sqrt((dof - 2.0) / dof)
@@ -501,6 +519,7 @@ def coverage_curve(residuals, sd, dof=None, levels=None, calibration=None):
     empirical : ndarray, shape (L, K)
     """
     from scipy import stats  # lazy: ~0.8 s of import that fit and infer do not need
+
     levels = np.linspace(0.05, 0.99, 48) if levels is None else np.asarray(levels, dtype=np.float64)
     z = np.abs(np.asarray(residuals) / np.asarray(sd))
     k = z.shape[1]
@@ -512,5 +531,3 @@ def coverage_curve(residuals, sd, dof=None, levels=None, calibration=None):
         q = np.column_stack([_quantile_factor(levels, d) for d in np.broadcast_to(dof, (k,))])
     ok = np.all(np.isfinite(z), axis=1)
     return levels, (z[ok][None, :, :] <= q[:, None, :]).mean(axis=1)
-
-

@@ -156,9 +156,7 @@ class PolynomialVectorizer:
         labels = np.asarray(labels, dtype=np.float64)
         k = self.n_labels
         if labels.shape[-1] != k:
-            raise LabelError(
-                f"labels have {labels.shape[-1]} columns but the vectorizer has {k} labels"
-            )
+            raise LabelError(f"labels have {labels.shape[-1]} columns but the vectorizer has {k} labels")
         v = self._value_numpy(labels) if value is None else value
         out = np.zeros(labels.shape[:-1] + (self.n_terms, k), dtype=np.float64)
         for t in range(1, self.n_terms):  # loop over terms only

@@ -206,9 +206,7 @@ def _apogee_hdus(path, engine: str, what: str, names: Sequence[str]):
     """Header 0, header 1 and the images of HDU1-3 of an apStar/aspcapStar file."""
     hdus = read_fits_images(path, 4, engine)
     if len(hdus) < 4:
-        raise format_error(
-            path, f"an {what} file has at least 4 HDUs (header, {', '.join(names)}); found {len(hdus)}"
-        )
+        raise format_error(path, f"an {what} file has at least 4 HDUs (header, {', '.join(names)}); found {len(hdus)}")
     return hdus[0][0], hdus[1][0], [data for _, data in hdus[1:4]]
 
 
@@ -273,8 +271,17 @@ def _read_apstar_record(
         "history": f"read_apstar(row={int(row)}, reject_bits={reject:#x})",
     }
     return _apogee_record(
-        path, h0, h1, flux, error, max_error=max_error, id_from=id_from, extras=extras, attrs=attrs,
-        mask=_to_uint32_mask(mask), reject=reject,
+        path,
+        h0,
+        h1,
+        flux,
+        error,
+        max_error=max_error,
+        id_from=id_from,
+        extras=extras,
+        attrs=attrs,
+        mask=_to_uint32_mask(mask),
+        reject=reject,
     )
 
 
@@ -293,7 +300,14 @@ def _read_aspcapstar_record(
     if flux.ndim != 1:
         raise format_error(path, f"aspcapStar flux must be 1-D; got shape {flux.shape}")
     rec = _apogee_record(
-        path, h0, h1, flux, error, max_error=max_error, id_from=id_from, extras={},
+        path,
+        h0,
+        h1,
+        flux,
+        error,
+        max_error=max_error,
+        id_from=id_from,
+        extras={},
         attrs={"normalised": True, "history": "read_aspcapstar"},
     )
     if _want_model:
@@ -346,7 +360,12 @@ def read_apstar(
         ``CRVAL1``/``CDELT1``, an unknown ``CUNIT1``, or a row that does not exist.
     """
     rec = _call_reader(
-        _read_apstar_record, path, row=row, reject_bits=reject_bits, max_error=max_error, id_from=id_from,
+        _read_apstar_record,
+        path,
+        row=row,
+        reject_bits=reject_bits,
+        max_error=max_error,
+        id_from=id_from,
         engine=engine,
     )
     return _records_to_dataset([rec])
@@ -384,7 +403,11 @@ def read_aspcapstar(
         As :func:`read_apstar`.
     """
     out = _call_reader(
-        _read_aspcapstar_record, path, max_error=max_error, id_from=id_from, engine=engine,
+        _read_aspcapstar_record,
+        path,
+        max_error=max_error,
+        id_from=id_from,
+        engine=engine,
         _want_model=return_model,
     )
     if return_model:
@@ -393,8 +416,16 @@ def read_aspcapstar(
     return _records_to_dataset([out])
 
 
-def read_apstar_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
-                     grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
+def read_apstar_many(
+    paths: Sequence,
+    *,
+    on_error: str = "raise",
+    return_skipped: bool = False,
+    grid: str = "strict",
+    resample_to=None,
+    progressbar: bool = False,
+    **kwargs,
+):
     """Read many apStar files into one container (see :func:`read_apstar`).
 
     Parameters
@@ -413,16 +444,41 @@ def read_apstar_many(paths: Sequence, *, on_error: str = "raise", return_skipped
     **kwargs
         Passed to :func:`read_apstar` (``row``, ``reject_bits``, ...).
     """
-    return _read_many_with(paths, _read_apstar_record, what="apStar", on_error=on_error, return_skipped=return_skipped,
-                           grid=grid, resample_to=resample_to, progressbar=progressbar, **kwargs)
+    return _read_many_with(
+        paths,
+        _read_apstar_record,
+        what="apStar",
+        on_error=on_error,
+        return_skipped=return_skipped,
+        grid=grid,
+        resample_to=resample_to,
+        progressbar=progressbar,
+        **kwargs,
+    )
 
 
-def read_aspcapstar_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
-                         grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
+def read_aspcapstar_many(
+    paths: Sequence,
+    *,
+    on_error: str = "raise",
+    return_skipped: bool = False,
+    grid: str = "strict",
+    resample_to=None,
+    progressbar: bool = False,
+    **kwargs,
+):
     """Read many aspcapStar files into one container (see :func:`read_apstar_many`)."""
-    return _read_many_with(paths, _read_aspcapstar_record, what="aspcapStar", on_error=on_error,
-                           return_skipped=return_skipped, grid=grid, resample_to=resample_to,
-                           progressbar=progressbar, **kwargs)
+    return _read_many_with(
+        paths,
+        _read_aspcapstar_record,
+        what="aspcapStar",
+        on_error=on_error,
+        return_skipped=return_skipped,
+        grid=grid,
+        resample_to=resample_to,
+        progressbar=progressbar,
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------------

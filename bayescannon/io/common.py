@@ -99,6 +99,4 @@ def wavelength_unit_factor(unit, path, where: str) -> float:
     try:  # last resort: astropy's unit parser (e.g. "10**-10 m")
         return float(u.Unit(str(unit).strip(), format="fits").to(u.AA))
     except (ValueError, TypeError, u.UnitsError) as exc:
-        raise format_error(
-            path, f"unknown wavelength unit {unit!r} in {where}; expected Angstrom, nm or um"
-        ) from exc
+        raise format_error(path, f"unknown wavelength unit {unit!r} in {where}; expected Angstrom, nm or um") from exc

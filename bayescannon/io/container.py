@@ -96,8 +96,12 @@ def _check_shapes(path, flux, ivar, wl, names=("flux", "ivar", "wavelength")) ->
 
 def _ignore_options(fmt: str, path, kwargs: Mapping) -> None:
     if kwargs:
-        logger.warning("%s: the %s container format takes no reader options; ignored %s",
-                       os.fspath(path), fmt, ", ".join(sorted(kwargs)))
+        logger.warning(
+            "%s: the %s container format takes no reader options; ignored %s",
+            os.fspath(path),
+            fmt,
+            ", ".join(sorted(kwargs)),
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,9 +201,7 @@ def _read_npz(path, **kwargs) -> xr.Dataset:
     if content["ids"].shape != (flux.shape[0],):
         raise format_error(path, f"ids has shape {content['ids'].shape}; expected ({flux.shape[0]},)")
     attrs = json.loads(str(content["attrs_json"])) if "attrs_json" in content else {}
-    wl_attrs = (
-        json.loads(str(content["wavelength_attrs_json"])) if "wavelength_attrs_json" in content else {}
-    )
+    wl_attrs = json.loads(str(content["wavelength_attrs_json"])) if "wavelength_attrs_json" in content else {}
     factor = wavelength_unit_factor(wl_attrs.get("units"), path, "wavelength units")
     wl_attrs["units"] = "Angstrom"
     extras = {k[len("star__") :]: v for k, v in content.items() if k.startswith("star__")}

@@ -495,7 +495,12 @@ def set_wcs_cards(header: fits.Header, crval1, cdelt1, crpix1, *, log: bool) -> 
 
 
 def image_hdu(
-    data, name: str | None = None, dtype=None, *, cards: Mapping | None = None, wcs: Sequence | None = None,
+    data,
+    name: str | None = None,
+    dtype=None,
+    *,
+    cards: Mapping | None = None,
+    wcs: Sequence | None = None,
     log: bool = True,
 ) -> fits.ImageHDU:
     """An image HDU of ``data`` (as ``dtype``) with header ``cards`` and the WCS cards

@@ -156,8 +156,7 @@ def _read_galah_record(
         if wb[0] <= wa[-1]:
             raise format_error(
                 pb,
-                f"its wavelengths ({wb[0]:.2f}-{wb[-1]:.2f} A) overlap those of {pa} "
-                f"({wa[0]:.2f}-{wa[-1]:.2f} A)",
+                f"its wavelengths ({wb[0]:.2f}-{wb[-1]:.2f} A) overlap those of {pa} ({wa[0]:.2f}-{wa[-1]:.2f} A)",
             )
     h0 = arms[0][3]
     extras = {
@@ -231,14 +230,27 @@ def read_galah(
         ``CRVAL1``/``CDELT1``, mismatched shapes, or arms whose wavelengths overlap.
     """
     rec = _call_reader(
-        lambda s, **kw: _read_galah_record(s, directory, **kw), star, normalised=normalised, ccds=ccds,
-        missing_arms=missing_arms, engine=engine,
+        lambda s, **kw: _read_galah_record(s, directory, **kw),
+        star,
+        normalised=normalised,
+        ccds=ccds,
+        missing_arms=missing_arms,
+        engine=engine,
     )
     return _records_to_dataset([rec])
 
 
-def read_galah_many(sobject_ids: Sequence, directory, *, on_error: str = "raise", return_skipped: bool = False,
-                    grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
+def read_galah_many(
+    sobject_ids: Sequence,
+    directory,
+    *,
+    on_error: str = "raise",
+    return_skipped: bool = False,
+    grid: str = "strict",
+    resample_to=None,
+    progressbar: bool = False,
+    **kwargs,
+):
     """Read many GALAH stars into one container.
 
     Each star has its own wavelength solution, so pass ``resample_to=<grid>`` unless the
@@ -260,9 +272,17 @@ def read_galah_many(sobject_ids: Sequence, directory, *, on_error: str = "raise"
     def read_one(sid, **kw):
         return _read_galah_record(sid, directory, **kw)
 
-    return _read_many_with([str(s) for s in sobject_ids], read_one, what="GALAH", on_error=on_error,
-                           return_skipped=return_skipped, grid=grid, resample_to=resample_to,
-                           progressbar=progressbar, **kwargs)
+    return _read_many_with(
+        [str(s) for s in sobject_ids],
+        read_one,
+        what="GALAH",
+        on_error=on_error,
+        return_skipped=return_skipped,
+        grid=grid,
+        resample_to=resample_to,
+        progressbar=progressbar,
+        **kwargs,
+    )
 
 
 GALAH = SpectraFormat(
@@ -321,9 +341,7 @@ def write_galah_arm(
     flux = np.asarray(flux)
     rel = np.asarray(relative_error)
     if flux.ndim != 1 or rel.shape != flux.shape:
-        raise InvalidInputError(
-            f"flux and relative_error must be 1-D of one length; got {flux.shape}, {rel.shape}"
-        )
+        raise InvalidInputError(f"flux and relative_error must be 1-D of one length; got {flux.shape}, {rel.shape}")
     if normalised_flux is None:
         med = np.nanmedian(flux) if flux.size else 1.0
         normalised_flux = flux / (med if med else 1.0)

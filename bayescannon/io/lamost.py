@@ -333,22 +333,44 @@ def read_lamost(
         a wavelength row that is not increasing, or an unknown wavelength unit.
     """
     rec = _call_reader(
-        _read_lamost_record, path, mask=mask, reject_bits=reject_bits, id_from=id_from,
-        require_redshift=require_redshift, engine=engine,
+        _read_lamost_record,
+        path,
+        mask=mask,
+        reject_bits=reject_bits,
+        id_from=id_from,
+        require_redshift=require_redshift,
+        engine=engine,
     )
     return _records_to_dataset([rec])
 
 
-def read_lamost_many(paths: Sequence, *, on_error: str = "raise", return_skipped: bool = False,
-                     grid: str = "strict", resample_to=None, progressbar: bool = False, **kwargs):
+def read_lamost_many(
+    paths: Sequence,
+    *,
+    on_error: str = "raise",
+    return_skipped: bool = False,
+    grid: str = "strict",
+    resample_to=None,
+    progressbar: bool = False,
+    **kwargs,
+):
     """Read many LAMOST files into one container (see :func:`read_lamost`).
 
     LAMOST spectra share one log-linear lattice but differ in length; use
     ``grid="common"`` to keep the common pixels, or ``resample_to=`` for an explicit
     grid. ``on_error="skip"`` with ``return_skipped=True`` returns ``(ds, skipped)``.
     """
-    return _read_many_with(paths, _read_lamost_record, what="LAMOST", on_error=on_error, return_skipped=return_skipped,
-                           grid=grid, resample_to=resample_to, progressbar=progressbar, **kwargs)
+    return _read_many_with(
+        paths,
+        _read_lamost_record,
+        what="LAMOST",
+        on_error=on_error,
+        return_skipped=return_skipped,
+        grid=grid,
+        resample_to=resample_to,
+        progressbar=progressbar,
+        **kwargs,
+    )
 
 
 def _guess_lamost(path) -> bool:
@@ -443,14 +465,14 @@ def write_lamost(
     p = wavelength.size
     if wavelength.ndim != 1 or flux.shape != (p,) or ivar.shape != (p,):
         raise InvalidInputError(
-            f"wavelength, flux and ivar must be 1-D of one length; got {wavelength.shape}, "
-            f"{flux.shape}, {ivar.shape}"
+            f"wavelength, flux and ivar must be 1-D of one length; got {wavelength.shape}, {flux.shape}, {ivar.shape}"
         )
     andmask = np.zeros(p) if andmask is None else np.asarray(andmask)
     ormask = np.zeros(p) if ormask is None else np.asarray(ormask)
     if andmask.shape != (p,) or ormask.shape != (p,):
-        raise InvalidInputError(f"andmask and ormask must have the shape of flux ({p},); got {andmask.shape}, "
-                                f"{ormask.shape}")
+        raise InvalidInputError(
+            f"andmask and ormask must have the shape of flux ({p},); got {andmask.shape}, {ormask.shape}"
+        )
     if layout not in ("dr5", "dr8"):
         raise InvalidInputError(f"layout must be 'dr5' or 'dr8'; got {layout!r}")
     hdr = _lamost_header(wavelength, header)

@@ -224,8 +224,9 @@ def _resampled(records, groups, has_mask, resample_to):
     empty = ~(ivar > 0).any(axis=1)
     if empty.any():
         names = ", ".join(records[i].id for i in np.flatnonzero(empty)[:5])
-        logger.warning("read_many: %d star(s) have no pixel with ivar > 0 on the resample_to grid: %s",
-                       int(empty.sum()), names)
+        logger.warning(
+            "read_many: %d star(s) have no pixel with ivar > 0 on the resample_to grid: %s", int(empty.sum()), names
+        )
     return new_wl, flux, ivar, mask, f"read_many: resampled onto a {p}-pixel grid"
 
 

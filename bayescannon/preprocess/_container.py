@@ -65,9 +65,7 @@ def flux_ivar(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     if not finite.all():
         bad = ~finite & (ivar > 0)
         if bad.any():
-            raise NonFiniteError(
-                f"flux is not finite where ivar > 0 at {where(bad)}; set ivar = 0 there"
-            )
+            raise NonFiniteError(f"flux is not finite where ivar > 0 at {where(bad)}; set ivar = 0 there")
         flux = np.where(finite, flux, 0.0)
     return flux, ivar
 
@@ -89,8 +87,7 @@ def check_grid(wavelength, name: str = "new_wavelength") -> np.ndarray:
     if wl.size > 1 and not np.all(np.diff(wl) > 0):
         i = int(np.argmax(~(np.diff(wl) > 0))) + 1
         raise InvalidInputError(
-            f"{name} must be strictly increasing; it is not at pixel {i} "
-            f"({wl[i - 1]:.4f} then {wl[i]:.4f} A)"
+            f"{name} must be strictly increasing; it is not at pixel {i} ({wl[i - 1]:.4f} then {wl[i]:.4f} A)"
         )
     return wl
 
@@ -156,11 +153,7 @@ def flag_all_masked(ds: xr.Dataset, step: str = "preprocess") -> xr.Dataset:
     """
     ivar = np.asarray(ds["ivar"].values)
     all_masked = ~(ivar > 0).any(axis=1) if ivar.shape[1] else np.ones(ivar.shape[0], bool)
-    before = (
-        np.asarray(ds["all_masked"].values, dtype=bool)
-        if "all_masked" in ds
-        else np.zeros(ivar.shape[0], bool)
-    )
+    before = np.asarray(ds["all_masked"].values, dtype=bool) if "all_masked" in ds else np.zeros(ivar.shape[0], bool)
     new = all_masked & ~before
     if new.any():
         ids = np.asarray(ds["star"].values)[new]
@@ -173,7 +166,6 @@ def flag_all_masked(ds: xr.Dataset, step: str = "preprocess") -> xr.Dataset:
         )
     ds["all_masked"] = ("star", all_masked)
     return ds
-
 
 
 def segment_indices(wl: np.ndarray, segments) -> list[np.ndarray]:
@@ -201,8 +193,7 @@ def segment_indices(wl: np.ndarray, segments) -> list[np.ndarray]:
         idx = np.flatnonzero((wl >= lo) & (wl <= hi))
         if idx.size == 0:
             raise GridMismatchError(
-                f"segment {lo:.3f}-{hi:.3f} A holds no pixel of the grid "
-                f"{wl[0]:.3f}-{wl[-1]:.3f} A"
+                f"segment {lo:.3f}-{hi:.3f} A holds no pixel of the grid {wl[0]:.3f}-{wl[-1]:.3f} A"
             )
         out.append(idx)
     covered = np.zeros(wl.size, bool)
@@ -224,4 +215,3 @@ def masked_median(values: np.ndarray, good: np.ndarray) -> np.ndarray:
     b = np.take_along_axis(v, np.minimum(hi, v.shape[1] - 1)[:, None], axis=1)[:, 0]
     med = 0.5 * (a + b)
     return np.where(k > 0, med, np.nan)
-

@@ -248,15 +248,17 @@ def process_in_chunks(
             job.update(file=os.fspath(source), start=start, stop=stop)
             digest = f"{file_digest}[{start}:{stop}]"
         else:
-            job.update(paths=paths[start:stop], reader=reader, reader_kwargs=dict(reader_kwargs or {}),
-                       on_error=on_error)
+            job.update(
+                paths=paths[start:stop], reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error
+            )
             digest = digest_of(repr([_file_identity(p) for p in job["paths"]]))
         keys[i] = chunk_key(input=digest, **options)
         if not store.is_valid(name, keys[i]):
             jobs.append(job)
     if len(jobs) < n_chunks:
-        logger.info("%s: %d of %d chunk(s) reused; %d to compute", store.folder, n_chunks - len(jobs), n_chunks,
-                    len(jobs))
+        logger.info(
+            "%s: %d of %d chunk(s) reused; %d to compute", store.folder, n_chunks - len(jobs), n_chunks, len(jobs)
+        )
 
     bar = None
     if progressbar:

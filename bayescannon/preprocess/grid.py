@@ -54,12 +54,10 @@ def per_star_factor(ds: xr.Dataset, rv, redshift, relativistic: bool) -> np.ndar
         elif "rv" in ds:
             rv = ds["rv"].values
         else:
-            raise InvalidInputError(
-                "no rv or redshift given and the container has no 'redshift' or 'rv' column"
-            )
-    factor = np.broadcast_to(
-        doppler_factor(rv=rv, redshift=redshift, relativistic=relativistic), (n,)
-    ).astype(np.float64)
+            raise InvalidInputError("no rv or redshift given and the container has no 'redshift' or 'rv' column")
+    factor = np.broadcast_to(doppler_factor(rv=rv, redshift=redshift, relativistic=relativistic), (n,)).astype(
+        np.float64
+    )
     bad = ~np.isfinite(factor) | (factor <= 0)
     if bad.any():
         ids = np.asarray(ds["star"].values)[bad]
@@ -70,7 +68,6 @@ def per_star_factor(ds: xr.Dataset, rv, redshift, relativistic: bool) -> np.ndar
         )
         factor = np.where(bad, np.nan, factor)
     return factor
-
 
 
 def resample(ds: xr.Dataset, new_wavelength, *, variance: str = "propagate") -> xr.Dataset:
@@ -123,8 +120,7 @@ def resample(ds: xr.Dataset, new_wavelength, *, variance: str = "propagate") -> 
         flux=flux,
         ivar=ivar,
         mask=new_mask,
-        history=f"resample({new_wl.size} pixels {new_wl[0]:.3f}-{new_wl[-1]:.3f} A, "
-        f"variance={variance!r})",
+        history=f"resample({new_wl.size} pixels {new_wl[0]:.3f}-{new_wl[-1]:.3f} A, variance={variance!r})",
     )
     return flag_all_masked(out, "resample")
 
@@ -279,9 +275,7 @@ def wavelength_cut(ds: xr.Dataset, lo: float | None = None, hi: float | None = N
         raise InvalidInputError(f"lo ({lo_}) must not exceed hi ({hi_})")
     keep = (wl >= lo_) & (wl <= hi_)
     if not keep.any():
-        raise GridMismatchError(
-            f"no pixel in {lo_:.3f}-{hi_:.3f} A: the grid covers {wl[0]:.3f}-{wl[-1]:.3f} A"
-        )
+        raise GridMismatchError(f"no pixel in {lo_:.3f}-{hi_:.3f} A: the grid covers {wl[0]:.3f}-{wl[-1]:.3f} A")
     idx = np.flatnonzero(keep)
     out = new_container(
         ds,
@@ -331,4 +325,3 @@ def air_to_vacuum(ds: xr.Dataset) -> xr.Dataset:
 def vacuum_to_air(ds: xr.Dataset) -> xr.Dataset:
     """Convert vacuum wavelengths to air (IAU standard, Morton 2000)."""
     return _convert_medium(ds, "air")
-

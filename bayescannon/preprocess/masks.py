@@ -137,9 +137,7 @@ def snr(ds: xr.Dataset, band=None) -> np.ndarray:
         lo, hi = map(float, band)
         sel = (wl >= lo) & (wl <= hi)
         if not sel.any():
-            raise GridMismatchError(
-                f"S/N band {lo:.1f}-{hi:.1f} A holds no pixel of {wl[0]:.1f}-{wl[-1]:.1f} A"
-            )
+            raise GridMismatchError(f"S/N band {lo:.1f}-{hi:.1f} A holds no pixel of {wl[0]:.1f}-{wl[-1]:.1f} A")
         flux, ivar = flux[:, sel], ivar[:, sel]
     good = ivar > 0
     return masked_median(flux * np.sqrt(np.where(good, ivar, 0.0)), good)
@@ -152,4 +150,3 @@ def add_snr(ds: xr.Dataset, band=None, name: str = "snr") -> xr.Dataset:
     out[name] = ("star", values)
     out.attrs = append_history(dict(ds.attrs), f"add_snr(band={band}, name={name!r})")
     return out
-

@@ -400,9 +400,7 @@ def normalise_continuum(
     cp = np.asarray(continuum_pixels)
     if cp.dtype == bool:
         if cp.shape != wl.shape:
-            raise InvalidInputError(
-                f"continuum_pixels has {cp.size} entries; the grid has {wl.size} pixels"
-            )
+            raise InvalidInputError(f"continuum_pixels has {cp.size} entries; the grid has {wl.size} pixels")
         cmask = cp
     else:
         cmask = np.zeros(wl.size, bool)
@@ -422,8 +420,7 @@ def normalise_continuum(
         nterm = xs.shape[1]
         if c_idx.size < nterm:
             logger.warning(
-                "normalise_continuum: segment %.2f-%.2f A has %d continuum pixels for %d terms; "
-                "masked for every star",
+                "normalise_continuum: segment %.2f-%.2f A has %d continuum pixels for %d terms; masked for every star",
                 lo,
                 hi,
                 c_idx.size,
@@ -483,4 +480,3 @@ def normalise_continuum(
     if return_continuum:
         return out, cont
     return out
-

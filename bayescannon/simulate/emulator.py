@@ -29,8 +29,10 @@ def find_emulator() -> Path | None:
     env = os.environ.get("BAYESCANNON_EMULATOR")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent.parent
-    candidates += [Path.cwd() / ".." / "shared" / "data" / "apogee_payne_emulator.npz",
-                   here / ".." / "shared" / "data" / "apogee_payne_emulator.npz"]
+    candidates += [
+        Path.cwd() / ".." / "shared" / "data" / "apogee_payne_emulator.npz",
+        here / ".." / "shared" / "data" / "apogee_payne_emulator.npz",
+    ]
     for c in candidates:
         if c.is_file():
             return c.resolve()
@@ -99,8 +101,9 @@ class Emulator:
         ivar = np.broadcast_to(1.0 / sigma**2, flux.shape).copy()
         ivar[:, self.bad_pixel_mask] = 0.0
         extras = {name: labels[:, k] for k, name in enumerate(EMULATOR_LABELS)}
-        return make_spectra(self.wavelength, noisy, ivar, ids=ids, snr=s,
-                            attrs={"survey": "emulated APOGEE (The Payne)"}, **extras)
+        return make_spectra(
+            self.wavelength, noisy, ivar, ids=ids, snr=s, attrs={"survey": "emulated APOGEE (The Payne)"}, **extras
+        )
 
 
 def load_emulator(path=None) -> Emulator:
@@ -118,7 +121,13 @@ def load_emulator(path=None) -> Emulator:
         )
     d = np.load(path)
     return Emulator(
-        w0=d["w0"].astype(np.float64), b0=d["b0"].astype(np.float64), w1=d["w1"].astype(np.float64),
-        b1=d["b1"].astype(np.float64), x_min=d["x_min"], x_max=d["x_max"], wavelength=d["wavelength"],
-        bad_pixel_mask=d["bad_pixel_mask"].astype(bool), continuum_pixels=d["continuum_pixels"].astype(bool),
+        w0=d["w0"].astype(np.float64),
+        b0=d["b0"].astype(np.float64),
+        w1=d["w1"].astype(np.float64),
+        b1=d["b1"].astype(np.float64),
+        x_min=d["x_min"],
+        x_max=d["x_max"],
+        wavelength=d["wavelength"],
+        bad_pixel_mask=d["bad_pixel_mask"].astype(bool),
+        continuum_pixels=d["continuum_pixels"].astype(bool),
     )

@@ -283,4 +283,3 @@ def get_instrument(instrument) -> Instrument:
                 f"unknown instrument {instrument!r}; expected one of {sorted(INSTRUMENTS)} or an Instrument"
             ) from None
     raise InvalidInputError(f"instrument must be an Instrument or a preset name; got {type(instrument).__name__}")
-

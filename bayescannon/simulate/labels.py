@@ -126,4 +126,3 @@ def _has_key(obj, key) -> bool:
         return key in obj
     except TypeError:
         return False
-

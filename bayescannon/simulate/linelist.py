@@ -265,7 +265,24 @@ def _molecular_density(wavelength):
     return np.where(wl > 10000.0, 0.18, np.where(wl < 4600.0, 0.10, 0.02))
 
 
-_LINE_FIELDS = ["wavelength", "species", "kind", "excitation", "ionisation", "stage", "mass", "log_strength", "log_damping", "damping_logg_power", "damping_teff_power", "metal_weight", "alpha_weight", "dissociation", "gravity_power", "max_window"]
+_LINE_FIELDS = [
+    "wavelength",
+    "species",
+    "kind",
+    "excitation",
+    "ionisation",
+    "stage",
+    "mass",
+    "log_strength",
+    "log_damping",
+    "damping_logg_power",
+    "damping_teff_power",
+    "metal_weight",
+    "alpha_weight",
+    "dissociation",
+    "gravity_power",
+    "max_window",
+]
 
 
 def _new_columns():
@@ -493,4 +510,3 @@ def default_line_list(instrument=APOGEE) -> LineList:
     LineList
     """
     return make_line_list(get_instrument(instrument), rng=None)
-

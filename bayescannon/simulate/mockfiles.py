@@ -32,7 +32,6 @@ CORRUPTIONS: dict[str, str] = {
 }
 
 
-
 # --------------------------------------------------------------------------------------
 # identifiers and positions
 # --------------------------------------------------------------------------------------
@@ -188,17 +187,30 @@ def _write_apogee_files(apogee_dir, ds, ids, ra, dec, kinds, progressbar):
 
         it = tqdm(it, desc="writing APOGEE files", unit="star")
     for k in it:
-        header = {"OBJID": str(ids[k]), "SNR": float(snr[k]), "RA": float(ra[k]), "DEC": float(dec[k]),
-                  "VHELIO": 0.0, "NVISITS": 1}
+        header = {
+            "OBJID": str(ids[k]),
+            "SNR": float(snr[k]),
+            "RA": float(ra[k]),
+            "DEC": float(dec[k]),
+            "VHELIO": 0.0,
+            "NVISITS": 1,
+        }
         if "apstar" in kinds:
             p = Path(apogee_dir) / f"apStar-r5-{ids[k]}.fits"
-            write_apstar(p, flux[k], error[k], pixmask[k], header=header, crval1=crval1, cdelt1=cdelt1,
-                         overwrite=True)
+            write_apstar(p, flux[k], error[k], pixmask[k], header=header, crval1=crval1, cdelt1=cdelt1, overwrite=True)
             paths.append(p)
         if "aspcapstar" in kinds:
             p = Path(apogee_dir) / f"aspcapStar-r5-{ids[k]}.fits"
-            write_aspcapstar(p, flux[k] / cont[k], error[k] / cont[k], model[k], header=header,
-                             crval1=crval1, cdelt1=cdelt1, overwrite=True)
+            write_aspcapstar(
+                p,
+                flux[k] / cont[k],
+                error[k] / cont[k],
+                model[k],
+                header=header,
+                crval1=crval1,
+                cdelt1=cdelt1,
+                overwrite=True,
+            )
             paths.append(p)
     return paths
 
@@ -256,4 +268,3 @@ def _corrupt(kind: str, path: Path, lamost_dir: Path, obsid_taken: int = -1) -> 
     else:  # pragma: no cover - guarded by the caller
         raise InvalidInputError(f"unknown corruption {kind!r}; known: {', '.join(CORRUPTIONS)}")
     return path.name
-

@@ -250,8 +250,13 @@ def make_mock_survey(
         ``outdir`` without ``overwrite``.
     """
     t0 = time.perf_counter()
-    _check_counts(n_both=n_both, n_lamost_only=n_lamost_only, n_apogee_only=n_apogee_only,
-                  n_close_pairs=n_close_pairs, n_duplicate_ids=n_duplicate_ids)
+    _check_counts(
+        n_both=n_both,
+        n_lamost_only=n_lamost_only,
+        n_apogee_only=n_apogee_only,
+        n_close_pairs=n_close_pairs,
+        n_duplicate_ids=n_duplicate_ids,
+    )
     if n_both + n_lamost_only < 1:
         raise InvalidInputError("the mock needs at least one LAMOST star (n_both + n_lamost_only >= 1)")
     for name, frac in (("outlier_fraction", outlier_fraction), ("flagged_fraction", flagged_fraction)):
@@ -360,8 +365,14 @@ def make_mock_survey(
     for s in pair_idx:  # an APOGEE-only neighbour 0.5 arcsec away
         r2, d2 = _offset_position(ra_a[s], dec_a[s], 0.5, g_extra.uniform(0, 2 * np.pi))
         lab = draw_labels(1, rng=g_extra, population=population)
-        row = {"APOGEE_ID": str(apogee_id([r2], [d2])[0]), "RA": float(r2), "DEC": float(d2),
-               "SNR": float(a_snr.mean()), "ASPCAPFLAG": 0, "STARFLAG": 0}
+        row = {
+            "APOGEE_ID": str(apogee_id([r2], [d2])[0]),
+            "RA": float(r2),
+            "DEC": float(d2),
+            "SNR": float(a_snr.mean()),
+            "ASPCAPFLAG": 0,
+            "STARFLAG": 0,
+        }
         for k in LABELS:
             row[k] = float(lab["ALPHA_FE" if k == "ALPHA_M" else k][0])
             row[f"{k}_ERR"] = float(PIPELINE_NOISE["apogee"]["ALPHA_FE" if k == "ALPHA_M" else k])
@@ -370,7 +381,9 @@ def make_mock_survey(
         j = pos_in_a[int(s)]
         row = {c: apogee_table[c][j] for c in apogee_table.colnames}
         for k in LABELS:
-            row[k] = float(row[k]) + float(g_extra.normal(0.0, PIPELINE_NOISE["apogee"]["ALPHA_FE" if k == "ALPHA_M" else k]))
+            row[k] = float(row[k]) + float(
+                g_extra.normal(0.0, PIPELINE_NOISE["apogee"]["ALPHA_FE" if k == "ALPHA_M" else k])
+            )
         extra_rows.append(row)
     for row in extra_rows:
         apogee_table.add_row(row)
@@ -387,8 +400,16 @@ def make_mock_survey(
     if kinds and ia.size:
         logger.info("simulating %d APOGEE spectra", ia.size)
         sim_lab = {k: v[ia] for k, v in sim_truth.items()}
-        ds_a = simulate_spectra(sim_lab, APOGEE, snr=a_snr, rng=g_asp, normalised=False, ids=ids_a[ia],
-                                return_noiseless=True, progressbar=progressbar)
+        ds_a = simulate_spectra(
+            sim_lab,
+            APOGEE,
+            snr=a_snr,
+            rng=g_asp,
+            normalised=False,
+            ids=ids_a[ia],
+            return_noiseless=True,
+            progressbar=progressbar,
+        )
         apogee_files = _write_apogee_files(apogee_dir, ds_a, ids_a[ia], ra_a[ia], dec_a[ia], kinds, progressbar)
         del ds_a
 
@@ -398,14 +419,23 @@ def make_mock_survey(
     rv = g_rv.normal(0.0, rv_sd_kms, il.size)
     logger.info("simulating %d LAMOST spectra", il.size)
     sim_lab = {k: v[il] for k, v in sim_truth.items()}
-    ds_l = simulate_spectra(sim_lab, LAMOST, snr=l_snr, rng=g_lsp, normalised=False, rv=rv,
-                            ids=obsid[il].astype(str), progressbar=progressbar)
+    ds_l = simulate_spectra(
+        sim_lab,
+        LAMOST,
+        snr=l_snr,
+        rng=g_lsp,
+        normalised=False,
+        rv=rv,
+        ids=obsid[il].astype(str),
+        progressbar=progressbar,
+    )
     beta = rv / C_KMS
     z_true = np.sqrt((1.0 + beta) / (1.0 - beta)) - 1.0
     z_meas = z_true + g_rv.normal(0.0, redshift_error_kms, il.size) / C_KMS
     z_err = np.full(il.size, redshift_error_kms / C_KMS)
-    lamost_files = _write_lamost_files(lamost_dir, ds_l, obsid[il], ra_l[il], dec_l[il], desig[il], z_meas, z_err,
-                                       lamost_layout, progressbar)
+    lamost_files = _write_lamost_files(
+        lamost_dir, ds_l, obsid[il], ra_l[il], dec_l[il], desig[il], z_meas, z_err, lamost_layout, progressbar
+    )
     del ds_l
     lpipe = pipeline_labels({k: v[il] for k, v in sim_truth.items() if k != "ALPHA_FE"}, survey="lamost", rng=g_lpipe)
     lamost_table = Table()
@@ -531,8 +561,15 @@ def make_mock_survey(
     logger.info(
         "mock survey in %s: %d stars (%d both, %d LAMOST only, %d APOGEE only), %d LAMOST files "
         "(%d corrupted), %d APOGEE files in %.1f s",
-        outdir, n, n_both, n_lamost_only, n_apogee_only, len(lamost_files), len(corrupted),
-        len(apogee_files), time.perf_counter() - t0,
+        outdir,
+        n,
+        n_both,
+        n_lamost_only,
+        n_apogee_only,
+        len(lamost_files),
+        len(corrupted),
+        len(apogee_files),
+        time.perf_counter() - t0,
     )
     return mock
 

@@ -425,4 +425,3 @@ def _synthesise(instrument: Instrument, lines: LineList, labels_cols, rv, progre
         if progress is not None:
             progress.close()
     return np.concatenate(pieces, axis=1)
-

@@ -99,12 +99,12 @@ def mock_quadratic_survey(
         theta[:, 0] = 1.0 - gen.uniform(0.0, 0.3, size=n_pixels)
         lin = 1 + np.arange(k)
         theta[:, lin] = gen.normal(0.0, coefficient_scale, size=(n_pixels, k))
-        theta[:, 1 + k:] = gen.normal(0.0, coefficient_scale / 2.0, size=(n_pixels, t - 1 - k))
+        theta[:, 1 + k :] = gen.normal(0.0, coefficient_scale / 2.0, size=(n_pixels, t - 1 - k))
     theta = np.asarray(theta, dtype=float)
     if theta.shape != (n_pixels, t):
         raise ShapeMismatchError(f"theta must have shape ({n_pixels}, {t}); got {theta.shape}")
     if s2 is None:
-        s2 = gen.exponential(scatter ** 2, size=n_pixels)
+        s2 = gen.exponential(scatter**2, size=n_pixels)
     s2 = np.asarray(s2, dtype=float)
     if np.ndim(snr) == 0:
         snr_arr = np.full(n_stars, float(snr))

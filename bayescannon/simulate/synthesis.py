@@ -79,6 +79,7 @@ _HC_OVER_K = 1.438776877e8  # h c / k in Angstrom K
 # spectra
 # --------------------------------------------------------------------------------------
 
+
 def _per_star(value, n, name, rng, *, log_uniform=False, positive=True):
     """Turn a scalar, (lo, hi) range or (n,) array into a per-star array."""
     if isinstance(value, tuple) and len(value) == 2:
@@ -375,5 +376,3 @@ def simulate_survey(
     ds = simulate_spectra(labels, instrument=inst, snr=snr, rng=g_spectra, **kw)
     ds.attrs["population"] = population.lower()
     return ds
-
-

@@ -96,8 +96,9 @@ def infer_chunk_files(model, chunk_dir, workdir=None, *, progressbar: bool = Fal
     return xr.concat(pieces, dim="star")
 
 
-def infer_chunked(model, spectra: xr.Dataset, workdir, *, chunk_size: int = 5000,
-                  progressbar: bool = False, **infer_kwargs) -> xr.Dataset:
+def infer_chunked(
+    model, spectra: xr.Dataset, workdir, *, chunk_size: int = 5000, progressbar: bool = False, **infer_kwargs
+) -> xr.Dataset:
     """Infer labels chunk by chunk with atomic, resumable on-disk results.
 
     Parameters

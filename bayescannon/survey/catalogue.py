@@ -76,8 +76,25 @@ __all__ = [
 #: FITS-safe units of labels that have one. Gravities (log10 of g in cm s⁻²) and
 #: abundances (dex) are written without a unit and described instead: ``u.dex`` does
 #: not survive a FITS round trip and ``log(cm.s**-2)`` is not a valid FITS unit.
-_ASCII = str.maketrans({"²": "2", "³": "3", "σ": "sigma", "χ": "chi", "α": "alpha", "θ": "theta", "λ": "lambda",
-                        "−": "-", "–": "-", "—": "-", "×": "x", "…": "...", "Λ": "Lambda", "≤": "<=", "≥": ">="})
+_ASCII = str.maketrans(
+    {
+        "²": "2",
+        "³": "3",
+        "σ": "sigma",
+        "χ": "chi",
+        "α": "alpha",
+        "θ": "theta",
+        "λ": "lambda",
+        "−": "-",
+        "–": "-",
+        "—": "-",
+        "×": "x",
+        "…": "...",
+        "Λ": "Lambda",
+        "≤": "<=",
+        "≥": ">=",
+    }
+)
 
 
 def fits_safe(value):
@@ -135,8 +152,9 @@ def join_ids(ids, other_ids, *, what: str = "table", require: str = "any"):
         hit = srt[pos] == ids
         rows = np.where(hit, order[pos], 0)
     if require == "all" and not hit.all():
-        raise CrossMatchError(f"{int((~hit).sum())} of {ids.size} ids are missing from {what}, "
-                              f"e.g. {ids[~hit][:3].tolist()}")
+        raise CrossMatchError(
+            f"{int((~hit).sum())} of {ids.size} ids are missing from {what}, e.g. {ids[~hit][:3].tolist()}"
+        )
     if require == "any" and ids.size and not hit.any():
         raise CrossMatchError(f"no id joins {what} (ids e.g. {ids[:2].tolist()}, {what} e.g. {other[:2].tolist()})")
     return rows, hit
@@ -165,17 +183,20 @@ def _survey_columns(survey_labels, ids, prefix, id_column):
             mask = np.asarray(np.ma.getmaskarray(col))[rows] | ~hit
             if data.dtype.kind == "f":
                 mask |= ~np.isfinite(data)
-            out[f"{prefix}{name}"] = MaskedColumn(data, mask=mask, unit=col.unit,
-                                                  description=f"survey pipeline {name}")
+            out[f"{prefix}{name}"] = MaskedColumn(data, mask=mask, unit=col.unit, description=f"survey pipeline {name}")
         return out
-    items = survey_labels.items() if isinstance(survey_labels, Mapping) else (
-        (n, survey_labels[n]) for n in survey_labels.colnames)
+    items = (
+        survey_labels.items()
+        if isinstance(survey_labels, Mapping)
+        else ((n, survey_labels[n]) for n in survey_labels.colnames)
+    )
     for name, values in items:
         v = np.asarray(values)
         if v.shape != (ids.size,):
             raise ShapeMismatchError(f"survey label {name} has shape {v.shape}; expected ({ids.size},)")
-        out[f"{prefix}{name}"] = _label_column(v, str(name).removeprefix("e_").removeprefix("E_"),
-                                               f"survey pipeline {name}")
+        out[f"{prefix}{name}"] = _label_column(
+            v, str(name).removeprefix("e_").removeprefix("E_"), f"survey pipeline {name}"
+        )
     return out
 
 
@@ -314,12 +335,17 @@ def build_catalogue(
     CrossMatchError
         Spectra or quality that lack stars of the result.
     """
-    want = resolve_uncertainty(model, uncertainty) if model is not None else (
-        "calibrated" if "half_width_68" in result else "formal")
+    want = (
+        resolve_uncertainty(model, uncertainty)
+        if model is not None
+        else ("calibrated" if "half_width_68" in result else "formal")
+    )
     has_cal = "half_width_68" in result
     if want == "calibrated" and not has_cal:
-        raise InvalidInputError("the model is calibrated but the result holds formal errors: infer with "
-                                "uncertainty='calibrated' (or ask for uncertainty='formal')")
+        raise InvalidInputError(
+            "the model is calibrated but the result holds formal errors: infer with "
+            "uncertainty='calibrated' (or ask for uncertainty='formal')"
+        )
     names = [str(n) for n in result["label_name"].values]
     ids = np.asarray(result["star"].values).astype(str)
     notes = []
@@ -334,12 +360,14 @@ def build_catalogue(
         for name in extra_ids:
             if name not in spectra:
                 raise InvalidInputError(f"spectra have no per-star variable {name!r} for extra_ids")
-            t[str(name).upper()] = Column(np.asarray(spectra[name].values).astype(str)[srows],
-                                          description=f"{name} id")
+            t[str(name).upper()] = Column(np.asarray(spectra[name].values).astype(str)[srows], description=f"{name} id")
         for src, dst in (("ra", "RA"), ("RA", "RA"), ("dec", "DEC"), ("DEC", "DEC")):
             if src in spectra and dst not in t.colnames:
-                t[dst] = _masked(np.asarray(spectra[src].values, dtype=float)[srows], unit="deg",
-                                 description="right ascension" if dst == "RA" else "declination")
+                t[dst] = _masked(
+                    np.asarray(spectra[src].values, dtype=float)[srows],
+                    unit="deg",
+                    description="right ascension" if dst == "RA" else "declination",
+                )
                 t[dst].format = _TDISP["deg"]
         snr = spectra_snr(spectra)[srows]
     labels = result["labels"].values
@@ -357,8 +385,9 @@ def build_catalogue(
             t[f"e_{name}"] = _label_column(errors[:, k], name, f"{kind} 1-sigma uncertainty of {name}")
         if calibrated:
             for var, col, pct in (("half_width_68", "HW68", 68), ("half_width_95", "HW95", 95)):
-                t[f"{col}_{name}"] = _label_column(result[var].values[:, k], name,
-                                                   f"half-width of the calibrated central {pct}% interval of {name}")
+                t[f"{col}_{name}"] = _label_column(
+                    result[var].values[:, k], name, f"half-width of the calibrated central {pct}% interval of {name}"
+                )
     cov = result["covariance"].values if "covariance" in result else None
     if cov is not None and len(names) > 1:
         sd = np.sqrt(np.einsum("nkk->nk", cov))
@@ -391,19 +420,25 @@ def build_catalogue(
         qa = quality.attrs
         if "distance_scale" in qa:
             evaluated.add(StarFlag.FAR_FROM_TRAINING)
-            t["LABEL_DISTANCE"] = _masked(quality["label_distance"].values[qrows],
-                                          description="mean distance to nearest training stars / CV scatter")
+            t["LABEL_DISTANCE"] = _masked(
+                quality["label_distance"].values[qrows],
+                description="mean distance to nearest training stars / CV scatter",
+            )
             t["LABEL_DISTANCE"].format = "{:.3f}"
         if qa.get("hull", False):
             evaluated.add(StarFlag.OUTSIDE_HULL)
-            t["IN_HULL"] = Column(quality["in_hull"].values.astype(bool)[qrows],
-                                  description="labels inside the convex hull of the training labels")
+            t["IN_HULL"] = Column(
+                quality["in_hull"].values.astype(bool)[qrows],
+                description="labels inside the convex hull of the training labels",
+            )
         if "min_snr" in qa:
             evaluated.add(StarFlag.LOW_SNR)
         if "survey_flag_mask" in qa:
             evaluated.add(StarFlag.SURVEY_FLAGGED)
-            t["SURVEY_FLAGS"] = Column(quality["survey_flags"].values.astype(np.int64)[qrows],
-                                       description="survey pipeline flags (carried through)")
+            t["SURVEY_FLAGS"] = Column(
+                quality["survey_flags"].values.astype(np.int64)[qrows],
+                description="survey pipeline flags (carried through)",
+            )
     t["FLAGS"] = Column(flags, description="StarFlag bitmask (bits in header FLAGBTnn cards)")
     for f in StarFlag:
         if f in _QUALITY_BITS and f not in evaluated:
@@ -411,8 +446,9 @@ def build_catalogue(
             continue
         t[f"FLAG_{f.name}"] = Column((flags & int(f)) != 0, description=f"StarFlag {f.name} set")
     if training_ids is not None:
-        t["IN_TRAINING"] = Column(np.isin(ids, np.asarray(training_ids).astype(str)),
-                                  description="spectrum was in the training set")
+        t["IN_TRAINING"] = Column(
+            np.isin(ids, np.asarray(training_ids).astype(str)), description="spectrum was in the training set"
+        )
     for name, col in _survey_columns(survey_labels, ids, f"{survey_name}_", survey_id_column or id_column).items():
         t[name] = col
     t.meta["EXTNAME"] = "LABELS"
@@ -457,18 +493,41 @@ def _assess(model, result, snr, cv_scatter, distance_threshold):
         why[StarFlag.OUTSIDE_HULL] = why[StarFlag.FAR_FROM_TRAINING] = "the model holds no training labels"
     if training is not None and cv_scatter is None:
         why[StarFlag.FAR_FROM_TRAINING] = "no CV scatter given (the unit of the label distance)"
-    quality = assess(result, training=training, cv_scatter=cv_scatter if training is not None else None,
-                     distance_threshold=distance_threshold, hull=training is not None, snr=snr)
+    quality = assess(
+        result,
+        training=training,
+        cv_scatter=cv_scatter if training is not None else None,
+        distance_threshold=distance_threshold,
+        hull=training is not None,
+        snr=snr,
+    )
     return quality, why
 
 
-def result_to_table(result, *, id_column: str = "ID", meta=None, quality=None, training_ids=None,
-                    survey_labels=None, survey_prefix: str = "SURVEY_", survey_id_column=None) -> Table:
+def result_to_table(
+    result,
+    *,
+    id_column: str = "ID",
+    meta=None,
+    quality=None,
+    training_ids=None,
+    survey_labels=None,
+    survey_prefix: str = "SURVEY_",
+    survey_id_column=None,
+) -> Table:
     """A catalogue of a bare result without its model: :func:`build_catalogue` with
     ``model=None`` (kept for callers that have no model; prefer :func:`build_catalogue`)."""
-    return build_catalogue(None, result, quality=quality, training_ids=training_ids, survey_labels=survey_labels,
-                           survey_name=survey_prefix.removesuffix("_"), survey_id_column=survey_id_column,
-                           id_column=id_column, meta=meta)
+    return build_catalogue(
+        None,
+        result,
+        quality=quality,
+        training_ids=training_ids,
+        survey_labels=survey_labels,
+        survey_name=survey_prefix.removesuffix("_"),
+        survey_id_column=survey_id_column,
+        id_column=id_column,
+        meta=meta,
+    )
 
 
 def make_catalogue(result, *, model=None, **kwargs) -> Table:
@@ -503,8 +562,11 @@ def read_catalogue(path) -> Table:
     if not path.exists():
         raise SurveyFormatError(f"catalogue {path} does not exist")
     name = path.name.lower()
-    fmt = "fits" if name.endswith((".fits", ".fit", ".fits.gz")) else (
-        "ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
+    fmt = (
+        "fits"
+        if name.endswith((".fits", ".fit", ".fits.gz"))
+        else ("ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
+    )
     table = Table.read(path, format=fmt)
     if fmt == "fits":  # column descriptions travel as TCOMMn
         hdr = fits.getheader(path, 1)
@@ -620,8 +682,10 @@ def join_catalogues(
             raise CrossMatchError(f"no source of the left catalogue lies within {max_separation} arcsec of the right")
         uniq, counts = np.unique(idx[ok], return_counts=True)
         if (counts > 1).any():
-            raise CrossMatchError(f"{int((counts > 1).sum())} right sources match several left sources "
-                                  f"within {max_separation} arcsec: ambiguous sky join")
+            raise CrossMatchError(
+                f"{int((counts > 1).sum())} right sources match several left sources "
+                f"within {max_separation} arcsec: ambiguous sky join"
+            )
         lt = left.copy(copy_data=False)
         rt = right.copy(copy_data=False)
         lt["_ROW"] = np.arange(len(left))
@@ -631,8 +695,12 @@ def join_catalogues(
         out.sort("_ROW")
         rows = np.asarray(out["_ROW"])
         matched = ok[rows]
-        out["SEPARATION"] = MaskedColumn(np.where(matched, sep.arcsec[rows], np.nan), mask=~matched, unit="arcsec",
-                                         description="separation of the sky match")
+        out["SEPARATION"] = MaskedColumn(
+            np.where(matched, sep.arcsec[rows], np.nan),
+            mask=~matched,
+            unit="arcsec",
+            description="separation of the sky match",
+        )
         out.remove_columns(["_ROW", "_MATCH"])
         logger.info("joined %d of %d left rows by sky position", int(ok.sum()), len(left))
         return out
@@ -644,7 +712,9 @@ def join_catalogues(
         vals = np.asarray(tab[key]).astype(str)
         uniq, counts = np.unique(vals, return_counts=True)
         if (counts > 1).any():
-            raise CrossMatchError(f"{side} catalogue has duplicated ids in {key!r}, e.g. {uniq[counts > 1][:3].tolist()}")
+            raise CrossMatchError(
+                f"{side} catalogue has duplicated ids in {key!r}, e.g. {uniq[counts > 1][:3].tolist()}"
+            )
     lv = np.asarray(left[kl]).astype(str)
     rv = np.asarray(right[kr]).astype(str)
     common = np.isin(lv, rv)

@@ -164,8 +164,17 @@ def _infer_reference(model, flux, ivar, labels, wavelength, ids, mode, n_folds, 
     """Labels of the reference stars from the model: cross-validated or self-inferred."""
 
     if mode == "cv":
-        cv = cross_validate(model, flux, ivar, labels, n_folds=n_folds, random_state=random_state,
-                            wavelength=wavelength, ids=ids, n_jobs=n_jobs)
+        cv = cross_validate(
+            model,
+            flux,
+            ivar,
+            labels,
+            n_folds=n_folds,
+            random_state=random_state,
+            wavelength=wavelength,
+            ids=ids,
+            n_jobs=n_jobs,
+        )
         pred = cv.predictions
         return np.asarray(pred["labels"].values), np.asarray(pred["flags"].values, dtype=np.int64)
     fitted = model.clone().fit(flux, ivar, labels, wavelength=wavelength, ids=ids)
@@ -270,8 +279,9 @@ def clean_reference_set(
                 f"{min_stars} needed; loosen n_sigma ({n_sigma}) or check the reference labels"
             )
         t0 = time.perf_counter()
-        lab, flags = _infer_reference(model, flux[idx], ivar[idx], y[idx], wavelength, ids[idx], mode,
-                                      n_folds, random_state, n_jobs)
+        lab, flags = _infer_reference(
+            model, flux[idx], ivar[idx], y[idx], wavelength, ids[idx], mode, n_folds, random_state, n_jobs
+        )
         inferred[:] = np.nan
         inferred[idx] = lab
         diff = lab - y[idx]
@@ -297,9 +307,7 @@ def clean_reference_set(
                     f"{_fmt(y[star, b], names[b])} ({dev[j, b]:+.1f} sigma, sigma = {_fmt(sigma[b], names[b])})"
                     for b in bad
                 ]
-                reason = (
-                    f"{'; '.join(parts)}: beyond {n_sigma:g} sigma in clean-up iteration {it} ({how})"
-                )
+                reason = f"{'; '.join(parts)}: beyond {n_sigma:g} sigma in clean-up iteration {it} ({how})"
             row = {"ID": str(ids[star]), "ITERATION": it, "LABELS": which, "REASON": reason}
             for b, name in enumerate(names):
                 row[f"REF_{name}"] = float(y[star, b])
@@ -330,9 +338,7 @@ def clean_reference_set(
             converged = True
             break
     if not converged:
-        logger.warning(
-            "clean-up stopped after max_iter=%d iterations while still dropping stars", int(max_iter)
-        )
+        logger.warning("clean-up stopped after max_iter=%d iterations while still dropping stars", int(max_iter))
     excluded = _empty_excluded(names)
     for row in excluded_rows:
         excluded.add_row(row)
@@ -346,8 +352,13 @@ def clean_reference_set(
     history.meta["SCATTER"] = scatter
     history.meta["NSIGMA"] = float(n_sigma)
     history.meta["CONVERGD"] = bool(converged)
-    logger.info("clean-up: kept %d of %d reference stars (%d dropped in %d iterations)",
-                int(kept.sum()), n, len(excluded), len(history))
+    logger.info(
+        "clean-up: kept %d of %d reference stars (%d dropped in %d iterations)",
+        int(kept.sum()),
+        n,
+        len(excluded),
+        len(history),
+    )
     return CleanupResult(
         ids=ids,
         kept=kept,

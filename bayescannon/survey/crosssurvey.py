@@ -203,8 +203,13 @@ def run_cross_survey(
     for lab in (a, b):
         names = [n for n in label_names if n in lab.labels.colnames]
         if len(names) < len(label_names):
-            logger.warning("%s labels lack %s: runs on the %s scale use %s", lab.name,
-                           sorted(set(label_names) - set(names)), lab.name, names)
+            logger.warning(
+                "%s labels lack %s: runs on the %s scale use %s",
+                lab.name,
+                sorted(set(label_names) - set(names)),
+                lab.name,
+                names,
+            )
         if not names:
             raise LabelError(f"{lab.name} label table has none of the labels {list(label_names)}")
         # labels of the common stars on this scale, looked up through the ids of the
@@ -222,24 +227,35 @@ def run_cross_survey(
                     f"{model.vectorizer.n_terms + 1}"
                 )
             ds = spec.spectra
-            model.fit(ds["flux"].values[train], ds["ivar"].values[train], y[ok],
-                      wavelength=ds["wavelength"].values, ids=spec.ids[train], progressbar=progressbar)
+            model.fit(
+                ds["flux"].values[train],
+                ds["ivar"].values[train],
+                y[ok],
+                wavelength=ds["wavelength"].values,
+                ids=spec.ids[train],
+                progressbar=progressbar,
+            )
             res = model.infer(ds, progressbar=progressbar)
             runs[code], models[code] = res, model
             own = [n for n in label_names if n in spec.labels.colnames]
             own += [f"e_{n}" for n in label_names if f"e_{n}" in spec.labels.colnames]
-            cat = build_catalogue(model, res, spectra=ds, training_ids=spec.ids[train],
-                                  survey_labels=spec.labels[[spec.id_column, *own]],
-                                  survey_id_column=spec.id_column, survey_name=spec.name,
-                                  config={"run": code, "spectra": spec.name, "label_scale": lab.name})
+            cat = build_catalogue(
+                model,
+                res,
+                spectra=ds,
+                training_ids=spec.ids[train],
+                survey_labels=spec.labels[[spec.id_column, *own]],
+                survey_id_column=spec.id_column,
+                survey_name=spec.name,
+                config={"run": code, "spectra": spec.name, "label_scale": lab.name},
+            )
             cat["SURVEY"] = np.full(len(cat), spec.name)
             cat["RUN"] = np.full(len(cat), code)
             common = np.zeros(len(cat), bool)
             common[rows[spec.code]] = True
             cat["COMMON"] = common
             tables.setdefault(lab.label_code, []).append(cat)
-            logger.info("%s: trained on %d common stars, labelled %d %s spectra", code, train.size, len(cat),
-                        spec.name)
+            logger.info("%s: trained on %d common stars, labelled %d %s spectra", code, train.size, len(cat), spec.name)
     catalogues = {}
     for code, parts in tables.items():
         # survey-specific label columns differ between the two parts: vstack masks them
@@ -248,13 +264,17 @@ def run_cross_survey(
         cat.meta["SCALE"] = code
         catalogues[code] = cat
     comparison = compare_common(a, b, runs, (ia, ib), label_names, giant_logg=giant_logg)
-    config = {"label_names": list(label_names), "model": {k: v for k, v in kw.items() if k != "censors"},
-              "surveys": [a.name, b.name], "n_common": int(ia.size), "giant_logg": giant_logg}
+    config = {
+        "label_names": list(label_names),
+        "model": {k: v for k, v in kw.items() if k != "censors"},
+        "surveys": [a.name, b.name],
+        "n_common": int(ia.size),
+        "giant_logg": giant_logg,
+    }
     return CrossSurveyResult(runs, models, catalogues, comparison, (ia, ib), config)
 
 
-def compare_common(a: SurveyData, b: SurveyData, runs: dict, common, label_names, *,
-                   giant_logg: float = 3.5) -> Table:
+def compare_common(a: SurveyData, b: SurveyData, runs: dict, common, label_names, *, giant_logg: float = 3.5) -> Table:
     """Differences of the common stars, before and after the label transfer.
 
     Parameters
@@ -288,9 +308,18 @@ def compare_common(a: SurveyData, b: SurveyData, runs: dict, common, label_names
         for pop, sel in pops.items():
             st = summary_statistics(d[sel], axis=0) if sel.any() else None
             for k, n in enumerate(names):
-                rows.append((comp, scale, pop, n, int(st["n"][k]) if st else 0,
-                             float(st["bias"][k]) if st else np.nan, float(st["rms"][k]) if st else np.nan,
-                             float(st["half_p16_84"][k]) if st else np.nan))
+                rows.append(
+                    (
+                        comp,
+                        scale,
+                        pop,
+                        n,
+                        int(st["n"][k]) if st else 0,
+                        float(st["bias"][k]) if st else np.nan,
+                        float(st["rms"][k]) if st else np.nan,
+                        float(st["half_p16_84"][k]) if st else np.nan,
+                    )
+                )
 
     names = [n for n in label_names if n in a.labels.colnames and n in b.labels.colnames]
     la = a.label_matrix(a.ids[ia], names)
@@ -306,8 +335,11 @@ def compare_common(a: SurveyData, b: SurveyData, runs: dict, common, label_names
         ya, yb = ra["labels"].values[ia], rb["labels"].values[ib]
         lg = lab.label_matrix(lab.ids[common[0] if lab is a else common[1]], ["LOGG"])[:, 0] if "LOGG" in rn else None
         add(f"{ca} - {cb}", lab.name, ya, yb, rn, lg)
-    t = Table(rows=rows, names=("COMPARISON", "SCALE", "POPULATION", "LABEL", "N", "MEAN", "SCATTER", "HALF_P16_84"),
-              dtype=(str, str, str, str, np.int64, float, float, float))
+    t = Table(
+        rows=rows,
+        names=("COMPARISON", "SCALE", "POPULATION", "LABEL", "N", "MEAN", "SCATTER", "HALF_P16_84"),
+        dtype=(str, str, str, str, np.int64, float, float, float),
+    )
     for col in ("MEAN", "SCATTER", "HALF_P16_84"):
         t[col] = np.ma.masked_invalid(t[col])
     return t

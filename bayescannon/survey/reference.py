@@ -64,9 +64,7 @@ def _check_table(table, name: str) -> Table:
 
 def _require_column(table: Table, column: str, name: str) -> None:
     if column not in table.colnames:
-        raise InvalidInputError(
-            f"{name} has no column {column!r}; columns are {', '.join(table.colnames[:20])}"
-        )
+        raise InvalidInputError(f"{name} has no column {column!r}; columns are {', '.join(table.colnames[:20])}")
 
 
 def _missing_mask(col) -> np.ndarray:
@@ -135,9 +133,7 @@ def _duplicates(ids: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndar
     idx = np.flatnonzero(valid)
     if idx.size == 0:
         return later, anydup
-    uniq, first, inverse, counts = np.unique(
-        ids[idx], return_index=True, return_inverse=True, return_counts=True
-    )
+    uniq, first, inverse, counts = np.unique(ids[idx], return_index=True, return_inverse=True, return_counts=True)
     anydup[idx] = counts[inverse] > 1
     is_first = np.zeros(idx.size, bool)
     is_first[first] = True
@@ -208,9 +204,7 @@ def crossmatch_ids(
     _require_column(table_a, id_a, "table_a")
     _require_column(table_b, id_b, "table_b")
     if duplicates not in ("raise", "first", "reject"):
-        raise InvalidInputError(
-            f"duplicates must be 'raise', 'first' or 'reject'; got {duplicates!r}"
-        )
+        raise InvalidInputError(f"duplicates must be 'raise', 'first' or 'reject'; got {duplicates!r}")
     ids = {}
     usable = {}
     rejected: list[tuple[str, int, str, float, str]] = []
@@ -230,9 +224,7 @@ def crossmatch_ids(
         for r in np.flatnonzero(missing):
             rejected.append((name, int(r), "", math.nan, f"missing id in table_{name}"))
         for r in np.flatnonzero(drop):
-            rejected.append(
-                (name, int(r), str(s[r]), math.nan, f"duplicated id {s[r]!r} in table_{name}")
-            )
+            rejected.append((name, int(r), str(s[r]), math.nan, f"duplicated id {s[r]!r} in table_{name}"))
         ids[name] = s
         usable[name] = ~missing & ~drop
     ia = np.flatnonzero(usable["a"])
@@ -348,11 +340,7 @@ def crossmatch_sky(
     if id_a is not None:
         _require_column(table_a, id_a, "table_a")
     na = len(table_a)
-    ids = (
-        np.asarray(table_a[id_a]).astype(str)
-        if id_a is not None
-        else np.asarray([""] * na, dtype=str)
-    )
+    ids = np.asarray(table_a[id_a]).astype(str) if id_a is not None else np.asarray([""] * na, dtype=str)
     coords_a, miss_a = _coords(table_a, ra_a, dec_a, "table_a")
     coords_b, miss_b = _coords(table_b, ra_b, dec_b, "table_b")
     rejected: list[tuple[str, int, str, float, str]] = []
@@ -480,9 +468,7 @@ def _parse_bound(value, column: str, which: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"cut on {column!r}: {which} must be a number or 'inf'/'-inf'; got {value!r}"
-        ) from exc
+        raise InvalidInputError(f"cut on {column!r}: {which} must be a number or 'inf'/'-inf'; got {value!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -530,9 +516,7 @@ class QualityCuts:
                 try:
                     lo, hi = bounds
                 except (TypeError, ValueError) as exc:
-                    raise InvalidInputError(
-                        f"range for {col!r} must be (min, max); got {bounds!r}"
-                    ) from exc
+                    raise InvalidInputError(f"range for {col!r} must be (min, max); got {bounds!r}") from exc
             lo_f, hi_f = _parse_bound(lo, col, "min"), _parse_bound(hi, col, "max")
             if lo_f > hi_f:
                 raise InvalidInputError(f"range for {col!r} has min {lo_f} > max {hi_f}")
@@ -549,9 +533,7 @@ class QualityCuts:
                     key = b.strip().upper()
                     if key not in names:
                         known = ", ".join(sorted(names)) or "none (use bit numbers)"
-                        raise InvalidInputError(
-                            f"unknown bit name {b!r} for column {col!r}; known: {known}"
-                        )
+                        raise InvalidInputError(f"unknown bit name {b!r} for column {col!r}; known: {known}")
                     b = names[key]
                 b = int(b)
                 if not 0 <= b < 64:
@@ -571,8 +553,7 @@ class QualityCuts:
         unknown = set(spec) - known
         if unknown:
             raise InvalidInputError(
-                f"unknown quality-cut key(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
+                f"unknown quality-cut key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
             )
         return cls(**dict(spec))
 
@@ -610,9 +591,7 @@ class QualityCuts:
             "ranges": {k: [lo, hi] for k, (lo, hi) in self.ranges.items()},
             "min_snr": self.min_snr,
             "snr_column": self.snr_column,
-            "bitmasks": {
-                k: [b for b in range(64) if v >> b & 1] for k, v in self.bitmasks.items()
-            },
+            "bitmasks": {k: [b for b in range(64) if v >> b & 1] for k, v in self.bitmasks.items()},
             "require_finite": list(self.require_finite),
             "missing_values": list(self.missing_values),
         }
@@ -703,4 +682,3 @@ def apply_cuts(table, cuts: QualityCuts | Mapping) -> tuple[Table, Table]:
     if failed.any():
         logger.info("apply_cuts: excluded %d of %d rows", int(failed.sum()), n)
     return kept, excluded
-

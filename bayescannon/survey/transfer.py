@@ -185,7 +185,7 @@ class TransferPipeline(_DataSteps, _ModelSteps):
             raise InvalidInputError("give either a single step (only) or a first step (start), not both")
         if only is not None:
             return [only]
-        steps = list(STEPS[STEPS.index(start):] if start else STEPS)
+        steps = list(STEPS[STEPS.index(start) :] if start else STEPS)
         if not self.config.has_evaluate and "evaluate" in steps:
             steps.remove("evaluate")
         return steps

@@ -278,7 +278,7 @@ class TransferConfig:
         if missing:
             raise InvalidInputError(
                 f"[reference] labels gives no catalogue column for {missing}; every label in "
-                f"label_names needs one (e.g. TEFF = \"TEFF\")"
+                f'label_names needs one (e.g. TEFF = "TEFF")'
             )
         for section in ("reference", "target"):
             for key in ("labels", "errors"):
@@ -306,7 +306,6 @@ class TransferConfig:
         if self.has_evaluate and not d["evaluate"]["id_column"]:
             raise InvalidInputError("[evaluate] needs 'id_column' (the truth column matching the spectra ids)")
         if d["cuts"]:
-
             QualityCuts.from_dict(d["cuts"])  # validate now, not after an hour of reading
         self.output_dir = self.path(d["output"])
 

@@ -91,8 +91,9 @@ class _DataSteps:
                     one = read_spectra(path, format=fmt, **reader_kwargs)
                 except (SurveyFormatError, InvalidInputError, OSError) as exc:
                     # the star's id is in the file we could not read: the file stem stands in
-                    skipped.append((path.stem, path.name, "read", False,
-                                    f"{type(exc).__name__}: {exc} (ID is the file stem)"))
+                    skipped.append(
+                        (path.stem, path.name, "read", False, f"{type(exc).__name__}: {exc} (ID is the file stem)")
+                    )
                     continue
             notes = "; ".join(sorted({str(w.message) for w in caught}))
             if notes:
@@ -125,15 +126,18 @@ class _DataSteps:
                 for i in idx:
                     drop.add(i)
                     skipped.append(
-                        (sid, records[i]["path"].name, "read", False,
-                         f"duplicated id: {sid!r} is claimed by {len(idx)} files ({files}); none is used")
+                        (
+                            sid,
+                            records[i]["path"].name,
+                            "read",
+                            False,
+                            f"duplicated id: {sid!r} is claimed by {len(idx)} files ({files}); none is used",
+                        )
                     )
         records = [r for i, r in enumerate(records) if i not in drop]
         self._write_excluded("read", skipped)
         if skipped:
-            logger.warning(
-                "read: skipped %d of %d file(s)/star(s); first: %s", len(skipped), len(paths), skipped[0][4]
-            )
+            logger.warning("read: skipped %d of %d file(s)/star(s); first: %s", len(skipped), len(paths), skipped[0][4])
         if not records:
             raise InvalidInputError(
                 f"none of the {len(paths)} spectra files could be used; first problem: "
@@ -165,10 +169,12 @@ class _DataSteps:
             has_mask = any(r["mask"] is not None for r in recs)
             mask = None
             if has_mask:
-                mask = np.stack([
-                    np.zeros(r["flux"].size, np.uint32) if r["mask"] is None else np.asarray(r["mask"], np.uint32)
-                    for r in recs
-                ])
+                mask = np.stack(
+                    [
+                        np.zeros(r["flux"].size, np.uint32) if r["mask"] is None else np.asarray(r["mask"], np.uint32)
+                        for r in recs
+                    ]
+                )
             attrs = {k: v for k, v in recs[0]["attrs"].items() if k != "history"}
             attrs["history"] = f"bayescannon.survey.transfer read: {len(recs)} file(s)"
             ds = make_spectra(
@@ -278,8 +284,10 @@ class _DataSteps:
                 out, reasons = self._preprocess_group(ds, grid)
             except (GridMismatchError, InvalidInputError) as exc:
                 if isinstance(exc, GridMismatchError):
-                    why = (f"wavelength grid {wl[0]:.1f}-{wl[-1]:.1f} A does not overlap the common "
-                           f"grid {grid[0]:.1f}-{grid[-1]:.1f} A")
+                    why = (
+                        f"wavelength grid {wl[0]:.1f}-{wl[-1]:.1f} A does not overlap the common "
+                        f"grid {grid[0]:.1f}-{grid[-1]:.1f} A"
+                    )
                 else:
                     why = f"cannot be preprocessed: {exc}"
                 logger.warning("preprocess: %d star(s) excluded: %s", ids.size, why)
@@ -296,8 +304,10 @@ class _DataSteps:
                     if good[j] == 0:
                         why = "no usable pixel after preprocessing (every pixel masked)"
                     else:
-                        why = (f"only {good[j]:.0%} of the pixels are usable after preprocessing "
-                               f"(min_good_fraction = {float(pp['min_good_fraction']):.0%})")
+                        why = (
+                            f"only {good[j]:.0%} of the pixels are usable after preprocessing "
+                            f"(min_good_fraction = {float(pp['min_good_fraction']):.0%})"
+                        )
                 excluded.append((ids[j], files[j], "preprocess", False, why))
             if keep.any():
                 part = out.isel(star=np.flatnonzero(keep))
@@ -305,8 +315,9 @@ class _DataSteps:
                 parts.append(part)
         self._write_excluded("preprocess", excluded)
         if excluded:
-            logger.warning("preprocess: excluded %d star(s); first: %s: %s", len(excluded), excluded[0][0],
-                           excluded[0][4])
+            logger.warning(
+                "preprocess: excluded %d star(s); first: %s: %s", len(excluded), excluded[0][0], excluded[0][4]
+            )
         if not parts:
             raise InsufficientDataError("no star is left after preprocessing (see the excluded table)")
         # stack the groups (same grid now)
@@ -392,8 +403,11 @@ class _DataSteps:
         targets = self._targets_table(ds)
         ref_cfg = self.config.data["reference"]
         xm = self.config.data["crossmatch"]
-        ref = read_labels(self.config.path(ref_cfg["catalogue"]), id_column=ref_cfg["id_column"],
-                          missing_values=tuple(ref_cfg["missing_values"]))
+        ref = read_labels(
+            self.config.path(ref_cfg["catalogue"]),
+            id_column=ref_cfg["id_column"],
+            missing_values=tuple(ref_cfg["missing_values"]),
+        )
         # reference.crossmatch_* hstack the tables and astropy warns (MergeConflictWarning)
         # when both carry an EXTNAME: the matched table needs no catalogue metadata
         ref.meta.clear()
@@ -416,8 +430,15 @@ class _DataSteps:
                         "set [target] ra_column/dec_column or use method = 'id'"
                     )
             matched, rejected = crossmatch_sky(
-                targets, ref, float(xm["tolerance_arcsec"]), ra_a=tgt["ra_column"], dec_a=tgt["dec_column"],
-                ra_b=ref_cfg["ra_column"], dec_b=ref_cfg["dec_column"], id_a="ID", ambiguous=xm["ambiguous"],
+                targets,
+                ref,
+                float(xm["tolerance_arcsec"]),
+                ra_a=tgt["ra_column"],
+                dec_a=tgt["dec_column"],
+                ra_b=ref_cfg["ra_column"],
+                dec_b=ref_cfg["dec_column"],
+                id_a="ID",
+                ambiguous=xm["ambiguous"],
             )
         else:
             col = xm["target_id_column"]
@@ -455,14 +476,22 @@ class _DataSteps:
             if reason.startswith("no table_b row within") or reason == "no match in table_b":
                 continue
             sid = str(targets["ID"][int(r["row"])])
-            excl.append((sid, "", "crossmatch", True, reason.replace("table_b", f"{rname} catalogue")
-                         .replace("table_a", "spectra")))
+            excl.append(
+                (
+                    sid,
+                    "",
+                    "crossmatch",
+                    True,
+                    reason.replace("table_b", f"{rname} catalogue").replace("table_a", "spectra"),
+                )
+            )
         self._write_excluded("crossmatch", excl)
         write_table(targets, self.step_dir("crossmatch") / "targets.fits")
         write_table(out, self.step_dir("crossmatch") / "matched.fits")
         write_table(rejected, self.step_dir("crossmatch") / "rejected.fits")
         if excl:
-            logger.warning("crossmatch: %d star(s) kept out of the reference set; first: %s: %s",
-                           len(excl), excl[0][0], excl[0][4])
+            logger.warning(
+                "crossmatch: %d star(s) kept out of the reference set; first: %s: %s", len(excl), excl[0][0], excl[0][4]
+            )
         logger.info("crossmatch: %d of %d stars matched to the %s catalogue", len(out), len(targets), rname)
         return {"n_targets": len(targets), "n_matched": len(out), "n_excluded": len(excl)}

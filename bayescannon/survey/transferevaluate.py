@@ -95,22 +95,45 @@ def evaluate(
     r = rows[use]
     out = Table()
     out["LABEL"] = list(label_names)
-    cols: dict[str, list] = {k: [] for k in ("N", "BIAS", "SCATTER", "RMS", "SE_BIAS", "Y_BIAS", "Y_SCATTER",
-                                             "Y_RMS", "OFFSET_MEAN", "OFFSET_RMS", "BIAS_OVER_OFFSET")}
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "N",
+            "BIAS",
+            "SCATTER",
+            "RMS",
+            "SE_BIAS",
+            "Y_BIAS",
+            "Y_SCATTER",
+            "Y_RMS",
+            "OFFSET_MEAN",
+            "OFFSET_RMS",
+            "BIAS_OVER_OFFSET",
+        )
+    }
     stats = {}
     for n in label_names:
         true = _as_float(truth[truth_labels.get(n, n)])[r]
         d = _as_float(catalogue[n])[use] - true
         ok = np.isfinite(d)
-        entry = {"n": int(ok.sum()), "bias": _nanmean(d), "scatter": _nanstd(d),
-                 "rms": float(np.sqrt(np.mean(d[ok] ** 2))) if ok.any() else float("nan")}
+        entry = {
+            "n": int(ok.sum()),
+            "bias": _nanmean(d),
+            "scatter": _nanstd(d),
+            "rms": float(np.sqrt(np.mean(d[ok] ** 2))) if ok.any() else float("nan"),
+        }
         entry["se_bias"] = entry["scatter"] / np.sqrt(max(entry["n"], 1))
         ycol = f"{target_name}_{n}"
         if ycol in catalogue.colnames:
             dy = _as_float(catalogue[ycol])[use] - true
             oky = np.isfinite(dy)
-            entry.update({"y_bias": _nanmean(dy), "y_scatter": _nanstd(dy),
-                          "y_rms": float(np.sqrt(np.mean(dy[oky] ** 2))) if oky.any() else float("nan")})
+            entry.update(
+                {
+                    "y_bias": _nanmean(dy),
+                    "y_scatter": _nanstd(dy),
+                    "y_rms": float(np.sqrt(np.mean(dy[oky] ** 2))) if oky.any() else float("nan"),
+                }
+            )
         else:
             entry.update({"y_bias": float("nan"), "y_scatter": float("nan"), "y_rms": float("nan")})
         if n in offsets:
@@ -130,6 +153,13 @@ def evaluate(
         logger.info(
             "evaluate %s (%d stars): transferred bias %.4g scatter %.4g | %s pipeline bias %.4g scatter %.4g | "
             "simulated offset mean %.4g",
-            n, e["n"], e["bias"], e["scatter"], target_name, e["y_bias"], e["y_scatter"], e["offset_mean"],
+            n,
+            e["n"],
+            e["bias"],
+            e["scatter"],
+            target_name,
+            e["y_bias"],
+            e["y_scatter"],
+            e["offset_mean"],
         )
     return out, stats

@@ -67,8 +67,13 @@ class _ModelSteps:
         write_table(kept, self.step_dir("cuts") / "reference.fits")
         _write_json(self.step_dir("cuts") / "cuts.json", cuts.to_dict())
         if rows:
-            logger.warning("cuts: %d of %d matched star(s) fail the quality cuts; first: %s: %s",
-                           len(rows), len(matched), rows[0][0], rows[0][4])
+            logger.warning(
+                "cuts: %d of %d matched star(s) fail the quality cuts; first: %s: %s",
+                len(rows),
+                len(matched),
+                rows[0][0],
+                rows[0][4],
+            )
         if len(kept) == 0:
             raise InsufficientDataError(
                 f"no star of the {len(matched)} cross-matched ones passes the quality cuts "
@@ -117,8 +122,9 @@ class _ModelSteps:
             history = result.history
             write_table(history, self.step_dir("cleanup") / "history.fits")
             if rows:
-                logger.warning("cleanup: %d reference star(s) dropped; first: %s: %s", len(rows), rows[0][0],
-                               rows[0][4])
+                logger.warning(
+                    "cleanup: %d reference star(s) dropped; first: %s: %s", len(rows), rows[0][0], rows[0][4]
+                )
         else:
             training = candidates[keep_cols]
         self._write_excluded("cleanup", rows)
@@ -138,8 +144,13 @@ class _ModelSteps:
         training = self._read_table("cleanup", "training_set.fits")
         ds = self._select(self._load_preprocessed(), np.asarray(training["ID"]).astype(str))
         model = self._model_template()
-        model.fit(np.asarray(ds["flux"].values), np.asarray(ds["ivar"].values), self._labels_of(training),
-                  wavelength=np.asarray(ds["wavelength"].values), ids=np.asarray(ds["star"].values).astype(str))
+        model.fit(
+            np.asarray(ds["flux"].values),
+            np.asarray(ds["ivar"].values),
+            self._labels_of(training),
+            wavelength=np.asarray(ds["wavelength"].values),
+            ids=np.asarray(ds["star"].values).astype(str),
+        )
         path = model.save(self.step_dir("train") / "model.nc")
         return {
             "model": str(path),
@@ -175,9 +186,7 @@ class _ModelSteps:
         write_table(cv.to_table(), self.step_dir("validate") / "cross_validation.fits")
         summary = cv.summary
         write_table(summary, self.step_dir("validate") / "summary.fits")
-        stats = {
-            str(r["LABEL"]): {"bias": float(r["BIAS"]), "rms": float(r["RMS"]), "n": int(r["N"])} for r in summary
-        }
+        stats = {str(r["LABEL"]): {"bias": float(r["BIAS"]), "rms": float(r["RMS"]), "n": int(r["N"])} for r in summary}
         for name, s in stats.items():
             logger.info("validate: %s bias %.4g, scatter %.4g (%d stars)", name, s["bias"], s["rms"], s["n"])
         return {"n_folds": int(cfg["n_folds"]), "statistics": stats}
@@ -195,8 +204,11 @@ class _ModelSteps:
         n_failed = int(((flags & _FAILED_FIT) != 0).sum())
         if n_failed:
             bad = np.asarray(result["star"].values)[(flags & _FAILED_FIT) != 0]
-            logger.warning("infer: %d star(s) without reliable labels (no pixels / not converged): %s",
-                           n_failed, ", ".join(map(str, bad[:5])))
+            logger.warning(
+                "infer: %d star(s) without reliable labels (no pixels / not converged): %s",
+                n_failed,
+                ", ".join(map(str, bad[:5])),
+            )
         return {"n_stars": int(result.sizes["star"]), "n_failed": n_failed, "n_flagged": int((flags != 0).sum())}
 
     # ---------------------------------------------------------------- step: catalogue
@@ -252,7 +264,7 @@ class _ModelSteps:
         own = [f"{tname}_{n}" for n in self.config.label_names if f"{tname}_{n}" in targets.colnames]
         survey = Table({"ID": np.asarray(targets["ID"]).astype(str)})
         for col in own:
-            survey[col[len(tname) + 1:]] = _as_float(targets[col])
+            survey[col[len(tname) + 1 :]] = _as_float(targets[col])
         training = np.asarray(self._read_table("cleanup", "training_set.fits")["ID"]).astype(str)
         table = build_catalogue(
             model,
@@ -282,8 +294,9 @@ class _ModelSteps:
         table[f"{rname}_ID"] = ref_id
         for n in self.config.label_names:
             vals = np.where(m_rows >= 0, _as_float(matched[f"REF_{n}"])[np.maximum(m_rows, 0)], np.nan)
-            table[f"{rname}_{n}"] = MaskedColumn(vals, mask=~np.isfinite(vals),
-                                                 description=f"{n} from the {rname} catalogue")
+            table[f"{rname}_{n}"] = MaskedColumn(
+                vals, mask=~np.isfinite(vals), description=f"{n} from the {rname} catalogue"
+            )
         status = np.where(m_rows >= 0, "reference candidate", f"not in the {rname} catalogue").astype(object)
         excluded = self._all_excluded()
         for r in excluded:
@@ -318,8 +331,9 @@ class _ModelSteps:
             "n_labelled": len(table),
             "n_training": int(in_train.sum()),
             "n_holdout": int(in_hold.sum()),
-            "n_excluded": {s: int((excluded["STEP"] == s).sum()) for s in ("read", "preprocess", "crossmatch",
-                                                                           "cuts", "cleanup")},
+            "n_excluded": {
+                s: int((excluded["STEP"] == s).sum()) for s in ("read", "preprocess", "crossmatch", "cuts", "cleanup")
+            },
             "n_unlabelled": int((~excluded["LABELLED"]).sum()) if len(excluded) else 0,
         }
         if self.is_done("validate"):
@@ -339,8 +353,12 @@ class _ModelSteps:
             summary["holdout_vs_reference"] = comp
         _write_json(self.output / "summary.json", summary)
         n_unl = summary["n_unlabelled"]
-        logger.info("catalogue: %d stars labelled; %d file(s)/star(s) skipped without labels; %d reference "
-                    "candidates excluded", len(table), n_unl, len(excluded) - n_unl)
+        logger.info(
+            "catalogue: %d stars labelled; %d file(s)/star(s) skipped without labels; %d reference candidates excluded",
+            len(table),
+            n_unl,
+            len(excluded) - n_unl,
+        )
         return summary
 
     # ---------------------------------------------------------------- step: evaluate

@@ -139,12 +139,26 @@ def bootstrap(
             if uniq.size >= t + 1 and np.all(np.ptp(y[uniq], axis=0) > 0):
                 break
             draw = np.sort(rng.integers(0, n, size=n))
-        tasks.append({"key": b, "params": params, "train": draw, "test": np.arange(n), "wavelength": wavelength,
-                      "chunk_size": chunk_size, "test_flux": None, "test_ivar": None})
+        tasks.append(
+            {
+                "key": b,
+                "params": params,
+                "train": draw,
+                "test": np.arange(n),
+                "wavelength": wavelength,
+                "chunk_size": chunk_size,
+                "test_flux": None,
+                "test_ivar": None,
+            }
+        )
     arrays = {"flux": flux, "ivar": ivar, "labels": y, "test_flux": tf, "test_ivar": ti}
     results = run_tasks(tasks, arrays, n_jobs, progressbar=progressbar, desc="bootstrap models")
     stack = np.stack([r["result"]["labels"].values for r in sorted(results, key=lambda r: r["key"])])
     names = list(params["label_names"])
-    da = xr.DataArray(stack, dims=("boot", "star", "label_name"),
-                      coords={"boot": np.arange(int(n_boot)), "star": tids, "label_name": names}, name="labels")
+    da = xr.DataArray(
+        stack,
+        dims=("boot", "star", "label_name"),
+        coords={"boot": np.arange(int(n_boot)), "star": tids, "label_name": names},
+        name="labels",
+    )
     return BootstrapResult(da, names)

@@ -198,7 +198,8 @@ def _literature(literature, label_names):
         out = {}
         for row in literature:
             out[str(row["CLUSTER"])] = {
-                n: float(row[n]) for n in label_names
+                n: float(row[n])
+                for n in label_names
                 if n in literature.colnames and not np.ma.is_masked(row[n]) and np.isfinite(float(row[n]))
             }
         return out
@@ -277,8 +278,15 @@ def cluster_statistics(
             lv = lit.get(c, {}).get(name, np.nan)
             row[f"LIT_{name}"] = lv
             row[f"OFFSET_{name}"] = med - lv
-        row["STATUS"] = "ok" if ok else (
-            f"skipped ({n_used} usable members < {min_members})" if n_matched else "skipped (no member in catalogue)")
+        row["STATUS"] = (
+            "ok"
+            if ok
+            else (
+                f"skipped ({n_used} usable members < {min_members})"
+                if n_matched
+                else "skipped (no member in catalogue)"
+            )
+        )
         rows.append(row)
     t = Table(rows=rows)
     for col in t.colnames:
@@ -352,10 +360,14 @@ def cluster_trends(
                 rows.append((c, name, n, coef[1], np.sqrt(cov[1, 1]), xs.min() * per, xs.max() * per, "ok"))
             else:
                 why = f"skipped ({n} usable members < {min_members})" if n < min_members else "skipped (no spread in x)"
-                rows.append((c, name, n, np.nan, np.nan,
-                             xs.min() * per if n else np.nan, xs.max() * per if n else np.nan, why))
-    t = Table(rows=rows, names=("CLUSTER", "LABEL", "N_USED", "SLOPE", "e_SLOPE", "X_MIN", "X_MAX", "STATUS"),
-              dtype=(str, str, np.int64, float, float, float, float, str))
+                rows.append(
+                    (c, name, n, np.nan, np.nan, xs.min() * per if n else np.nan, xs.max() * per if n else np.nan, why)
+                )
+    t = Table(
+        rows=rows,
+        names=("CLUSTER", "LABEL", "N_USED", "SLOPE", "e_SLOPE", "X_MIN", "X_MAX", "STATUS"),
+        dtype=(str, str, np.int64, float, float, float, float, str),
+    )
     for col in ("SLOPE", "e_SLOPE", "X_MIN", "X_MAX"):
         t[col] = MaskedColumn(t[col], mask=~np.isfinite(t[col]))
     t.meta["X"] = x

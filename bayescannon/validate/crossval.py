@@ -56,6 +56,7 @@ __all__ = [
 #: test step that did not converge.
 BAD_FIT_FLAGS = int(StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED)
 
+
 def make_folds(n: int, n_folds: int, random_state=0) -> np.ndarray:
     """Fold index (0 … n_folds−1) of every star, balanced and fixed by the seed.
 
@@ -179,9 +180,10 @@ class CrossValidation:
                 lo, hi = np.nanmin(snr), np.nanmax(snr)
                 keep = (e[1:] > lo) & (e[:-1] <= hi)
                 first, last = np.flatnonzero(keep)[[0, -1]]
-                bins = e[first:last + 2]
-            self._cache["by_snr"] = binned_statistics(snr, self.differences, bins, label_names=self.label_names,
-                                                      x_name="SNR", min_count=self.min_per_bin)
+                bins = e[first : last + 2]
+            self._cache["by_snr"] = binned_statistics(
+                snr, self.differences, bins, label_names=self.label_names, x_name="SNR", min_count=self.min_per_bin
+            )
         return self._cache["by_snr"]
 
     @property
@@ -189,8 +191,13 @@ class CrossValidation:
         """Bias and scatter in bins of each reference label."""
         if "by_label" not in self._cache:
             self._cache["by_label"] = binned_statistics(
-                self.predictions["reference"].values, self.differences, self.label_bins,
-                label_names=self.label_names, x_name="REFERENCE", min_count=self.min_per_bin)
+                self.predictions["reference"].values,
+                self.differences,
+                self.label_bins,
+                label_names=self.label_names,
+                x_name="REFERENCE",
+                min_count=self.min_per_bin,
+            )
         return self._cache["by_label"]
 
     def to_table(self, id_column: str = "ID") -> Table:
@@ -297,11 +304,20 @@ def cross_validate(
         raise ShapeMismatchError(f"snr has shape {snr.shape} but there are {n} spectra")
     tasks = []
     for f in range(n_folds):
-        tasks.append({"key": f, "params": params, "train": np.flatnonzero(folds != f),
-                      "test": np.flatnonzero(folds == f), "wavelength": wavelength, "chunk_size": chunk_size})
+        tasks.append(
+            {
+                "key": f,
+                "params": params,
+                "train": np.flatnonzero(folds != f),
+                "test": np.flatnonzero(folds == f),
+                "wavelength": wavelength,
+                "chunk_size": chunk_size,
+            }
+        )
     logger.info("cross-validating %s: %d stars, %d folds", params["label_names"], n, n_folds)
-    results = run_tasks(tasks, {"flux": flux, "ivar": ivar, "labels": y}, n_jobs,
-                         progressbar=progressbar, desc="cross-validation folds")
+    results = run_tasks(
+        tasks, {"flux": flux, "ivar": ivar, "labels": y}, n_jobs, progressbar=progressbar, desc="cross-validation folds"
+    )
     names = list(params["label_names"])
     parts = []
     for res in sorted(results, key=lambda r: r["key"]):
@@ -316,13 +332,11 @@ def cross_validate(
     set_label_units(pred)
     pred.attrs.pop("model_training_hash", None)  # one model per fold
     pred.attrs.update({"n_folds": int(n_folds), "fold_seed": str(random_state)})
-    return CrossValidation(pred, names, int(n_folds), random_state, snr_bins, label_bins, min_per_bin,
-                           int(exclude_flags))
+    return CrossValidation(
+        pred, names, int(n_folds), random_state, snr_bins, label_bins, min_per_bin, int(exclude_flags)
+    )
 
 
 # --------------------------------------------------------------------------------------
 # mock data with a known quadratic truth
 # --------------------------------------------------------------------------------------
-
-
-

@@ -21,14 +21,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["n_model_terms", "prepare_data", "run_tasks"]
 
+
 def _fit_and_infer(task: dict) -> dict:
     """Train on ``train`` rows, infer the ``test`` rows (or the separate test set)."""
 
     flux, ivar, labels = load_shared(task["flux"]), load_shared(task["ivar"]), load_shared(task["labels"])
     train = task["train"]
     model = CannonModel(**task["params"])
-    model.fit(np.asarray(flux[train]), np.asarray(ivar[train]), np.asarray(labels[train]),
-              wavelength=task["wavelength"])
+    model.fit(
+        np.asarray(flux[train]), np.asarray(ivar[train]), np.asarray(labels[train]), wavelength=task["wavelength"]
+    )
     if task.get("test_flux") is not None:
         tf, ti = np.asarray(load_shared(task["test_flux"])), np.asarray(load_shared(task["test_ivar"]))
     else:
@@ -52,8 +54,14 @@ def run_tasks(tasks, arrays: dict, n_jobs, *, progressbar=False, desc="tasks"):
         if resolve_n_jobs(n_jobs, len(tasks))[0] == 1:
             return pool_run_tasks(_fit_and_infer, [{**t, **arrays} for t in tasks], 1, on_result=update)
         with SharedArrays(**arrays) as shared:
-            return pool_run_tasks(_fit_and_infer, [{**t, **shared.paths} for t in tasks], n_jobs,
-                                  threads_per_worker=None, quiet_workers=True, on_result=update)
+            return pool_run_tasks(
+                _fit_and_infer,
+                [{**t, **shared.paths} for t in tasks],
+                n_jobs,
+                threads_per_worker=None,
+                quiet_workers=True,
+                on_result=update,
+            )
     finally:
         if bar is not None:
             bar.close()

@@ -263,7 +263,11 @@ def assess(
     if min_pixels is not None:
         flags &= ~int(StarFlag.FEW_PIXELS)
         flags[result["n_pixels"].values < int(min_pixels)] |= StarFlag.FEW_PIXELS
-    attrs = {"distance_threshold": float(distance_threshold), "n_neighbours": int(n_neighbours), "hull": int(bool(hull))}
+    attrs = {
+        "distance_threshold": float(distance_threshold),
+        "n_neighbours": int(n_neighbours),
+        "hull": int(bool(hull)),
+    }
     dist = np.full(n, np.nan)
     if cv_scatter is not None:
         if training is None:
@@ -341,8 +345,9 @@ def flag_table(quality: xr.Dataset, *, id_column: str = "ID") -> Table:
     for f in StarFlag:
         t[f"FLAG_{f.name}"] = quality[f"flag_{f.name}"].values
     d = quality["label_distance"].values
-    t["LABEL_DISTANCE"] = MaskedColumn(d, mask=~np.isfinite(d),
-                                       description="mean distance to nearest training stars / CV scatter")
+    t["LABEL_DISTANCE"] = MaskedColumn(
+        d, mask=~np.isfinite(d), description="mean distance to nearest training stars / CV scatter"
+    )
     t["IN_HULL"] = quality["in_hull"].values
     s = quality["snr"].values
     t["SNR"] = MaskedColumn(s, mask=~np.isfinite(s), description="signal-to-noise ratio")

@@ -97,8 +97,13 @@ def repeat_pairs(groups) -> RepeatPairs:
         jj.append(rows[(base + b[None, :]).ravel()])
         gg.append(np.repeat(uniq[sel], a.size))
     single = uniq[counts < 2]
-    skipped = Table({"GROUP": single.astype(str), "N_SPECTRA": counts[counts < 2].astype(np.int64),
-                     "REASON": np.full(single.size, "single spectrum", dtype="<U32")})
+    skipped = Table(
+        {
+            "GROUP": single.astype(str),
+            "N_SPECTRA": counts[counts < 2].astype(np.int64),
+            "REASON": np.full(single.size, "single spectrum", dtype="<U32"),
+        }
+    )
     if not ii:
         raise InsufficientDataError(
             f"no star has two or more spectra ({uniq.size} groups, all with a single spectrum): "
@@ -106,8 +111,12 @@ def repeat_pairs(groups) -> RepeatPairs:
         )
     i, j, group = np.concatenate(ii), np.concatenate(jj), np.concatenate(gg)
     lo, hi = np.minimum(i, j), np.maximum(i, j)
-    logger.info("%d repeat pairs from %d stars; %d stars with a single spectrum skipped",
-                lo.size, int((counts >= 2).sum()), single.size)
+    logger.info(
+        "%d repeat pairs from %d stars; %d stars with a single spectrum skipped",
+        lo.size,
+        int((counts >= 2).sum()),
+        single.size,
+    )
     return RepeatPairs(lo, hi, group, skipped)
 
 
@@ -196,8 +205,16 @@ def _fit_precision(x, w, n, per_measurement):
     sigma = y / np.sqrt(2.0 * np.maximum(n - 1, 1))
     p0 = (max(y.max() - y.min(), 1e-12), max(float(np.median(x)), 1e-6), max(y.min(), 0.0))
     try:
-        popt, _ = curve_fit(precision_model, x, y, p0=p0, sigma=sigma, absolute_sigma=False,
-                            bounds=([0.0, 1e-6, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
+        popt, _ = curve_fit(
+            precision_model,
+            x,
+            y,
+            p0=p0,
+            sigma=sigma,
+            absolute_sigma=False,
+            bounds=([0.0, 1e-6, 0.0], [np.inf, np.inf, np.inf]),
+            maxfev=20000,
+        )
     except (RuntimeError, ValueError) as exc:
         return np.array([0.0, 1.0, const]), f"constant (exponential fit failed: {str(exc)[:60]})"
     return popt, "exponential"
@@ -300,12 +317,23 @@ def calibrate_from_repeats(
         prec = width / np.sqrt(2.0) if per_measurement else width
         for b in range(edges.size - 1):
             ok = st["n"][b] >= min_pairs
-            binned.append((name, edges[b], edges[b + 1], centre[b], int(st["n"][b]),
-                           width[b] if ok else np.nan, prec[b] if ok else np.nan,
-                           "ok" if ok else f"skipped (n={int(st['n'][b])} < {min_pairs})"))
-    bt = Table(rows=binned, names=("LABEL", "SNR_LO", "SNR_HI", "SNR_MEDIAN", "N_PAIRS", "HALF_P16_84",
-                                   "PRECISION", "STATUS"),
-               dtype=(str, float, float, float, np.int64, float, float, str))
+            binned.append(
+                (
+                    name,
+                    edges[b],
+                    edges[b + 1],
+                    centre[b],
+                    int(st["n"][b]),
+                    width[b] if ok else np.nan,
+                    prec[b] if ok else np.nan,
+                    "ok" if ok else f"skipped (n={int(st['n'][b])} < {min_pairs})",
+                )
+            )
+    bt = Table(
+        rows=binned,
+        names=("LABEL", "SNR_LO", "SNR_HI", "SNR_MEDIAN", "N_PAIRS", "HALF_P16_84", "PRECISION", "STATUS"),
+        dtype=(str, float, float, float, np.int64, float, float, str),
+    )
     for col in ("SNR_MEDIAN", "HALF_P16_84", "PRECISION"):
         bt[col] = np.ma.masked_invalid(bt[col])
     pt = Table()
@@ -320,8 +348,9 @@ def calibrate_from_repeats(
         pt[f"e_D_{name}"] = ecomb[:, q]
     for q, name in enumerate(label_names):
         logger.info("%s: formal errors x %.3g; precision fit %s", name, scale[q], status[q])
-    return RepeatCalibration(list(label_names), np.asarray(scale, float), params, status, bt, pt,
-                             pairs.skipped, per_measurement)
+    return RepeatCalibration(
+        list(label_names), np.asarray(scale, float), params, status, bt, pt, pairs.skipped, per_measurement
+    )
 
 
 def compare_errors(errors_a, errors_b, label_names, *, names=("A", "B"), residuals=None) -> Table:

@@ -48,8 +48,14 @@ def summary_statistics(diff, axis: int = 0) -> dict[str, np.ndarray]:
     few = n < 2
     if np.all(few):
         nan = np.full(np.shape(bias), np.nan)
-        return {"n": n, "bias": nan, "median": nan.copy(), "rms": nan.copy(), "rmse": nan.copy(),
-                "half_p16_84": nan.copy()}
+        return {
+            "n": n,
+            "bias": nan,
+            "median": nan.copy(),
+            "rms": nan.copy(),
+            "rmse": nan.copy(),
+            "half_p16_84": nan.copy(),
+        }
     dd = np.where(ok, d, np.nan)
     # nanpercentile warns on all-NaN slices; those are replaced below anyway
     filled = np.where(np.expand_dims(few, axis), 0.0, dd)
@@ -60,8 +66,9 @@ def summary_statistics(diff, axis: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def binned_statistics(x, diff, bins, *, label_names, x_name: str = "x", min_count: int = 5,
-                      same_x_per_label: bool = True) -> Table:
+def binned_statistics(
+    x, diff, bins, *, label_names, x_name: str = "x", min_count: int = 5, same_x_per_label: bool = True
+) -> Table:
     """Bias and scatter of differences in bins of ``x``, one row per (label, bin).
 
     Parameters
@@ -120,12 +127,22 @@ def binned_statistics(x, diff, bins, *, label_names, x_name: str = "x", min_coun
         for b in range(edges.size - 1):
             n = int(stats["n"][b])
             ok = n >= max(min_count, 2)
-            rows.append((name, x_name, edges[b], edges[b + 1], n,
-                         *(float(stats[s][b]) if ok else np.nan for s in ("bias", "median", "rms", "half_p16_84")),
-                         "ok" if ok else f"skipped (n={n} < {max(min_count, 2)})"))
-    t = Table(rows=rows, names=("LABEL", "X", "BIN_LO", "BIN_HI", "N", "BIAS", "MEDIAN", "RMS",
-                                "HALF_P16_84", "STATUS"),
-              dtype=(str, str, float, float, np.int64, float, float, float, float, str))
+            rows.append(
+                (
+                    name,
+                    x_name,
+                    edges[b],
+                    edges[b + 1],
+                    n,
+                    *(float(stats[s][b]) if ok else np.nan for s in ("bias", "median", "rms", "half_p16_84")),
+                    "ok" if ok else f"skipped (n={n} < {max(min_count, 2)})",
+                )
+            )
+    t = Table(
+        rows=rows,
+        names=("LABEL", "X", "BIN_LO", "BIN_HI", "N", "BIAS", "MEDIAN", "RMS", "HALF_P16_84", "STATUS"),
+        dtype=(str, str, float, float, np.int64, float, float, float, float, str),
+    )
     for col in ("BIAS", "MEDIAN", "RMS", "HALF_P16_84"):
         t[col] = np.ma.masked_invalid(t[col])
     return t
