@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CannonModel"]
 
-# names of the θ-uncertainty and latent-label state in the legacy ``extra_state_`` dict
-# (format version 1 model files; core.uncertainty reads them through ``extra_state_``)
+# keys under which core.uncertainty.theta_uncertainty_state and core.latent return their state
+# (also the variable names of format-version-1 model files); the model keeps named attributes
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
 _LATENT = {
@@ -459,26 +459,6 @@ class CannonModel:
         if value is not None:
             value = bool(value) if attr in ("latent_converged_", "latent_calibrated_") else int(value)
         setattr(self, attr, value)
-
-    @property
-    def extra_state_(self) -> dict:
-        """Legacy view of the θ-uncertainty and latent-label state, ``{name: (dims, values)}``.
-
-        Kept for callers written against the untyped dict of format version 1; read the
-        named attributes (``theta_leverage_``, ``train_weight_``, ``latent_labels_``,
-        ``latent_iterations_``, ...) instead.
-        """
-        out = {}
-        if getattr(self, "theta_leverage_", None) is not None:
-            out[_LEVERAGE] = (("term", "term2"), self.theta_leverage_)
-        if getattr(self, "train_weight_", None) is not None:
-            out[_TRAIN_WEIGHT] = (("pixel",), self.train_weight_)
-        if getattr(self, "latent_labels_", None) is not None:
-            out[_LATENT["latent_labels_"]] = (("training_star", "label"), self.latent_labels_)
-            for attr, key in _LATENT.items():
-                if attr != "latent_labels_":
-                    out[key] = ((), int(getattr(self, attr)))
-        return out
 
     # ------------------------------------------------------------------ files
     def save(self, path, *, overwrite: bool = True):

@@ -84,11 +84,10 @@ def run(args) -> int:
         "training_hash": model.training_hash_,
     }
     if label_errors is not None:
-        extra = model.extra_state_
         summary["latent_labels"] = {
-            "iterations": int(extra["extra_latent_iterations"][1]),
-            "converged": bool(extra["extra_latent_converged"][1]),
-            "calibrated": bool(extra["extra_latent_calibrated"][1]),
+            "iterations": int(model.latent_iterations_),
+            "converged": bool(model.latent_converged_),
+            "calibrated": bool(model.latent_calibrated_),
         }
     print(json.dumps(summary))
     return 0

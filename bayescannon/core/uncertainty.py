@@ -174,10 +174,13 @@ def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1
 
 
 def theta_state(model):
-    extra = getattr(model, "extra_state_", None) or {}
-    if _LEVERAGE in extra and _TRAIN_WEIGHT in extra:
-        return np.asarray(extra[_LEVERAGE][1], dtype=np.float64), np.asarray(extra[_TRAIN_WEIGHT][1], dtype=np.float64)
-    return None, None
+    """``(G₀⁻¹, w̄)`` of a fitted model (its ``theta_leverage_`` and ``train_weight_``), or
+    ``(None, None)`` when the model carries no θ-uncertainty state."""
+    g0inv = getattr(model, "theta_leverage_", None)
+    wbar = getattr(model, "train_weight_", None)
+    if g0inv is None or wbar is None:
+        return None, None
+    return np.asarray(g0inv, dtype=np.float64), np.asarray(wbar, dtype=np.float64)
 
 
 def leverage(model, x_scaled):

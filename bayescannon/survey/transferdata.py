@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from astropy.table import MaskedColumn, Table
 
+from bayescannon.core.grid import C_KMS
 from bayescannon.errors import (
     GridMismatchError,
     InsufficientDataError,
@@ -215,7 +216,7 @@ class _DataSteps:
                     zz = np.asarray(big[col].values, dtype=float)
                     z = zz[np.isfinite(zz)] if np.isfinite(zz).any() else z
             if "rv" in big and "redshift" not in big:
-                vv = np.asarray(big["rv"].values, dtype=float) / 299_792.458
+                vv = np.asarray(big["rv"].values, dtype=float) / C_KMS
                 z = vv[np.isfinite(vv)] if np.isfinite(vv).any() else z
             zmax = float(min(np.max(np.abs(z)), 0.01))
             rng = (wl[0] * (1.0 + zmax), wl[-1] / (1.0 + zmax))
