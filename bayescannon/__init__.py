@@ -9,12 +9,11 @@ engine, the same model in PyMC for posteriors, and the survey machinery around i
 >>> result = model.infer(test_flux, test_ivar)                           # doctest: +SKIP
 """
 
+from bayescannon import errors
+from bayescannon._version import __version__
 from bayescannon.core.vectorizer import PolynomialVectorizer
-
-from . import errors
-from ._version import __version__
-from .flags import PixelFlag, StarFlag
-from .model import CannonModel
-from .spectra import make_spectra
+from bayescannon.flags import PixelFlag, StarFlag
+from bayescannon.model import CannonModel
+from bayescannon.spectra import make_spectra
 
 __all__ = ["CannonModel", "PolynomialVectorizer", "PixelFlag", "StarFlag", "make_spectra", "errors", "__version__"]

@@ -15,8 +15,7 @@ import sys
 
 from bayescannon import commands
 from bayescannon._version import __version__
-
-from .errors import BayesCannonError
+from bayescannon.errors import BayesCannonError
 
 __all__ = ["main", "build_parser"]
 

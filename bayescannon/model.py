@@ -10,11 +10,14 @@ import copy
 import hashlib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import xarray as xr
 
+from bayescannon._typing import ArrayLike, LabelsLike, PathLikeStr, RandomState, SpectraLike
 from bayescannon.core import scaling
 from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
 from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
@@ -27,9 +30,7 @@ from bayescannon.core.uncertainty import (
     theta_uncertainty_state,
 )
 from bayescannon.core.vectorizer import PolynomialVectorizer
-from bayescannon.modelfile import load_model, model_to_dataset, save_model
-
-from .errors import (
+from bayescannon.errors import (
     GridMismatchError,
     InsufficientDataError,
     InvalidInputError,
@@ -39,9 +40,10 @@ from .errors import (
     NotFittedError,
     ShapeMismatchError,
 )
-from .flags import PixelFlag, StarFlag, flag_doc
-from .results import set_label_units
-from .spectra import as_label_array, default_ids, unpack_spectra
+from bayescannon.flags import PixelFlag, StarFlag, flag_doc
+from bayescannon.modelfile import load_model, model_to_dataset, save_model
+from bayescannon.results import set_label_units
+from bayescannon.spectra import as_label_array, default_ids, unpack_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +150,18 @@ class CannonModel:
 
     def __init__(
         self,
-        label_names,
+        label_names: Sequence[str],
         order: int = 2,
         *,
         regularization: float = 0.0,
-        censors=None,
+        censors: Mapping[str, Any] | None = None,
         n_starts: int = 4,
         n_candidates: int = 64,
         bounds_margin: float = 0.5,
         extrapolation_tolerance: float = 0.1,
         max_reduced_chi2: float = 5.0,
-        random_state=0,
-    ):
+        random_state: RandomState = 0,
+    ) -> None:
         # stored as given when it is a list (scikit-learn's clone checks identity)
         self.label_names = label_names if isinstance(label_names, list) else list(label_names)
         self.order = order
@@ -199,7 +201,7 @@ class CannonModel:
         """
         return {name: getattr(self, name) for name in self._get_param_names()}
 
-    def set_params(self, **params):
+    def set_params(self, **params: Any) -> Self:
         """Set constructor arguments (scikit-learn contract); returns ``self``.
 
         Raises
@@ -215,7 +217,7 @@ class CannonModel:
             setattr(self, name, list(value) if name == "label_names" and not isinstance(value, list) else value)
         return self
 
-    def clone(self):
+    def clone(self) -> Self:
         """A new, unfitted model with (deep copies of) the same constructor arguments."""
         return type(self)(**copy.deepcopy(self.get_params(deep=False)))
 
@@ -289,13 +291,13 @@ class CannonModel:
     # ------------------------------------------------------------------ training
     def fit(
         self,
-        flux,
-        ivar=None,
-        labels=None,
+        flux: SpectraLike,
+        ivar: ArrayLike | None = None,
+        labels: LabelsLike | None = None,
         *,
-        wavelength=None,
-        ids=None,
-        label_errors=None,
+        wavelength: ArrayLike | None = None,
+        ids: ArrayLike | None = None,
+        label_errors: ArrayLike | None = None,
         max_iter: int = 30,
         tol: float = 0.01,
         lm_iter: int = 10,
@@ -303,7 +305,7 @@ class CannonModel:
         spectral_information: str = "calibrated",
         trend_order: int | None = None,
         progressbar: bool = False,
-    ):
+    ) -> Self:
         """Fit θ and s² for every pixel from training spectra with known labels.
 
         Parameters
@@ -461,7 +463,7 @@ class CannonModel:
         setattr(self, attr, value)
 
     # ------------------------------------------------------------------ files
-    def save(self, path, *, overwrite: bool = True):
+    def save(self, path: PathLikeStr, *, overwrite: bool = True) -> Path:
         """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``); see
         :func:`bayescannon.modelfile.save_model`. Returns the path."""
         self._check_fitted()
@@ -469,7 +471,7 @@ class CannonModel:
         return save_model(self, path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: PathLikeStr) -> Self:
         """Read a model written by :meth:`save`.
 
         Raises
@@ -487,7 +489,7 @@ class CannonModel:
         return model_to_dataset(self)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, labels):
+    def predict(self, labels: LabelsLike) -> np.ndarray:
         """Model spectra for labels in physical units.
 
         Parameters
@@ -507,7 +509,7 @@ class CannonModel:
         out = self.vectorizer(x) @ self.theta_.T
         return out[0] if single else out
 
-    def residuals(self, flux, labels):
+    def residuals(self, flux: ArrayLike, labels: LabelsLike) -> np.ndarray:
         """``flux − predict(labels)``."""
         model = self.predict(labels)
         flux = np.asarray(flux, dtype=np.float64)
@@ -563,11 +565,11 @@ class CannonModel:
     # ------------------------------------------------------------------ test step
     def infer(
         self,
-        flux,
-        ivar=None,
+        flux: SpectraLike,
+        ivar: ArrayLike | None = None,
         *,
-        ids=None,
-        wavelength=None,
+        ids: ArrayLike | None = None,
+        wavelength: ArrayLike | None = None,
         n_starts: int | None = None,
         restart: bool = True,
         chunk_size: int = 1000,

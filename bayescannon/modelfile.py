@@ -22,10 +22,9 @@ import numpy as np
 import xarray as xr
 
 from bayescannon._version import __version__
+from bayescannon.errors import ModelFileError
+from bayescannon.flags import PixelFlag, flag_doc
 from bayescannon.pipeline.atomic import atomic_path
-
-from .errors import ModelFileError
-from .flags import PixelFlag, flag_doc
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.likelihood import adjusted_ivar
-from .errors import InvalidInputError, ShapeMismatchError
+from bayescannon.core.likelihood import adjusted_ivar
+from bayescannon.errors import InvalidInputError, ShapeMismatchError
 
 __all__ = [
     "one_to_one",

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon._version import __version__
+from bayescannon.errors import InvalidInputError
 from bayescannon.plots import save_figure
-
-from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 

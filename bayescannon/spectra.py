@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from .errors import InvalidInputError, LabelError, NegativeIvarError, NonFiniteError, ShapeMismatchError
+from bayescannon.errors import InvalidInputError, LabelError, NegativeIvarError, NonFiniteError, ShapeMismatchError
 
 __all__ = ["make_spectra", "check_spectra", "check_flux_ivar", "default_ids", "as_label_array", "unpack_spectra"]
 

@@ -87,7 +87,9 @@ def coverage_and_nuts(args, nuts):
         print(f"coverage on {int(rep['n_stars'])} held-out stars (S/N 30-250):")
         for kind in rep["kind"].values:
             for lv in rep["level"].values:
-                vals = "  ".join(f"{n}={float(rep['coverage'].sel(kind=kind, level=lv, label=n)):.3f}" for n in LABELS)
+                vals = "  ".join(
+                    f"{n}={float(rep['coverage'].sel(kind=kind, level=lv, label_name=n)):.3f}" for n in LABELS
+                )
                 print(f"  {kind:>10} {int(lv * 100)}%: {vals}")
     if n_rep > 1:
         tot = np.sum(pooled, axis=0) / (n_rep * float(rep["n_stars"]))

@@ -4,9 +4,9 @@ label uncertainties, latent reference labels (NUTS) and ArviZ diagnostics.
 Never imported by :mod:`bayescannon.core` or :mod:`bayescannon.model`.
 """
 
-from .calibration import calibrate, coverage_report
-from .latent import sample_latent_labels
-from .posterior import (
+from bayescannon.bayes.calibration import calibrate, coverage_report
+from bayescannon.bayes.latent import sample_latent_labels
+from bayescannon.bayes.posterior import (
     LabelPosterior,
     label_log_likelihood,
     prior_bounds,

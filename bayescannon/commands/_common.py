@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
-
-from ..errors import InvalidInputError, LabelError
 
 
 def load_spectra(path):

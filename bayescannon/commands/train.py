@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+from bayescannon.commands._common import join_labels, load_spectra, parse_censors
+from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
-
-from ..errors import InvalidInputError
-from ._common import join_labels, load_spectra, parse_censors
 
 NAME = "train"
 HELP = "train a Cannon model on spectra with known labels"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bayescannon.commands._common import join_labels, load_spectra, parse_censors
 from bayescannon.model import CannonModel
 from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.bootstrap import bootstrap
 from bayescannon.validate.crossval import cross_validate
-
-from ._common import join_labels, load_spectra, parse_censors
 
 NAME = "validate"
 HELP = "cross-validate a Cannon model on its reference set (k-fold + bootstrap) and write a report"

@@ -31,7 +31,7 @@ module declares its formats, :mod:`~bayescannon.io.backend`),
 output files) and :mod:`~bayescannon.io.common`.
 """
 
-from .apogee import (
+from bayescannon.io.apogee import (
     APOGEE_ASPCAPFLAG_BITS,
     APOGEE_PIXMASK_BITS,
     APOGEE_STARFLAG_BITS,
@@ -45,24 +45,11 @@ from .apogee import (
     write_apstar,
     write_aspcapstar,
 )
-from .container import write_spectra
-from .galah import (
-    GALAH_CCDS,
-    galah_path,
-    read_galah,
-    read_galah_many,
-    write_galah,
-    write_galah_arm,
-)
-from .labels import read_labels
-from .lamost import (
-    LAMOST_MASK_BITS,
-    lamost_wavelength,
-    read_lamost,
-    read_lamost_many,
-    write_lamost,
-)
-from .registry import detect_format, read_many, read_spectra
+from bayescannon.io.container import write_spectra
+from bayescannon.io.galah import GALAH_CCDS, galah_path, read_galah, read_galah_many, write_galah, write_galah_arm
+from bayescannon.io.labels import read_labels
+from bayescannon.io.lamost import LAMOST_MASK_BITS, lamost_wavelength, read_lamost, read_lamost_many, write_lamost
+from bayescannon.io.registry import detect_format, read_many, read_spectra
 
 __all__ = [
     "APOGEE_ASPCAPFLAG_BITS",

@@ -35,11 +35,11 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from ..errors import InvalidInputError
-from .backend import FitsProbe, SpectraFormat
-from .bits import bits_to_int, mask_bits_attr
-from .common import format_error, has_fits_suffix
-from .fits import (
+from bayescannon.errors import InvalidInputError
+from bayescannon.io.backend import FitsProbe, SpectraFormat
+from bayescannon.io.bits import bits_to_int, mask_bits_attr
+from bayescannon.io.common import format_error, has_fits_suffix
+from bayescannon.io.fits import (
     header_float,
     header_str,
     image_hdu,
@@ -49,7 +49,7 @@ from .fits import (
     wcs_wavelength,
     write_hdus,
 )
-from .records import (
+from bayescannon.io.records import (
     _call_reader,
     _error_to_ivar,
     _read_many_with,

@@ -16,9 +16,9 @@ from pathlib import Path
 import xarray as xr
 from astropy.io import fits
 
-from ..errors import InvalidInputError
-from .common import format_error
-from .records import _open_one, _Record
+from bayescannon.errors import InvalidInputError
+from bayescannon.io.common import format_error
+from bayescannon.io.records import _open_one, _Record
 
 __all__ = ["FitsProbe", "SpectraFormat"]
 

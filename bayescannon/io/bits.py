@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from bayescannon.errors import InvalidInputError
 
 __all__ = ["bits_to_int", "mask_bits_attr"]
 

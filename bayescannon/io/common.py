@@ -11,7 +11,7 @@ import os
 import astropy.units as u
 import numpy as np
 
-from ..errors import SurveyFormatError
+from bayescannon.errors import SurveyFormatError
 
 __all__ = [
     "FITS_SUFFIXES",

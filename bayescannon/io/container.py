@@ -29,14 +29,13 @@ import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
 
+from bayescannon.errors import InvalidInputError, SurveyFormatError
+from bayescannon.io.backend import FitsProbe, SpectraFormat
+from bayescannon.io.common import format_error, wavelength_unit_factor
+from bayescannon.io.fits import table_hdu
+from bayescannon.io.records import _build_dataset
 from bayescannon.pipeline.atomic import write_atomic
-
-from ..errors import InvalidInputError, SurveyFormatError
-from ..spectra import check_spectra
-from .backend import FitsProbe, SpectraFormat
-from .common import format_error, wavelength_unit_factor
-from .fits import table_hdu
-from .records import _build_dataset
+from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
 

@@ -46,10 +46,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from bayescannon.errors import InvalidInputError, SurveyFormatError
+from bayescannon.io.common import format_error, wavelength_unit_factor
 from bayescannon.pipeline.atomic import write_atomic
-
-from ..errors import InvalidInputError, SurveyFormatError
-from .common import format_error, wavelength_unit_factor
 
 logger = logging.getLogger(__name__)
 

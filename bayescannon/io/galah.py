@@ -33,10 +33,10 @@ import numpy as np
 import xarray as xr
 from astropy.io import fits
 
-from ..errors import InvalidInputError
-from .backend import SpectraFormat
-from .common import format_error
-from .fits import (
+from bayescannon.errors import InvalidInputError
+from bayescannon.io.backend import SpectraFormat
+from bayescannon.io.common import format_error
+from bayescannon.io.fits import (
     header_float,
     image_hdu,
     read_fits_images,
@@ -45,13 +45,7 @@ from .fits import (
     wcs_wavelength,
     write_hdus,
 )
-from .records import (
-    _call_reader,
-    _error_to_ivar,
-    _read_many_with,
-    _Record,
-    _records_to_dataset,
-)
+from bayescannon.io.records import _call_reader, _error_to_ivar, _read_many_with, _Record, _records_to_dataset
 
 logger = logging.getLogger(__name__)
 

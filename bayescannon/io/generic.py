@@ -22,11 +22,11 @@ only re-exports the names other code imported from it.
 
 from __future__ import annotations
 
-from .container import _read_bc_fits, _read_nc, _read_npz, _restore, write_spectra
-from .fits import read_fits_images as _read_fits_images
-from .labels import read_labels
-from .records import SKIPPED_COLUMNS, _read_many_with, _Record, _records_to_dataset
-from .registry import detect_format, read_many, read_spectra
+from bayescannon.io.container import _read_bc_fits, _read_nc, _read_npz, _restore, write_spectra
+from bayescannon.io.fits import read_fits_images as _read_fits_images
+from bayescannon.io.labels import read_labels
+from bayescannon.io.records import SKIPPED_COLUMNS, _read_many_with, _Record, _records_to_dataset
+from bayescannon.io.registry import detect_format, read_many, read_spectra
 
 __all__ = [
     "SKIPPED_COLUMNS",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from astropy.table import Table
 
-from .common import as_str_ids, format_error, has_fits_suffix
+from bayescannon.io.common import as_str_ids, format_error, has_fits_suffix
 
 logger = logging.getLogger(__name__)
 

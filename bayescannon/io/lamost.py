@@ -33,19 +33,12 @@ import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
 
-from ..errors import InvalidInputError, SurveyFormatError
-from .backend import FitsProbe, SpectraFormat
-from .bits import bits_to_int, mask_bits_attr
-from .common import format_error, has_fits_suffix, wavelength_unit_factor
-from .fits import (
-    header_float,
-    header_str,
-    read_fits_images,
-    table_hdu,
-    update_header,
-    write_hdus,
-)
-from .records import _call_reader, _read_many_with, _Record, _records_to_dataset
+from bayescannon.errors import InvalidInputError, SurveyFormatError
+from bayescannon.io.backend import FitsProbe, SpectraFormat
+from bayescannon.io.bits import bits_to_int, mask_bits_attr
+from bayescannon.io.common import format_error, has_fits_suffix, wavelength_unit_factor
+from bayescannon.io.fits import header_float, header_str, read_fits_images, table_hdu, update_header, write_hdus
+from bayescannon.io.records import _call_reader, _read_many_with, _Record, _records_to_dataset
 
 logger = logging.getLogger(__name__)
 

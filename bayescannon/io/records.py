@@ -22,10 +22,9 @@ import xarray as xr
 from astropy.table import Table
 
 from bayescannon.core.grid import interpolate
-
-from ..errors import GridMismatchError, InvalidInputError, SurveyFormatError
-from ..spectra import check_spectra
-from .common import append_history, format_error
+from bayescannon.errors import GridMismatchError, InvalidInputError, SurveyFormatError
+from bayescannon.io.common import append_history, format_error
+from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import os
 
 import xarray as xr
 
-from ..errors import InvalidInputError
-from .apogee import APSTAR, ASPCAPSTAR
-from .backend import FitsProbe, SpectraFormat
-from .common import format_error, has_fits_suffix
-from .container import BAYESCANNON_FITS, NC, NPZ
-from .galah import GALAH
-from .lamost import LAMOST
-from .records import _read_many_with
+from bayescannon.errors import InvalidInputError
+from bayescannon.io.apogee import APSTAR, ASPCAPSTAR
+from bayescannon.io.backend import FitsProbe, SpectraFormat
+from bayescannon.io.common import format_error, has_fits_suffix
+from bayescannon.io.container import BAYESCANNON_FITS, NC, NPZ
+from bayescannon.io.galah import GALAH
+from bayescannon.io.lamost import LAMOST
+from bayescannon.io.records import _read_many_with
 
 logger = logging.getLogger(__name__)
 

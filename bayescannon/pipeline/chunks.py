@@ -37,8 +37,7 @@ import numpy as np
 
 from bayescannon._version import __version__
 from bayescannon.errors import InvalidInputError
-
-from .atomic import TMP_PREFIX, atomic_path, write_json
+from bayescannon.pipeline.atomic import TMP_PREFIX, atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ Modules: :mod:`~bayescannon.preprocess.grid`, :mod:`~bayescannon.preprocess.norm
 :mod:`~bayescannon.preprocess.masks`, :mod:`~bayescannon.preprocess.chunked`.
 """
 
-from ._container import flag_all_masked
-from .chunked import chunk_files, process_in_chunks, read_chunks
-from .grid import (
+from bayescannon.preprocess._container import flag_all_masked
+from bayescannon.preprocess.chunked import chunk_files, process_in_chunks, read_chunks
+from bayescannon.preprocess.grid import (
     C_KMS,
     air_to_vacuum,
     doppler_factor,
@@ -23,8 +23,8 @@ from .grid import (
     vacuum_to_air,
     wavelength_cut,
 )
-from .masks import add_snr, mask_bits, mask_windows, snr
-from .normalise import continuum_pixels, normalise_continuum, normalise_ho2017
+from bayescannon.preprocess.masks import add_snr, mask_bits, mask_windows, snr
+from bayescannon.preprocess.normalise import continuum_pixels, normalise_continuum, normalise_ho2017
 
 __all__ = [
     "C_KMS",

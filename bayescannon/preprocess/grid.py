@@ -21,9 +21,8 @@ from bayescannon.core.grid import (
     vacuum_to_air_wavelength,
 )
 from bayescannon.errors import GridMismatchError, InvalidInputError
+from bayescannon.preprocess._container import check_grid, flag_all_masked, flux_ivar, new_container, wavelength_of
 from bayescannon.spectra import check_spectra
-
-from ._container import check_grid, flag_all_masked, flux_ivar, new_container, wavelength_of
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,16 @@ import xarray as xr
 
 from bayescannon.errors import GridMismatchError, InvalidInputError
 from bayescannon.io import bits_to_int
+from bayescannon.preprocess._container import (
+    append_history,
+    flag_all_masked,
+    flux_ivar,
+    masked_median,
+    new_container,
+    wavelength_of,
+)
+from bayescannon.preprocess.grid import per_star_factor
 from bayescannon.spectra import check_spectra
-
-from ._container import append_history, flag_all_masked, flux_ivar, masked_median, new_container, wavelength_of
-from .grid import per_star_factor
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,14 @@ import numpy as np
 import xarray as xr
 
 from bayescannon.errors import InvalidInputError
-
-from ._container import flag_all_masked, flux_ivar, masked_median, new_container, segment_indices, wavelength_of
+from bayescannon.preprocess._container import (
+    flag_all_masked,
+    flux_ivar,
+    masked_median,
+    new_container,
+    segment_indices,
+    wavelength_of,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 populations, mock survey files and the APOGEE spectrum emulator.
 """
 
-from .instruments import APOGEE, GALAH, INSTRUMENTS, LAMOST, MASK_BITS, Instrument, get_instrument
-from .labels import LABEL_LIMITS, LABEL_NAMES
-from .linelist import LineList, default_line_list, make_line_list
-from .opacity import line_strengths
-from .populations import (
+from bayescannon.simulate.instruments import APOGEE, GALAH, INSTRUMENTS, LAMOST, MASK_BITS, Instrument, get_instrument
+from bayescannon.simulate.labels import LABEL_LIMITS, LABEL_NAMES
+from bayescannon.simulate.linelist import LineList, default_line_list, make_line_list
+from bayescannon.simulate.opacity import line_strengths
+from bayescannon.simulate.populations import (
     PIPELINE_NOISE,
     POPULATION_LIMITS,
     draw_labels,
@@ -15,8 +15,8 @@ from .populations import (
     lamost_teff_offset,
     pipeline_labels,
 )
-from .quadratic import MOCK_LABEL_RANGES, mock_quadratic_survey
-from .synthesis import simulate_spectra, simulate_survey
+from bayescannon.simulate.quadratic import MOCK_LABEL_RANGES, mock_quadratic_survey
+from bayescannon.simulate.synthesis import simulate_spectra, simulate_survey
 
 __all__ = [
     "APOGEE",

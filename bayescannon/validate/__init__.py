@@ -2,9 +2,9 @@
 repeat-based errors and open clusters.
 """
 
-from .bootstrap import BootstrapResult, bootstrap
-from .crossval import BAD_FIT_FLAGS, CrossValidation, cross_validate, make_folds
-from .stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
+from bayescannon.validate.bootstrap import BootstrapResult, bootstrap
+from bayescannon.validate.crossval import BAD_FIT_FLAGS, CrossValidation, cross_validate, make_folds
+from bayescannon.validate.stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
 
 __all__ = [
     "CrossValidation",

@@ -16,8 +16,7 @@ from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
 from bayescannon.spectra import check_flux_ivar, default_ids, unpack_spectra
-
-from .parallel import n_model_terms, prepare_data, run_tasks
+from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
 
 logger = logging.getLogger(__name__)
 

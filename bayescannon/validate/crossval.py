@@ -38,10 +38,9 @@ from astropy.table import Table
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
 from bayescannon.flags import StarFlag
 from bayescannon.results import set_label_units
-
-from .bootstrap import BootstrapResult, bootstrap  # noqa: F401  (re-exported for callers of the old module)
-from .parallel import n_model_terms, prepare_data, run_tasks
-from .stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
+from bayescannon.validate.bootstrap import BootstrapResult, bootstrap  # noqa: F401  (re-exported for callers of the old module)
+from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
+from bayescannon.validate.stats import DEFAULT_SNR_BINS, binned_statistics, summary_statistics
 
 logger = logging.getLogger(__name__)
 
