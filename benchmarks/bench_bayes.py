@@ -216,12 +216,12 @@ def latent_labels(args):
             t = time.perf_counter()
             m = CannonModel(LABELS).fit(ff, ii, oo, label_errors=ee, spectral_information=mode, trend_order=trend)
             t_eiv = time.perf_counter() - t
-            latent = m.extra_state_["extra_latent_labels_scaled"][1] * m.label_scale_ + m.label_offset_
+            latent = m.latent_labels_ * m.label_scale_ + m.label_offset_
             what = mode if trend is None else f"{mode}, trend_order={trend}"
             print(
                 f"  latent-label MAP ({what}) {t_eiv:.2f} s ({t_eiv / t_plain:.2f}x plain), "
-                f"{int(m.extra_state_['extra_latent_iterations'][1])} iterations, "
-                f"converged={bool(m.extra_state_['extra_latent_converged'][1])}; median |label - truth|/error: "
+                f"{int(m.latent_iterations_)} iterations, "
+                f"converged={bool(m.latent_converged_)}; median |label - truth|/error: "
                 f"observed {np.array2string(np.median(np.abs(oo - tt) / ee, axis=0), precision=2)}, "
                 f"latent {np.array2string(np.median(np.abs(latent - tt) / ee, axis=0), precision=2)}; "
                 f"held-out rms {np.array2string(held_out(m), precision=4)}"

@@ -40,14 +40,14 @@ def test_latent_labels_recover_theta_better_than_ignoring_label_errors():
     vec, theta, x, flux, ivar, obs, err = _data(rng)
     naive = CannonModel(NAMES).fit(flux, ivar, obs)
     eiv = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err)
-    assert int(eiv.extra_state_["extra_latent_converged"][1]) == 1
+    assert int(eiv.latent_converged_) == 1
     test = rng.uniform(-0.45, 0.45, (400, 3))
     truth = vec(test) @ theta.T
     rms_naive = np.sqrt(np.mean((naive.predict(test) - truth) ** 2))
     rms_eiv = np.sqrt(np.mean((eiv.predict(test) - truth) ** 2))
     # label noise of 0.15 (30% of the range) attenuates the naive θ strongly
     assert rms_eiv < 0.7 * rms_naive, (rms_eiv, rms_naive)
-    latent = eiv.extra_state_["extra_latent_labels_scaled"][1] * eiv.label_scale_ + eiv.label_offset_
+    latent = eiv.latent_labels_ * eiv.label_scale_ + eiv.label_offset_
     # the latent labels are much closer to the truth than the observed ones
     assert np.sqrt(np.mean((latent - x) ** 2)) < 0.5 * np.sqrt(np.mean((obs - x) ** 2))
     # label noise inflates the apparent scatter s²; the latent fit removes most of it
@@ -74,8 +74,8 @@ def test_latent_label_map_is_a_stationary_point_of_the_joint_posterior():
     rng = np.random.default_rng(6)
     vec, theta, x, flux, ivar, obs, err = _data(rng, n=800, p=80, label_noise=0.1)
     model = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err, tol=1e-3, spectral_information="formal")
-    assert int(model.extra_state_["extra_latent_converged"][1]) == 1
-    xs = model.extra_state_["extra_latent_labels_scaled"][1]
+    assert int(model.latent_converged_) == 1
+    xs = model.latent_labels_
     o = (obs - model.label_offset_) / model.label_scale_
     prec = (model.label_scale_ / err) ** 2
     w = adjusted_ivar(ivar, model.s2_[None, :])
@@ -144,7 +144,7 @@ def test_calibrated_spectral_information_does_not_absorb_model_misfit():
 
     def fitted(**kw):
         m = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err, **kw)
-        lat = m.extra_state_["extra_latent_labels_scaled"][1] * m.label_scale_ + m.label_offset_
+        lat = m.latent_labels_ * m.label_scale_ + m.label_offset_
         rms_test = np.sqrt(np.mean((m.infer(ftest, np.full(ftest.shape, noise**-2))["labels"].values - test) ** 2))
         return m, np.sqrt(np.mean((lat - x) ** 2)), rms_test
 
@@ -152,10 +152,10 @@ def test_calibrated_spectral_information_does_not_absorb_model_misfit():
     formal, rms_formal, _ = fitted(spectral_information="formal", max_iter=15)
     plain = CannonModel(NAMES).fit(flux, ivar, obs)
     test_plain = np.sqrt(np.mean((plain.infer(ftest, np.full(ftest.shape, noise**-2))["labels"].values - test) ** 2))
-    assert int(cal.extra_state_["extra_latent_calibrated"][1]) == 1
-    assert int(cal.extra_state_["extra_latent_converged"][1]) == 1
-    assert int(cal.extra_state_["extra_latent_iterations"][1]) <= 10
-    assert int(formal.extra_state_["extra_latent_converged"][1]) == 0
+    assert int(cal.latent_calibrated_) == 1
+    assert int(cal.latent_converged_) == 1
+    assert int(cal.latent_iterations_) <= 10
+    assert int(formal.latent_converged_) == 0
     # observed labels are off by e (rms); 4,500 values: the rms is known to ~1 %
     assert rms_cal < 0.8 * e, rms_cal
     assert rms_cal < rms_formal

@@ -150,7 +150,7 @@ def theta_uncertainty_state(ivar, s2, design, pixel_ok=None, chunk_size: int = 1
     -------
     dict
         ``{"extra_theta_leverage": (("term", "term2"), G₀⁻¹),
-        "extra_train_weight": (("pixel",), w̄)}`` for ``model.extra_state_``.
+        "extra_train_weight": (("pixel",), w̄)}`` (the model keeps them as ``theta_leverage_`` and ``train_weight_``).
     """
     if pixel_major:
         p, n = ivar.shape
