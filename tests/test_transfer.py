@@ -29,11 +29,14 @@ import tomllib
 
 import numpy as np
 import pytest
+import xarray as xr
 from astropy.table import Table
 
 from bayescannon.cli import main
 from bayescannon.errors import InvalidInputError
+from bayescannon.model import CannonModel
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, example_config, make_mock_survey
+from bayescannon.survey.catalogue import build_catalogue, read_catalogue
 from bayescannon.survey.transfer import STEPS, TransferConfig, TransferPipeline, evaluate
 
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_M"]
@@ -300,3 +303,21 @@ def test_full_size_reproduction(tmp_path):
         assert s["scatter"] < s["y_scatter"] and s["rms"] < s["y_rms"], name
     a = stats["ALPHA_M"]
     assert abs(a["bias"]) <= 3.0 * a["se_bias"] + CANNON_FLOOR["ALPHA_M"]
+
+
+def test_the_catalogue_is_the_one_builders(run):
+    """Transfer writes the catalogue that build_catalogue makes of its saved inference
+    (same columns, values and units as `catalogue` / `infer -o` would write), with the
+    hull and distance flags evaluated on the model's training labels."""
+    _, _, pipe = run
+    cat = read_catalogue(pipe.output / "catalogue.fits")
+    model = CannonModel.load(pipe.step_dir("train") / "model.nc")
+    result = xr.load_dataset(pipe.step_dir("infer") / "labels.nc", engine="h5netcdf")
+    ref = build_catalogue(model, result, uncertainty="formal")
+    assert "FLAG_OUTSIDE_HULL" in cat.colnames and "FLAG_FAR_FROM_TRAINING" in cat.colnames
+    assert "formal" in str(cat.meta["ERRMODEL"])
+    for name in model.label_names:
+        for col in (name, f"e_{name}"):
+            np.testing.assert_array_equal(np.asarray(cat[col]), np.asarray(ref[col]), err_msg=col)
+            assert str(cat[col].unit) == str(ref[col].unit), col
+    np.testing.assert_array_equal(np.asarray(cat["FLAG_OUTSIDE_HULL"]), np.asarray(ref["FLAG_OUTSIDE_HULL"]))
