@@ -12,9 +12,24 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from bayescannon.errors import InvalidInputError, LabelError, NegativeIvarError, NonFiniteError, ShapeMismatchError
+from bayescannon.errors import (
+    CrossMatchError,
+    InvalidInputError,
+    LabelError,
+    NegativeIvarError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 
-__all__ = ["make_spectra", "check_spectra", "check_flux_ivar", "default_ids", "as_label_array", "unpack_spectra"]
+__all__ = [
+    "make_spectra",
+    "check_spectra",
+    "check_flux_ivar",
+    "default_ids",
+    "as_label_array",
+    "unpack_spectra",
+    "join_ids",
+]
 
 
 def default_ids(n: int, prefix: str = "star") -> np.ndarray:
@@ -221,3 +236,51 @@ def unpack_spectra(flux, ivar, ids, wavelength):
     elif ivar is None:
         raise InvalidInputError("ivar is required when flux is an array")
     return flux, ivar, ids, wavelength, ds
+
+
+def join_ids(ids, other_ids, *, what: str = "table", require: str = "any"):
+    """Rows of ``other_ids`` that hold each of ``ids``: the one join by star id.
+
+    Parameters
+    ----------
+    ids : array_like (N,)
+        Ids to look up (compared as strings).
+    other_ids : array_like (M,)
+        Ids of the table to join; must be unique.
+    what : str
+        Name of the joined table, for error messages.
+    require : {"any", "all", "none"}
+        ``"all"``: every id must be found; ``"any"``: at least one; ``"none"``: no check.
+
+    Returns
+    -------
+    rows : ndarray of int (N,)
+        Row of ``other_ids`` for each id (0 where not found).
+    hit : ndarray of bool (N,)
+        Whether the id was found.
+
+    Raises
+    ------
+    CrossMatchError
+        Duplicated ids in ``other_ids``, or fewer matches than ``require`` asks for.
+    """
+    ids = np.asarray(ids).astype(str)
+    other = np.asarray(other_ids).astype(str)
+    order = np.argsort(other, kind="stable")
+    srt = other[order]
+    if srt.size > 1 and np.any(srt[1:] == srt[:-1]):
+        dup = np.unique(srt[1:][srt[1:] == srt[:-1]])
+        raise CrossMatchError(f"{what} has duplicated ids, e.g. {dup[:3].tolist()}")
+    if srt.size == 0:
+        rows, hit = np.zeros(ids.size, np.int64), np.zeros(ids.size, bool)
+    else:
+        pos = np.clip(np.searchsorted(srt, ids), 0, srt.size - 1)
+        hit = srt[pos] == ids
+        rows = np.where(hit, order[pos], 0)
+    if require == "all" and not hit.all():
+        raise CrossMatchError(
+            f"{int((~hit).sum())} of {ids.size} ids are missing from {what}, e.g. {ids[~hit][:3].tolist()}"
+        )
+    if require == "any" and ids.size and not hit.any():
+        raise CrossMatchError(f"no id joins {what} (ids e.g. {ids[:2].tolist()}, {what} e.g. {other[:2].tolist()})")
+    return rows, hit

@@ -46,7 +46,7 @@ from bayescannon.core.likelihood import label_log_likelihood
 from bayescannon.core.uncertainty import inverse_train_weight, theta_state
 from bayescannon.errors import InvalidInputError, SamplingError, ShapeMismatchError
 from bayescannon.flags import PixelFlag
-from bayescannon.spectra import default_ids, unpack_spectra
+from bayescannon.spectra import default_ids, join_ids, unpack_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -498,11 +498,10 @@ def sample_labels(
             if rows.size and (rows.min() < 0 or rows.max() >= flux.shape[0]):
                 raise InvalidInputError(f"selected rows {rows} are outside 0..{flux.shape[0] - 1}")
         else:
-            index = {s: i for i, s in enumerate(ids)}
-            missing = [s for s in sel.astype(str) if s not in index]
-            if missing:
-                raise InvalidInputError(f"selected ids not found among the spectra: {missing[:5]}")
-            rows = np.array([index[s] for s in sel.astype(str)], dtype=int)
+            rows, hit = join_ids(sel, ids, what="the spectra", require="none")
+            if not hit.all():
+                missing = sel.astype(str)[~hit]
+                raise InvalidInputError(f"selected ids not found among the spectra: {missing[:5].tolist()}")
         flux, ivar, ids = flux[rows], ivar[rows], ids[rows]
     if flux.shape[0] == 0:
         raise InvalidInputError("no star to sample")

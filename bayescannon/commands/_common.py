@@ -6,6 +6,7 @@ import numpy as np
 
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
+from bayescannon.spectra import join_ids
 
 
 def load_spectra(path):
@@ -23,13 +24,10 @@ def join_labels(ds, labels_path, label_names, id_column):
     if missing:
         raise LabelError(f"label table {labels_path} has no column(s) {missing}")
     ids = np.asarray(table[id_column]).astype(str)
-    index = {i: k for k, i in enumerate(ids)}
-    if len(index) != len(ids):
-        raise InvalidInputError(f"label table {labels_path} has duplicated ids in {id_column}")
     star = np.asarray(ds["star"].values).astype(str)
-    rows = np.array([index.get(s, -1) for s in star])
-    if (rows < 0).any():
-        miss = star[rows < 0]
+    rows, hit = join_ids(star, ids, what=f"label table {labels_path} ({id_column})", require="none")
+    if not hit.all():
+        miss = star[~hit]
         raise LabelError(f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})")
     return np.column_stack([np.asarray(table[n], dtype=float)[rows] for n in label_names])
 

@@ -49,6 +49,7 @@ from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatch
 from bayescannon.flags import StarFlag, flag_header
 from bayescannon.pipeline.atomic import atomic_path
 from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit, label_units_text
+from bayescannon.spectra import join_ids
 from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, training_labels
 
 logger = logging.getLogger(__name__)
@@ -110,54 +111,6 @@ def _masked(values, **kw):
     if v.dtype.kind == "f":
         return MaskedColumn(v, mask=~np.isfinite(v), **kw)
     return Column(v, **kw)
-
-
-def join_ids(ids, other_ids, *, what: str = "table", require: str = "any"):
-    """Rows of ``other_ids`` that hold each of ``ids``: the one join by star id.
-
-    Parameters
-    ----------
-    ids : array_like (N,)
-        Ids to look up (compared as strings).
-    other_ids : array_like (M,)
-        Ids of the table to join; must be unique.
-    what : str
-        Name of the joined table, for error messages.
-    require : {"any", "all", "none"}
-        ``"all"``: every id must be found; ``"any"``: at least one; ``"none"``: no check.
-
-    Returns
-    -------
-    rows : ndarray of int (N,)
-        Row of ``other_ids`` for each id (0 where not found).
-    hit : ndarray of bool (N,)
-        Whether the id was found.
-
-    Raises
-    ------
-    CrossMatchError
-        Duplicated ids in ``other_ids``, or fewer matches than ``require`` asks for.
-    """
-    ids = np.asarray(ids).astype(str)
-    other = np.asarray(other_ids).astype(str)
-    order = np.argsort(other, kind="stable")
-    srt = other[order]
-    if srt.size > 1 and np.any(srt[1:] == srt[:-1]):
-        dup = np.unique(srt[1:][srt[1:] == srt[:-1]])
-        raise CrossMatchError(f"{what} has duplicated ids, e.g. {dup[:3].tolist()}")
-    if srt.size == 0:
-        rows, hit = np.zeros(ids.size, np.int64), np.zeros(ids.size, bool)
-    else:
-        pos = np.clip(np.searchsorted(srt, ids), 0, srt.size - 1)
-        hit = srt[pos] == ids
-        rows = np.where(hit, order[pos], 0)
-    if require == "all" and not hit.all():
-        raise CrossMatchError(
-            f"{int((~hit).sum())} of {ids.size} ids are missing from {what}, e.g. {ids[~hit][:3].tolist()}"
-        )
-    if require == "any" and ids.size and not hit.any():
-        raise CrossMatchError(f"no id joins {what} (ids e.g. {ids[:2].tolist()}, {what} e.g. {other[:2].tolist()})")
-    return rows, hit
 
 
 def _aligned(ids, other_ids, what):

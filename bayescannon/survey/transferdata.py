@@ -24,7 +24,7 @@ from bayescannon.errors import (
 from bayescannon.io import read_labels, read_spectra, write_spectra
 from bayescannon.preprocess import mask_bits, mask_windows, normalise_ho2017, resample, to_rest_frame
 from bayescannon.preprocess import snr as pixel_snr
-from bayescannon.spectra import make_spectra
+from bayescannon.spectra import join_ids, make_spectra
 from bayescannon.survey.catalogue import write_table
 from bayescannon.survey.reference import crossmatch_ids, crossmatch_sky
 from bayescannon.survey.transferconfig import _as_float, _str_ids
@@ -66,15 +66,15 @@ class _DataSteps:
     def _select(self, ds: xr.Dataset, ids) -> xr.Dataset:
         """Stars ``ids`` of ``ds``, in that order (all must be there)."""
         star = np.asarray(ds["star"].values).astype(str)
-        index = {s: i for i, s in enumerate(star)}
         ids = np.asarray(ids).astype(str)
-        missing = [s for s in ids if s not in index]
-        if missing:
+        rows, hit = join_ids(ids, star, what="the preprocessed spectra", require="none")
+        if not hit.all():
+            missing = ids[~hit]
             raise InvalidInputError(
-                f"{len(missing)} star(s) of the reference set are not in the preprocessed spectra "
+                f"{missing.size} star(s) of the reference set are not in the preprocessed spectra "
                 f"(e.g. {', '.join(missing[:3])}): re-run the pipeline --from preprocess"
             )
-        return ds.isel(star=np.asarray([index[s] for s in ids], dtype=np.intp))
+        return ds.isel(star=rows)
 
     # ---------------------------------------------------------------- step: read
     def _step_read(self) -> dict:

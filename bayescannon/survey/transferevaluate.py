@@ -11,6 +11,7 @@ import numpy as np
 from astropy.table import Table
 
 from bayescannon.errors import InvalidInputError
+from bayescannon.spectra import join_ids
 from bayescannon.survey.transferconfig import _FAILED_FIT, _as_float, _str_ids
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,11 @@ def evaluate(
     truth_labels = dict(truth_labels or {n: n for n in label_names})
     offsets = dict(offsets or {})
     tid = _str_ids(truth[truth_id_column])
-    t_index = {s: i for i, s in enumerate(tid) if s}
+    named = np.flatnonzero(tid != "")
     ids = np.asarray(catalogue["ID"]).astype(str)
-    rows = np.asarray([t_index.get(s, -1) for s in ids])
-    use = rows >= 0
+    rows, hit = join_ids(ids, tid[named], what="the truth table", require="none")
+    rows = np.where(hit, named[rows] if named.size else rows, -1)
+    use = hit.copy()
     if "IN_TRAINING" in catalogue.colnames and not include_training:
         use &= ~np.asarray(catalogue["IN_TRAINING"], dtype=bool)
     if "FLAGS" in catalogue.colnames:
