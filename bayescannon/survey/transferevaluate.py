@@ -83,7 +83,10 @@ def evaluate(
     truth_labels = dict(truth_labels or {n: n for n in label_names})
     offsets = dict(offsets or {})
     tid = _str_ids(truth[truth_id_column])
-    named = np.flatnonzero(tid != "")
+    # truth rows with an id that names one row only (placeholders such as "" or "-1" that
+    # several rows share identify no star)
+    _, inverse, counts = np.unique(tid, return_inverse=True, return_counts=True)
+    named = np.flatnonzero((tid != "") & (counts[inverse] == 1))
     ids = np.asarray(catalogue["ID"]).astype(str)
     rows, hit = join_ids(ids, tid[named], what="the truth table", require="none")
     rows = np.where(hit, named[rows] if named.size else rows, -1)
