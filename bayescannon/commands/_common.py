@@ -7,6 +7,7 @@ import numpy as np
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
 from bayescannon.spectra import join_ids
+from bayescannon.survey.catalogue import read_catalogue
 
 
 def load_spectra(path):
@@ -43,3 +44,34 @@ def parse_censors(items):
             raise InvalidInputError(f"cannot parse censor {item!r}; expected LABEL:lo-hi,lo-hi") from exc
         out[name] = windows
     return out
+
+
+def add_training_arguments(p, what: str) -> None:
+    """Arguments shared by the commands that fit models on a reference set (``train``,
+    ``validate``): spectra, label table, label names, id column, order, regularisation,
+    censoring windows."""
+    p.add_argument("spectra", help=f"{what} spectra (.nc, .npz or bayescannon FITS)")
+    p.add_argument(
+        "labels_table",
+        nargs="?",
+        help="label table (FITS or CSV) with an id column; default: label columns stored in the spectra file",
+    )
+    p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
+    p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
+    p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
+    p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
+    p.add_argument(
+        "--censor",
+        action="append",
+        metavar="LABEL:LO-HI,...",
+        help="wavelength windows (A) where LABEL may act; repeatable",
+    )
+
+
+def catalogue_labels(args):
+    """Read ``args.catalogue`` and the label names to use (``--labels`` or its LABELS card)."""
+    cat = read_catalogue(args.catalogue)
+    names = args.labels or str(cat.meta.get("LABELS", "")).split()
+    if not names:
+        raise InvalidInputError("give --labels: the catalogue has no LABELS header card")
+    return cat, names

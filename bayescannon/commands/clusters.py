@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bayescannon.commands._common import catalogue_labels
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import read_labels
 from bayescannon.plots import new_figure
 from bayescannon.report import Report
-from bayescannon.survey.catalogue import read_catalogue, write_table
+from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.clusters import cluster_statistics, cluster_trends, match_members, read_apogee_cluster_members
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
 
@@ -60,10 +61,7 @@ def run(args) -> int:
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    cat = read_catalogue(args.catalogue)
-    names = args.labels or str(cat.meta.get("LABELS", "")).split()
-    if not names:
-        raise InvalidInputError("give --labels: the catalogue has no LABELS header card")
+    cat, names = catalogue_labels(args)
     missing = [n for n in names if n not in cat.colnames]
     if missing:
         raise InvalidInputError(f"catalogue lacks label column(s) {missing}")

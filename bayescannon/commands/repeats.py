@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bayescannon.commands._common import catalogue_labels
 from bayescannon.errors import InvalidInputError
 from bayescannon.plots import precision_vs_snr
 from bayescannon.report import Report
-from bayescannon.survey.catalogue import read_catalogue, write_table
+from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
 from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors
 
@@ -52,10 +53,7 @@ def run(args) -> int:
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    cat = read_catalogue(args.catalogue)
-    names = args.labels or str(cat.meta.get("LABELS", "")).split()
-    if not names:
-        raise InvalidInputError("give --labels: the catalogue has no LABELS header card")
+    cat, names = catalogue_labels(args)
     for col in [args.group_column, args.snr_column, *names, *(f"e_{n}" for n in names)]:
         if col not in cat.colnames:
             raise InvalidInputError(f"catalogue has no column {col!r}")

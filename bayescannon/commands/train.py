@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bayescannon.commands._common import join_labels, load_spectra, parse_censors
+from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 
@@ -13,23 +13,8 @@ HELP = "train a Cannon model on spectra with known labels"
 
 
 def add_arguments(p):
-    p.add_argument("spectra", help="training spectra (.nc, .npz or bayescannon FITS)")
-    p.add_argument(
-        "labels_table",
-        nargs="?",
-        help="label table (FITS or CSV) with an id column; default: label columns stored in the spectra file",
-    )
+    add_training_arguments(p, "training")
     p.add_argument("-o", "--output", required=True, help="model file to write (.nc or .zarr)")
-    p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
-    p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
-    p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
-    p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
-    p.add_argument(
-        "--censor",
-        action="append",
-        metavar="LABEL:LO-HI,...",
-        help="wavelength windows (A) where LABEL may act; repeatable",
-    )
     p.add_argument(
         "--label-errors",
         nargs="+",

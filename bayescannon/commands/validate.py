@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bayescannon.commands._common import join_labels, load_spectra, parse_censors
+from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
 from bayescannon.model import CannonModel
 from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
 from bayescannon.report import Report
@@ -18,22 +18,7 @@ HELP = "cross-validate a Cannon model on its reference set (k-fold + bootstrap) 
 
 
 def add_arguments(p):
-    p.add_argument("spectra", help="reference spectra (.nc, .npz or bayescannon FITS)")
-    p.add_argument(
-        "labels_table",
-        nargs="?",
-        help="label table (FITS/CSV) with an id column; default: label columns stored in the spectra file",
-    )
-    p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
-    p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
-    p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
-    p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
-    p.add_argument(
-        "--censor",
-        action="append",
-        metavar="LABEL:LO-HI,...",
-        help="wavelength windows (A) where LABEL may act; repeatable",
-    )
+    add_training_arguments(p, "reference")
     p.add_argument("--n-folds", type=int, default=8, help="folds (Ho+2017: 8; Nandakumar+2022: 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and bootstrap")
     p.add_argument("--n-jobs", type=int, default=None, help="worker processes (default: all cores)")
