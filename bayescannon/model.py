@@ -594,7 +594,7 @@ class CannonModel:
         restart : bool, default True
             Second round: scan χ² along each label through each star's best fit and restart
             from the lowest other dip of the scans where there is one (see
-            :func:`bayescannon.infer.fit_labels`). It finds the wrong minima that the χ²
+            :func:`bayescannon.core.labelfit.fit_labels`). It finds the wrong minima that the χ²
             ranking of the candidates misses (e.g. a label acting mainly through its square).
         chunk_size : int
             Stars processed at once; memory does not grow with N.

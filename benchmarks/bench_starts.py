@@ -42,7 +42,7 @@ def misses(chi2, chi2_ref):
 
 
 def emulator_sets(n_train, n_test):
-    from bayescannon.emulator import load_emulator
+    from bayescannon.simulate.emulator import load_emulator
 
     try:
         emu = load_emulator()

@@ -185,7 +185,7 @@ def test_bad_label_errors_in_fit(bad, exc):
 
 @pytest.mark.slow
 def test_nuts_with_theta_marginalised_mixes():
-    from bayescannon.core.latent import sample_latent_labels
+    from bayescannon.bayes import sample_latent_labels  # lazy: PyMC stack only for this slow test
 
     rng = np.random.default_rng(3)
     vec, theta, x, flux, ivar, obs, err = _data(rng, n=100, p=50, label_noise=0.1)
