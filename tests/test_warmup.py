@@ -128,3 +128,17 @@ print(json.dumps(kernel_stats()))
     stats = json.loads(warm.stdout.splitlines()[-1])
     assert sum(v[2] for v in stats.values()) == 0, stats
     assert sum(v[1] for v in stats.values()) >= 9, stats
+
+
+def test_compile_notice_lets_foreign_functions_compile():
+    """The compile listener sees every numba compile of the process; functions of other
+    packages (PyTensor's numba backend makes them with ``__module__ = None``) compile."""
+    import numba
+
+    import bayescannon.core._kernels  # noqa: F401  (registers the listener)
+
+    def plus_one(x):
+        return x + 1
+
+    plus_one.__module__ = None
+    assert numba.njit(plus_one)(1) == 2

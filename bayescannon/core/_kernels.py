@@ -78,10 +78,15 @@ class _CompileNotice(event.Listener):
         self.announced = set()
 
     def on_start(self, ev):
-        py_func = getattr((ev.data or {}).get("dispatcher"), "py_func", None)
-        if not getattr(py_func, "__module__", "").startswith("bayescannon"):
+        # a listener sees every numba compile of the process (PyTensor's and the user's too,
+        # whose functions may have __module__ None): it must never raise into numba
+        try:
+            py_func = getattr((ev.data or {}).get("dispatcher"), "py_func", None)
+            if not str(getattr(py_func, "__module__", None) or "").startswith("bayescannon"):
+                return
+            step, seconds = KERNEL_STEPS.get(py_func.__name__, ("numerical", 10))
+        except Exception:  # pragma: no cover - defensive: a notice is not worth a failed compile
             return
-        step, seconds = KERNEL_STEPS.get(py_func.__name__, ("numerical", 10))
         if step not in self.announced:
             self.announced.add(step)
             logger.warning("compiling the %s kernels (first use, ~%d s; cached afterwards)", step, seconds)
