@@ -12,10 +12,11 @@ import importlib
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 
 from bayescannon import commands
 from bayescannon._version import __version__
-from bayescannon.errors import BayesCannonError
+from bayescannon.errors import BayesCannonError, InvalidInputError
 
 __all__ = ["main", "build_parser"]
 
@@ -47,6 +48,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Arguments that name what a command writes.
+_OUTPUTS = ("output", "model_out")
+
+
+def _input_files(args) -> set[Path]:
+    """Existing files named by any other argument (single paths or lists of them)."""
+    found = set()
+    for name, value in vars(args).items():
+        if name in _OUTPUTS or name.startswith("_"):
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, str | Path) and Path(v).is_file():
+                found.add(Path(v).resolve())
+    return found
+
+
+def check_outputs_are_not_inputs(args) -> None:
+    """Refuse a run whose output file is one of its input files (it would be replaced).
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the argument and the file.
+    """
+    inputs = _input_files(args)
+    for name in _OUTPUTS:
+        value = getattr(args, name, None)
+        if value and Path(value).resolve() in inputs:
+            raise InvalidInputError(
+                f"--{name.replace('_', '-')} {value} is also an input of this command: "
+                "choose another output path (inputs are never overwritten)"
+            )
+
+
 def main(argv=None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
@@ -57,6 +92,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        check_outputs_are_not_inputs(args)
         return int(args._run(args) or 0)
     except BayesCannonError as exc:
         print(f"bayescannon {args.command}: error: {exc}", file=sys.stderr)

@@ -194,3 +194,16 @@ def test_preprocess_then_infer_chunk_folder(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(t["ID"]).astype(str), combined["star"].values.astype(str))
     np.testing.assert_allclose(t["TEFF"], ref["labels"].values[:, 0], rtol=1e-10)
     assert len(list(work.glob("result_chunk_*.nc"))) == 3
+
+
+def test_an_output_never_replaces_an_input(tmp_path, capsys):
+    """`train spectra.nc -o spectra.nc` (or infer -o MODEL) is refused before anything runs;
+    the input file is left byte for byte as it was."""
+    spectra = tmp_path / "s.nc"
+    assert main(["simulate", "-o", str(spectra), "-n", "30", "--seed", "1"]) == 0
+    before = spectra.read_bytes()
+    capsys.readouterr()
+    code = main(["train", str(spectra), "-o", str(spectra), "--labels", "TEFF", "LOGG", "--no-progress"])
+    assert code == 1
+    assert "is also an input" in capsys.readouterr().err
+    assert spectra.read_bytes() == before
