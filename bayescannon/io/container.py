@@ -39,7 +39,7 @@ from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BAYESCANNON_FITS", "CONTAINER_FORMATS", "NC", "NPZ", "write_spectra"]
+__all__ = ["BAYESCANNON_FITS", "CONTAINER_FORMATS", "NC", "NPZ", "decode_container", "write_spectra"]
 
 _FORMAT_TAG = "bayescannon-spectra"
 _BOOL_TAG = "bayescannon_dtype"
@@ -130,8 +130,10 @@ def _write_nc(ds: xr.Dataset, path: Path) -> None:
     out.to_netcdf(path, engine="h5netcdf")
 
 
-def _restore(ds: xr.Dataset, path) -> xr.Dataset:
-    """Undo the netCDF encodings of :func:`_write_nc` (booleans, string ids and columns)."""
+def decode_container(ds: xr.Dataset, path=None) -> xr.Dataset:
+    """Undo the netCDF encodings of :func:`_write_nc` (booleans, string ids and columns),
+    e.g. on a slice of stars read lazily from a container file (``path`` is unused, kept
+    for the reader signature)."""
     for k in list(ds.data_vars):
         if ds[k].attrs.get(_BOOL_TAG) == "bool":
             attrs = {a: b for a, b in ds[k].attrs.items() if a != _BOOL_TAG}
@@ -147,6 +149,9 @@ def _restore(ds: xr.Dataset, path) -> xr.Dataset:
     return ds
 
 
+_restore = decode_container  # the name io.generic re-exports
+
+
 def _read_nc(path, **kwargs) -> xr.Dataset:
     path = _check_exists(path)
     _ignore_options("nc", path, kwargs)
@@ -160,7 +165,7 @@ def _read_nc(path, **kwargs) -> xr.Dataset:
             raise format_error(path, f"no '{var}' variable: not a spectra container")
     if "wavelength" not in ds.coords:
         raise format_error(path, "no 'wavelength' coordinate: not a spectra container")
-    return check_spectra(_restore(ds, path))
+    return check_spectra(decode_container(ds, path))
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from astropy.table import Table
 
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import detect_format, read_many, read_spectra, write_spectra
+from bayescannon.io.container import decode_container
 from bayescannon.pipeline.chunks import MANIFEST, ChunkStore, chunk_key, describe, digest_of, file_checksum, write_chunk
 from bayescannon.pipeline.pool import run_tasks
 from bayescannon.spectra import check_spectra
@@ -31,7 +32,6 @@ __all__ = ["chunk_files", "dataset_digest", "process_in_chunks", "read_chunks"]
 
 _EXT = {"nc": "nc", "npz": "npz", "bayescannon": "fits"}
 #: io writes boolean variables of a netCDF container as int8 with this attribute.
-_IO_BOOL_TAG = "bayescannon_dtype"
 
 
 def dataset_digest(ds: xr.Dataset) -> str:
@@ -80,31 +80,12 @@ class _ContainerFileSource:
     def chunk(self, start: int, stop: int) -> xr.Dataset:
         sub = self._ds.isel(star=slice(start, stop))
         if self._lazy:
-            sub = _restore_nc_slice(sub.load())
+            sub = decode_container(sub.load())
         return check_spectra(sub.copy(deep=True))
 
     def close(self) -> None:
         if self._lazy:
             self._ds.close()
-
-
-def _restore_nc_slice(ds: xr.Dataset) -> xr.Dataset:
-    """Undo io's netCDF encodings on a lazily read slice (bool variables, string ids).
-
-    To be replaced by a public ``bayescannon.io`` reader of a star slice.
-    """
-    for k in list(ds.data_vars):
-        if ds[k].attrs.get(_IO_BOOL_TAG) == "bool":
-            attrs = {a: b for a, b in ds[k].attrs.items() if a != _IO_BOOL_TAG}
-            ds[k] = ds[k].astype(bool)
-            ds[k].attrs = attrs
-    ds = ds.assign_coords(star=np.asarray(ds["star"].values).astype(str))
-    for k, v in ds.data_vars.items():
-        if v.dims == ("star",) and v.dtype == object:
-            ds[k] = ("star", np.asarray(v.values).astype(str))
-    if isinstance(ds.attrs.get("normalised"), (int, np.integer)):
-        ds.attrs["normalised"] = bool(ds.attrs["normalised"])
-    return ds
 
 
 def _run_chunk(job: dict) -> tuple[int, str | None, list]:
