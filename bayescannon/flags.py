@@ -17,6 +17,9 @@ class PixelFlag(enum.IntFlag):
     FEW_STARS = 1  #: fewer stars with ivar > 0 than model terms + 1: neutral model
     SINGULAR = 2  #: design matrix singular at this pixel: neutral model
     NOT_CONVERGED = 4  #: s² optimisation did not converge
+    ILL_CONDITIONED = (
+        8  #: normal equations became singular after the first pass or gave non-finite values (SINGULAR is set too)
+    )
 
 
 class StarFlag(enum.IntFlag):
@@ -42,6 +45,7 @@ _DOC = {
         "FEW_STARS": "fewer usable training stars than terms+1; neutral model",
         "SINGULAR": "singular design at this pixel; neutral model",
         "NOT_CONVERGED": "scatter optimisation did not converge",
+        "ILL_CONDITIONED": "normal equations singular at a later pass or non-finite; neutral model (with SINGULAR)",
     },
     StarFlag: {
         "NOT_CONVERGED": "label fit did not converge",

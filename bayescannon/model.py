@@ -22,7 +22,7 @@ from bayescannon.core import scaling
 from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
 from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
 from bayescannon.core.latent import fit_latent_labels
-from bayescannon.core.train import fit_pixels
+from bayescannon.core.train import check_identifiable, fit_pixels
 from bayescannon.core.uncertainty import (
     apply_calibration,
     check_calibrated,
@@ -370,6 +370,7 @@ class CannonModel:
         censor_mask = self._censor_mask(p, wavelength)
         term_mask = self._term_mask(censor_mask)
         design = vec(x)
+        check_identifiable(design, vec.exponents, self.label_names)  # collinear labels: LabelError
         if label_errors is not None:
             result = fit_latent_labels(
                 self,
