@@ -36,6 +36,7 @@ class StarFlag(enum.IntFlag):
     OUTSIDE_HULL = 256  #: labels outside the convex hull of the training labels
     LOW_SNR = 512  #: S/N below the configured minimum
     SURVEY_FLAGGED = 1024  #: the survey pipeline flagged this spectrum
+    UNDERDETERMINED = 2048  #: fewer usable pixels than labels: labels not identified, errors NaN, not converged
 
 
 # one table per flag type: PixelFlag.FEW_STARS == StarFlag.NOT_CONVERGED as integers (and
@@ -59,6 +60,7 @@ _DOC = {
         "OUTSIDE_HULL": "labels outside convex hull of training labels",
         "LOW_SNR": "S/N below the configured minimum",
         "SURVEY_FLAGGED": "survey pipeline flags set (see SURVEY_FLAGS)",
+        "UNDERDETERMINED": "fewer usable pixels than labels; labels not identified, errors NaN",
     },
 }
 

@@ -464,9 +464,10 @@ class CannonModel:
         setattr(self, attr, value)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: PathLikeStr, *, overwrite: bool = True) -> Path:
-        """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``); see
-        :func:`bayescannon.modelfile.save_model`. Returns the path."""
+    def save(self, path: PathLikeStr, *, overwrite: bool = False) -> Path:
+        """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``), with a checksum of
+        every array; an existing file is replaced only with ``overwrite=True`` (else
+        ``ModelFileError``). See :func:`bayescannon.modelfile.save_model`. Returns the path."""
         self._check_fitted()
 
         return save_model(self, path, overwrite=overwrite)
@@ -705,6 +706,11 @@ class CannonModel:
         flags[npix < 2 * vec.n_terms] |= StarFlag.FEW_PIXELS
         nopix = npix == 0
         flags[nopix] |= StarFlag.NO_PIXELS
+        # fewer usable pixels than labels: the labels are not identified (a flat direction of
+        # χ²); the inverse of the rank-deficient Fisher matrix is rounding noise, not an error
+        under = npix < k
+        flags[under & ~nopix] |= StarFlag.UNDERDETERMINED
+        cov = np.where(under[:, None, None], np.nan, cov)
         singular = ~np.all(np.isfinite(cov), axis=(1, 2))
         flags[singular] |= StarFlag.SINGULAR_COVARIANCE
         dof = np.maximum(npix - k, 1)
@@ -731,7 +737,7 @@ class CannonModel:
                 "chi2": ("star", chi2),
                 "reduced_chi2": ("star", rchi2),
                 "n_pixels": ("star", npix),
-                "converged": ("star", conv & ~nopix),
+                "converged": ("star", conv & ~under),
                 "flags": ("star", flags),
                 "n_iter": ("star", niter),
             },

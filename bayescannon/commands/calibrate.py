@@ -60,7 +60,8 @@ def run(args) -> int:
     if not args.report_only:
         calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
         out = args.output or args.model
-        model.save(out)
+        # without -o the calibration is stored in MODEL itself (documented in-place update)
+        model.save(out, overwrite=args.output is None or getattr(args, "overwrite", False))
         print(f"calibration ({model.calibration_['source']}) written to {out}")
     if args.holdout:
         hd = load_spectra(args.holdout)

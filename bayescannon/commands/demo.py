@@ -55,7 +55,7 @@ def run(args) -> int:
     calibrated = model.infer(test, uncertainty="calibrated")
     t4 = time.perf_counter()
     print(f"calibrated the uncertainties by 5-fold cross-validation in {t4 - t3:.1f} s")
-    model.save(out / "model.nc")
+    model.save(out / "model.nc", overwrite=True)  # the demo folder is rewritten as a whole
     table = build_catalogue(model, calibrated, spectra=test, config={"command": "demo", "seed": args.seed})
     for name in LABELS:
         table[f"TRUE_{name}"] = test[name].values

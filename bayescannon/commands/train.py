@@ -58,7 +58,7 @@ def run(args) -> int:
     )
     kw = {} if label_errors is None else {"label_errors": label_errors, "trend_order": args.trend_order}
     model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
-    model.save(args.output)
+    model.save(args.output, overwrite=getattr(args, "overwrite", False))
     flagged = int((model.pixel_flags_ != 0).sum())
     summary = {
         "model": str(args.output),

@@ -101,7 +101,7 @@ def run(args) -> int:
     )
     full.fit(ds, labels=labels, progressbar=False)
     if args.model_out:
-        full.save(args.model_out)
+        full.save(args.model_out, overwrite=getattr(args, "overwrite", False))
         files.append(Path(args.model_out))
     rep.add_heading("Model of the whole reference set")
     rep.add_figure(

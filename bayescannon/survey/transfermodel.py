@@ -151,7 +151,7 @@ class _ModelSteps:
             wavelength=np.asarray(ds["wavelength"].values),
             ids=np.asarray(ds["star"].values).astype(str),
         )
-        path = model.save(self.step_dir("train") / "model.nc")
+        path = model.save(self.step_dir("train") / "model.nc", overwrite=True)  # a rerun step redoes its file
         return {
             "model": str(path),
             "n_training": int(model.n_training_stars_),
