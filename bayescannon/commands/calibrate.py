@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.commands._common import join_labels, load_spectra
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -31,8 +35,29 @@ def add_arguments(p):
         "--report-only", action="store_true", help="only report coverage with the model's current calibration"
     )
     p.add_argument("--holdout", help="spectra file of held-out stars (with label columns) for the coverage report")
-    p.add_argument("-o", "--output", help="write the calibrated model here (default: overwrite MODEL)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="write the calibrated model here (default: MODEL_calibrated.nc beside MODEL; MODEL itself is "
+        "never replaced)",
+    )
     p.add_argument("--report", help="write the coverage report (.nc)")
+
+
+def model_output(args) -> Path:
+    """Where the calibrated model goes: ``-o``, or ``<MODEL stem>_calibrated<suffix>`` beside MODEL."""
+    if args.output:
+        return Path(args.output)
+    model = Path(args.model)
+    return model.with_name(f"{model.stem}_calibrated{model.suffix}")
+
+
+def outputs(args):
+    """The calibrated model (unless ``--report-only``) and the ``--report`` file."""
+    outs = [] if args.report_only else [Output(model_output(args), "output", MODEL_SUFFIXES)]
+    if args.report:
+        outs.append(Output(Path(args.report), "report", (".nc",)))
+    return outs
 
 
 def _labels_and_errors(ds, path, names, id_column, prefix):
@@ -59,9 +84,8 @@ def run(args) -> int:
     labels, errors = _labels_and_errors(ds, args.labels_table, model.label_names, args.id_column, args.error_prefix)
     if not args.report_only:
         calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
-        out = args.output or args.model
-        # without -o the calibration is stored in MODEL itself (documented in-place update)
-        model.save(out, overwrite=args.output is None or getattr(args, "overwrite", False))
+        out = model_output(args)
+        model.save(out, overwrite=args.overwrite)
         print(f"calibration ({model.calibration_['source']}) written to {out}")
     if args.holdout:
         hd = load_spectra(args.holdout)
@@ -74,11 +98,11 @@ def run(args) -> int:
     print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
     for name in model.label_names:
         vals = " ".join(
-            f"{float(cov.sel(kind=k, level=lv, label=name)):>7.3f}"
+            f"{float(cov.sel(kind=k, level=lv, label_name=name)):>7.3f}"
             for k in report["kind"].values
             for lv in (0.68, 0.95)
         )
         print(f"{name:>10} {vals}")
     if args.report:
-        report.to_netcdf(args.report, engine="h5netcdf")
+        write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 
@@ -33,6 +35,11 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def outputs(args):
+    """The model file."""
+    return [Output(Path(args.output), "output", MODEL_SUFFIXES)]
+
+
 def run(args) -> int:
 
     ds = load_spectra(args.spectra)
@@ -58,7 +65,7 @@ def run(args) -> int:
     )
     kw = {} if label_errors is None else {"label_errors": label_errors, "trend_order": args.trend_order}
     model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
-    model.save(args.output, overwrite=getattr(args, "overwrite", False))
+    model.save(args.output, overwrite=args.overwrite)
     flagged = int((model.pixel_flags_ != 0).sum())
     summary = {
         "model": str(args.output),

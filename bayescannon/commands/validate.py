@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output, report_outputs
 from bayescannon.model import CannonModel
 from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
 from bayescannon.report import Report
@@ -42,6 +43,28 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: Tables written to ``--outdir``; figures of its report.
+FILES = (
+    "cv_predictions.fits",
+    "cv_summary.ecsv",
+    "cv_by_label.ecsv",
+    "cv_by_snr.ecsv",
+    "bootstrap_summary.ecsv",
+    "bootstrap.fits",
+)
+FIGURES = ("one_to_one", "scatter_vs_snr", "by_label", "coefficients", "residuals")
+
+
+def outputs(args):
+    """The tables, the report and its figures in ``--outdir``; the ``--model-out`` file."""
+    out = Path(args.outdir)
+    outs = [Output(out / f, "outdir") for f in FILES]
+    outs += report_outputs(out, "report", args.report_format, FIGURES, args.plot_formats, "outdir")
+    if args.model_out:
+        outs.append(Output(Path(args.model_out), "model_out", MODEL_SUFFIXES))
+    return outs
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -68,9 +91,9 @@ def run(args) -> int:
         progressbar=not args.no_progress,
     )
     files = [
-        write_table(cv.to_table(), out / "cv_predictions.fits"),
-        write_table(cv.summary, out / "cv_summary.ecsv"),
-        write_table(cv.by_label, out / "cv_by_label.ecsv"),
+        write_table(cv.to_table(), out / "cv_predictions.fits", overwrite=args.overwrite),
+        write_table(cv.summary, out / "cv_summary.ecsv", overwrite=args.overwrite),
+        write_table(cv.by_label, out / "cv_by_label.ecsv", overwrite=args.overwrite),
     ]
     rep = Report(f"Cross-validation of {' '.join(args.labels)}", formats=args.plot_formats)
     rep.add_text(
@@ -88,7 +111,7 @@ def run(args) -> int:
         caption="cross-validated vs reference labels",
     )
     if snr is not None:
-        files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv"))
+        files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv", overwrite=args.overwrite))
         rep.add_heading("In S/N bins")
         rep.add_table(cv.by_snr, caption="bias and scatter in S/N bins")
         rep.add_figure(scatter_vs_snr(cv), "scatter_vs_snr", caption="bias and scatter vs S/N (Ho+2017 Fig. 8)")
@@ -101,7 +124,7 @@ def run(args) -> int:
     )
     full.fit(ds, labels=labels, progressbar=False)
     if args.model_out:
-        full.save(args.model_out, overwrite=getattr(args, "overwrite", False))
+        full.save(args.model_out, overwrite=args.overwrite)
         files.append(Path(args.model_out))
     rep.add_heading("Model of the whole reference set")
     rep.add_figure(
@@ -132,8 +155,8 @@ def run(args) -> int:
             progressbar=not args.no_progress,
         )
         files += [
-            write_table(boot.summary, out / "bootstrap_summary.ecsv"),
-            write_table(boot.to_table(), out / "bootstrap.fits"),
+            write_table(boot.summary, out / "bootstrap_summary.ecsv", overwrite=args.overwrite),
+            write_table(boot.to_table(), out / "bootstrap.fits", overwrite=args.overwrite),
         ]
         rep.add_heading("Bootstrap of the reference set")
         rep.add_text(

@@ -228,4 +228,6 @@ class ChunkStore:
         return list(self._order)
 
     def _save(self) -> None:
-        write_json(self.folder / MANIFEST, {"schema": _SCHEMA, "order": self._order, "chunks": self._entries})
+        write_json(
+            self.folder / MANIFEST, {"schema": _SCHEMA, "order": self._order, "chunks": self._entries}, overwrite=True
+        )

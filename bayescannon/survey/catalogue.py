@@ -45,7 +45,13 @@ from astropy.table import Column, MaskedColumn, Table, join
 
 from bayescannon._version import __version__
 from bayescannon.core.uncertainty import check_calibrated
-from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError, SurveyFormatError
+from bayescannon.errors import (
+    CrossMatchError,
+    InvalidInputError,
+    OutputPathError,
+    ShapeMismatchError,
+    SurveyFormatError,
+)
 from bayescannon.flags import StarFlag, flag_header
 from bayescannon.pipeline.atomic import atomic_path
 from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit, label_units_text
@@ -71,6 +77,7 @@ __all__ = [
     "resolve_uncertainty",
     "result_to_table",
     "spectra_snr",
+    "TABLE_SUFFIXES",
     "write_table",
 ]
 
@@ -564,14 +571,40 @@ def _tdisp(fmt: str) -> str | None:
     return None
 
 
-def write_table(table: Table, path, *, overwrite: bool = True) -> Path:
+#: Name endings :func:`write_table` writes: FITS (``.fits``, ``.fit``, gzipped), CSV, ECSV.
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".csv", ".ecsv")
+
+
+def write_table(table: Table, path, *, overwrite: bool = False) -> Path:
     """Write a table atomically (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV
     by suffix). FITS files carry TCOMMn column descriptions, TDISPn display formats and
-    every unit, ``dex`` included."""
+    every unit, ``dex`` included.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    path : path-like
+        Output file; its suffix (one of :data:`TABLE_SUFFIXES`) picks the format.
+    overwrite : bool
+        Replace an existing file (default: refuse).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OutputPathError
+        The suffix is not one of :data:`TABLE_SUFFIXES` (checked before anything is written).
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
     name = path.name.lower()
+    if not name.endswith(TABLE_SUFFIXES):
+        raise OutputPathError(f"{path}: a table is written as {', '.join(TABLE_SUFFIXES)}; got {path.name!r}")
     with atomic_path(path, overwrite=overwrite) as tmp:
-        if name.endswith((".fits", ".fit", ".fits.gz")):
+        if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
             fits.HDUList([fits.PrimaryHDU(), _fits_hdu(table)]).writeto(tmp, overwrite=True)
         else:
             fmt = "ascii.csv" if name.endswith(".csv") else "ascii.ecsv" if name.endswith(".ecsv") else None
