@@ -137,7 +137,13 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
     # the formal path is unchanged by calibrating; the calibrated one keeps the formal errors
     np.testing.assert_array_equal(model.infer(tf, ti)["errors"].values, formal["errors"].values)
     np.testing.assert_array_equal(cal["errors_formal"].values, formal["errors"].values)
-    np.testing.assert_array_equal(cal["labels"].values, formal["labels"].values)
+    # the calibrated estimate is the maximum-likelihood one minus the learned bias
+    np.testing.assert_array_equal(cal["labels_uncorrected"].values, formal["labels"].values)
+    np.testing.assert_allclose(cal["labels"].values, formal["labels"].values - cal["label_bias"].values, rtol=1e-12)
+    # the bias correction does not make the labels worse (it is chosen by CV): rms within 2 %
+    rms_raw = np.sqrt(np.mean((formal["labels"].values - tl) ** 2, axis=0))
+    rms_cal = np.sqrt(np.mean((cal["labels"].values - tl) ** 2, axis=0))
+    assert np.all(rms_cal <= 1.02 * rms_raw), (rms_cal, rms_raw)
     inside68 = np.abs(cal["labels"].values - tl) <= cal["half_width_68"].values
     inside95 = np.abs(cal["labels"].values - tl) <= cal["half_width_95"].values
     n = len(tl)

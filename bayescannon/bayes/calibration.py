@@ -15,14 +15,23 @@ import xarray as xr
 from scipy import stats
 
 from bayescannon.core import scaling
+from bayescannon.core.conditional import (
+    binned_coverage,
+    fit_bias_model,
+    fit_mondrian_scales,
+    mondrian_scales,
+    spectrum_snr,
+)
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
     CALIBRATION_VERSION,
     LEVELS,
     calibrated_errors,
     check_label_errors,
+    conformal_quantiles,
     coverage,
     epsilon,
+    error_model_covariance,
     fit_error_model,
 )
 from bayescannon.errors import (
@@ -31,6 +40,7 @@ from bayescannon.errors import (
     ShapeMismatchError,
 )
 from bayescannon.flags import StarFlag
+from bayescannon.results import set_label_units
 from bayescannon.spectra import as_label_array
 
 logger = logging.getLogger(__name__)
@@ -86,7 +96,13 @@ def calibrate(
     Returns
     -------
     dict
-        The calibration (also stored as ``model.calibration_``; saved with the model).
+        The calibration (also stored as ``model.calibration_``; saved with the model): the
+        error-model parameters, ``bias`` (the learned label bias, see
+        :func:`bayescannon.core.conditional.fit_bias_model`), ``mondrian`` (width factors),
+        ``coverage_in_sample`` (68/95 → per label) and ``coverage_by_bin``: for ``snr``
+        and each label, the quintile ranges (``lo``, ``hi``), counts ``n`` and coverage
+        ``"68"``/``"95"`` (bin × label) of the calibrated intervals on the held-out
+        (cross-fitted, bias-corrected) residuals.
     """
     model._check_fitted()
 
@@ -141,30 +157,19 @@ def calibrate(
     else:
         raise InvalidInputError(f"n_folds must be 0 (held-out set) or >= 2; got {n_folds}")
     resid = est - y
-    x = scaling.scale(np.nan_to_num(est), model.label_offset_, model.label_scale_)
-    params = fit_error_model(resid, fvar, eps, x, model.label_names, ref_var=ref_var)
-    cal = {
-        "kind": CALIBRATION_KIND,
-        "version": CALIBRATION_VERSION,
-        "error_model": "var = a^2 (1+eps) formal + exp(beta . [1, x_scaled]) (student-t ML); "
-        "intervals q(level) * sd with split-conformal quantiles q of |residual| / sd",
-        "label_names": list(model.label_names),
-        "source": source,
-        "levels": list(LEVELS),
-        **params,
-    }
+    x = scaling.scale(est, model.label_offset_, model.label_scale_)
+    cal = _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state)
+    cal["source"] = source
     model.calibration_ = cal
-    # in-sample coverage of the calibrated intervals, for the record
-    ok = np.all(np.isfinite(resid), axis=1)
-    cov = np.zeros((n, k, k))
-    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(fvar)
-    _, sd, h68, h95 = calibrated_errors(model, cov, x, eps)
-    extra = np.zeros_like(sd) if ref_var is None else ref_var
-    fac = np.sqrt(1.0 + extra / sd**2)
+    # coverage of the calibrated intervals on the (cross-fitted, bias-corrected) residuals
+    rc = resid - np.asarray(cal.pop("_oof_bias"))
+    inside = _inside(model, rc, fvar, x, eps, ref_var)
+    ok = np.all(np.isfinite(rc), axis=1)
     cal["coverage_in_sample"] = {
-        "68": [float(v) for v in coverage(resid[ok], 0.0, (h68 * fac)[ok])],
-        "95": [float(v) for v in coverage(resid[ok], 0.0, (h95 * fac)[ok])],
+        str(int(round(100 * lv))): [float(v) for v in inside[ok, i].mean(axis=0)] for i, lv in enumerate(LEVELS)
     }
+    snr = spectrum_snr(flux, ivar)
+    cal["coverage_by_bin"] = _coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
     logger.info(
         "calibration (%s) in-sample coverage 68%%: %s; 95%%: %s",
         source,
@@ -174,17 +179,105 @@ def calibrate(
     return cal
 
 
-def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Dataset:
-    """Coverage of formal and calibrated 68 %/95 % intervals on held-out stars.
+def _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state):
+    """Bias model, error model and Mondrian factors fitted on held-out residuals; the
+    out-of-fold bias of every star is returned under ``_oof_bias`` (removed by the caller)."""
+    names = list(model.label_names)
+    noise = (1.0 + eps)[:, None] * fvar
+    with np.errstate(invalid="ignore"):
+        excess = np.maximum(
+            np.nanmean(resid**2, axis=0) - np.nanmedian(noise, axis=0), 1e-12 * np.nanmean(resid**2, axis=0)
+        )
+        weights = 1.0 / (noise + excess[None, :] + (0.0 if ref_var is None else ref_var))
+    bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state)
+    rc = resid - oof
+    params = fit_error_model(rc, fvar, eps, np.nan_to_num(x), names, ref_var=ref_var)
+    cov = np.zeros(fvar.shape + (fvar.shape[1],))
+    idx = np.arange(fvar.shape[1])
+    cov[:, idx, idx] = np.nan_to_num(fvar)
+    var = np.einsum(
+        "nkk->nk",
+        error_model_covariance(cov, np.nan_to_num(x), params["noise_scale"], params["floor_coefficients"], eps),
+    )
+    floor = np.exp(np.column_stack([np.ones(len(x)), np.nan_to_num(x)]) @ np.asarray(params["floor_coefficients"]).T)
+    rv = np.zeros_like(var) if ref_var is None else ref_var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(rc) / np.sqrt(var + rv)
+        u = 1.0 - floor / var
+    ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
+    z = np.where(ok, z, np.nan)
+    mondrian = fit_mondrian_scales(z, x, u, names)
+    s = mondrian_scales(mondrian, x, u)
+    zq = []
+    for j in range(len(names)):
+        zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
+        zq.append([float(v) for v in conformal_quantiles(zs, params["quantile_levels"])])
+    params["z_quantiles"] = zq
+    return {
+        "kind": CALIBRATION_KIND,
+        "version": CALIBRATION_VERSION,
+        "error_model": "estimate corrected by a CV-selected ridge polynomial bias b(x_scaled); "
+        "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
+        "per quintile of each scaled label and of the noise fraction; intervals q(level) * sd with "
+        "split-conformal quantiles q of |residual| / sd",
+        "label_names": names,
+        "levels": list(LEVELS),
+        **params,
+        "bias": bias,
+        "mondrian": mondrian,
+        "_oof_bias": oof.tolist(),
+    }
+
+
+def _inside(model, resid, fvar, x, eps, ref_var):
+    """Whether each star's calibrated interval holds its reference label, (N, L, K)."""
+    n, k = resid.shape
+    cov = np.zeros((n, k, k))
+    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(fvar)
+    _, sd, h68, h95 = calibrated_errors(model, cov, np.nan_to_num(x), eps)
+    fac = 1.0 if ref_var is None else np.sqrt(1.0 + ref_var / sd**2)
+    return np.stack([np.abs(resid) <= h68 * fac, np.abs(resid) <= h95 * fac], axis=1)
+
+
+def _coverage_by_bin(inside, snr, y, label_names) -> dict:
+    """Coverage per S/N quintile and per quintile of each reference label (JSON-ready)."""
+    out = {}
+    for by, values in [("snr", snr)] + [(name, y[:, j]) for j, name in enumerate(label_names)]:
+        cov, counts, lo, hi = binned_coverage(inside, values)
+        out[by] = {
+            "n": [int(c) for c in counts],
+            "lo": [float(v) for v in lo],
+            "hi": [float(v) for v in hi],
+            **{str(int(round(100 * lv))): cov[:, i, :].tolist() for i, lv in enumerate(LEVELS)},
+        }
+    return out
+
+
+def coverage_report(model, flux, ivar, labels, *, label_errors=None, snr=None) -> xr.Dataset:
+    """Coverage of formal and calibrated 68 %/95 % intervals on held-out stars, overall and
+    per S/N quintile and per quintile of each reference label.
+
+    Parameters
+    ----------
+    model : CannonModel
+    flux, ivar : ndarray, shape (N, P)
+    labels : ndarray, shape (N, K)
+        Reference labels.
+    label_errors : ndarray, shape (N, K), optional
+        Reference-label errors (added in quadrature to the reported errors).
+    snr : ndarray, shape (N,), optional
+        S/N per star for the S/N bins (default: median flux·√ivar over usable pixels).
 
     Returns
     -------
     xarray.Dataset
-        ``coverage`` (kind, level, label) with kinds ``formal`` and (when the model is
-        calibrated) ``calibrated``; ``target`` (level); ``median_error`` (kind, label);
-        ``n_stars``.
+        ``coverage`` (kind, level, label_name) with kinds ``formal`` and (when the model
+        is calibrated) ``calibrated``; ``coverage_binned`` (kind, by, bin, level,
+        label_name) with ``by`` = ``snr`` and each label (quintiles of the reference
+        labels), ``bin_count``, ``bin_lo``, ``bin_hi`` (by, bin); ``target`` (level);
+        ``median_error`` (kind, label_name); ``bias`` and ``rms`` of the reported labels
+        and ``rms_uncorrected`` of the maximum-likelihood ones (label_name); ``n_stars``.
     """
-
     n = np.shape(flux)[0]
     y = as_label_array(labels, model.label_names, n)
     extra = 0.0
@@ -193,32 +286,58 @@ def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Datas
     calibrated = bool(getattr(model, "calibration_", None))
     res = model.infer(flux, ivar, uncertainty="calibrated" if calibrated else "formal")
     ok = _usable(res)
+    snr = spectrum_snr(flux, ivar) if snr is None else np.asarray(snr, dtype=np.float64)
+    raw = res["labels_uncorrected"].values if calibrated else res["labels"].values
     d = res["labels"].values - y
     kinds = ["formal"] + (["calibrated"] if calibrated else [])
-    cov = np.zeros((len(kinds), len(LEVELS), len(model.label_names)))
-    med = np.zeros((len(kinds), len(model.label_names)))
+    names = list(model.label_names)
+    k = len(names)
+    cov = np.zeros((len(kinds), len(LEVELS), k))
+    med = np.zeros((len(kinds), k))
     ferr = res["errors_formal"].values if calibrated else res["errors"].values
+    by = ["snr"] + names
+    binned = np.zeros((len(kinds), len(by), 5, len(LEVELS), k))
+    counts = np.zeros((len(by), 5), dtype=np.int64)
+    lo = np.zeros((len(by), 5))
+    hi = np.zeros((len(by), 5))
     for i, kind in enumerate(kinds):
+        inside = np.zeros((n, len(LEVELS), k), dtype=bool)
         for j, level in enumerate(LEVELS):
             if kind == "formal":
                 sd = np.sqrt(ferr**2 + extra)
                 hw = stats.norm.ppf(0.5 + 0.5 * level) * sd
                 med[i] = np.median(ferr[ok], axis=0)
+                center = raw
             else:
                 h = res["half_width_68" if j == 0 else "half_width_95"].values
                 sdc = res["errors"].values
                 hw = h * np.sqrt(1.0 + extra / sdc**2)
                 med[i] = np.median(sdc[ok], axis=0)
-            cov[i, j] = coverage(y[ok], res["labels"].values[ok], hw[ok])
-    return xr.Dataset(
-        {
-            "coverage": (("kind", "level", "label_name"), cov),
-            "target": ("level", np.asarray(LEVELS)),
-            "median_error": (("kind", "label_name"), med),
-            "n_stars": int(ok.sum()),
-            "bias": ("label_name", np.mean(d[ok], axis=0)),
-            "rms": ("label_name", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
-        },
-        coords={"kind": kinds, "level": list(LEVELS), "label_name": list(model.label_names)},
-        attrs={"description": "fraction of held-out stars whose interval holds the reference label"},
+                center = res["labels"].values
+            cov[i, j] = coverage(y[ok], center[ok], hw[ok])
+            inside[:, j] = np.abs(center - y) <= hw
+        for b, values in enumerate([snr] + [y[:, q] for q in range(k)]):
+            binned[i, b], counts[b], lo[b], hi[b] = binned_coverage(inside[ok], values[ok])
+    return set_label_units(
+        xr.Dataset(
+            {
+                "coverage": (("kind", "level", "label_name"), cov),
+                "coverage_binned": (("kind", "by", "bin", "level", "label_name"), binned),
+                "bin_count": (("by", "bin"), counts),
+                "bin_lo": (("by", "bin"), lo),
+                "bin_hi": (("by", "bin"), hi),
+                "target": ("level", np.asarray(LEVELS)),
+                "median_error": (("kind", "label_name"), med),
+                "n_stars": int(ok.sum()),
+                "bias": ("label_name", np.mean(d[ok], axis=0)),
+                "rms": ("label_name", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
+                "rms_uncorrected": ("label_name", np.sqrt(np.mean((raw - y)[ok] ** 2, axis=0))),
+            },
+            coords={"kind": kinds, "level": list(LEVELS), "label_name": names, "by": by, "bin": np.arange(5)},
+            attrs={
+                "description": "fraction of held-out stars whose interval holds the reference label; "
+                "coverage_binned: per quintile of S/N (by='snr') and of each reference label"
+            },
+        ),
+        ["median_error", "bias", "rms", "rms_uncorrected"],
     )
