@@ -26,7 +26,7 @@ from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
     CALIBRATION_VERSION,
     LEVELS,
-    calibrated_errors,
+    calibrated_intervals,
     check_label_errors,
     conformal_quantiles,
     coverage,
@@ -45,7 +45,7 @@ from bayescannon.spectra import as_label_array
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibrate", "coverage_report"]
+__all__ = ["calibrate", "coverage_by_bin", "coverage_report", "fit_calibration", "interval_inside"]
 
 
 # --------------------------------------------------------------------------- calibration runs
@@ -158,18 +158,18 @@ def calibrate(
         raise InvalidInputError(f"n_folds must be 0 (held-out set) or >= 2; got {n_folds}")
     resid = est - y
     x = scaling.scale(est, model.label_offset_, model.label_scale_)
-    cal = _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state)
+    cal, oof = fit_calibration(resid, fvar, eps, x, model.label_names, ref_var=ref_var, random_state=random_state)
     cal["source"] = source
     model.calibration_ = cal
     # coverage of the calibrated intervals on the (cross-fitted, bias-corrected) residuals
-    rc = resid - np.asarray(cal.pop("_oof_bias"))
-    inside = _inside(model, rc, fvar, x, eps, ref_var)
+    rc = resid - oof
+    inside = interval_inside(cal, rc, fvar, x, eps, ref_var)
     ok = np.all(np.isfinite(rc), axis=1)
     cal["coverage_in_sample"] = {
         str(int(round(100 * lv))): [float(v) for v in inside[ok, i].mean(axis=0)] for i, lv in enumerate(LEVELS)
     }
     snr = spectrum_snr(flux, ivar)
-    cal["coverage_by_bin"] = _coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
+    cal["coverage_by_bin"] = coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
     logger.info(
         "calibration (%s) in-sample coverage 68%%: %s; 95%%: %s",
         source,
@@ -179,17 +179,51 @@ def calibrate(
     return cal
 
 
-def _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state):
-    """Bias model, error model and Mondrian factors fitted on held-out residuals; the
-    out-of-fold bias of every star is returned under ``_oof_bias`` (removed by the caller)."""
-    names = list(model.label_names)
+def fit_calibration(
+    residuals, formal_var, eps, x_scaled, label_names, *, ref_var=None, random_state=0, bias=True, mondrian=True
+):
+    """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
+    on held-out residuals; :func:`calibrate` runs the model and calls this.
+
+    Parameters
+    ----------
+    residuals : ndarray, shape (N, K)
+        Held-out (or cross-validated) estimate minus reference label; NaN for failed stars.
+    formal_var : ndarray, shape (N, K)
+        Formal variances of the estimates.
+    eps : ndarray, shape (N,)
+        θ-uncertainty factor ε (zeros to ignore).
+    x_scaled : ndarray, shape (N, K)
+        Scaled estimated labels.
+    label_names : list of str
+    ref_var : ndarray, shape (N, K), optional
+        Reference-label variances.
+    random_state : int
+        Seed of the bias model's cross-validation folds.
+    bias, mondrian : bool
+        Fit the bias model / the Mondrian width factors (both False: the version-2
+        calibration, which covers only on average).
+
+    Returns
+    -------
+    cal : dict
+        The calibration (JSON-serialisable; without ``source`` and the coverage records).
+    oof_bias : ndarray, shape (N, K)
+        Cross-fitted bias of each star (zeros without a bias model).
+    """
+    resid, fvar, x = residuals, formal_var, x_scaled
+    eps = np.zeros(len(resid)) if eps is None else np.asarray(eps, dtype=np.float64)
+    names = list(label_names)
     noise = (1.0 + eps)[:, None] * fvar
     with np.errstate(invalid="ignore"):
         excess = np.maximum(
             np.nanmean(resid**2, axis=0) - np.nanmedian(noise, axis=0), 1e-12 * np.nanmean(resid**2, axis=0)
         )
         weights = 1.0 / (noise + excess[None, :] + (0.0 if ref_var is None else ref_var))
-    bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state)
+    if bias:
+        bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state)
+    else:
+        bias, oof = None, np.zeros_like(resid)
     rc = resid - oof
     params = fit_error_model(rc, fvar, eps, np.nan_to_num(x), names, ref_var=ref_var)
     cov = np.zeros(fvar.shape + (fvar.shape[1],))
@@ -206,7 +240,7 @@ def _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state):
         u = 1.0 - floor / var
     ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
     z = np.where(ok, z, np.nan)
-    mondrian = fit_mondrian_scales(z, x, u, names)
+    mondrian = fit_mondrian_scales(z, x, u, names) if mondrian else None
     s = mondrian_scales(mondrian, x, u)
     zq = []
     for j in range(len(names)):
@@ -225,21 +259,24 @@ def _fit_calibration(model, resid, fvar, eps, x, ref_var, random_state):
         **params,
         "bias": bias,
         "mondrian": mondrian,
-        "_oof_bias": oof.tolist(),
-    }
+    }, oof
 
 
-def _inside(model, resid, fvar, x, eps, ref_var):
-    """Whether each star's calibrated interval holds its reference label, (N, L, K)."""
+def interval_inside(cal, resid, formal_var, x_scaled, eps, ref_var=None):
+    """Whether each star's calibrated 68 %/95 % interval holds its reference label.
+
+    ``resid`` is the residual of the estimate the intervals are centred on (the
+    bias-corrected one for a calibration with a bias model). Returns bool (N, 2, K).
+    """
     n, k = resid.shape
     cov = np.zeros((n, k, k))
-    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(fvar)
-    _, sd, h68, h95 = calibrated_errors(model, cov, np.nan_to_num(x), eps)
+    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(formal_var)
+    _, sd, h68, h95 = calibrated_intervals(cal, cov, np.nan_to_num(x_scaled), eps)
     fac = 1.0 if ref_var is None else np.sqrt(1.0 + ref_var / sd**2)
     return np.stack([np.abs(resid) <= h68 * fac, np.abs(resid) <= h95 * fac], axis=1)
 
 
-def _coverage_by_bin(inside, snr, y, label_names) -> dict:
+def coverage_by_bin(inside, snr, y, label_names) -> dict:
     """Coverage per S/N quintile and per quintile of each reference label (JSON-ready)."""
     out = {}
     for by, values in [("snr", snr)] + [(name, y[:, j]) for j, name in enumerate(label_names)]:

@@ -88,6 +88,7 @@ __all__ = [
     "epsilon",
     "fit_error_model",
     "calibrated_errors",
+    "calibrated_intervals",
     "interval_factor",
     "apply_calibration",
     "coverage",
@@ -481,7 +482,12 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
     cov, sd, half68, half95 : ndarray
         (N, K, K), (N, K), (N, K), (N, K).
     """
-    cal = check_calibrated(model)
+    return calibrated_intervals(check_calibrated(model), noise_cov, x_scaled, eps)
+
+
+def calibrated_intervals(cal, noise_cov, x_scaled, eps):
+    """:func:`calibrated_errors` from a calibration dict (no model): covariance, sd and
+    68 %/95 % half-widths, (N, K, K), (N, K), (N, K), (N, K)."""
     cov = error_model_covariance(noise_cov, x_scaled, cal["noise_scale"], cal["floor_coefficients"], eps)
     var = np.einsum("nkk->nk", cov)
     if cal.get("mondrian"):
