@@ -45,7 +45,14 @@ from bayescannon.spectra import as_label_array
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibrate", "coverage_by_bin", "coverage_report", "fit_calibration", "interval_inside"]
+__all__ = [
+    "calibrate",
+    "calibrate_from_predictions",
+    "coverage_by_bin",
+    "coverage_report",
+    "fit_calibration",
+    "interval_inside",
+]
 
 
 # --------------------------------------------------------------------------- calibration runs
@@ -116,7 +123,6 @@ def calibrate(
     if label_errors is not None:
         ref_var = check_label_errors(label_errors, n, model.label_names) ** 2
     k = len(model.label_names)
-    resid = np.full((n, k), np.nan)
     fvar = np.full((n, k), np.nan)
     eps = np.zeros(n)
     est = np.full((n, k), np.nan)
@@ -156,6 +162,53 @@ def calibrate(
         source = f"cv-{n_folds}"
     else:
         raise InvalidInputError(f"n_folds must be 0 (held-out set) or >= 2; got {n_folds}")
+    return calibrate_from_predictions(
+        model,
+        est,
+        fvar,
+        y,
+        eps=eps,
+        snr=spectrum_snr(flux, ivar),
+        ref_var=ref_var,
+        random_state=random_state,
+        source=source,
+    )
+
+
+def calibrate_from_predictions(
+    model, estimates, formal_var, labels, *, eps=None, snr=None, ref_var=None, random_state=0, source="predictions"
+) -> dict:
+    """:func:`calibrate` from held-out or cross-validated estimates already at hand.
+
+    Parameters
+    ----------
+    model : CannonModel
+        The fitted model that receives the calibration (its scaling defines x̂).
+    estimates : ndarray, shape (N, K)
+        Held-out estimates (physical units; NaN for unusable stars).
+    formal_var : ndarray, shape (N, K)
+        Their formal variances.
+    labels : ndarray, shape (N, K)
+        Reference labels.
+    eps : ndarray, shape (N,), optional
+        θ-uncertainty factors (default 0).
+    snr : ndarray, shape (N,), optional
+        S/N per star, for the per-S/N-quintile coverage (omitted when None).
+    ref_var : ndarray, shape (N, K), optional
+        Reference-label variances.
+    random_state : int
+    source : str
+        Recorded as the calibration's ``source``.
+
+    Returns
+    -------
+    dict
+        The calibration, also stored as ``model.calibration_`` (see :func:`calibrate`).
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    est = np.asarray(estimates, dtype=np.float64)
+    fvar = np.asarray(formal_var, dtype=np.float64)
+    eps = np.zeros(len(est)) if eps is None else np.asarray(eps, dtype=np.float64)
     resid = est - y
     x = scaling.scale(est, model.label_offset_, model.label_scale_)
     cal, oof = fit_calibration(resid, fvar, eps, x, model.label_names, ref_var=ref_var, random_state=random_state)
@@ -168,8 +221,10 @@ def calibrate(
     cal["coverage_in_sample"] = {
         str(int(round(100 * lv))): [float(v) for v in inside[ok, i].mean(axis=0)] for i, lv in enumerate(LEVELS)
     }
-    snr = spectrum_snr(flux, ivar)
+    snr = np.full(len(y), np.nan) if snr is None else np.asarray(snr, dtype=np.float64)
     cal["coverage_by_bin"] = coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
+    if not np.isfinite(snr).any():
+        del cal["coverage_by_bin"]["snr"]
     logger.info(
         "calibration (%s) in-sample coverage 68%%: %s; 95%%: %s",
         source,

@@ -20,7 +20,8 @@ This module holds the two pieces that make the coverage *conditional* (see
    fraction ``u_nk`` = noise variance / total variance, a proxy of S/N). The effects are
    fitted by raking (iterative proportional fitting of the 68 % quantile of the
    standardised |residual| in every bin, shrunk towards 0 by ``m/(m + m₀)`` for a bin of
-   ``m`` stars): each marginal bin then covers at the global rate.
+   ``m`` stars): each marginal bin then covers at the global rate. A factor never takes
+   the calibrated variance below its noise part (``s ≥ √u``).
 """
 
 from __future__ import annotations
@@ -266,7 +267,9 @@ def fit_mondrian_scales(z, x_scaled, noise_fraction, label_names, *, level=0.68)
 
 
 def mondrian_scales(params, x_scaled, noise_fraction):
-    """Width factors ``s`` (N, K) of :func:`fit_mondrian_scales`'s ``params`` (ones if None)."""
+    """Width factors ``s`` (N, K) of :func:`fit_mondrian_scales`'s ``params`` (ones if None),
+    at least ``√u``: the calibrated variance ``s² σ²`` never falls below its noise part
+    ``u σ²`` (the formal error is a lower bound on the noise, calibration never shrinks it)."""
     x = np.atleast_2d(np.asarray(x_scaled, dtype=np.float64))
     u = np.atleast_2d(np.asarray(noise_fraction, dtype=np.float64))
     if not params:
@@ -280,7 +283,8 @@ def mondrian_scales(params, x_scaled, noise_fraction):
         logs += eff[:, i, bin_index(np.nan_to_num(x[:, i]), le[i])].T
     for j in range(k):
         logs[:, j] += eff[j, k, bin_index(np.nan_to_num(u[:, j]), ne[j])]
-    return np.exp(logs)
+    # never narrower than the noise term alone (s² var ≥ noise variance = u var)
+    return np.maximum(np.exp(logs), np.sqrt(np.clip(np.nan_to_num(u), 0.0, 1.0)))
 
 
 # --------------------------------------------------------------------------- coverage
