@@ -103,6 +103,32 @@ def run(args) -> int:
             for lv in (0.68, 0.95)
         )
         print(f"{name:>10} {vals}")
+    if "calibrated" in report["kind"].values:
+        print_binned_coverage(_report_bins(report), model.label_names)
     if args.report:
         write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
     return 0
+
+
+def _report_bins(report) -> dict:
+    cb = report["coverage_binned"].sel(kind="calibrated")
+    return {
+        str(by): {
+            "n": report["bin_count"].sel(by=by).values.tolist(),
+            "lo": report["bin_lo"].sel(by=by).values.tolist(),
+            "hi": report["bin_hi"].sel(by=by).values.tolist(),
+            "68": cb.sel(by=by, level=0.68).values.tolist(),
+        }
+        for by in report["by"].values
+    }
+
+
+def print_binned_coverage(binned, label_names, level: str = "68") -> None:
+    """Print 68 % coverage per quintile of S/N and of each label (a calibration's
+    ``coverage_by_bin`` or the same layout from a coverage report)."""
+    print(f"calibrated {level}% coverage per quintile (target {int(level) / 100:.2f} +- 0.05):")
+    print(f"{'by':>10} {'range':>22} {'n':>6} " + " ".join(f"{n[:8]:>8}" for n in label_names))
+    for by, d in binned.items():
+        for i, row in enumerate(d[level]):
+            rng = f"{d['lo'][i]:.4g}..{d['hi'][i]:.4g}"
+            print(f"{by if i == 0 else '':>10} {rng:>22} {d['n'][i]:>6} " + " ".join(f"{v:>8.3f}" for v in row))

@@ -13,6 +13,8 @@ column                        meaning
 ``e_<LABEL>``                 1σ error; where errors are asymmetric ``E_<LABEL>`` is the
                               upper and ``e_<LABEL>`` the lower error; ``HW68_``/``HW95_``
                               half-widths of calibrated intervals when the result has them
+``<LABEL>_BIAS``              calibrated catalogues: the learned bias already subtracted
+                              from ``<LABEL>`` (uncorrected = ``<LABEL>`` + ``<LABEL>_BIAS``)
 ``CHI2``, ``REDUCED_CHI2``    fit quality
 ``N_PIXELS``, ``SNR``         usable pixels, signal-to-noise ratio
 ``LABEL_DISTANCE``            Nandakumar+2022 eq. 5 (units of the CV scatter)
@@ -330,9 +332,11 @@ def build_catalogue(
                 )
                 t[dst].format = _TDISP["deg"]
         snr = spectra_snr(spectra)[srows]
-    labels = result["labels"].values
-    asym = "errors_upper" in result and "errors_lower" in result
     calibrated = want == "calibrated"
+    # a calibrated result holds bias-corrected labels; a formal catalogue of it gets the uncorrected ones
+    raw = "labels_uncorrected" in result and not calibrated
+    labels = result["labels_uncorrected" if raw else "labels"].values
+    asym = "errors_upper" in result and "errors_lower" in result
     errors = result["errors"].values if calibrated or not has_cal else result["errors_formal"].values
     for k, name in enumerate(names):
         desc = label_description(name)
@@ -343,6 +347,12 @@ def build_catalogue(
             t[f"e_{name}"] = _label_column(result["errors_lower"].values[:, k], name, f"lower 1-sigma error of {name}")
         else:
             t[f"e_{name}"] = _label_column(errors[:, k], name, f"{kind} 1-sigma uncertainty of {name}")
+        if calibrated and "label_bias" in result:
+            t[f"{name}_BIAS"] = _label_column(
+                result["label_bias"].values[:, k],
+                name,
+                f"learned bias of the maximum-likelihood {name}, already subtracted in {name}",
+            )
         if calibrated:
             for var, col, pct in (("half_width_68", "HW68", 68), ("half_width_95", "HW95", 95)):
                 t[f"{col}_{name}"] = _label_column(
