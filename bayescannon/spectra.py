@@ -219,8 +219,9 @@ def check_flux_ivar_values(
     step = max(1, _BLOCK_ELEMENTS // p)
     for a in range(0, n, step):  # blocks of stars: bounded temporaries
         f, iv = flux[a : a + step], ivar[a : a + step]
-        usable = (iv > 0) & np.isfinite(iv)
-        big = usable & np.isfinite(f) & (np.abs(f) >= max_abs_flux)
+        big = np.abs(f) >= max_abs_flux  # cheap first pass; refined only when something is big
+        if big.any():
+            big &= (iv > 0) & np.isfinite(iv) & np.isfinite(f)
         if big.any():
             i, j = np.argwhere(big)[0]
             raise InvalidInputError(
@@ -229,7 +230,9 @@ def check_flux_ivar_values(
                 "set ivar = 0 there or fix the input"
             )
         if np.isfinite(limit):
-            huge = usable & (iv >= limit)
+            huge = iv >= limit
+            if huge.any():
+                huge &= np.isfinite(iv)
             if huge.any():
                 i, j = np.argwhere(huge)[0]
                 raise InvalidInputError(

@@ -55,14 +55,15 @@ def _mask_missing(table: Table, missing_values: Sequence[float], skip: Sequence[
             if parsed is None:
                 continue
             logger.info("label column %s: %d empty or 'n/a' cells read as missing", name, int(parsed.mask.sum()))
-            table[name] = col = parsed
+            table[name] = parsed
+            col = table[name]
         if col.dtype.kind in "fiu":
             values = np.asarray(np.ma.getdata(col), dtype=float)
             bad = ~np.isfinite(values)
             if sentinels.size:
                 bad |= (np.abs(values[:, None] - sentinels[None, :]) <= 1e-6 * np.abs(sentinels)[None, :]).any(axis=1)
             if bad.any():
-                col.mask = np.ma.getmaskarray(col) | bad
+                table[name].mask = np.ma.getmaskarray(col) | bad
     return table
 
 
