@@ -6,7 +6,7 @@ import numpy as np
 
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
-from bayescannon.spectra import join_ids
+from bayescannon.spectra import join_ids, label_values
 from bayescannon.survey.catalogue import read_catalogue
 
 
@@ -16,8 +16,13 @@ def load_spectra(path):
 
 
 def join_labels(ds, labels_path, label_names, id_column):
-    """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``."""
+    """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``.
 
+    Missing values (empty or "n/a" cells, masked entries, NaN, sentinels such as -9999;
+    see :func:`bayescannon.io.read_labels`) are never turned into numbers: a star of ``ds``
+    whose label is missing is a ``LabelError`` naming it, so that a training set is
+    exactly the stars given (leave such stars out of the spectra file to train without them).
+    """
     table = read_labels(labels_path, id_column=id_column)
     if id_column not in table.colnames:
         raise LabelError(f"label table {labels_path} has no id column {id_column!r}; columns: {table.colnames}")
@@ -30,7 +35,18 @@ def join_labels(ds, labels_path, label_names, id_column):
     if not hit.all():
         miss = star[~hit]
         raise LabelError(f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})")
-    return np.column_stack([np.asarray(table[n], dtype=float)[rows] for n in label_names])
+    values, code = label_values(table[list(label_names)][rows], label_names)
+    if (code > 0).any():
+        who = np.flatnonzero((code > 0).any(axis=1))
+        k = int(np.argmax(code[who[0]] > 0))
+        raise LabelError(
+            f"label table {labels_path}: {who.size} of {star.size} stars have a missing label value "
+            f"(empty, 'n/a', masked, NaN or a sentinel such as -9999), e.g. {label_names[k]} of star "
+            f"{star[who[0]]} (row {int(rows[who[0]])}); ids: {', '.join(star[who[:10]])}"
+            + (" ..." if who.size > 10 else "")
+            + "; remove these stars from the spectra or give them labels"
+        )
+    return values
 
 
 def parse_censors(items):
