@@ -101,7 +101,9 @@ def run(args) -> int:
     if cv:
         table_path = cv_table_path(args.output)
         table = selection.to_table()
-        write_atomic(table_path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True), overwrite=args.overwrite)
+        write_atomic(
+            table_path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True), overwrite=args.overwrite
+        )
         logger.info("CV table written to %s", table_path)
         summary.update(order=model.order, regularization=float(model.regularization), cv_table=str(table_path))
     if label_errors is not None:
