@@ -207,3 +207,12 @@ def test_an_output_never_replaces_an_input(tmp_path, capsys):
     assert code == 1
     assert "is also an input" in capsys.readouterr().err
     assert spectra.read_bytes() == before
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bayescannon", "--help"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "train" in out.stdout and "infer" in out.stdout

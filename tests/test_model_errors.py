@@ -9,13 +9,13 @@ from bayescannon import CannonModel
 from bayescannon.errors import (
     GridMismatchError,
     InsufficientDataError,
+    InvalidInputError,
     LabelError,
     NegativeIvarError,
     NonFiniteError,
     NotFittedError,
     ShapeMismatchError,
 )
-from bayescannon.flags import PixelFlag
 
 
 @pytest.fixture
@@ -156,13 +156,12 @@ def test_collinear_labels_are_a_label_error_naming_them(data):
         CannonModel(LABELS).fit(flux, ivar, constant)
 
 
-def test_one_absurd_ivar_flags_its_pixel_and_trains_the_rest(data):
-    # issue 11: ivar >= 1e16 at one star and pixel crashed training (matmul size mismatch)
+def test_one_absurd_ivar_is_refused_at_the_edge_naming_star_and_pixel(data):
+    # issue 11: ivar >= 1e16 at one star and pixel crashed training (matmul size mismatch); it is
+    # now refused before training (>= 1e12 x the median ivar), and the core's safety net for
+    # pixels that become singular is tested in test_train.py
     flux, ivar, y = data
     ivar = ivar.copy()
     ivar[7, 5] = 1e30
-    model = CannonModel(LABELS).fit(flux, ivar, y)
-    assert model.pixel_flags_[5] & PixelFlag.SINGULAR
-    assert not np.delete(model.pixel_flags_, 5).any()
-    res = model.infer(flux[:3], ivar[:3])
-    assert np.all(res["n_pixels"].values == 39)  # the neutral pixel is left out of the test step
+    with pytest.raises(InvalidInputError, match=r"ivar is absurd at star 7, pixel 5"):
+        CannonModel(LABELS).fit(flux, ivar, y)
