@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bayescannon import preprocess as pp
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
 
 NAME = "preprocess"
 HELP = "read + rest frame + resample + normalise survey files in resumable chunks (survey scale)"
@@ -95,9 +98,21 @@ def build_steps(args, grid):
     return steps
 
 
-def run(args) -> int:
-    import numpy as np
+def _run_options(args, grid) -> dict:
+    """The option values that determine the chunks, recorded in the folder's manifest: a rerun
+    with another value of any of them is refused, naming it (see ``process_in_chunks``)."""
+    return {
+        "--grid/--grid-from (wavelength grid)": np.asarray(grid, dtype=np.float64),
+        "--no-rest-frame": bool(args.no_rest_frame),
+        "--mask-window": [list(map(float, w)) for w in args.mask_window],
+        "--normalise": args.normalise,
+        "--L": float(args.L),
+        "--format": args.format,
+        "--chunk-format": args.chunk_format,
+    }
 
+
+def run(args) -> int:
     paths = _collect(args)
     if args.grid_from:
         grid = CannonModel.load(args.grid_from).wavelength_
@@ -122,9 +137,12 @@ def run(args) -> int:
         n_jobs=args.n_jobs,
         progressbar=not args.no_progress,
         return_skipped=True,
+        options=_run_options(args, grid),
     )
     out = Path(args.output)
-    skipped.write(out / "skipped.ecsv", format="ascii.ecsv", overwrite=True)
+    write_atomic(
+        out / "skipped.ecsv", lambda tmp: skipped.write(tmp, format="ascii.ecsv", overwrite=True), overwrite=True
+    )
     print(
         f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
         f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})"
