@@ -61,6 +61,7 @@ __all__ = ["MANIFEST", "ChunkStore", "chunk_key", "describe", "digest_of", "file
 #: Name of the manifest file inside a chunk folder.
 MANIFEST = "chunks.json"
 _LOCK = "chunks.lock"
+_RUN_LOCK = "chunks.run.lock"
 _SCHEMA = 1
 _BLOCK = 1 << 20
 
@@ -276,16 +277,31 @@ class ChunkStore:
         return list(self._order)
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, name: str = _LOCK):
         if fcntl is None:  # pragma: no cover - not POSIX
             yield
             return
-        with open(self.folder / _LOCK, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with open(self.folder / name, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning("%s: another run is using this folder; waiting for it to finish", self.folder)
+                fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the folder for one run (a context manager): a second run on the folder waits
+        (with a logged warning) and then resumes from what the first left, so two runs
+        never interleave their chunks. The kernel releases the lock of a killed run.
+        The manifest is read again once the folder is held."""
+        with self._locked(_RUN_LOCK):
+            self._entries, self._order, self._options = self._load()
+            self._touched = set()
+            yield self
 
     def _save(self) -> None:
         """Write the manifest: this process's records over those on disk (another run's

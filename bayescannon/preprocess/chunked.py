@@ -308,84 +308,85 @@ def process_in_chunks(
         _step_callable(s)
     chunk_size = int(chunk_size)
     store = ChunkStore(out_path)
-    if options is not None:
-        store.check_options({**options, "chunk_size": chunk_size, "format": format})
-    options = {"steps": steps, "format": format}
-    file_digest = None
-    paths = None
-    if isinstance(source, xr.Dataset):
-        check_spectra(source)
-        n = source.sizes["star"]
-    elif isinstance(source, (str, os.PathLike)):
-        src = _ContainerFileSource(source)
-        n = src.n
-        src.close()
-        file_digest = file_checksum(source)
-    else:
-        paths = [os.fspath(p) for p in source]
-        n = len(paths)
-        options.update(reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error)
-    n_chunks = (n + chunk_size - 1) // chunk_size
-    names = [f"chunk_{i:06d}.{_EXT[format]}" for i in range(n_chunks)]
-    store.set_order(names)
-
-    jobs, reusable, keys = [], [], {}
-    for i, name in enumerate(names):
-        start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
-        job = {"index": i, "path": os.fspath(store.path(name)), "steps": steps, "format": format}
+    with store.exclusive():
+        if options is not None:
+            store.check_options({**options, "chunk_size": chunk_size, "format": format})
+        options = {"steps": steps, "format": format}
+        file_digest = None
+        paths = None
         if isinstance(source, xr.Dataset):
-            job["dataset"] = source.isel(star=slice(start, stop))
-            digest = dataset_digest(job["dataset"])
-        elif file_digest is not None:
-            job.update(file=os.fspath(source), start=start, stop=stop)
-            digest = f"{file_digest}[{start}:{stop}]"
+            check_spectra(source)
+            n = source.sizes["star"]
+        elif isinstance(source, (str, os.PathLike)):
+            src = _ContainerFileSource(source)
+            n = src.n
+            src.close()
+            file_digest = file_checksum(source)
         else:
-            job.update(
-                paths=paths[start:stop], reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error
+            paths = [os.fspath(p) for p in source]
+            n = len(paths)
+            options.update(reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error)
+        n_chunks = (n + chunk_size - 1) // chunk_size
+        names = [f"chunk_{i:06d}.{_EXT[format]}" for i in range(n_chunks)]
+        store.set_order(names)
+
+        jobs, reusable, keys = [], [], {}
+        for i, name in enumerate(names):
+            start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+            job = {"index": i, "path": os.fspath(store.path(name)), "steps": steps, "format": format}
+            if isinstance(source, xr.Dataset):
+                job["dataset"] = source.isel(star=slice(start, stop))
+                digest = dataset_digest(job["dataset"])
+            elif file_digest is not None:
+                job.update(file=os.fspath(source), start=start, stop=stop)
+                digest = f"{file_digest}[{start}:{stop}]"
+            else:
+                job.update(
+                    paths=paths[start:stop], reader=reader, reader_kwargs=dict(reader_kwargs or {}), on_error=on_error
+                )
+                digest = digest_of(repr([_file_identity(p) for p in job["paths"]]))
+            keys[i] = chunk_key(input=digest, **options)
+            if not store.is_valid(name, keys[i]):
+                jobs.append(job)
+            else:
+                reusable.append(job)
+        if jobs:  # chunks with duplicates removed are redone from their input whenever another chunk is
+            redo = [j for j in reusable if store.info(names[j["index"]]).get(_DUPLICATES)]
+            jobs = sorted(jobs + redo, key=lambda j: j["index"])
+        if len(jobs) < n_chunks:
+            logger.info(
+                "%s: %d of %d chunk(s) reused; %d to compute", store.folder, n_chunks - len(jobs), n_chunks, len(jobs)
             )
-            digest = digest_of(repr([_file_identity(p) for p in job["paths"]]))
-        keys[i] = chunk_key(input=digest, **options)
-        if not store.is_valid(name, keys[i]):
-            jobs.append(job)
+
+        bar = None
+        if progressbar:
+            from tqdm.auto import tqdm  # lazy: optional progress bar
+
+            bar = tqdm(total=len(jobs), desc="chunks", unit="chunk")
+
+        def record(result) -> None:
+            i, checksum, skipped_rows = result
+            store.record(names[i], keys[i], checksum, {"skipped": skipped_rows})
+            if checksum is None:
+                store.path(names[i]).unlink(missing_ok=True)
+            if bar is not None:
+                bar.update(1)
+
+        try:
+            run_tasks(_run_chunk, jobs, n_jobs, on_result=record)
+        finally:
+            if bar is not None:
+                bar.close()
+        _remove_duplicates(store, names, keys, format)
+        out = [store.path(name) for name in names if store.path(name).exists()]
+        if not return_skipped:
+            return out
+        rows = [tuple(r) for name in names for key in ("skipped", _DUPLICATES) for r in store.info(name).get(key, [])]
+        if rows:
+            skipped = Table(rows=rows, names=("path", "error", "reason"))
         else:
-            reusable.append(job)
-    if jobs:  # chunks with duplicates removed are redone from their input whenever another chunk is
-        redo = [j for j in reusable if store.info(names[j["index"]]).get(_DUPLICATES)]
-        jobs = sorted(jobs + redo, key=lambda j: j["index"])
-    if len(jobs) < n_chunks:
-        logger.info(
-            "%s: %d of %d chunk(s) reused; %d to compute", store.folder, n_chunks - len(jobs), n_chunks, len(jobs)
-        )
-
-    bar = None
-    if progressbar:
-        from tqdm.auto import tqdm  # lazy: optional progress bar
-
-        bar = tqdm(total=len(jobs), desc="chunks", unit="chunk")
-
-    def record(result) -> None:
-        i, checksum, skipped_rows = result
-        store.record(names[i], keys[i], checksum, {"skipped": skipped_rows})
-        if checksum is None:
-            store.path(names[i]).unlink(missing_ok=True)
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        run_tasks(_run_chunk, jobs, n_jobs, on_result=record)
-    finally:
-        if bar is not None:
-            bar.close()
-    _remove_duplicates(store, names, keys, format)
-    out = [store.path(name) for name in names if store.path(name).exists()]
-    if not return_skipped:
-        return out
-    rows = [tuple(r) for name in names for key in ("skipped", _DUPLICATES) for r in store.info(name).get(key, [])]
-    if rows:
-        skipped = Table(rows=rows, names=("path", "error", "reason"))
-    else:
-        skipped = Table([np.zeros(0, str)] * 3, names=("path", "error", "reason"))
-    return out, skipped
+            skipped = Table([np.zeros(0, str)] * 3, names=("path", "error", "reason"))
+        return out, skipped
 
 
 def _chunk_ids(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
