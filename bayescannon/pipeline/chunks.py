@@ -22,7 +22,10 @@ folder (or for the old one to be removed).
 Only the process that owns the :class:`ChunkStore` writes the manifest (worker processes
 write chunk files with :func:`write_chunk` and hand back the checksum). The manifest is
 rewritten under an exclusive lock (``chunks.lock``) and merged with the records on disk,
-so two runs on one folder keep each other's records.
+so two stores on one folder keep each other's records; a whole run holds the folder with
+:meth:`ChunkStore.exclusive` (``chunks.run.lock``), so a second run on the same folder
+waits for the first and then resumes from its chunks (the kernel releases the lock of a
+run killed with ``kill -9``).
 
 Examples
 --------
