@@ -33,9 +33,9 @@ from bayescannon.pipeline.chunks import ChunkStore, chunk_key
 from bayescannon.spectra import make_spectra
 
 ZYGOTE = Path(__file__).with_name("_zygote.py")
-#: kill -9 seeds per command: 12 with ``-m slow``; 3 in the default run (each seed is two
+#: kill -9 seeds per command: 12 with ``-m slow``; 2 in the default run (each seed is two
 #: fresh CLI processes, 3-8 s each on 2 shared cores).
-N_KILL_SEEDS = {"default": 3, "slow": 12}
+N_KILL_SEEDS = {"default": 2, "slow": 12}
 N_CORRUPTIONS = 60
 
 
@@ -204,7 +204,8 @@ def test_kill9_preprocess_resumes_bit_identical(zygote, tmp_path, n_seeds):
     # a changed option value on a folder is refused, naming the option, and changes nothing
     argv = _preprocess_argv(inputs, tmp_path / "ref")
     argv[argv.index("--L") + 1] = 5
-    assert zygote.run((argv, tmp_path))["rc"] == [2]
+    refused = zygote.run((argv, tmp_path))["rc"]
+    assert refused[0] not in (0, 99), refused  # an error reported by the CLI, not an escaped exception
     assert _folder_bytes(tmp_path / "ref") == expected
 
 
@@ -277,14 +278,19 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the workers")
 def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
     script = (
-        "import time\n"
+        "import sys, time\n"
+        "from pathlib import Path\n"
         "from bayescannon.pipeline.pool import run_tasks\n"
+        "def task(path):\n"
+        "    Path(path).touch()\n"
+        "    time.sleep(60.0)\n"
         "if __name__ == '__main__':\n"
-        "    run_tasks(time.sleep, [60.0, 60.0], n_jobs=2)\n"
+        "    run_tasks(task, [sys.argv[1] + '0', sys.argv[1] + '1'], n_jobs=2)\n"
     )
     (tmp_path / "parent.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])}
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], env=env)
+    marker = str(tmp_path / "started")
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), marker], env=env)
     try:
         deadline = time.monotonic() + 60
         workers: list[int] = []
@@ -294,7 +300,9 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
                 break
             time.sleep(0.1)
         assert len(workers) == 2, f"the pool did not start its 2 workers: {workers}"
-        time.sleep(1.0)  # let them reach their task
+        while time.monotonic() < deadline and not all(Path(marker + i).exists() for i in "01"):
+            time.sleep(0.05)  # both workers in their task (a worker still importing exits on its own too)
+        assert all(Path(marker + i).exists() for i in "01"), "the workers did not start their tasks"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 5
