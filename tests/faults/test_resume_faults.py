@@ -5,10 +5,15 @@ error or a rerun identical to an uninterrupted run) and silently wrong (a corrup
 accepted, a rerun that differs, a run broken by another). The tests assert silently wrong
 == 0 and put the counts in their assertion messages.
 
-Measured (2 shared cores, this file ~35 s): kill -9 of ``infer --work-dir`` at a random
-time in [0, t_full]: 12 seeds tried, 12 reruns bit-identical, 0 silently wrong; kill -9 of
-``preprocess``: 12 seeds, 12 identical, 0 silently wrong; byte flips of a chunk file: 60
-tried, 60 detected, 0 silently wrong; truncations: 60 tried, 60 detected, 0 silently wrong.
+Measured (Nov 2026, 2 cores shared with other jobs, load average ~9): with ``-m slow``,
+kill -9 of ``infer --work-dir`` at a random time in [0, t_full]: 12 seeds tried, 12 reruns
+bit-identical, 0 silently wrong; kill -9 of ``preprocess`` (a folder with a non-FITS file,
+a grid off by rounding, a grid off the target, a repeated id): 12 tried, 12 identical, 0
+silently wrong; two concurrent ``preprocess`` runs on one folder: both exit 0, folder
+identical; byte flips of a chunk file: 60 tried, 60 detected, 0 silently wrong;
+truncations: 60 tried, 60 detected, 0 silently wrong. The default run keeps 2 kill seeds
+per command (each seed is two fresh CLI processes of 1.5-2 s on idle cores, ~5-10 s
+under that load).
 
 The CLI runs are forked from one pre-imported helper process (``_zygote.py``) so that each
 costs a fraction of a second instead of an import of the package.
@@ -61,6 +66,7 @@ class Zygote:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +206,6 @@ def test_kill9_preprocess_resumes_bit_identical(zygote, tmp_path, n_seeds):
     )
     assert both["rc"] == [0, 0], both
     assert _folder_bytes(tmp_path / "two") == expected
-
-    # a changed option value on a folder is refused, naming the option, and changes nothing
-    argv = _preprocess_argv(inputs, tmp_path / "ref")
-    argv[argv.index("--L") + 1] = 5
-    refused = zygote.run((argv, tmp_path))["rc"]
-    assert refused[0] not in (0, 99), refused  # an error reported by the CLI, not an escaped exception
-    assert _folder_bytes(tmp_path / "ref") == expected
 
 
 # --------------------------------------------------------------------------------------
