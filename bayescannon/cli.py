@@ -1,8 +1,10 @@
 """Command-line interface: ``bayescannon <command> ...``.
 
 Argument parsing only: each command lives in ``bayescannon/commands/<name>.py`` and
-defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; this
-module discovers them, so adding a command never touches this file.
+defines ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args) -> int`` and, when it
+writes files, ``outputs(args)`` (the files it will write: checked before ``run``, see
+:func:`check_command_outputs`); this module discovers them, so adding a command never
+touches this file. Every command takes ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import importlib
 import logging
 import pkgutil
 import sys
-from pathlib import Path
 
 from bayescannon import commands
 from bayescannon._version import __version__
-from bayescannon.errors import BayesCannonError, InvalidInputError
+from bayescannon.commands._outputs import check_outputs, input_paths
+from bayescannon.errors import BayesCannonError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "check_command_outputs"]
 
 
 def _commands():
@@ -44,42 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in _commands():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace output files that exist (an input of the command is never replaced)",
+        )
+        p.set_defaults(_run=mod.run, _outputs=getattr(mod, "outputs", None))
     return parser
 
 
-#: Arguments that name what a command writes.
-_OUTPUTS = ("output", "model_out")
-
-
-def _input_files(args) -> set[Path]:
-    """Existing files named by any other argument (single paths or lists of them)."""
-    found = set()
-    for name, value in vars(args).items():
-        if name in _OUTPUTS or name.startswith("_"):
-            continue
-        for v in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(v, str | Path) and Path(v).is_file():
-                found.add(Path(v).resolve())
-    return found
-
-
-def check_outputs_are_not_inputs(args) -> None:
-    """Refuse a run whose output file is one of its input files (it would be replaced).
+def check_command_outputs(args) -> None:
+    """The pre-flight check of everything ``args`` will make its command write, run before the
+    command reads or computes anything (:func:`bayescannon.commands._outputs.check_outputs`):
+    supported suffixes, writable folders, no existing file without ``--overwrite``, and
+    never an input of the same command, even with ``--overwrite``.
 
     Raises
     ------
-    InvalidInputError
-        Naming the argument and the file.
+    OutputPathError
+        Or a subclass, naming the option and the file or folder.
     """
-    inputs = _input_files(args)
-    for name in _OUTPUTS:
-        value = getattr(args, name, None)
-        if value and Path(value).resolve() in inputs:
-            raise InvalidInputError(
-                f"--{name.replace('_', '-')} {value} is also an input of this command: "
-                "choose another output path (inputs are never overwritten)"
-            )
+    declare = getattr(args, "_outputs", None)
+    outs = list(declare(args)) if declare is not None else []
+    check_outputs(outs, input_paths(args, outs), overwrite=bool(getattr(args, "overwrite", False)))
 
 
 def main(argv=None) -> int:
@@ -92,7 +81,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        check_outputs_are_not_inputs(args)
+        check_command_outputs(args)
         return int(args._run(args) or 0)
     except BayesCannonError as exc:
         print(f"bayescannon {args.command}: error: {exc}", file=sys.stderr)

@@ -28,6 +28,10 @@ __all__ = [
     "BayesCannonWarning",
     "NotCalibratedError",
     "SamplingError",
+    "OutputPathError",
+    "OutputExistsError",
+    "OutputIsInputError",
+    "OutputNotWritableError",
 ]
 
 
@@ -94,3 +98,22 @@ class NotCalibratedError(BayesCannonError, ValueError):
 
 class SamplingError(BayesCannonError, RuntimeError):
     """A sampler could not be built or run (e.g. no usable pixel for a star)."""
+
+
+class OutputPathError(InvalidInputError):
+    """An output path cannot be used: unsupported suffix, an existing file, an input of the
+    same run, or a folder that cannot be written. Raised before any work is done."""
+
+
+class OutputExistsError(OutputPathError, FileExistsError):
+    """An output file exists and replacing it was not asked for (``overwrite=False``,
+    no ``--overwrite``)."""
+
+
+class OutputIsInputError(OutputPathError):
+    """An output is also an input of the same run (the same file, by path, symlink or hard
+    link): it is never replaced, even with ``--overwrite``."""
+
+
+class OutputNotWritableError(OutputPathError, PermissionError):
+    """The folder of an output does not exist as a folder or cannot be written."""

@@ -17,6 +17,9 @@ class PixelFlag(enum.IntFlag):
     FEW_STARS = 1  #: fewer stars with ivar > 0 than model terms + 1: neutral model
     SINGULAR = 2  #: design matrix singular at this pixel: neutral model
     NOT_CONVERGED = 4  #: s² optimisation did not converge
+    ILL_CONDITIONED = (
+        8  #: normal equations became singular after the first pass or gave non-finite values (SINGULAR is set too)
+    )
 
 
 class StarFlag(enum.IntFlag):
@@ -33,6 +36,7 @@ class StarFlag(enum.IntFlag):
     OUTSIDE_HULL = 256  #: labels outside the convex hull of the training labels
     LOW_SNR = 512  #: S/N below the configured minimum
     SURVEY_FLAGGED = 1024  #: the survey pipeline flagged this spectrum
+    UNDERDETERMINED = 2048  #: fewer usable pixels than labels: labels not identified, errors NaN, not converged
 
 
 # one table per flag type: PixelFlag.FEW_STARS == StarFlag.NOT_CONVERGED as integers (and
@@ -42,6 +46,7 @@ _DOC = {
         "FEW_STARS": "fewer usable training stars than terms+1; neutral model",
         "SINGULAR": "singular design at this pixel; neutral model",
         "NOT_CONVERGED": "scatter optimisation did not converge",
+        "ILL_CONDITIONED": "normal equations singular at a later pass or non-finite; neutral model (with SINGULAR)",
     },
     StarFlag: {
         "NOT_CONVERGED": "label fit did not converge",
@@ -55,6 +60,7 @@ _DOC = {
         "OUTSIDE_HULL": "labels outside convex hull of training labels",
         "LOW_SNR": "S/N below the configured minimum",
         "SURVEY_FLAGGED": "survey pipeline flags set (see SURVEY_FLAGS)",
+        "UNDERDETERMINED": "fewer usable pixels than labels; labels not identified, errors NaN",
     },
 }
 

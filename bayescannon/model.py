@@ -22,7 +22,7 @@ from bayescannon.core import scaling
 from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
 from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
 from bayescannon.core.latent import fit_latent_labels
-from bayescannon.core.train import fit_pixels
+from bayescannon.core.train import check_identifiable, fit_pixels
 from bayescannon.core.uncertainty import (
     apply_calibration,
     check_calibrated,
@@ -35,15 +35,22 @@ from bayescannon.errors import (
     InsufficientDataError,
     InvalidInputError,
     LabelError,
-    NegativeIvarError,
-    NonFiniteError,
     NotFittedError,
     ShapeMismatchError,
 )
 from bayescannon.flags import PixelFlag, StarFlag, flag_doc
 from bayescannon.modelfile import load_model, model_to_dataset, save_model
 from bayescannon.results import set_label_units
-from bayescannon.spectra import as_label_array, default_ids, unpack_spectra
+from bayescannon.spectra import (
+    BAD_PIXEL_KINDS,
+    as_flux_ivar_arrays,
+    as_label_array,
+    check_flux_ivar_values,
+    default_ids,
+    describe_pixel,
+    raise_bad_pixel,
+    unpack_spectra,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,26 +72,20 @@ _LATENT = {
 def _validated_pixel_major(flux, ivar, ids, wavelength):
     """Validate training flux/ivar; return clean pixel-major (P, N) copies."""
 
-    flux = np.asarray(flux, dtype=np.float64)
-    ivar = np.asarray(ivar, dtype=np.float64)
-    if flux.ndim != 2:
-        raise ShapeMismatchError(f"flux must be 2-D (stars, pixels); got shape {flux.shape}")
-    if flux.shape != ivar.shape:
-        raise ShapeMismatchError(f"flux has shape {flux.shape} but ivar has shape {ivar.shape}")
+    flux, ivar = as_flux_ivar_arrays(flux, ivar)  # typed errors for complex/text data, shapes
     flux_t, ivar_t, bad = prepare_training(np.ascontiguousarray(flux), np.ascontiguousarray(ivar))
-    kinds = [
-        (NonFiniteError, "ivar is not finite"),
-        (NegativeIvarError, "ivar is negative (use 0 for pixels without information)"),
-        (NonFiniteError, "flux is not finite where ivar > 0 (set ivar = 0 to mask it)"),
-    ]
-    for k, (exc, what) in enumerate(kinds):
-        i, j = int(bad[k, 0]), int(bad[k, 1])
-        if i >= 0:
-            where = f"star {i}" + ("" if ids is None else f" (id {np.asarray(ids)[i]})") + f", pixel {j}"
-            if wavelength is not None:
-                where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
-            raise exc(f"{what} at {where}")
+    for k in range(len(BAD_PIXEL_KINDS)):
+        if bad[k, 0] >= 0:
+            raise_bad_pixel(k, bad[k, 0], bad[k, 1], ids=ids, wavelength=wavelength)
+    check_flux_ivar_values(flux, ivar, ids=ids, wavelength=wavelength)  # absurd flux or ivar
     return flux_t, ivar_t
+
+
+def _check_count(value, name: str) -> int:
+    """``value`` as an int >= 1; InvalidInputError otherwise (bools and fractions too)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be an integer >= 1; got {value!r}")
+    return int(value)
 
 
 class CannonModel:
@@ -342,7 +343,9 @@ class CannonModel:
         PolynomialVectorizer(self.label_names, self.order)  # validates names and order
         flux_t, ivar_t = _validated_pixel_major(flux, ivar, ids, wavelength)
         p, n = flux_t.shape
-        y = as_label_array(labels, self.label_names, n)
+        y = as_label_array(labels, self.label_names, n, ids=ids)
+        _check_count(self.n_starts, "n_starts")
+        _check_count(self.n_candidates, "n_candidates")
         if wavelength is not None:
             wavelength = np.asarray(wavelength, dtype=np.float64)
             if wavelength.shape != (p,):
@@ -370,6 +373,7 @@ class CannonModel:
         censor_mask = self._censor_mask(p, wavelength)
         term_mask = self._term_mask(censor_mask)
         design = vec(x)
+        check_identifiable(design, vec.exponents, self.label_names)  # collinear labels: LabelError
         if label_errors is not None:
             result = fit_latent_labels(
                 self,
@@ -463,9 +467,10 @@ class CannonModel:
         setattr(self, attr, value)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: PathLikeStr, *, overwrite: bool = True) -> Path:
-        """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``); see
-        :func:`bayescannon.modelfile.save_model`. Returns the path."""
+    def save(self, path: PathLikeStr, *, overwrite: bool = False) -> Path:
+        """Write the fitted model to netCDF (``.nc``) or zarr (``.zarr``), with a checksum of
+        every array; an existing file is replaced only with ``overwrite=True`` (else
+        ``ModelFileError``). See :func:`bayescannon.modelfile.save_model`. Returns the path."""
         self._check_fitted()
 
         return save_model(self, path, overwrite=overwrite)
@@ -543,22 +548,11 @@ class CannonModel:
             np.ascontiguousarray(flux), np.ascontiguousarray(ivar), self.s2_, pixel_ok, inv_wbar, w, wf
         )
         if (bad >= 0).any():
-            kinds = [
-                (0, NonFiniteError, "ivar is not finite"),
-                (1, NegativeIvarError, "ivar is negative (use 0 for pixels without information)"),
-                (2, NonFiniteError, "flux is not finite where ivar > 0 (set ivar = 0 to mask it)"),
-            ]
-            for col, exc, what in kinds:
+            for col, (exc, what) in enumerate(BAD_PIXEL_KINDS):
                 rows = np.flatnonzero(bad[:, col] >= 0)
                 if rows.size:
                     i = int(rows[0])
-                    j = int(bad[i, col])
-                    where = f"star {offset + i}"
-                    if ids is not None:
-                        where += f" (id {ids[offset + i]})"
-                    where += f", pixel {j}"
-                    if wavelength is not None:
-                        where += f" ({float(np.asarray(wavelength)[j]):.3f} A)"
+                    where = describe_pixel(offset + i, bad[i, col], ids, wavelength)
                     raise exc(f"{what} at {where}; {rows.size} stars in this chunk affected")
         return c, n_pix, kap
 
@@ -613,12 +607,7 @@ class CannonModel:
         """
         self._check_fitted()
         flux, ivar, ids, wavelength, _ = unpack_spectra(flux, ivar, ids, wavelength)
-        flux = np.asarray(flux, dtype=np.float64)
-        ivar = np.asarray(ivar, dtype=np.float64)
-        if flux.ndim == 1:
-            flux, ivar = flux[None, :], np.atleast_2d(ivar)
-        if flux.ndim != 2 or flux.shape != ivar.shape:
-            raise ShapeMismatchError(f"flux has shape {flux.shape} but ivar has shape {ivar.shape}")
+        flux, ivar = as_flux_ivar_arrays(flux, ivar)  # typed errors for complex/text data, shapes
         n, p = flux.shape
         self._check_grid(wavelength, p)
         if ids is None:
@@ -630,9 +619,8 @@ class CannonModel:
             raise InvalidInputError(f"uncertainty must be 'formal' or 'calibrated'; got {uncertainty!r}")
         if uncertainty == "calibrated":
             check_calibrated(self)  # NotCalibratedError before any work
-        s = int(n_starts or self.n_starts)
-        if s < 1:
-            raise InvalidInputError(f"n_starts must be >= 1; got {s}")
+        s = _check_count(self.n_starts if n_starts is None else n_starts, "n_starts")  # 0 is an error, not the default
+        check_flux_ivar_values(flux, ivar, ids=ids, wavelength=wavelength)  # absurd flux or ivar
         if chunk_size < 1:
             raise InvalidInputError(f"chunk_size must be >= 1; got {chunk_size}")
         k = len(self.label_names)
@@ -704,6 +692,11 @@ class CannonModel:
         flags[npix < 2 * vec.n_terms] |= StarFlag.FEW_PIXELS
         nopix = npix == 0
         flags[nopix] |= StarFlag.NO_PIXELS
+        # fewer usable pixels than labels: the labels are not identified (a flat direction of
+        # χ²); the inverse of the rank-deficient Fisher matrix is rounding noise, not an error
+        under = npix < k
+        flags[under & ~nopix] |= StarFlag.UNDERDETERMINED
+        cov = np.where(under[:, None, None], np.nan, cov)
         singular = ~np.all(np.isfinite(cov), axis=(1, 2))
         flags[singular] |= StarFlag.SINGULAR_COVARIANCE
         dof = np.maximum(npix - k, 1)
@@ -730,7 +723,7 @@ class CannonModel:
                 "chi2": ("star", chi2),
                 "reduced_chi2": ("star", rchi2),
                 "n_pixels": ("star", npix),
-                "converged": ("star", conv & ~nopix),
+                "converged": ("star", conv & ~under),
                 "flags": ("star", flags),
                 "n_iter": ("star", niter),
             },

@@ -15,6 +15,8 @@ write it with :func:`save_figure`.
   stars (Nandakumar+2022 Figs 5–6).
 * :func:`alpha_vs_feh` — [α/M] vs [Fe/H].
 * :func:`precision_vs_snr` — repeat-observation precision and its exponential fit.
+* :func:`coverage_map` — coverage of the calibrated intervals per S/N quintile and per
+  quintile of each label, with the target band shaded.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import InvalidInputError, ShapeMismatchError
+from bayescannon.results import label_units_text
 
 __all__ = [
     "one_to_one",
@@ -35,6 +38,7 @@ __all__ = [
     "residual_band",
     "alpha_vs_feh",
     "precision_vs_snr",
+    "coverage_map",
     "save_figure",
     "APOGEE_LINES",
 ]
@@ -488,5 +492,74 @@ def precision_vs_snr(calibration):
         ax.set_xlabel("lower S/N of pair")
         ax.set_ylabel(f"σ({name})")
         ax.set_title(f"{name}: errors × {calibration.scale[q]:.2f}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def _binned_from_report(report, kind):
+    """``coverage_by_bin``-style dict from a :func:`bayescannon.bayes.coverage_report` Dataset."""
+    cb = report["coverage_binned"].sel(kind=kind)
+    out = {}
+    for by in [str(b) for b in report["by"].values]:
+        out[by] = {
+            "n": report["bin_count"].sel(by=by).values.tolist(),
+            "lo": report["bin_lo"].sel(by=by).values.tolist(),
+            "hi": report["bin_hi"].sel(by=by).values.tolist(),
+            **{str(int(round(100 * lv))): cb.sel(by=by, level=lv).values.tolist() for lv in report["level"].values},
+        }
+    return out, [str(n) for n in report["label_name"].values]
+
+
+def coverage_map(coverage, label_names=None, *, level=0.68, band=0.05, kind="calibrated"):
+    """Coverage of the intervals per S/N quintile and per quintile of each label.
+
+    One panel per binning variable (S/N, then each label); in each, the coverage of every
+    label's interval against the bin's median value, with ``level ± band`` shaded.
+
+    Parameters
+    ----------
+    coverage : dict or xarray.Dataset
+        A calibration's ``coverage_by_bin`` (``model.calibration_["coverage_by_bin"]``)
+        or a :func:`bayescannon.bayes.coverage_report` result.
+    label_names : list of str, optional
+        Labels of the coverage columns (required with a dict).
+    level : float
+        0.68 or 0.95.
+    band : float
+        Half-width of the shaded target band.
+    kind : str
+        With a report: ``"calibrated"`` or ``"formal"``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if hasattr(coverage, "data_vars"):
+        if kind not in [str(k) for k in coverage["kind"].values]:
+            raise InvalidInputError(f"the coverage report has no kind {kind!r}: {list(coverage['kind'].values)}")
+        coverage, label_names = _binned_from_report(coverage, kind)
+    if label_names is None:
+        raise InvalidInputError("label_names are required with a coverage_by_bin dict")
+    key = str(int(round(100 * level)))
+    fig, axes = new_figure(len(coverage), ncols=min(len(coverage), 3), sharey=True)
+    for ax, (by, d) in zip(axes, coverage.items()):
+        if key not in d:
+            raise InvalidInputError(f"no coverage at level {level} for {by}: levels {[k for k in d if k.isdigit()]}")
+        x = 0.5 * (np.asarray(d["lo"], dtype=float) + np.asarray(d["hi"], dtype=float))
+        cov = np.asarray(d[key], dtype=float)
+        if cov.shape != (x.size, len(label_names)):
+            raise ShapeMismatchError(f"coverage of {by} has shape {cov.shape}; expected ({x.size}, {len(label_names)})")
+        ax.axhspan(level - band, level + band, color="0.85", zorder=0, label=f"{level:.2f} ± {band:.2f}")
+        ax.axhline(level, color="0.5", lw=0.8, ls="--")
+        for j, name in enumerate(label_names):
+            ax.plot(x, cov[:, j], "o-", ms=4, label=name)
+        if by == "snr":
+            ax.set_xlabel("S/N (quintile medians)")
+        else:
+            unit = label_units_text(by)
+            ax.set_xlabel(f"{by} ({unit}), quintiles" if unit else f"{by}, quintiles")
+        ax.set_ylabel(f"{key} % interval coverage")
+        n = np.asarray(d["n"])
+        ax.set_title(f"by {by} ({int(n.min())}-{int(n.max())} stars per bin)", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig

@@ -137,7 +137,13 @@ def test_calibrated_coverage_on_held_out_emulator_stars(tmp_path):
     # the formal path is unchanged by calibrating; the calibrated one keeps the formal errors
     np.testing.assert_array_equal(model.infer(tf, ti)["errors"].values, formal["errors"].values)
     np.testing.assert_array_equal(cal["errors_formal"].values, formal["errors"].values)
-    np.testing.assert_array_equal(cal["labels"].values, formal["labels"].values)
+    # the calibrated estimate is the maximum-likelihood one minus the learned bias
+    np.testing.assert_array_equal(cal["labels_uncorrected"].values, formal["labels"].values)
+    np.testing.assert_allclose(cal["labels"].values, formal["labels"].values - cal["label_bias"].values, rtol=1e-12)
+    # the bias correction does not make the labels worse (it is chosen by CV): rms within 2 %
+    rms_raw = np.sqrt(np.mean((formal["labels"].values - tl) ** 2, axis=0))
+    rms_cal = np.sqrt(np.mean((cal["labels"].values - tl) ** 2, axis=0))
+    assert np.all(rms_cal <= 1.02 * rms_raw), (rms_cal, rms_raw)
     inside68 = np.abs(cal["labels"].values - tl) <= cal["half_width_68"].values
     inside95 = np.abs(cal["labels"].values - tl) <= cal["half_width_95"].values
     n = len(tl)
@@ -196,3 +202,88 @@ def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
     want = 1.0 + epsilon(model, xs, ivar[400:])
     assert np.ptp(want) > 0
     np.testing.assert_allclose(cal["theta_variance"].values, want, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- conditional calibration
+def _injected(rng, n):
+    """Held-out residuals with a known region-dependent bias and heteroscedastic noise.
+
+    Two labels (scaled estimates x̂ uniform in ±0.5); bias b(x̂) quadratic/cubic, of the
+    size of the noise; noise sd log-uniform over a factor 10 (an S/N range); a
+    model-error sd that grows with x̂_a. Returns residuals, formal variances, x̂, bias, noise sd.
+    """
+    x = rng.uniform(-0.5, 0.5, (n, 2))
+    bias = np.column_stack([1.0 * x[:, 0] ** 2 + 0.5 * x[:, 0] * x[:, 1] - 0.08, -0.2 * x[:, 1] + 1.2 * x[:, 0] ** 3])
+    noise_sd = 0.02 * np.exp(rng.uniform(0.0, np.log(10.0), (n, 1))) * np.ones((1, 2))
+    model_sd = 0.03 * np.exp(x[:, :1] + 0.5) * np.ones((1, 2))
+    r = bias + np.sqrt(noise_sd**2 + model_sd**2) * rng.standard_normal((n, 2))
+    return r, noise_sd**2, x, bias, noise_sd[:, 0]
+
+
+def _bins_outside(cal, r, fv, x, by_snr, tol):
+    """Per-quintile 68 % coverage of x̂_a, x̂_b and the noise sd; the bins outside 0.68 ± tol."""
+    from bayescannon.bayes.calibration import interval_inside
+    from bayescannon.core.conditional import binned_coverage
+
+    inside = interval_inside(cal, r, fv, x, np.zeros(len(r)))
+    worst = []
+    for by in (x[:, 0], x[:, 1], by_snr):
+        cov, counts, _, _ = binned_coverage(inside, by)
+        assert counts.min() >= 900
+        worst.append(np.abs(cov[:, 0, :] - 0.68).max())
+    return np.asarray(worst), inside[:, 0].mean(0)
+
+
+def test_conditional_calibration_recovers_injected_bias_and_covers_every_bin():
+    from bayescannon.bayes.calibration import fit_calibration
+    from bayescannon.core.conditional import predict_bias
+
+    rng = np.random.default_rng(21)
+    n_cal, n_test = 4000, 5000
+    r, fv, x, b, _ = _injected(rng, n_cal)
+    cal, oof = fit_calibration(r, fv, np.zeros(n_cal), x, ["a", "b"], random_state=0)
+    # the learned bias on fresh points vs the injected one: a least-squares fit of p ≤ 10
+    # terms to n_cal stars with residual sd σ has an error sd ≈ σ sqrt(p / n_cal); allow 4×
+    r2, fv2, x2, b2, nsd2 = _injected(rng, n_test)
+    sigma = np.sqrt(np.mean((r - b) ** 2, axis=0))  # sd of the residuals about the bias
+    learned = predict_bias(cal["bias"], x2)
+    err = np.sqrt(np.mean((learned - b2) ** 2, axis=0))
+    assert np.all(err < 4 * sigma * np.sqrt(10 / n_cal)), (err, sigma)
+    assert np.all(np.sqrt(np.mean(b2**2, axis=0)) > 5 * err)  # the bias is far larger than its error
+    # the cross-fitted bias (used to calibrate the widths) is as close as the final one
+    assert np.all(np.sqrt(np.mean((oof - b) ** 2, axis=0)) < 4 * sigma * np.sqrt(10 / n_cal))
+    # held-out coverage per quintile of each label and of the noise (S/N): within 3σ of the
+    # binomial noise of a 1,000-star bin and of the calibration (≈ 800 stars per bin), 3.5σ
+    # because the worst of 30 bins is taken
+    tol = 3.5 * np.sqrt(0.68 * 0.32 * (1 / 1000 + 1 / 800))
+    worst, overall = _bins_outside(cal, r2 - learned, fv2, x2, nsd2, tol)
+    assert np.all(worst < tol), worst
+    assert np.all(np.abs(overall - 0.68) < 3 * np.sqrt(0.68 * 0.32 * (1 / n_test + 1 / n_cal))), overall
+    # the old behaviour (error model and conformal factors only) covers on average but not per bin
+    old, _ = fit_calibration(r, fv, np.zeros(n_cal), x, ["a", "b"], bias=False, mondrian=False)
+    worst_old, overall_old = _bins_outside(old, r2, fv2, x2, nsd2, tol)
+    assert np.all(np.abs(overall_old - 0.68) < 0.03), overall_old
+    assert worst_old.max() > tol, worst_old  # the test above fails for the old calibration
+
+
+def test_calibration_version_2_is_read_and_unknown_versions_are_refused():
+    from bayescannon.bayes.calibration import fit_calibration
+    from bayescannon.core.uncertainty import calibrated_intervals, check_calibrated
+
+    rng = np.random.default_rng(22)
+    r, fv, x, _, _ = _injected(rng, 1500)
+    old, _ = fit_calibration(r, fv, np.zeros(1500), x, ["a", "b"], bias=False, mondrian=False)
+    v2 = {k: v for k, v in old.items() if k not in ("bias", "mondrian")} | {"version": 2}
+    cov = np.zeros((1500, 2, 2))
+    cov[:, [0, 1], [0, 1]] = fv
+    # a version-2 calibration gives the same intervals as before: no bias, unit factors
+    np.testing.assert_allclose(calibrated_intervals(v2, cov, x, None)[3], calibrated_intervals(old, cov, x, None)[3])
+
+    class M:
+        label_names = ["a", "b"]
+        calibration_ = v2
+
+    assert check_calibrated(M)["version"] == 2
+    M.calibration_ = v2 | {"version": 99}
+    with pytest.raises(NotCalibratedError, match="version 99"):
+        check_calibrated(M)

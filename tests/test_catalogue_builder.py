@@ -84,6 +84,9 @@ def test_calibrated_model_catalogue_carries_calibrated_errors(calibrated):
     for k, name in enumerate(LABELS):
         np.testing.assert_array_equal(np.asarray(t[f"e_{name}"]), cal["errors"].values[:, k])
         np.testing.assert_array_equal(np.asarray(t[f"HW95_{name}"]), cal["half_width_95"].values[:, k])
+        # the bias-corrected label, with the learned bias beside it
+        np.testing.assert_array_equal(np.asarray(t[name]), cal["labels"].values[:, k])
+        np.testing.assert_array_equal(np.asarray(t[f"{name}_BIAS"]), cal["label_bias"].values[:, k])
     # calibrated errors are not the formal ones (the model's own error is added to them)
     assert (cal["errors"].values[:, 0] / cal["errors_formal"].values[:, 0]).min() > 1.0 + 1e-4
     assert t.meta["ERRMODEL"].startswith("calibrated") and "calibrated" in t.meta["CONFIG"]
@@ -95,6 +98,9 @@ def test_calibrated_model_catalogue_carries_calibrated_errors(calibrated):
     f = build_catalogue(model, cal, spectra=ds, uncertainty="formal")
     np.testing.assert_array_equal(np.asarray(f["e_TEFF"]), cal["errors_formal"].values[:, 0])
     assert "HW68_TEFF" not in f.colnames and f.meta["ERRMODEL"].startswith("formal on request")
+    # ... with the uncorrected (maximum-likelihood) labels that the formal errors describe
+    np.testing.assert_array_equal(np.asarray(f["TEFF"]), cal["labels_uncorrected"].values[:, 0])
+    assert "TEFF_BIAS" not in f.colnames
     with pytest.raises(InvalidInputError, match="calibrated"):
         build_catalogue(model, model.infer(ds), spectra=ds)  # a formal result from a calibrated model
     # S/N: median flux·sqrt(ivar) of each star

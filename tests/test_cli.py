@@ -96,7 +96,7 @@ def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
                 str(spectra),
                 str(labels),
                 "-o",
-                str(model),
+                str(tmp_path / "model2.nc"),  # a new file: model.nc exists (no --overwrite)
                 "--labels",
                 "TEFF",
                 "LOGG",

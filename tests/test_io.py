@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -448,6 +449,36 @@ def test_read_labels(tmp_path):
         bio.read_labels(tmp_path / "labels.csv", id_column="TMASS_ID")
     with pytest.raises(SurveyFormatError, match="nope.csv"):
         bio.read_labels(tmp_path / "nope.csv")
+
+
+def test_read_labels_missing_values_never_become_numbers(tmp_path):
+    # issue 11: empty cells, "n/a", float32 sentinels and FITS nulls are masked, not numbers
+    (tmp_path / "l.csv").write_text("ID,TEFF,LOGG,NAME\n1,4500,n/a,a\n2,,3.0,b\n3,-999,2.0,n/a\n4,4800,99.99,d\n")
+    lab = bio.read_labels(tmp_path / "l.csv", id_column="ID")
+    assert lab["TEFF"].mask.tolist() == [False, True, True, False]
+    assert lab["LOGG"].mask.tolist() == [True, False, False, True]
+    assert lab["LOGG"].dtype.kind == "f" and lab["LOGG"][1] == 3.0  # "n/a" made the text column numeric
+    assert list(lab["NAME"]) == ["a", "b", "n/a", "d"]  # a genuine text column stays text
+    kept = bio.read_labels(tmp_path / "l.csv", id_column="ID", missing_values=())
+    assert kept["TEFF"][2] == -999 and not kept["TEFF"].mask[2]
+    t = Table({"ID": ["a", "b"], "LOGG": np.array([99.99, 2.5], dtype=np.float32)})
+    t.write(tmp_path / "l.fits")
+    lab = bio.read_labels(tmp_path / "l.fits", id_column="ID")
+    assert lab["LOGG"].mask.tolist() == [True, False]  # float32(99.99) != 99.99 exactly
+
+
+def test_read_many_skips_a_fifo_instead_of_hanging(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    flux, err, _ = apstar_arrays(rows=1)
+    good = bio.write_apstar(tmp_path / "apStar-0.fits", flux, err, header={"OBJID": "2M00000000+0000000"})
+    fifo = tmp_path / "apStar-1.fits"
+    os.mkfifo(fifo)
+    ds, skipped = bio.read_apstar_many([good, fifo], on_error="skip", return_skipped=True)
+    assert ds.sizes["star"] == 1
+    assert list(skipped["path"]) == [str(fifo)] and "FIFO" in skipped["reason"][0]
+    with pytest.raises(SurveyFormatError, match="apStar-1.fits.*FIFO"):
+        read_fits_images(fifo, 2)
 
 
 def test_fast_reader_matches_astropy_on_unsigned_and_scaled(tmp_path):

@@ -15,6 +15,7 @@ from bayescannon.errors import (
     NotFittedError,
     ShapeMismatchError,
 )
+from bayescannon.flags import PixelFlag
 
 
 @pytest.fixture
@@ -133,3 +134,35 @@ def test_censor_for_unknown_label(data):
     flux, ivar, y = data
     with pytest.raises(LabelError, match="unknown label 'MG_FE'"):
         CannonModel(LABELS, censors={"MG_FE": np.ones(40, bool)}).fit(flux, ivar, y)
+
+
+def test_collinear_labels_are_a_label_error_naming_them(data):
+    # issue 11: collinear labels gave a "fitted" model with every pixel flagged SINGULAR
+    flux, ivar, y = data
+    linear = y.copy()
+    linear[:, 2] = 2.0 * y[:, 1] + 3.0  # FE_H an exact linear function of LOGG
+    with pytest.raises(LabelError, match=r"\['LOGG', 'FE_H'\] are linearly dependent"):
+        CannonModel(LABELS).fit(flux, ivar, linear)
+    square = y.copy()
+    square[:, 0] = 5000.0 + 100.0 * (y[:, 2] - 0.1) ** 2  # TEFF a quadratic of FE_H: a model term
+    with pytest.raises(LabelError, match=r"\['TEFF', 'FE_H'\] are polynomially dependent"):
+        CannonModel(LABELS).fit(flux, ivar, square)
+    # a linear model (order 1) can hold a label and the square of another
+    model = CannonModel(LABELS, order=1).fit(flux, ivar, square)
+    assert not model.pixel_flags_.any()
+    constant = y.copy()
+    constant[:, 1] = 2.5
+    with pytest.raises(LabelError, match="LOGG has no spread"):
+        CannonModel(LABELS).fit(flux, ivar, constant)
+
+
+def test_one_absurd_ivar_flags_its_pixel_and_trains_the_rest(data):
+    # issue 11: ivar >= 1e16 at one star and pixel crashed training (matmul size mismatch)
+    flux, ivar, y = data
+    ivar = ivar.copy()
+    ivar[7, 5] = 1e30
+    model = CannonModel(LABELS).fit(flux, ivar, y)
+    assert model.pixel_flags_[5] & PixelFlag.SINGULAR
+    assert not np.delete(model.pixel_flags_, 5).any()
+    res = model.infer(flux[:3], ivar[:3])
+    assert np.all(res["n_pixels"].values == 39)  # the neutral pixel is left out of the test step

@@ -74,14 +74,21 @@ def test_missing_corrupted_and_foreign_files(trained, tmp_path):
         CannonModel.load(foreign)
     ds = model.to_dataset().drop_vars("s2")
     ds.to_netcdf(tmp_path / "partial.nc", engine="h5netcdf")
-    with pytest.raises(ModelFileError, match=r"missing model variables \['s2'\]"):
+    with pytest.raises(ModelFileError, match=r"arrays \['s2'\] are listed in the checksums but absent"):
         CannonModel.load(tmp_path / "partial.nc")
+    del ds.attrs["checksums"]  # as a version-2 file (no checksums) would be
+    ds.attrs["format_version"] = 2
+    ds.to_netcdf(tmp_path / "partial2.nc", engine="h5netcdf")
+    with pytest.raises(ModelFileError, match=r"missing model variables \['s2'\]"):
+        CannonModel.load(tmp_path / "partial2.nc")
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(trained, tmp_path):
     tr, model = trained
     model.save(tmp_path / "m.nc")
-    model.save(tmp_path / "m.nc")  # overwrite
+    with pytest.raises(ModelFileError, match="exists; pass overwrite=True"):
+        model.save(tmp_path / "m.nc")
+    model.save(tmp_path / "m.nc", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nc"]
 
 
@@ -113,6 +120,7 @@ def test_version_1_files_are_still_read(trained, tmp_path):
     ds = ds.rename_vars({"theta_leverage": "extra_theta_leverage", "train_weight": "extra_train_weight"})
     ds = ds.drop_vars("training_labels")
     ds.attrs["format_version"] = 1
+    del ds.attrs["checksums"]  # version-1 files had none
     ds.to_netcdf(tmp_path / "v1.nc", engine="h5netcdf")
     loaded = CannonModel.load(tmp_path / "v1.nc")
     np.testing.assert_array_equal(loaded.theta_leverage_, model.theta_leverage_)

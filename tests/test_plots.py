@@ -10,6 +10,7 @@ from bayescannon.errors import InvalidInputError
 from bayescannon.plots import (
     alpha_vs_feh,
     coefficient_spectra,
+    coverage_map,
     kiel_diagram,
     one_to_one,
     precision_vs_snr,
@@ -89,3 +90,38 @@ def test_kiel_alpha_and_precision_figures():
     fig = precision_vs_snr(cal)
     pts = fig.axes[0].lines[0]
     np.testing.assert_allclose(pts.get_ydata(), np.asarray(cal.binned["PRECISION"]))
+
+
+def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
+    from bayescannon.bayes.calibration import coverage_by_bin
+
+    rng = np.random.default_rng(5)
+    n = 1000
+    y = np.column_stack([rng.uniform(4000, 6000, n), rng.uniform(-1, 0.5, n)])
+    snr = rng.uniform(20, 300, n)
+    inside = np.stack([rng.uniform(size=(n, 2)) < 0.68, rng.uniform(size=(n, 2)) < 0.95], axis=1)
+    cb = coverage_by_bin(inside, snr, y, ["TEFF", "FE_H"])
+    fig = coverage_map(cb, ["TEFF", "FE_H"])
+    assert isinstance(fig, Figure)
+    axes = fig.axes
+    assert [ax.get_xlabel() for ax in axes] == [
+        "S/N (quintile medians)",
+        "TEFF (K), quintiles",
+        "FE_H (dex), quintiles",
+    ]
+    for ax, by in zip(axes, ["snr", "TEFF", "FE_H"]):
+        band = ax.patches[0]
+        np.testing.assert_allclose([band.get_y(), band.get_y() + band.get_height()], [0.63, 0.73])
+        for j, line in enumerate([ln for ln in ax.lines if ln.get_marker() == "o"]):
+            np.testing.assert_allclose(line.get_ydata(), np.asarray(cb[by]["68"])[:, j])
+            mid = 0.5 * (np.asarray(cb[by]["lo"]) + np.asarray(cb[by]["hi"]))
+            np.testing.assert_allclose(line.get_xdata(), mid)
+    # each bin holds a fifth of the stars, and the coverage is the fraction inside
+    assert cb["TEFF"]["n"] == [200] * 5
+    q = np.quantile(y[:, 0], [0.2, 0.4, 0.6, 0.8])
+    first = y[:, 0] < q[0]
+    np.testing.assert_allclose(cb["TEFF"]["68"][0], inside[first, 0].mean(0))
+    with pytest.raises(InvalidInputError):
+        coverage_map(cb)  # a dict needs its label names
+    with pytest.raises(InvalidInputError):
+        coverage_map(cb, ["TEFF", "FE_H"], level=0.5)

@@ -3,6 +3,8 @@ Cannon model (bayescannon.simulate.mock_quadratic_survey)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -201,7 +203,16 @@ def test_validate_command_writes_tables_and_report(tmp_path, survey, capsys):
     report = (out / "report.md").read_text()
     assert "one_to_one.png" in report and (out / "one_to_one.png").stat().st_size > 0
     assert "Bootstrap" in report and "coefficients.png" in report and "residuals.png" in report
-    assert '"n_folds": 3' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '"n_folds": 3' in printed
+    # the uncertainties calibrated on the CV residuals: coverage per quintile printed and drawn
+    assert "coverage_map.png" in report and (out / "coverage_map.png").stat().st_size > 0
+    assert "coverage per quintile" in printed
+    summary = json.loads(printed.strip().splitlines()[-1])
+    cov = summary["calibration_coverage_68"]
+    assert set(cov) == {"snr", *LABELS} and all(np.shape(v) == (5, len(LABELS)) for v in cov.values())
+    # 120 stars, 24 per bin: each bin's coverage is a fraction of 24 stars near 0.68
+    assert all(0.3 < np.mean(v) < 0.95 for v in cov.values())
 
 
 @pytest.mark.parametrize("command", ["validate", "catalogue", "clusters", "repeats"])

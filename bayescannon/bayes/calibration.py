@@ -15,14 +15,23 @@ import xarray as xr
 from scipy import stats
 
 from bayescannon.core import scaling
+from bayescannon.core.conditional import (
+    binned_coverage,
+    fit_bias_model,
+    fit_mondrian_scales,
+    mondrian_scales,
+    spectrum_snr,
+)
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
     CALIBRATION_VERSION,
     LEVELS,
-    calibrated_errors,
+    calibrated_intervals,
     check_label_errors,
+    conformal_quantiles,
     coverage,
     epsilon,
+    error_model_covariance,
     fit_error_model,
 )
 from bayescannon.errors import (
@@ -31,11 +40,19 @@ from bayescannon.errors import (
     ShapeMismatchError,
 )
 from bayescannon.flags import StarFlag
+from bayescannon.results import set_label_units
 from bayescannon.spectra import as_label_array
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibrate", "coverage_report"]
+__all__ = [
+    "calibrate",
+    "calibrate_from_predictions",
+    "coverage_by_bin",
+    "coverage_report",
+    "fit_calibration",
+    "interval_inside",
+]
 
 
 # --------------------------------------------------------------------------- calibration runs
@@ -86,7 +103,13 @@ def calibrate(
     Returns
     -------
     dict
-        The calibration (also stored as ``model.calibration_``; saved with the model).
+        The calibration (also stored as ``model.calibration_``; saved with the model): the
+        error-model parameters, ``bias`` (the learned label bias, see
+        :func:`bayescannon.core.conditional.fit_bias_model`), ``mondrian`` (width factors),
+        ``coverage_in_sample`` (68/95 → per label) and ``coverage_by_bin``: for ``snr``
+        and each label, the quintile ranges (``lo``, ``hi``), counts ``n`` and coverage
+        ``"68"``/``"95"`` (bin × label) of the calibrated intervals on the held-out
+        (cross-fitted, bias-corrected) residuals.
     """
     model._check_fitted()
 
@@ -100,7 +123,6 @@ def calibrate(
     if label_errors is not None:
         ref_var = check_label_errors(label_errors, n, model.label_names) ** 2
     k = len(model.label_names)
-    resid = np.full((n, k), np.nan)
     fvar = np.full((n, k), np.nan)
     eps = np.zeros(n)
     est = np.full((n, k), np.nan)
@@ -140,31 +162,69 @@ def calibrate(
         source = f"cv-{n_folds}"
     else:
         raise InvalidInputError(f"n_folds must be 0 (held-out set) or >= 2; got {n_folds}")
+    return calibrate_from_predictions(
+        model,
+        est,
+        fvar,
+        y,
+        eps=eps,
+        snr=spectrum_snr(flux, ivar),
+        ref_var=ref_var,
+        random_state=random_state,
+        source=source,
+    )
+
+
+def calibrate_from_predictions(
+    model, estimates, formal_var, labels, *, eps=None, snr=None, ref_var=None, random_state=0, source="predictions"
+) -> dict:
+    """:func:`calibrate` from held-out or cross-validated estimates already at hand.
+
+    Parameters
+    ----------
+    model : CannonModel
+        The fitted model that receives the calibration (its scaling defines x̂).
+    estimates : ndarray, shape (N, K)
+        Held-out estimates (physical units; NaN for unusable stars).
+    formal_var : ndarray, shape (N, K)
+        Their formal variances.
+    labels : ndarray, shape (N, K)
+        Reference labels.
+    eps : ndarray, shape (N,), optional
+        θ-uncertainty factors (default 0).
+    snr : ndarray, shape (N,), optional
+        S/N per star, for the per-S/N-quintile coverage (omitted when None).
+    ref_var : ndarray, shape (N, K), optional
+        Reference-label variances.
+    random_state : int
+    source : str
+        Recorded as the calibration's ``source``.
+
+    Returns
+    -------
+    dict
+        The calibration, also stored as ``model.calibration_`` (see :func:`calibrate`).
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    est = np.asarray(estimates, dtype=np.float64)
+    fvar = np.asarray(formal_var, dtype=np.float64)
+    eps = np.zeros(len(est)) if eps is None else np.asarray(eps, dtype=np.float64)
     resid = est - y
-    x = scaling.scale(np.nan_to_num(est), model.label_offset_, model.label_scale_)
-    params = fit_error_model(resid, fvar, eps, x, model.label_names, ref_var=ref_var)
-    cal = {
-        "kind": CALIBRATION_KIND,
-        "version": CALIBRATION_VERSION,
-        "error_model": "var = a^2 (1+eps) formal + exp(beta . [1, x_scaled]) (student-t ML); "
-        "intervals q(level) * sd with split-conformal quantiles q of |residual| / sd",
-        "label_names": list(model.label_names),
-        "source": source,
-        "levels": list(LEVELS),
-        **params,
-    }
+    x = scaling.scale(est, model.label_offset_, model.label_scale_)
+    cal, oof = fit_calibration(resid, fvar, eps, x, model.label_names, ref_var=ref_var, random_state=random_state)
+    cal["source"] = source
     model.calibration_ = cal
-    # in-sample coverage of the calibrated intervals, for the record
-    ok = np.all(np.isfinite(resid), axis=1)
-    cov = np.zeros((n, k, k))
-    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(fvar)
-    _, sd, h68, h95 = calibrated_errors(model, cov, x, eps)
-    extra = np.zeros_like(sd) if ref_var is None else ref_var
-    fac = np.sqrt(1.0 + extra / sd**2)
+    # coverage of the calibrated intervals on the (cross-fitted, bias-corrected) residuals
+    rc = resid - oof
+    inside = interval_inside(cal, rc, fvar, x, eps, ref_var)
+    ok = np.all(np.isfinite(rc), axis=1)
     cal["coverage_in_sample"] = {
-        "68": [float(v) for v in coverage(resid[ok], 0.0, (h68 * fac)[ok])],
-        "95": [float(v) for v in coverage(resid[ok], 0.0, (h95 * fac)[ok])],
+        str(int(round(100 * lv))): [float(v) for v in inside[ok, i].mean(axis=0)] for i, lv in enumerate(LEVELS)
     }
+    snr = np.full(len(y), np.nan) if snr is None else np.asarray(snr, dtype=np.float64)
+    cal["coverage_by_bin"] = coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
+    if not np.isfinite(snr).any():
+        del cal["coverage_by_bin"]["snr"]
     logger.info(
         "calibration (%s) in-sample coverage 68%%: %s; 95%%: %s",
         source,
@@ -174,17 +234,142 @@ def calibrate(
     return cal
 
 
-def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Dataset:
-    """Coverage of formal and calibrated 68 %/95 % intervals on held-out stars.
+def fit_calibration(
+    residuals, formal_var, eps, x_scaled, label_names, *, ref_var=None, random_state=0, bias=True, mondrian=True
+):
+    """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
+    on held-out residuals; :func:`calibrate` runs the model and calls this.
+
+    Parameters
+    ----------
+    residuals : ndarray, shape (N, K)
+        Held-out (or cross-validated) estimate minus reference label; NaN for failed stars.
+    formal_var : ndarray, shape (N, K)
+        Formal variances of the estimates.
+    eps : ndarray, shape (N,)
+        θ-uncertainty factor ε (zeros to ignore).
+    x_scaled : ndarray, shape (N, K)
+        Scaled estimated labels.
+    label_names : list of str
+    ref_var : ndarray, shape (N, K), optional
+        Reference-label variances.
+    random_state : int
+        Seed of the bias model's cross-validation folds.
+    bias, mondrian : bool
+        Fit the bias model / the Mondrian width factors (both False: the version-2
+        calibration, which covers only on average).
+
+    Returns
+    -------
+    cal : dict
+        The calibration (JSON-serialisable; without ``source`` and the coverage records).
+    oof_bias : ndarray, shape (N, K)
+        Cross-fitted bias of each star (zeros without a bias model).
+    """
+    resid, fvar, x = residuals, formal_var, x_scaled
+    eps = np.zeros(len(resid)) if eps is None else np.asarray(eps, dtype=np.float64)
+    names = list(label_names)
+    noise = (1.0 + eps)[:, None] * fvar
+    with np.errstate(invalid="ignore"):
+        excess = np.maximum(
+            np.nanmean(resid**2, axis=0) - np.nanmedian(noise, axis=0), 1e-12 * np.nanmean(resid**2, axis=0)
+        )
+        weights = 1.0 / (noise + excess[None, :] + (0.0 if ref_var is None else ref_var))
+    if bias:
+        bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state)
+    else:
+        bias, oof = None, np.zeros_like(resid)
+    rc = resid - oof
+    params = fit_error_model(rc, fvar, eps, np.nan_to_num(x), names, ref_var=ref_var)
+    cov = np.zeros(fvar.shape + (fvar.shape[1],))
+    idx = np.arange(fvar.shape[1])
+    cov[:, idx, idx] = np.nan_to_num(fvar)
+    var = np.einsum(
+        "nkk->nk",
+        error_model_covariance(cov, np.nan_to_num(x), params["noise_scale"], params["floor_coefficients"], eps),
+    )
+    floor = np.exp(np.column_stack([np.ones(len(x)), np.nan_to_num(x)]) @ np.asarray(params["floor_coefficients"]).T)
+    rv = np.zeros_like(var) if ref_var is None else ref_var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(rc) / np.sqrt(var + rv)
+        u = 1.0 - floor / var
+    ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
+    z = np.where(ok, z, np.nan)
+    mondrian = fit_mondrian_scales(z, x, u, names) if mondrian else None
+    s = mondrian_scales(mondrian, x, u)
+    zq = []
+    for j in range(len(names)):
+        zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
+        zq.append([float(v) for v in conformal_quantiles(zs, params["quantile_levels"])])
+    params["z_quantiles"] = zq
+    return {
+        "kind": CALIBRATION_KIND,
+        "version": CALIBRATION_VERSION,
+        "error_model": "estimate corrected by a CV-selected ridge polynomial bias b(x_scaled); "
+        "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
+        "per quintile of each scaled label and of the noise fraction; intervals q(level) * sd with "
+        "split-conformal quantiles q of |residual| / sd",
+        "label_names": names,
+        "levels": list(LEVELS),
+        **params,
+        "bias": bias,
+        "mondrian": mondrian,
+    }, oof
+
+
+def interval_inside(cal, resid, formal_var, x_scaled, eps, ref_var=None):
+    """Whether each star's calibrated 68 %/95 % interval holds its reference label.
+
+    ``resid`` is the residual of the estimate the intervals are centred on (the
+    bias-corrected one for a calibration with a bias model). Returns bool (N, 2, K).
+    """
+    n, k = resid.shape
+    cov = np.zeros((n, k, k))
+    cov[:, np.arange(k), np.arange(k)] = np.nan_to_num(formal_var)
+    _, sd, h68, h95 = calibrated_intervals(cal, cov, np.nan_to_num(x_scaled), eps)
+    fac = 1.0 if ref_var is None else np.sqrt(1.0 + ref_var / sd**2)
+    return np.stack([np.abs(resid) <= h68 * fac, np.abs(resid) <= h95 * fac], axis=1)
+
+
+def coverage_by_bin(inside, snr, y, label_names) -> dict:
+    """Coverage per S/N quintile and per quintile of each reference label (JSON-ready)."""
+    out = {}
+    for by, values in [("snr", snr)] + [(name, y[:, j]) for j, name in enumerate(label_names)]:
+        cov, counts, lo, hi = binned_coverage(inside, values)
+        out[by] = {
+            "n": [int(c) for c in counts],
+            "lo": [float(v) for v in lo],
+            "hi": [float(v) for v in hi],
+            **{str(int(round(100 * lv))): cov[:, i, :].tolist() for i, lv in enumerate(LEVELS)},
+        }
+    return out
+
+
+def coverage_report(model, flux, ivar, labels, *, label_errors=None, snr=None) -> xr.Dataset:
+    """Coverage of formal and calibrated 68 %/95 % intervals on held-out stars, overall and
+    per S/N quintile and per quintile of each reference label.
+
+    Parameters
+    ----------
+    model : CannonModel
+    flux, ivar : ndarray, shape (N, P)
+    labels : ndarray, shape (N, K)
+        Reference labels.
+    label_errors : ndarray, shape (N, K), optional
+        Reference-label errors (added in quadrature to the reported errors).
+    snr : ndarray, shape (N,), optional
+        S/N per star for the S/N bins (default: median flux·√ivar over usable pixels).
 
     Returns
     -------
     xarray.Dataset
-        ``coverage`` (kind, level, label) with kinds ``formal`` and (when the model is
-        calibrated) ``calibrated``; ``target`` (level); ``median_error`` (kind, label);
-        ``n_stars``.
+        ``coverage`` (kind, level, label_name) with kinds ``formal`` and (when the model
+        is calibrated) ``calibrated``; ``coverage_binned`` (kind, by, bin, level,
+        label_name) with ``by`` = ``snr`` and each label (quintiles of the reference
+        labels), ``bin_count``, ``bin_lo``, ``bin_hi`` (by, bin); ``target`` (level);
+        ``median_error`` (kind, label_name); ``bias`` and ``rms`` of the reported labels
+        and ``rms_uncorrected`` of the maximum-likelihood ones (label_name); ``n_stars``.
     """
-
     n = np.shape(flux)[0]
     y = as_label_array(labels, model.label_names, n)
     extra = 0.0
@@ -193,32 +378,58 @@ def coverage_report(model, flux, ivar, labels, *, label_errors=None) -> xr.Datas
     calibrated = bool(getattr(model, "calibration_", None))
     res = model.infer(flux, ivar, uncertainty="calibrated" if calibrated else "formal")
     ok = _usable(res)
+    snr = spectrum_snr(flux, ivar) if snr is None else np.asarray(snr, dtype=np.float64)
+    raw = res["labels_uncorrected"].values if calibrated else res["labels"].values
     d = res["labels"].values - y
     kinds = ["formal"] + (["calibrated"] if calibrated else [])
-    cov = np.zeros((len(kinds), len(LEVELS), len(model.label_names)))
-    med = np.zeros((len(kinds), len(model.label_names)))
+    names = list(model.label_names)
+    k = len(names)
+    cov = np.zeros((len(kinds), len(LEVELS), k))
+    med = np.zeros((len(kinds), k))
     ferr = res["errors_formal"].values if calibrated else res["errors"].values
+    by = ["snr"] + names
+    binned = np.zeros((len(kinds), len(by), 5, len(LEVELS), k))
+    counts = np.zeros((len(by), 5), dtype=np.int64)
+    lo = np.zeros((len(by), 5))
+    hi = np.zeros((len(by), 5))
     for i, kind in enumerate(kinds):
+        inside = np.zeros((n, len(LEVELS), k), dtype=bool)
         for j, level in enumerate(LEVELS):
             if kind == "formal":
                 sd = np.sqrt(ferr**2 + extra)
                 hw = stats.norm.ppf(0.5 + 0.5 * level) * sd
                 med[i] = np.median(ferr[ok], axis=0)
+                center = raw
             else:
                 h = res["half_width_68" if j == 0 else "half_width_95"].values
                 sdc = res["errors"].values
                 hw = h * np.sqrt(1.0 + extra / sdc**2)
                 med[i] = np.median(sdc[ok], axis=0)
-            cov[i, j] = coverage(y[ok], res["labels"].values[ok], hw[ok])
-    return xr.Dataset(
-        {
-            "coverage": (("kind", "level", "label_name"), cov),
-            "target": ("level", np.asarray(LEVELS)),
-            "median_error": (("kind", "label_name"), med),
-            "n_stars": int(ok.sum()),
-            "bias": ("label_name", np.mean(d[ok], axis=0)),
-            "rms": ("label_name", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
-        },
-        coords={"kind": kinds, "level": list(LEVELS), "label_name": list(model.label_names)},
-        attrs={"description": "fraction of held-out stars whose interval holds the reference label"},
+                center = res["labels"].values
+            cov[i, j] = coverage(y[ok], center[ok], hw[ok])
+            inside[:, j] = np.abs(center - y) <= hw
+        for b, values in enumerate([snr] + [y[:, q] for q in range(k)]):
+            binned[i, b], counts[b], lo[b], hi[b] = binned_coverage(inside[ok], values[ok])
+    return set_label_units(
+        xr.Dataset(
+            {
+                "coverage": (("kind", "level", "label_name"), cov),
+                "coverage_binned": (("kind", "by", "bin", "level", "label_name"), binned),
+                "bin_count": (("by", "bin"), counts),
+                "bin_lo": (("by", "bin"), lo),
+                "bin_hi": (("by", "bin"), hi),
+                "target": ("level", np.asarray(LEVELS)),
+                "median_error": (("kind", "label_name"), med),
+                "n_stars": int(ok.sum()),
+                "bias": ("label_name", np.mean(d[ok], axis=0)),
+                "rms": ("label_name", np.sqrt(np.mean(d[ok] ** 2, axis=0))),
+                "rms_uncorrected": ("label_name", np.sqrt(np.mean((raw - y)[ok] ** 2, axis=0))),
+            },
+            coords={"kind": kinds, "level": list(LEVELS), "label_name": names, "by": by, "bin": np.arange(5)},
+            attrs={
+                "description": "fraction of held-out stars whose interval holds the reference label; "
+                "coverage_binned: per quintile of S/N (by='snr') and of each reference label"
+            },
+        ),
+        ["median_error", "bias", "rms", "rms_uncorrected"],
     )

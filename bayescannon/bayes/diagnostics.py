@@ -16,7 +16,8 @@ import xarray as xr
 
 from bayescannon.core import scaling
 from bayescannon.core.uncertainty import calibrated_errors, coverage_curve, leverage
-from bayescannon.errors import InvalidInputError
+from bayescannon.errors import InvalidInputError, OutputPathError
+from bayescannon.pipeline.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -254,15 +255,18 @@ def plot_corner(tree: xr.DataTree, star):
     return az.plot_pair(one, var_names=["labels"], backend="matplotlib", marginal=True)
 
 
-def save_posterior(tree: xr.DataTree, path, *, overwrite: bool = True) -> Path:
-    """Write a posterior DataTree to netCDF (``.nc``, h5netcdf) or zarr (``.zarr``)."""
+def save_posterior(tree: xr.DataTree, path, *, overwrite: bool = False) -> Path:
+    """Write a posterior DataTree to netCDF (``.nc``, h5netcdf) or zarr (``.zarr``), atomically;
+    an existing ``path`` is replaced only with ``overwrite=True`` (else ``OutputExistsError``)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InvalidInputError(f"{path} exists and overwrite=False")
-    if path.suffix == ".zarr":
-        tree.to_zarr(path, mode="w", consolidated=False)
-    else:
-        tree.to_netcdf(path, engine="h5netcdf", mode="w")
+    if path.suffix not in (".nc", ".zarr"):
+        raise OutputPathError(f"{path}: a posterior is written as .nc or .zarr; got {path.name!r}")
+    zarr = path.suffix == ".zarr"
+    with atomic_path(path, overwrite=overwrite, directory=zarr) as tmp:
+        if zarr:
+            tree.to_zarr(tmp, mode="w", consolidated=False)
+        else:
+            tree.to_netcdf(tmp, engine="h5netcdf", mode="w")
     logger.info("wrote posterior of %d stars to %s", tree["posterior"].sizes["star"], path)
     return path
 

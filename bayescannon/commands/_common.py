@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
-from bayescannon.spectra import join_ids
+from bayescannon.spectra import join_ids, label_values
 from bayescannon.survey.catalogue import read_catalogue
+from bayescannon.validate import DEFAULT_REGULARIZATION_GRID
 
 
 def load_spectra(path):
@@ -16,8 +19,13 @@ def load_spectra(path):
 
 
 def join_labels(ds, labels_path, label_names, id_column):
-    """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``."""
+    """Labels for the stars of ``ds`` from a FITS/CSV table, joined on ``id_column``.
 
+    Missing values (empty or "n/a" cells, masked entries, NaN, sentinels such as -9999;
+    see :func:`bayescannon.io.read_labels`) are never turned into numbers: a star of ``ds``
+    whose label is missing is a ``LabelError`` naming it, so that a training set is
+    exactly the stars given (leave such stars out of the spectra file to train without them).
+    """
     table = read_labels(labels_path, id_column=id_column)
     if id_column not in table.colnames:
         raise LabelError(f"label table {labels_path} has no id column {id_column!r}; columns: {table.colnames}")
@@ -30,7 +38,18 @@ def join_labels(ds, labels_path, label_names, id_column):
     if not hit.all():
         miss = star[~hit]
         raise LabelError(f"{miss.size} spectra have no row in the label table (e.g. {', '.join(miss[:3])})")
-    return np.column_stack([np.asarray(table[n], dtype=float)[rows] for n in label_names])
+    values, code = label_values(table[list(label_names)][rows], label_names)
+    if (code > 0).any():
+        who = np.flatnonzero((code > 0).any(axis=1))
+        k = int(np.argmax(code[who[0]] > 0))
+        raise LabelError(
+            f"label table {labels_path}: {who.size} of {star.size} stars have a missing label value "
+            f"(empty, 'n/a', masked, NaN or a sentinel such as -9999), e.g. {label_names[k]} of star "
+            f"{star[who[0]]} (row {int(rows[who[0]])}); ids: {', '.join(star[who[:10]])}"
+            + (" ..." if who.size > 10 else "")
+            + "; remove these stars from the spectra or give them labels"
+        )
+    return values
 
 
 def parse_censors(items):
@@ -46,10 +65,24 @@ def parse_censors(items):
     return out
 
 
-def add_training_arguments(p, what: str) -> None:
+def order_argument(text: str):
+    """``--order`` value: a positive integer or ``cv`` (chosen by cross-validation)."""
+    if text.strip().lower() == "cv":
+        return "cv"
+    try:
+        order = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer order or 'cv'; got {text!r}") from None
+    if order < 1:
+        raise argparse.ArgumentTypeError(f"the order must be >= 1; got {order}")
+    return order
+
+
+def add_training_arguments(p, what: str, *, allow_cv: bool = False) -> None:
     """Arguments shared by the commands that fit models on a reference set (``train``,
     ``validate``): spectra, label table, label names, id column, order, regularisation,
-    censoring windows."""
+    censoring windows; with ``allow_cv`` also ``--order cv`` and the options of the
+    cross-validated choice (:func:`bayescannon.validate.select_model`)."""
     p.add_argument("spectra", help=f"{what} spectra (.nc, .npz or bayescannon FITS)")
     p.add_argument(
         "labels_table",
@@ -58,7 +91,28 @@ def add_training_arguments(p, what: str) -> None:
     )
     p.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names, e.g. TEFF LOGG FE_H")
     p.add_argument("--id-column", default="ID", help="id column of the label table (default ID)")
-    p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
+    if allow_cv:
+        p.add_argument(
+            "--order",
+            type=order_argument,
+            default=2,
+            help="polynomial order (default 2), or 'cv': order and L1 strength chosen by k-fold "
+            "cross-validation on the training set (the CV table is written next to the model as <model>.cv.ecsv)",
+        )
+        p.add_argument("--order-max", type=int, default=3, help="with --order cv: highest order tried (default 3)")
+        p.add_argument(
+            "--regularization-grid",
+            type=float,
+            nargs="+",
+            default=list(DEFAULT_REGULARIZATION_GRID),
+            metavar="L1",
+            help="with --order cv: L1 strengths tried (default "
+            + " ".join(f"{r:g}" for r in DEFAULT_REGULARIZATION_GRID)
+            + ")",
+        )
+        p.add_argument("--cv-folds", type=int, default=5, help="with --order cv: number of folds (default 5)")
+    else:
+        p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
     p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")
     p.add_argument(
         "--censor",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.commands._common import join_labels, load_spectra
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -31,8 +35,29 @@ def add_arguments(p):
         "--report-only", action="store_true", help="only report coverage with the model's current calibration"
     )
     p.add_argument("--holdout", help="spectra file of held-out stars (with label columns) for the coverage report")
-    p.add_argument("-o", "--output", help="write the calibrated model here (default: overwrite MODEL)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="write the calibrated model here (default: MODEL_calibrated.nc beside MODEL; MODEL itself is "
+        "never replaced)",
+    )
     p.add_argument("--report", help="write the coverage report (.nc)")
+
+
+def model_output(args) -> Path:
+    """Where the calibrated model goes: ``-o``, or ``<MODEL stem>_calibrated<suffix>`` beside MODEL."""
+    if args.output:
+        return Path(args.output)
+    model = Path(args.model)
+    return model.with_name(f"{model.stem}_calibrated{model.suffix}")
+
+
+def outputs(args):
+    """The calibrated model (unless ``--report-only``) and the ``--report`` file."""
+    outs = [] if args.report_only else [Output(model_output(args), "output", MODEL_SUFFIXES)]
+    if args.report:
+        outs.append(Output(Path(args.report), "report", (".nc",)))
+    return outs
 
 
 def _labels_and_errors(ds, path, names, id_column, prefix):
@@ -59,8 +84,8 @@ def run(args) -> int:
     labels, errors = _labels_and_errors(ds, args.labels_table, model.label_names, args.id_column, args.error_prefix)
     if not args.report_only:
         calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
-        out = args.output or args.model
-        model.save(out)
+        out = model_output(args)
+        model.save(out, overwrite=args.overwrite)
         print(f"calibration ({model.calibration_['source']}) written to {out}")
     if args.holdout:
         hd = load_spectra(args.holdout)
@@ -73,11 +98,37 @@ def run(args) -> int:
     print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
     for name in model.label_names:
         vals = " ".join(
-            f"{float(cov.sel(kind=k, level=lv, label=name)):>7.3f}"
+            f"{float(cov.sel(kind=k, level=lv, label_name=name)):>7.3f}"
             for k in report["kind"].values
             for lv in (0.68, 0.95)
         )
         print(f"{name:>10} {vals}")
+    if "calibrated" in report["kind"].values:
+        print_binned_coverage(_report_bins(report), model.label_names)
     if args.report:
-        report.to_netcdf(args.report, engine="h5netcdf")
+        write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
     return 0
+
+
+def _report_bins(report) -> dict:
+    cb = report["coverage_binned"].sel(kind="calibrated")
+    return {
+        str(by): {
+            "n": report["bin_count"].sel(by=by).values.tolist(),
+            "lo": report["bin_lo"].sel(by=by).values.tolist(),
+            "hi": report["bin_hi"].sel(by=by).values.tolist(),
+            "68": cb.sel(by=by, level=0.68).values.tolist(),
+        }
+        for by in report["by"].values
+    }
+
+
+def print_binned_coverage(binned, label_names, level: str = "68") -> None:
+    """Print 68 % coverage per quintile of S/N and of each label (a calibration's
+    ``coverage_by_bin`` or the same layout from a coverage report)."""
+    print(f"calibrated {level}% coverage per quintile (target {int(level) / 100:.2f} +- 0.05):")
+    print(f"{'by':>10} {'range':>22} {'n':>6} " + " ".join(f"{n[:8]:>8}" for n in label_names))
+    for by, d in binned.items():
+        for i, row in enumerate(d[level]):
+            rng = f"{d['lo'][i]:.4g}..{d['hi'][i]:.4g}"
+            print(f"{by if i == 0 else '':>10} {rng:>22} {d['n'][i]:>6} " + " ".join(f"{v:>8.3f}" for v in row))

@@ -3,9 +3,12 @@ a report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bayescannon.commands._common import load_spectra
+from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import StarFlag
 from bayescannon.io import read_labels
@@ -17,6 +20,8 @@ from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, fla
 
 NAME = "catalogue"
 HELP = "infer labels and write a survey catalogue (FITS) with quality flags, survey labels and a report"
+#: Figures of the report (written beside the catalogue).
+FIGURES = ("kiel", "alpha_feh")
 
 
 def add_arguments(p):
@@ -54,6 +59,16 @@ def add_arguments(p):
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
     p.add_argument("--no-progress", action="store_true")
+
+
+def outputs(args):
+    """The catalogue, its flag table, its report and the report's figures (beside it)."""
+    out = Path(args.output)
+    return [
+        Output(out, "output", TABLE_SUFFIXES),
+        Output(out.with_name(out.stem + "_flags.ecsv"), "output"),
+        *report_outputs(out.parent, out.stem + "_report", args.report_format, FIGURES, args.plot_formats, "output"),
+    ]
 
 
 def run(args) -> int:
@@ -136,8 +151,8 @@ def run(args) -> int:
         uncertainty=uncertainty,
         config=config,
     )
-    out = write_table(cat, args.output)
-    ft = write_table(flag_table(quality), out.with_name(out.stem + "_flags.ecsv"))
+    out = write_table(cat, args.output, overwrite=args.overwrite)
+    ft = write_table(flag_table(quality), out.with_name(out.stem + "_flags.ecsv"), overwrite=args.overwrite)
     counts = [
         {"FLAG": f.name, "BIT": int(f).bit_length() - 1, "N": int(cat[f"FLAG_{f.name}"].sum())}
         for f in StarFlag

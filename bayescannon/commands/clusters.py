@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.commands._common import catalogue_labels
+from bayescannon.commands._outputs import Output, report_outputs
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import read_labels
 from bayescannon.plots import new_figure
@@ -46,6 +47,16 @@ def add_arguments(p):
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
 
 
+def outputs(args):
+    """The statistics and trend tables, the report and its figure in ``--outdir``."""
+    out = Path(args.outdir)
+    return [
+        Output(out / "cluster_statistics.ecsv", "outdir"),
+        Output(out / "cluster_trends.ecsv", "outdir"),
+        *report_outputs(out, "report", args.report_format, ["trends_teff"], args.plot_formats, "outdir"),
+    ]
+
+
 def _read_members(args):
 
     fmt = args.members_format
@@ -84,7 +95,7 @@ def run(args) -> int:
         id_column=mid,
         cluster_column=mcl,
     )
-    files = [write_table(stats, out / "cluster_statistics.ecsv")]
+    files = [write_table(stats, out / "cluster_statistics.ecsv", overwrite=args.overwrite)]
     rep = Report(f"Cluster validation of {Path(args.catalogue).name}", formats=args.plot_formats)
     n_ok = int((stats["STATUS"] == "ok").sum())
     rep.add_text(
@@ -106,7 +117,7 @@ def run(args) -> int:
             id_column=mid,
             cluster_column=mcl,
         )
-        files.append(write_table(trends, out / "cluster_trends.ecsv"))
+        files.append(write_table(trends, out / "cluster_trends.ecsv", overwrite=args.overwrite))
         rep.add_heading("Trends with Teff")
         rep.add_table(trends, caption="least-squares slope per 1000 K")
         rep.add_figure(

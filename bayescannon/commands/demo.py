@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon.bayes import calibrate
+from bayescannon.commands._outputs import Output
 from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
 from bayescannon.plots import one_to_one
 from bayescannon.simulate.synthesis import simulate_survey
 from bayescannon.survey.catalogue import build_catalogue, write_table
@@ -17,6 +19,10 @@ from bayescannon.survey.catalogue import build_catalogue, write_table
 NAME = "demo"
 HELP = "run the whole pipeline on a built-in mock survey"
 LABELS = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+#: What the demo writes into ``--outdir``.
+PRODUCTS = ("model.nc", "catalogue.fits", "one_to_one.png")
+#: Marks a folder as the demo's own: its products are then replaced without ``--overwrite``.
+MARKER = ".bayescannon-demo"
 
 
 def add_arguments(p):
@@ -27,10 +33,22 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=1)
 
 
+def outputs(args):
+    """The demo's products. A folder the demo made before (it holds :data:`MARKER`) is the
+    demo's own and is refreshed by design (``make demo`` runs twice); in any other folder an
+    existing product needs ``--overwrite``."""
+    out = Path(args.outdir)
+    if (out / MARKER).is_file():
+        return [Output(out, "outdir", kind="workspace")]
+    return [Output(out / name, "outdir") for name in PRODUCTS]
+
+
 def run(args) -> int:
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
+    # checked before the run (outputs): from here on the folder is the demo's own
+    write_atomic(out / MARKER, lambda tmp: tmp.write_text("written by `bayescannon demo`\n"), overwrite=True)
     t0 = time.perf_counter()
     train = simulate_survey(args.n_train, instrument=args.instrument, snr=(50.0, 250.0), rng=args.seed)
     test = simulate_survey(args.n_test, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed + 1000)
@@ -55,7 +73,7 @@ def run(args) -> int:
     calibrated = model.infer(test, uncertainty="calibrated")
     t4 = time.perf_counter()
     print(f"calibrated the uncertainties by 5-fold cross-validation in {t4 - t3:.1f} s")
-    model.save(out / "model.nc")
+    model.save(out / "model.nc", overwrite=True)
     table = build_catalogue(model, calibrated, spectra=test, config={"command": "demo", "seed": args.seed})
     for name in LABELS:
         table[f"TRUE_{name}"] = test[name].values

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.commands._common import load_spectra
+from bayescannon.commands._outputs import TABLE_SUFFIXES, Output
 from bayescannon.model import CannonModel
 from bayescannon.survey.batch import infer_chunk_files, infer_chunked
 from bayescannon.survey.catalogue import build_catalogue, resolve_uncertainty, write_table
@@ -34,6 +35,14 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def outputs(args):
+    """The catalogue; the resumable ``--work-dir`` (checked for writability only)."""
+    outs = [Output(Path(args.output), "output", TABLE_SUFFIXES)]
+    if args.work_dir:
+        outs.append(Output(Path(args.work_dir), "work_dir", kind="workspace"))
+    return outs
+
+
 def run(args) -> int:
     model = CannonModel.load(args.model)
     uncertainty = resolve_uncertainty(model, args.uncertainty)
@@ -58,7 +67,7 @@ def run(args) -> int:
         uncertainty=uncertainty,
         config={"model_file": str(args.model), "spectra": str(args.spectra)},
     )
-    write_table(table, args.output)
+    write_table(table, args.output, overwrite=args.overwrite)
     nflag = int((table["FLAGS"] != 0).sum())
     print(f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")
     return 0

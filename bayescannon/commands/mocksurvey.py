@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bayescannon.commands._outputs import Output
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, make_mock_survey
 
 NAME = "mock-survey"
@@ -24,8 +27,12 @@ def add_arguments(p):
     p.add_argument("--lamost-layout", default="dr5", choices=["dr5", "dr8", "mixed"])
     p.add_argument("--no-corruptions", action="store_true", help="write no corrupted LAMOST files")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+
+
+def outputs(args):
+    """The mock's folder: absent or empty unless ``--overwrite``."""
+    return [Output(Path(args.outdir), "outdir", kind="empty-dir")]
 
 
 def run(args) -> int:

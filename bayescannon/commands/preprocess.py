@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon import preprocess as pp
+from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
-from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.survey.catalogue import write_table
 
 NAME = "preprocess"
 HELP = "read + rest frame + resample + normalise survey files in resumable chunks (survey scale)"
@@ -62,6 +63,12 @@ def add_arguments(p):
     p.add_argument("--n-jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--chunk-format", choices=["nc", "npz"], default="nc", help="chunk file format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def outputs(args):
+    """The output folder: resumable (re-running into it resumes; its ``skipped.ecsv`` is
+    rewritten by every run), so only checked to be a writable folder that is not an input."""
+    return [Output(Path(args.output), "output", kind="workspace")]
 
 
 def _collect(args) -> list[str]:
@@ -140,9 +147,7 @@ def run(args) -> int:
         options=_run_options(args, grid),
     )
     out = Path(args.output)
-    write_atomic(
-        out / "skipped.ecsv", lambda tmp: skipped.write(tmp, format="ascii.ecsv", overwrite=True), overwrite=True
-    )
+    write_table(skipped, out / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it
     print(
         f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
         f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})"

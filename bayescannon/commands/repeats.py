@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.commands._common import catalogue_labels
+from bayescannon.commands._outputs import Output, report_outputs
 from bayescannon.errors import InvalidInputError
 from bayescannon.plots import precision_vs_snr
 from bayescannon.report import Report
@@ -47,6 +48,25 @@ def add_arguments(p):
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
 
 
+#: Tables written to ``--outdir``.
+FILES = (
+    "repeat_calibration.ecsv",
+    "repeat_precision_by_snr.ecsv",
+    "repeat_pairs.fits",
+    "repeat_skipped.ecsv",
+    "catalogue_calibrated.fits",
+    "error_comparison.ecsv",
+)
+
+
+def outputs(args):
+    """The tables, the report and its figure in ``--outdir``."""
+    out = Path(args.outdir)
+    return [Output(out / f, "outdir") for f in FILES] + report_outputs(
+        out, "report", args.report_format, ["precision_vs_snr"], args.plot_formats, "outdir"
+    )
+
+
 def run(args) -> int:
     import numpy as np
     from astropy.table import MaskedColumn
@@ -82,12 +102,12 @@ def run(args) -> int:
     )
     calibrated = cal.apply(e, snr)
     files = [
-        write_table(cal.summary, out / "repeat_calibration.ecsv"),
-        write_table(cal.binned, out / "repeat_precision_by_snr.ecsv"),
-        write_table(cal.pairs, out / "repeat_pairs.fits"),
+        write_table(cal.summary, out / "repeat_calibration.ecsv", overwrite=args.overwrite),
+        write_table(cal.binned, out / "repeat_precision_by_snr.ecsv", overwrite=args.overwrite),
+        write_table(cal.pairs, out / "repeat_pairs.fits", overwrite=args.overwrite),
     ]
     if len(cal.skipped):
-        files.append(write_table(cal.skipped, out / "repeat_skipped.ecsv"))
+        files.append(write_table(cal.skipped, out / "repeat_skipped.ecsv", overwrite=args.overwrite))
     newcat = cat.copy()
     for k, n in enumerate(names):
         newcat[f"e_CAL_{n}"] = MaskedColumn(
@@ -96,7 +116,7 @@ def run(args) -> int:
             unit=cat[f"e_{n}"].unit,
             description=f"repeat-calibrated 1-sigma error of {n}",
         )
-    files.append(write_table(newcat, out / "catalogue_calibrated.fits"))
+    files.append(write_table(newcat, out / "catalogue_calibrated.fits", overwrite=args.overwrite))
     rep = Report(f"Error calibration from repeats: {Path(args.catalogue).name}", formats=args.plot_formats)
     rep.add_text(
         f"{len(cal.pairs)} pairs of spectra of the same star; {len(cal.skipped)} stars with a single "
@@ -114,7 +134,7 @@ def run(args) -> int:
             raise InvalidInputError(f"catalogue has no column(s) {missing} to compare with")
         other = np.column_stack([arr(c) for c in cols])
         cmp2 = compare_errors(calibrated, other, names, names=("REPEATS", "OTHER"))
-        files.append(write_table(cmp2, out / "error_comparison.ecsv"))
+        files.append(write_table(cmp2, out / "error_comparison.ecsv", overwrite=args.overwrite))
         rep.add_table(cmp2, caption=f"errors in {args.compare_prefix}<LABEL> vs repeat-calibrated errors")
     rep.add_files([Path(f).name for f in files])
     rp = rep.write(out / f"report.{args.report_format}")

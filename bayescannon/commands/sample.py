@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bayescannon.bayes import sample_labels
 from bayescannon.bayes.diagnostics import save_posterior, summary_table
 from bayescannon.commands._common import load_spectra
+from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
@@ -26,6 +30,14 @@ def add_arguments(p):
     p.add_argument("--no-theta-uncertainty", action="store_true", help="do not propagate the uncertainty of theta")
     p.add_argument("--summary", help="also write the diagnostics table (.csv)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def outputs(args):
+    """The posterior file and the ``--summary`` table."""
+    outs = [Output(Path(args.output), "output", (".nc", ".zarr"))]
+    if args.summary:
+        outs.append(Output(Path(args.summary), "summary", (".csv",)))
+    return outs
 
 
 def run(args) -> int:
@@ -52,10 +64,10 @@ def run(args) -> int:
         propagate_theta=not args.no_theta_uncertainty,
         seed=args.seed,
     )
-    save_posterior(tree, args.output)
+    save_posterior(tree, args.output, overwrite=args.overwrite)
     table = summary_table(tree)
     if args.summary:
-        table.to_csv(args.summary, index=False)
+        write_atomic(args.summary, lambda tmp: table.to_csv(tmp, index=False), overwrite=args.overwrite)
     diag = tree["diagnostics"].to_dataset()
     bad = [str(s) for s in diag["star"].values[~diag["converged"].values]]
     cols = ["star", "label_name", "mean", "sd", "laplace_sd", "r_hat", "ess_bulk", "n_divergent", "converged"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bayescannon.commands._outputs import SPECTRA_SUFFIXES, TABLE_SUFFIXES, Output
 from bayescannon.io import write_spectra
 from bayescannon.simulate.synthesis import simulate_survey
 from bayescannon.survey.catalogue import write_table
@@ -22,19 +25,27 @@ def add_arguments(p):
     p.add_argument("--labels-out", help="also write the true labels as a table (FITS/CSV) with an ID column")
 
 
+def outputs(args):
+    """The spectra file and the ``--labels-out`` table."""
+    outs = [Output(Path(args.output), "output", SPECTRA_SUFFIXES)]
+    if args.labels_out:
+        outs.append(Output(Path(args.labels_out), "labels_out", TABLE_SUFFIXES))
+    return outs
+
+
 def run(args) -> int:
     from astropy.table import Table
 
     ds = simulate_survey(
         args.n_stars, instrument=args.instrument, population=args.population, snr=tuple(args.snr), rng=args.seed
     )
-    write_spectra(ds, args.output, overwrite=True)
+    write_spectra(ds, args.output, overwrite=args.overwrite)
     if args.labels_out:
         t = Table()
         t["ID"] = ds["star"].values.astype(str)
         for name in ("TEFF", "LOGG", "FE_H", "ALPHA_FE", "snr"):
             if name in ds:
                 t[name.upper()] = ds[name].values
-        write_table(t, args.labels_out)
+        write_table(t, args.labels_out, overwrite=args.overwrite)
     print(f"wrote {ds.sizes['star']} spectra x {ds.sizes['pixel']} pixels to {args.output}")
     return 0

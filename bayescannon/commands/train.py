@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.validate import select_model
+
+logger = logging.getLogger(__name__)
 
 NAME = "train"
 HELP = "train a Cannon model on spectra with known labels"
 
 
 def add_arguments(p):
-    add_training_arguments(p, "training")
+    add_training_arguments(p, "training", allow_cv=True)
     p.add_argument("-o", "--output", required=True, help="model file to write (.nc or .zarr)")
     p.add_argument(
         "--label-errors",
@@ -33,8 +40,15 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args) -> int:
+def outputs(args):
+    """The model file, and with ``--order cv`` the CV table beside it."""
+    outs = [Output(Path(args.output), "output", MODEL_SUFFIXES)]
+    if str(args.order) == "cv":
+        outs.append(Output(cv_table_path(args.output), "output", (".ecsv",)))
+    return outs
 
+
+def run(args) -> int:
     ds = load_spectra(args.spectra)
     label_errors = None
     if args.label_errors:
@@ -49,16 +63,33 @@ def run(args) -> int:
         labels = join_labels(ds, args.labels_table, args.labels, args.id_column)
     else:
         labels = ds
+    cv = args.order == "cv"
+    if cv and label_errors is not None:
+        raise InvalidInputError("--order cv cannot be combined with --label-errors: give an integer --order")
     model = CannonModel(
         args.labels,
-        args.order,
+        2 if cv else args.order,
         regularization=args.regularization,
         censors=parse_censors(args.censor) or None,
         random_state=args.seed,
     )
-    kw = {} if label_errors is None else {"label_errors": label_errors, "trend_order": args.trend_order}
-    model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
-    model.save(args.output)
+    if cv:
+        selection = select_model(
+            model,
+            ds,
+            labels=labels,
+            max_order=args.order_max,
+            min_order=min(2, args.order_max),
+            regularizations=args.regularization_grid,
+            n_folds=args.cv_folds,
+            random_state=args.seed,
+            progressbar=not args.no_progress,
+        )
+        model = selection.model
+    else:
+        kw = {} if label_errors is None else {"label_errors": label_errors, "trend_order": args.trend_order}
+        model.fit(ds, labels=labels, progressbar=not args.no_progress, **kw)
+    model.save(args.output, overwrite=args.overwrite)
     flagged = int((model.pixel_flags_ != 0).sum())
     summary = {
         "model": str(args.output),
@@ -67,6 +98,14 @@ def run(args) -> int:
         "flagged_pixels": flagged,
         "training_hash": model.training_hash_,
     }
+    if cv:
+        table_path = cv_table_path(args.output)
+        table = selection.to_table()
+        write_atomic(
+            table_path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True), overwrite=args.overwrite
+        )
+        logger.info("CV table written to %s", table_path)
+        summary.update(order=model.order, regularization=float(model.regularization), cv_table=str(table_path))
     if label_errors is not None:
         summary["latent_labels"] = {
             "iterations": int(model.latent_iterations_),
@@ -75,3 +114,9 @@ def run(args) -> int:
         }
     print(json.dumps(summary))
     return 0
+
+
+def cv_table_path(model_path) -> Path:
+    """Where ``train --order cv`` writes the CV table: beside the model, ``<stem>.cv.ecsv``."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.cv.ecsv")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from bayescannon.commands._outputs import Output
 from bayescannon.survey.transfer import STEPS, TransferPipeline
+from bayescannon.survey.transferconfig import TransferConfig
 
 NAME = "transfer"
 HELP = "transfer labels from one survey to another's spectra (Ho+2017 pipeline, TOML-configured)"
@@ -24,6 +26,12 @@ def add_arguments(p):
     group.add_argument("--from", dest="start", choices=STEPS, help="run this step and every step after it")
     p.add_argument("--list-steps", action="store_true", help="print the steps and whether they have saved output")
     p.add_argument("--no-log-file", action="store_true", help="do not write <output>/transfer.log")
+
+
+def outputs(args):
+    """The configured output folder: a resumable workspace (steps re-run from saved output
+    replace it by design), so only checked to be a writable folder that is not an input."""
+    return [Output(TransferConfig.from_toml(args.config).output_dir, "output_dir", kind="workspace")]
 
 
 def run(args) -> int:

@@ -5,9 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bayescannon.bayes.calibration import calibrate_from_predictions
 from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
+from bayescannon.commands._outputs import MODEL_SUFFIXES, Output, report_outputs
+from bayescannon.commands.calibrate import print_binned_coverage
+from bayescannon.core import scaling
+from bayescannon.core.uncertainty import epsilon
+from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
-from bayescannon.plots import binned_statistics_plot, coefficient_spectra, one_to_one, residual_band, scatter_vs_snr
+from bayescannon.plots import (
+    binned_statistics_plot,
+    coefficient_spectra,
+    coverage_map,
+    one_to_one,
+    residual_band,
+    scatter_vs_snr,
+)
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.bootstrap import bootstrap
@@ -40,6 +53,33 @@ def add_arguments(p):
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip calibrating the uncertainties on the cross-validated residuals (and its coverage per bin)",
+    )
+
+
+#: Tables written to ``--outdir``; figures of its report.
+FILES = (
+    "cv_predictions.fits",
+    "cv_summary.ecsv",
+    "cv_by_label.ecsv",
+    "cv_by_snr.ecsv",
+    "bootstrap_summary.ecsv",
+    "bootstrap.fits",
+)
+FIGURES = ("one_to_one", "scatter_vs_snr", "by_label", "coverage_map", "coefficients", "residuals")
+
+
+def outputs(args):
+    """The tables, the report and its figures in ``--outdir``; the ``--model-out`` file."""
+    out = Path(args.outdir)
+    outs = [Output(out / f, "outdir") for f in FILES]
+    outs += report_outputs(out, "report", args.report_format, FIGURES, args.plot_formats, "outdir")
+    if args.model_out:
+        outs.append(Output(Path(args.model_out), "model_out", MODEL_SUFFIXES))
+    return outs
 
 
 def run(args) -> int:
@@ -68,9 +108,9 @@ def run(args) -> int:
         progressbar=not args.no_progress,
     )
     files = [
-        write_table(cv.to_table(), out / "cv_predictions.fits"),
-        write_table(cv.summary, out / "cv_summary.ecsv"),
-        write_table(cv.by_label, out / "cv_by_label.ecsv"),
+        write_table(cv.to_table(), out / "cv_predictions.fits", overwrite=args.overwrite),
+        write_table(cv.summary, out / "cv_summary.ecsv", overwrite=args.overwrite),
+        write_table(cv.by_label, out / "cv_by_label.ecsv", overwrite=args.overwrite),
     ]
     rep = Report(f"Cross-validation of {' '.join(args.labels)}", formats=args.plot_formats)
     rep.add_text(
@@ -88,7 +128,7 @@ def run(args) -> int:
         caption="cross-validated vs reference labels",
     )
     if snr is not None:
-        files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv"))
+        files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv", overwrite=args.overwrite))
         rep.add_heading("In S/N bins")
         rep.add_table(cv.by_snr, caption="bias and scatter in S/N bins")
         rep.add_figure(scatter_vs_snr(cv), "scatter_vs_snr", caption="bias and scatter vs S/N (Ho+2017 Fig. 8)")
@@ -100,8 +140,23 @@ def run(args) -> int:
         **{k: getattr(model, k) for k in ("label_names", "order", "regularization", "censors", "random_state")}
     )
     full.fit(ds, labels=labels, progressbar=False)
+    coverage = None
+    if not args.no_calibration:
+        coverage = _calibrate_on_cv(full, cv, ds, snr)
+        summary_cal = {"calibration_coverage_68": coverage}
+        rep.add_heading("Calibrated uncertainties: coverage per bin")
+        rep.add_text(
+            "The model's uncertainties calibrated on the cross-validated residuals (learned label bias, "
+            "error model, Mondrian width factors; docs/calibration.md). Coverage of the calibrated 68% "
+            "intervals per quintile of S/N and of each reference label, on the same residuals."
+        )
+        rep.add_figure(
+            coverage_map(full.calibration_["coverage_by_bin"], args.labels),
+            "coverage_map",
+            caption="68% coverage per quintile (target band 0.68 +- 0.05 shaded)",
+        )
     if args.model_out:
-        full.save(args.model_out)
+        full.save(args.model_out, overwrite=args.overwrite)
         files.append(Path(args.model_out))
     rep.add_heading("Model of the whole reference set")
     rep.add_figure(
@@ -121,6 +176,8 @@ def run(args) -> int:
             for r in cv.summary
         }
     }
+    if coverage is not None:
+        summary.update(summary_cal)
     if args.bootstrap:
         boot = bootstrap(
             model,
@@ -132,8 +189,8 @@ def run(args) -> int:
             progressbar=not args.no_progress,
         )
         files += [
-            write_table(boot.summary, out / "bootstrap_summary.ecsv"),
-            write_table(boot.to_table(), out / "bootstrap.fits"),
+            write_table(boot.summary, out / "bootstrap_summary.ecsv", overwrite=args.overwrite),
+            write_table(boot.to_table(), out / "bootstrap.fits", overwrite=args.overwrite),
         ]
         rep.add_heading("Bootstrap of the reference set")
         rep.add_text(
@@ -150,9 +207,29 @@ def run(args) -> int:
             f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
             f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
         )
+    if coverage is not None:
+        print_binned_coverage(full.calibration_["coverage_by_bin"], args.labels)
     print(
         json.dumps(
             {"report": str(path), "n_stars": int(ds.sizes["star"]), "n_folds": args.n_folds, **summary}, default=float
         )
     )
     return 0 if np.isfinite(cv.summary["RMS"]).all() else 1
+
+
+def _calibrate_on_cv(model, cv, ds, snr):
+    """Calibrate ``model`` on the cross-validated residuals (θ leverage of the full model);
+    returns the 68 % coverage per bin (by → list of per-label lists)."""
+    import numpy as np
+
+    pred = cv.predictions
+    est = np.array(pred["labels"].values, dtype=float)
+    bad = StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED | StarFlag.SINGULAR_COVARIANCE
+    est[(np.asarray(pred["flags"].values) & int(bad)) != 0] = np.nan
+    fvar = np.einsum("nkk->nk", pred["covariance"].values)
+    x = scaling.scale(np.nan_to_num(est), model.label_offset_, model.label_scale_)
+    eps = epsilon(model, x, ds["ivar"].values)
+    cal = calibrate_from_predictions(
+        model, est, fvar, pred["reference"].values, eps=eps, snr=snr, source=f"cv-{int(pred['fold'].max()) + 1}"
+    )
+    return {by: d["68"] for by, d in cal["coverage_by_bin"].items()}

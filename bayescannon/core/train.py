@@ -33,13 +33,14 @@ import numpy as np
 
 from bayescannon.core._kernels import log_likelihood_terms, score_terms, solve_packed, weights
 from bayescannon.core.likelihood import adjusted_ivar, log_likelihood
-from bayescannon.errors import InvalidInputError
+from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.flags import PixelFlag
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TrainingResult",
+    "check_identifiable",
     "fit_pixels",
     "normal_equations",
     "profile_log_likelihood",
@@ -80,6 +81,62 @@ def _unpack(packed, t):
     where[iu, ju] = np.arange(iu.size)
     where[ju, iu] = np.arange(iu.size)
     return np.take(packed, where.ravel(), axis=-1).reshape(packed.shape[:-1] + (t, t))
+
+
+#: smallest admissible singular value of the design with unit-norm columns: its square is
+#: the smallest eigenvalue of the Jacobi-scaled normal equations, and a Cholesky pivot of
+#: those below 1e-10 marks a pixel singular (:func:`~bayescannon.core._kernels.solve_packed`)
+_RANK_TOL = 1e-5
+
+
+def check_identifiable(design, exponents, label_names):
+    """Refuse training labels that cannot all be model labels (collinear labels).
+
+    A label that is an exact linear function of others (or, through the polynomial terms,
+    a polynomial of them) makes the normal equations singular at every pixel: training
+    would return a "fitted" model with every pixel flagged. One SVD of the (N, T) design.
+
+    Parameters
+    ----------
+    design : ndarray, shape (N, T)
+        Design matrix of the scaled training labels (first column the constant term).
+    exponents : ndarray of int, shape (T, K)
+        Exponents of each term in each label (the vectorizer's ``exponents``).
+    label_names : sequence of str
+
+    Raises
+    ------
+    LabelError
+        Naming the labels involved in the dependence.
+    """
+    design = np.asarray(design, dtype=np.float64)
+    norms = np.linalg.norm(design, axis=0)
+    if not np.all(norms > 0):
+        t = int(np.flatnonzero(~(norms > 0))[0])
+        involved = np.flatnonzero(np.asarray(exponents)[t] > 0)
+        names = [label_names[k] for k in involved] or list(label_names)
+        raise LabelError(f"training labels {names} give a model term that is zero for every star")
+    k = len(label_names)
+    # linear dependences first (names exactly the labels involved), then polynomial ones
+    linear = np.flatnonzero(np.asarray(exponents).sum(axis=1) <= 1)
+    # eigenvalues of the Jacobi-scaled Gram matrix are the squared singular values of the
+    # normalised design, resolved to ~1e-16 absolute: enough for the 1e-10 threshold, and a
+    # T×T problem instead of an SVD of the (N, T) design (which costs 0.1–0.3 s)
+    gram = design.T @ design / np.outer(norms, norms)
+    for cols, kind in ((linear, "linearly dependent"), (np.arange(design.shape[1]), "polynomially dependent")):
+        ev, vecs = np.linalg.eigh(gram[np.ix_(cols, cols)])
+        sv = np.sqrt(np.maximum(ev, 0.0))
+        null = vecs[:, sv < _RANK_TOL].T
+        if null.size == 0:
+            continue
+        weight = np.abs(null).max(axis=0)
+        terms = cols[weight > 1e-3 * weight.max()]
+        involved = np.flatnonzero((np.asarray(exponents)[terms] > 0).any(axis=0))
+        names = [label_names[j] for j in involved[involved < k]]
+        raise LabelError(
+            f"training labels {names} are {kind} (collinear: smallest singular value of the normalised "
+            f"design {sv.min():.3g}); the model cannot tell them apart at any pixel. Drop or replace one of them"
+        )
 
 
 def normal_equations(flux, w, design, vv=None):
@@ -311,13 +368,15 @@ def fit_pixels(
         w, wf = buf_a[:m], buf_b[:m]  # reused buffers: no page faults after the first pass
         weights(ivar_t, flux_t, s2, active, w, wf)
         th, ok, packed, ba = theta_step(w, wf, design, allowed[active], vv)
-        if it == 0 and not ok.all():
-            # singular designs are found at s² = 0 (the rank does not depend on s²)
-            sing = active[~ok]
-            flags[sing] |= PixelFlag.SINGULAR
-            bad[sing] = True
+        ok &= np.isfinite(th).all(axis=1)
+        if not ok.all():
+            # singular (or numerically singular) normal equations: mostly found at s² = 0,
+            # but the weights change with s², so a pixel can also become ill-conditioned
+            # at a later pass; either way it leaves the iteration for the neutral model
+            _drop(flags, bad, active[~ok], later=it > 0)
             active, th, packed, ba = active[ok], th[ok], packed[ok], ba[ok]
-            if active.size == 0:
+            m = active.size  # the work buffers below are sliced to the pixels still active
+            if m == 0:
                 break
         if regularization > 0:
             start = th if it == 0 else theta[active]
@@ -346,7 +405,11 @@ def fit_pixels(
             s_new = _scatter_step(s, s_fixed, g2_fixed, coupling)
         else:
             s_new = _profile_newton(s, g1, g2_fixed + coupling, noise)
-        keep = ~done
+        broken = ~(np.isfinite(s_new) & np.isfinite(g1))
+        if broken.any():  # overflow in the scatter step (absurd flux or ivar): neutral model
+            _drop(flags, bad, active[broken], later=True)
+            converged[active[broken]] = False
+        keep = ~done & ~broken
         s2[active[keep]] = s_new[keep]
         active = active[keep]
     n_iter = it
@@ -382,6 +445,14 @@ def fit_pixels(
         score[bad] = 0.0
         lnp[bad] = 0.0
     return TrainingResult(theta, s2, lnp, score, flags, n_used, n_iter)
+
+
+def _drop(flags, bad, pixels, *, later):
+    """Mark ``pixels`` singular (neutral model): ``SINGULAR`` always (every consumer of the
+    flags leaves such pixels out), ``ILL_CONDITIONED`` too when found after the first pass
+    or through non-finite values, so that the two causes can be told apart."""
+    flags[pixels] |= PixelFlag.SINGULAR | (PixelFlag.ILL_CONDITIONED if later else 0)
+    bad[pixels] = True
 
 
 def _profile_newton(s, g1, curv, noise):

@@ -42,9 +42,16 @@ missing pieces, each with a stated model (see ``docs/bayes.md`` for the derivati
    ``z_quantiles``) and interpolated; calibrations without the table fall back to the t
    quantiles.
 
-Reported: ``covariance`` = ``D (1+ε) Σ^formal D + diag(floor)`` with ``D = diag(a)``
-(so ``errors`` is a standard deviation) and symmetric 68 % / 95 % interval half-widths
-``half_width_68``, ``half_width_95`` from the conformal quantiles ``q_k``.
+4. **Conditional calibration** (version 3, :mod:`bayescannon.core.conditional`): a smooth
+   label-dependent bias ``b(x̂)`` learned from the held-out residuals is subtracted from
+   the estimates, and Mondrian width factors ``s_nk`` (per quintile of each estimated
+   label and of the noise fraction) rescale σ_nk so that every bin covers at the
+   global rate; the conformal quantiles ``q_k`` are those of ``|z|/s``.
+
+Reported: ``labels`` = ``ℓ̂ − b(x̂)`` (``labels_uncorrected``, ``label_bias``),
+``covariance`` = ``S (D (1+ε) Σ^formal D + diag(floor)) S`` with ``D = diag(a)``,
+``S = diag(s)`` (so ``errors`` is a standard deviation) and symmetric 68 % / 95 %
+interval half-widths ``half_width_68``, ``half_width_95`` from the conformal quantiles.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import xarray as xr
 
 from bayescannon.core import scaling
 from bayescannon.core._kernels import kappa_kernel, weight_sums
+from bayescannon.core.conditional import mondrian_scales, predict_bias
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import (
     InsufficientDataError,
@@ -80,16 +88,21 @@ __all__ = [
     "epsilon",
     "fit_error_model",
     "calibrated_errors",
+    "calibrated_intervals",
     "interval_factor",
     "apply_calibration",
     "coverage",
     "coverage_curve",
     "check_label_errors",
+    "calibration_bias",
 ]
 
 LEVELS = (0.68, 0.95)
 CALIBRATION_KIND = "bayescannon.core.uncertainty"
-CALIBRATION_VERSION = 2
+#: 3: bias correction (``bias``) and Mondrian width factors (``mondrian``); version 2
+#: (neither: zero bias, unit factors) is still read.
+CALIBRATION_VERSION = 3
+_READABLE_VERSIONS = (2, 3)
 _Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
@@ -396,17 +409,30 @@ def _quantile_factor(level, dof):
 
 
 def check_calibrated(model):
+    """The model's calibration dict; raises NotCalibratedError when it has none, when it
+    is for other labels, or when its ``version`` is not one this release reads."""
     cal = getattr(model, "calibration_", None)
     if not cal or cal.get("kind") != CALIBRATION_KIND:
         raise NotCalibratedError(
             "this model has no calibration of its uncertainties: call bayescannon.bayes.calibrate(model, ...) on held-out "
             "stars with known labels (or with n_folds for cross-validation) first"
         )
+    if cal.get("version") not in _READABLE_VERSIONS:
+        raise NotCalibratedError(
+            f"the model's calibration has version {cal.get('version')!r}; this release reads versions "
+            f"{list(_READABLE_VERSIONS)}: recalibrate the model (bayescannon calibrate)"
+        )
     if list(cal["label_names"]) != list(model.label_names):
         raise NotCalibratedError(
             f"the calibration is for labels {cal['label_names']}, the model has {model.label_names}"
         )
     return cal
+
+
+def calibration_bias(cal, x_scaled):
+    """Learned bias ``b(x̂)`` (N, K, physical units) of the estimates at scaled labels x̂:
+    the calibrated estimate is ``ℓ̂ − b``; zeros for a calibration without a bias model."""
+    return predict_bias(cal.get("bias"), x_scaled)
 
 
 def error_model_covariance(noise_cov, x_scaled, noise_scale, floor_coefficients, eps=None):
@@ -456,9 +482,25 @@ def calibrated_errors(model, noise_cov, x_scaled, eps):
     cov, sd, half68, half95 : ndarray
         (N, K, K), (N, K), (N, K), (N, K).
     """
-    cal = check_calibrated(model)
+    return calibrated_intervals(check_calibrated(model), noise_cov, x_scaled, eps)
+
+
+def calibrated_intervals(cal, noise_cov, x_scaled, eps):
+    """:func:`calibrated_errors` from a calibration dict (no model): covariance, sd and
+    68 %/95 % half-widths, (N, K, K), (N, K), (N, K), (N, K)."""
     cov = error_model_covariance(noise_cov, x_scaled, cal["noise_scale"], cal["floor_coefficients"], eps)
-    sd = np.sqrt(np.einsum("nkk->nk", cov))
+    var = np.einsum("nkk->nk", cov)
+    if cal.get("mondrian"):
+        floor = np.exp(
+            np.column_stack([np.ones(var.shape[0]), np.atleast_2d(x_scaled)])
+            @ np.asarray(cal["floor_coefficients"], dtype=np.float64).T
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = 1.0 - floor / var
+        s = mondrian_scales(cal["mondrian"], x_scaled, u)
+        cov = cov * s[:, :, None] * s[:, None, :]
+        var = var * s * s
+    sd = np.sqrt(var)
     return cov, sd, sd * interval_factor(cal, LEVELS[0]), sd * interval_factor(cal, LEVELS[1])
 
 
@@ -466,28 +508,37 @@ def apply_calibration(model, ds: xr.Dataset, ivar, kappa=None) -> xr.Dataset:
     """Turn a formal ``infer`` result into a calibrated one (used by ``infer``; ``kappa``:
     the θ-uncertainty weights when already computed, else from ``ivar``).
 
-    Adds ``errors_formal``, ``half_width_68``, ``half_width_95`` and ``theta_variance``
-    (the factor ``1 + ε``) and replaces ``covariance`` and ``errors``.
+    Replaces ``labels`` by the bias-corrected estimate (``labels_uncorrected`` keeps the
+    maximum-likelihood one, ``label_bias`` the correction), ``covariance`` and ``errors``,
+    and adds ``errors_formal``, ``half_width_68``, ``half_width_95`` and
+    ``theta_variance`` (the factor ``1 + ε``).
     """
     labels = ds["labels"].values
     x = scaling.scale(labels, model.label_offset_, model.label_scale_)
     eps = epsilon(model, x, ivar, kappa)
     cov, sd, h68, h95 = calibrated_errors(model, ds["covariance"].values, x, eps)
+    bias = calibration_bias(model.calibration_, x)
     out = ds.copy()
+    out["labels"] = (("star", "label_name"), labels - bias)
+    out["labels_uncorrected"] = (("star", "label_name"), labels)
+    out["label_bias"] = (("star", "label_name"), bias)
     out["errors_formal"] = (("star", "label_name"), ds["errors"].values)
     out["covariance"] = (("star", "label_name", "label_name_2"), cov)
     out["errors"] = (("star", "label_name"), sd)
     out["half_width_68"] = (("star", "label_name"), h68)
     out["half_width_95"] = (("star", "label_name"), h95)
     out["theta_variance"] = ("star", 1.0 + eps)
+    out["labels"].attrs["description"] = "calibrated estimate: the maximum-likelihood labels minus label_bias"
+    out["labels_uncorrected"].attrs["description"] = "maximum-likelihood labels before the bias correction"
+    out["label_bias"].attrs["description"] = "learned bias of the maximum-likelihood labels (subtracted in labels)"
     out["errors"].attrs["description"] = "calibrated standard deviation (physical units)"
     out["errors_formal"].attrs["description"] = "formal inverse-Fisher errors (too small: model error omitted)"
     out["half_width_68"].attrs["description"] = "half-width of the calibrated central 68% interval"
     out["half_width_95"].attrs["description"] = "half-width of the calibrated central 95% interval"
     out["theta_variance"].attrs["description"] = "1 + eps: variance inflation from theta uncertainty"
     out.attrs["uncertainty"] = (
-        "calibrated: a^2 (1+eps) formal covariance + log-linear model-error floor, conformal intervals "
-        "(bayescannon.core.uncertainty)"
+        "calibrated: labels corrected by the learned bias; a^2 (1+eps) formal covariance + log-linear "
+        "model-error floor, Mondrian width factors, conformal intervals (bayescannon.core.uncertainty)"
     )
     out.attrs["calibration"] = json.dumps(model.calibration_)
     return set_label_units(out)

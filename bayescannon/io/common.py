@@ -7,6 +7,7 @@ identifier strings and wavelength units.
 from __future__ import annotations
 
 import os
+import stat
 
 import astropy.units as u
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "FITS_SUFFIXES",
     "append_history",
     "as_str_ids",
+    "check_regular_file",
     "format_error",
     "has_fits_suffix",
     "wavelength_unit_factor",
@@ -29,6 +31,40 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.bz2", ".
 def format_error(path, message: str) -> SurveyFormatError:
     """A :class:`~bayescannon.errors.SurveyFormatError` whose message starts with the file name."""
     return SurveyFormatError(f"{os.fspath(path)}: {message}")
+
+
+def check_regular_file(path) -> str:
+    """``path`` as a string, checked to be an existing regular file (links followed).
+
+    A FIFO, socket, device or folder is refused before anything opens it: reading a
+    FIFO named ``x.fits`` would block forever.
+
+    Raises
+    ------
+    SurveyFormatError
+        Naming the file: missing, or not a regular file.
+    """
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise format_error(path, "file does not exist") from None
+    except OSError as exc:
+        raise format_error(path, f"cannot access file ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise format_error(path, f"is {kind}, not a regular file; refusing to read it")
+    return path
 
 
 def has_fits_suffix(path) -> bool:

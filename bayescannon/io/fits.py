@@ -47,7 +47,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from bayescannon.errors import InvalidInputError, SurveyFormatError
-from bayescannon.io.common import format_error, wavelength_unit_factor
+from bayescannon.io.common import check_regular_file, format_error, wavelength_unit_factor
 from bayescannon.pipeline.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -379,8 +379,7 @@ def read_fits_images(path, n_hdus: int, engine: str = "auto") -> list[tuple[Mapp
     path = os.fspath(path)
     if engine not in ENGINES:
         raise InvalidInputError(f"engine must be 'auto', 'fast' or 'astropy'; got {engine!r}")
-    if not os.path.exists(path):
-        raise format_error(path, "file does not exist")
+    check_regular_file(path)  # missing, or a FIFO that would block the read forever
     if engine != "astropy":
         try:
             return _fast_fits_images(path, n_hdus)

@@ -23,7 +23,7 @@ from astropy.table import Table
 
 from bayescannon.core.grid import interpolate
 from bayescannon.errors import GridMismatchError, InvalidInputError, SurveyFormatError
-from bayescannon.io.common import append_history, format_error
+from bayescannon.io.common import append_history, check_regular_file, format_error
 from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,13 @@ def _skipped_table(rows: Sequence[tuple[str, str, str]]) -> Table:
 
 
 def _call_reader(read_one, path, **kwargs):
-    """Run a single-file reader; unexpected content errors become SurveyFormatError."""
+    """Run a single-file reader; unexpected content errors become SurveyFormatError.
+
+    A path that is not a regular file (a FIFO, a folder) is refused before the reader
+    opens it (a FIFO would block it forever).
+    """
+    if isinstance(path, (str, os.PathLike)) and os.path.lexists(path):
+        check_regular_file(path)
     try:
         return read_one(path, **kwargs)
     except (SurveyFormatError, InvalidInputError):

@@ -19,7 +19,7 @@ import xarray as xr
 from bayescannon.errors import InvalidInputError
 from bayescannon.io.apogee import APSTAR, ASPCAPSTAR
 from bayescannon.io.backend import FitsProbe, SpectraFormat
-from bayescannon.io.common import format_error, has_fits_suffix
+from bayescannon.io.common import check_regular_file, format_error, has_fits_suffix
 from bayescannon.io.container import BAYESCANNON_FITS, NC, NPZ
 from bayescannon.io.galah import GALAH
 from bayescannon.io.lamost import LAMOST
@@ -56,8 +56,7 @@ def _detect(path) -> SpectraFormat:
             return fmt
     if not has_fits_suffix(path):
         raise format_error(path, "unknown file type: expected .nc, .npz or a FITS file (.fits, .fit, .fits.gz)")
-    if not os.path.exists(path):
-        raise format_error(path, "file does not exist")
+    check_regular_file(path)  # missing, or a FIFO/folder that would hang or fail the probe
     probe = FitsProbe.open(path)
     for fmt in FORMATS:
         if fmt.guess_from_content is not None and fmt.guess_from_content(probe):
@@ -111,10 +110,13 @@ def read_spectra(path, format: str | None = None, **kwargs) -> xr.Dataset:
     Raises
     ------
     SurveyFormatError
-        When the file is missing or not in the layout of its format.
+        When the file is missing, not a regular file (a FIFO, a folder), or not in the
+        layout of its format.
     InvalidInputError
         For an unknown ``format``.
     """
+    if isinstance(path, (str, os.PathLike)) and os.path.exists(path):
+        check_regular_file(path)  # a FIFO named .fits must not hang the reader
     fmt = get_format(format) if format is not None else _detect(path)
     return fmt.open(path, **kwargs)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bayescannon.errors import InvalidInputError
+from bayescannon.errors import OutputExistsError, OutputIsInputError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ __all__ = [
     "current_umask",
     "file_mode",
     "remove_stale_temps",
+    "same_file",
     "temp_owner",
     "write_atomic",
     "write_json",
@@ -133,8 +134,18 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def _exists_error(path: Path) -> InvalidInputError:
-    return InvalidInputError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+def _exists_error(path: Path) -> OutputExistsError:
+    return OutputExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same file: equal after resolving symlinks, or the same
+    inode (hard links). False when either does not exist."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _move_no_clobber(tmp: Path, path: Path) -> None:
@@ -170,21 +181,22 @@ def check_writable(path, *, overwrite: bool = False, inputs=()) -> Path:
 
     Raises
     ------
-    InvalidInputError
-        The output exists (and ``overwrite`` is False) or is one of the inputs.
+    OutputIsInputError
+        The output is one of the inputs (by path, symlink or hard link).
+    OutputExistsError
+        The output exists and ``overwrite`` is False.
     """
     path = Path(path)
-    target = path.resolve()
     for inp in inputs:
-        if inp is not None and Path(inp).resolve() == target:
-            raise InvalidInputError(f"output {path} is also an input of this run: choose another output path")
+        if inp is not None and same_file(path, inp):
+            raise OutputIsInputError(f"output {path} is also an input of this run: choose another output path")
     if path.exists() and not overwrite:
         raise _exists_error(path)
     return path
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs=()) -> Iterator[Path]:
+def atomic_path(path, *, overwrite: bool = False, directory: bool = False, inputs=()) -> Iterator[Path]:
     """Context manager yielding a temporary path that becomes ``path`` on success.
 
     Parameters
@@ -241,7 +253,7 @@ def atomic_path(path, *, overwrite: bool = True, directory: bool = False, inputs
         raise
 
 
-def write_json(path, data, *, overwrite: bool = True) -> Path:
+def write_json(path, data, *, overwrite: bool = False) -> Path:
     """Write ``data`` as indented JSON, atomically. Returns the path."""
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -316,7 +316,7 @@ class ChunkStore:
             merged.update({k: v for k, v in self._entries.items() if k in self._touched or k not in merged})
             self._entries = {k: merged[k] for k in sorted(merged)}
             data = {"schema": _SCHEMA, "order": self._order, "chunks": self._entries, "options": self._options}
-            write_json(self.folder / MANIFEST, data)
+            write_json(self.folder / MANIFEST, data, overwrite=True)
 
 
 def _short(value, width: int = 60) -> str:

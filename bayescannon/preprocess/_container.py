@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import xarray as xr
 
-from bayescannon.errors import GridMismatchError, InvalidInputError, NegativeIvarError, NonFiniteError
-from bayescannon.spectra import check_spectra
+from bayescannon.errors import GridMismatchError, InvalidInputError
+from bayescannon.spectra import check_flux_ivar, check_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -40,34 +40,25 @@ def wavelength_of(ds: xr.Dataset) -> np.ndarray:
 def flux_ivar(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Flux and ivar as float64 arrays, validated; flux at ``ivar == 0`` made finite.
 
+    The checks are those of :func:`bayescannon.spectra.check_flux_ivar` (the one flux/ivar
+    validator); finite flux at ``ivar == 0`` is kept, and the container's arrays are
+    returned without a copy when nothing needs changing (callers must not modify them).
+
     Raises
     ------
     NonFiniteError, NegativeIvarError
         For a NaN/inf ivar, a negative ivar, or a non-finite flux where ivar > 0,
         naming the first star and pixel.
+    InvalidInputError
+        For complex or text data, or an absurd flux or ivar value.
     """
-    flux = np.asarray(ds["flux"].values, dtype=np.float64)
-    ivar = np.asarray(ds["ivar"].values, dtype=np.float64)
-
-    def where(bad):
-        s, p = np.argwhere(bad)[0]
-        ids = ds["star"].values
-        wl = ds["wavelength"].values
-        return f"star {s} (id {ids[s]}), pixel {p} ({float(wl[p]):.3f} A)"
-
-    ok = (ivar >= 0) & (ivar < np.inf)
-    if not ok.all():
-        bad = ~ok
-        if np.any(ivar < 0):
-            raise NegativeIvarError(f"ivar is negative at {where(ivar < 0)}")
-        raise NonFiniteError(f"ivar is not finite at {where(bad)}")
-    finite = np.isfinite(flux)
-    if not finite.all():
-        bad = ~finite & (ivar > 0)
-        if bad.any():
-            raise NonFiniteError(f"flux is not finite where ivar > 0 at {where(bad)}; set ivar = 0 there")
-        flux = np.where(finite, flux, 0.0)
-    return flux, ivar
+    return check_flux_ivar(
+        ds["flux"].values,
+        ds["ivar"].values,
+        ids=ds["star"].values if "star" in ds.coords else None,
+        wavelength=ds["wavelength"].values if "wavelength" in ds.coords else None,
+        zero_masked=False,
+    )
 
 
 def check_grid(wavelength, name: str = "new_wavelength") -> np.ndarray:

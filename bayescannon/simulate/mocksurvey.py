@@ -69,7 +69,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from bayescannon.core.grid import C_KMS
-from bayescannon.errors import InvalidInputError
+from bayescannon.errors import InvalidInputError, OutputExistsError
 from bayescannon.pipeline.atomic import atomic_path
 from bayescannon.simulate.instruments import APOGEE, LAMOST
 from bayescannon.simulate.mockfiles import (
@@ -292,7 +292,7 @@ def make_mock_survey(
         )
     outdir = Path(outdir)
     if outdir.exists() and any(outdir.iterdir()) and not overwrite:
-        raise InvalidInputError(f"{outdir} exists and is not empty; pass overwrite=True")
+        raise OutputExistsError(f"{outdir} exists and is not empty; pass overwrite=True (--overwrite)")
     apogee_dir, lamost_dir = outdir / "apogee", outdir / "lamost"
     for d in (apogee_dir, lamost_dir):
         if d.exists() and overwrite:
@@ -539,10 +539,10 @@ def make_mock_survey(
         "truth": outdir / "truth.fits",
         "corrupted": outdir / "corrupted_files.fits",
     }
-    write_table(apogee_table, paths["apogee"])
-    write_table(lamost_table, paths["lamost"])
-    write_table(t, paths["truth"])
-    write_table(corrupted, paths["corrupted"])
+    write_table(apogee_table, paths["apogee"], overwrite=overwrite)
+    write_table(lamost_table, paths["lamost"], overwrite=overwrite)
+    write_table(t, paths["truth"], overwrite=overwrite)
+    write_table(corrupted, paths["corrupted"], overwrite=overwrite)
     mock = MockSurvey(
         outdir=outdir,
         apogee_catalogue=paths["apogee"],
@@ -555,7 +555,7 @@ def make_mock_survey(
     )
     if write_config:
         cfg = outdir / "transfer.toml"
-        with atomic_path(cfg) as tmp:
+        with atomic_path(cfg, overwrite=overwrite) as tmp:
             tmp.write_text(example_config())
         mock.config_path = cfg
     logger.info(

@@ -13,6 +13,8 @@ column                        meaning
 ``e_<LABEL>``                 1σ error; where errors are asymmetric ``E_<LABEL>`` is the
                               upper and ``e_<LABEL>`` the lower error; ``HW68_``/``HW95_``
                               half-widths of calibrated intervals when the result has them
+``<LABEL>_BIAS``              calibrated catalogues: the learned bias already subtracted
+                              from ``<LABEL>`` (uncorrected = ``<LABEL>`` + ``<LABEL>_BIAS``)
 ``CHI2``, ``REDUCED_CHI2``    fit quality
 ``N_PIXELS``, ``SNR``         usable pixels, signal-to-noise ratio
 ``LABEL_DISTANCE``            Nandakumar+2022 eq. 5 (units of the CV scatter)
@@ -45,7 +47,13 @@ from astropy.table import Column, MaskedColumn, Table, join
 
 from bayescannon._version import __version__
 from bayescannon.core.uncertainty import check_calibrated
-from bayescannon.errors import CrossMatchError, InvalidInputError, ShapeMismatchError, SurveyFormatError
+from bayescannon.errors import (
+    CrossMatchError,
+    InvalidInputError,
+    OutputPathError,
+    ShapeMismatchError,
+    SurveyFormatError,
+)
 from bayescannon.flags import StarFlag, flag_header
 from bayescannon.pipeline.atomic import atomic_path
 from bayescannon.results import LABEL_DESCRIPTIONS, LABEL_UNITS, label_description, label_unit, label_units_text
@@ -71,6 +79,7 @@ __all__ = [
     "resolve_uncertainty",
     "result_to_table",
     "spectra_snr",
+    "TABLE_SUFFIXES",
     "write_table",
 ]
 
@@ -323,9 +332,11 @@ def build_catalogue(
                 )
                 t[dst].format = _TDISP["deg"]
         snr = spectra_snr(spectra)[srows]
-    labels = result["labels"].values
-    asym = "errors_upper" in result and "errors_lower" in result
     calibrated = want == "calibrated"
+    # a calibrated result holds bias-corrected labels; a formal catalogue of it gets the uncorrected ones
+    raw = "labels_uncorrected" in result and not calibrated
+    labels = result["labels_uncorrected" if raw else "labels"].values
+    asym = "errors_upper" in result and "errors_lower" in result
     errors = result["errors"].values if calibrated or not has_cal else result["errors_formal"].values
     for k, name in enumerate(names):
         desc = label_description(name)
@@ -336,6 +347,12 @@ def build_catalogue(
             t[f"e_{name}"] = _label_column(result["errors_lower"].values[:, k], name, f"lower 1-sigma error of {name}")
         else:
             t[f"e_{name}"] = _label_column(errors[:, k], name, f"{kind} 1-sigma uncertainty of {name}")
+        if calibrated and "label_bias" in result:
+            t[f"{name}_BIAS"] = _label_column(
+                result["label_bias"].values[:, k],
+                name,
+                f"learned bias of the maximum-likelihood {name}, already subtracted in {name}",
+            )
         if calibrated:
             for var, col, pct in (("half_width_68", "HW68", 68), ("half_width_95", "HW95", 95)):
                 t[f"{col}_{name}"] = _label_column(
@@ -564,14 +581,40 @@ def _tdisp(fmt: str) -> str | None:
     return None
 
 
-def write_table(table: Table, path, *, overwrite: bool = True) -> Path:
+#: Name endings :func:`write_table` writes: FITS (``.fits``, ``.fit``, gzipped), CSV, ECSV.
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".csv", ".ecsv")
+
+
+def write_table(table: Table, path, *, overwrite: bool = False) -> Path:
     """Write a table atomically (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV
     by suffix). FITS files carry TCOMMn column descriptions, TDISPn display formats and
-    every unit, ``dex`` included."""
+    every unit, ``dex`` included.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+    path : path-like
+        Output file; its suffix (one of :data:`TABLE_SUFFIXES`) picks the format.
+    overwrite : bool
+        Replace an existing file (default: refuse).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OutputPathError
+        The suffix is not one of :data:`TABLE_SUFFIXES` (checked before anything is written).
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
     path = Path(path)
     name = path.name.lower()
+    if not name.endswith(TABLE_SUFFIXES):
+        raise OutputPathError(f"{path}: a table is written as {', '.join(TABLE_SUFFIXES)}; got {path.name!r}")
     with atomic_path(path, overwrite=overwrite) as tmp:
-        if name.endswith((".fits", ".fit", ".fits.gz")):
+        if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
             fits.HDUList([fits.PrimaryHDU(), _fits_hdu(table)]).writeto(tmp, overwrite=True)
         else:
             fmt = "ascii.csv" if name.endswith(".csv") else "ascii.ecsv" if name.endswith(".ecsv") else None

@@ -168,7 +168,7 @@ class TransferPipeline(_DataSteps, _ModelSteps):
     def _write_excluded(self, step: str, rows) -> Path:
         table = _excluded_table(rows)
 
-        return write_table(table, self.step_dir(step) / "excluded.fits")
+        return write_table(table, self.step_dir(step) / "excluded.fits", overwrite=True)
 
     def _read_table(self, step: str, name: str) -> Table:
         path = self.step_dir(step) / name

@@ -165,12 +165,12 @@ def _jsonable(value):
 
 def _write_json(path: Path, data) -> Path:
     """``data`` (numpy values and paths allowed) as indented JSON, atomically."""
-    return write_json(path, _jsonable(data))
+    return write_json(path, _jsonable(data), overwrite=True)  # a re-run step replaces its output
 
 
 def _write_netcdf(ds: xr.Dataset, path: Path) -> Path:
     """Any xarray Dataset to netCDF, atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=True) as tmp:  # a re-run step replaces its output
         ds.to_netcdf(tmp, engine="h5netcdf")
     return Path(path)
 

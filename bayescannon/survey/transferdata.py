@@ -487,9 +487,9 @@ class _DataSteps:
                 )
             )
         self._write_excluded("crossmatch", excl)
-        write_table(targets, self.step_dir("crossmatch") / "targets.fits")
-        write_table(out, self.step_dir("crossmatch") / "matched.fits")
-        write_table(rejected, self.step_dir("crossmatch") / "rejected.fits")
+        write_table(targets, self.step_dir("crossmatch") / "targets.fits", overwrite=True)
+        write_table(out, self.step_dir("crossmatch") / "matched.fits", overwrite=True)
+        write_table(rejected, self.step_dir("crossmatch") / "rejected.fits", overwrite=True)
         if excl:
             logger.warning(
                 "crossmatch: %d star(s) kept out of the reference set; first: %s: %s", len(excl), excl[0][0], excl[0][4]

@@ -64,7 +64,7 @@ class _ModelSteps:
         kept, excluded = apply_cuts(matched, cuts)
         rows = [(str(r["ID"]), "", "cuts", True, str(r["reason"])) for r in excluded]
         self._write_excluded("cuts", rows)
-        write_table(kept, self.step_dir("cuts") / "reference.fits")
+        write_table(kept, self.step_dir("cuts") / "reference.fits", overwrite=True)
         _write_json(self.step_dir("cuts") / "cuts.json", cuts.to_dict())
         if rows:
             logger.warning(
@@ -118,9 +118,9 @@ class _ModelSteps:
             )
             training = candidates[result.kept][keep_cols]
             rows = [(str(r["ID"]), "", "cleanup", True, str(r["REASON"])) for r in result.excluded]
-            write_table(result.excluded, self.step_dir("cleanup") / "cleanup_details.fits")
+            write_table(result.excluded, self.step_dir("cleanup") / "cleanup_details.fits", overwrite=True)
             history = result.history
-            write_table(history, self.step_dir("cleanup") / "history.fits")
+            write_table(history, self.step_dir("cleanup") / "history.fits", overwrite=True)
             if rows:
                 logger.warning(
                     "cleanup: %d reference star(s) dropped; first: %s: %s", len(rows), rows[0][0], rows[0][4]
@@ -128,8 +128,8 @@ class _ModelSteps:
         else:
             training = candidates[keep_cols]
         self._write_excluded("cleanup", rows)
-        write_table(training, self.step_dir("cleanup") / "training_set.fits")
-        write_table(holdout, self.step_dir("cleanup") / "holdout.fits")
+        write_table(training, self.step_dir("cleanup") / "training_set.fits", overwrite=True)
+        write_table(holdout, self.step_dir("cleanup") / "holdout.fits", overwrite=True)
         return {
             "n_reference": n,
             "n_holdout": int(hold.sum()),
@@ -151,7 +151,7 @@ class _ModelSteps:
             wavelength=np.asarray(ds["wavelength"].values),
             ids=np.asarray(ds["star"].values).astype(str),
         )
-        path = model.save(self.step_dir("train") / "model.nc")
+        path = model.save(self.step_dir("train") / "model.nc", overwrite=True)  # a rerun step redoes its file
         return {
             "model": str(path),
             "n_training": int(model.n_training_stars_),
@@ -183,9 +183,9 @@ class _ModelSteps:
             wavelength=np.asarray(ds["wavelength"].values),
             n_jobs=int(cfg["n_jobs"]),
         )
-        write_table(cv.to_table(), self.step_dir("validate") / "cross_validation.fits")
+        write_table(cv.to_table(), self.step_dir("validate") / "cross_validation.fits", overwrite=True)
         summary = cv.summary
-        write_table(summary, self.step_dir("validate") / "summary.fits")
+        write_table(summary, self.step_dir("validate") / "summary.fits", overwrite=True)
         stats = {str(r["LABEL"]): {"bias": float(r["BIAS"]), "rms": float(r["RMS"]), "n": int(r["N"])} for r in summary}
         for name, s in stats.items():
             logger.info("validate: %s bias %.4g, scatter %.4g (%d stars)", name, s["bias"], s["rms"], s["n"])
@@ -322,8 +322,8 @@ class _ModelSteps:
         in_hold = np.asarray(table["REFERENCE_STATUS"]).astype(str) == "holdout"
         tname = self.config.data["target"]["name"]
         rname = self.config.data["reference"]["name"]
-        cat_path = write_table(table, self.output / "catalogue.fits")
-        exc_path = write_table(excluded, self.output / "excluded.fits")
+        cat_path = write_table(table, self.output / "catalogue.fits", overwrite=True)
+        exc_path = write_table(excluded, self.output / "excluded.fits", overwrite=True)
         # summary: counts, validation, hold-out comparison on the reference scale
         summary = {
             "catalogue": str(cat_path),
@@ -378,6 +378,6 @@ class _ModelSteps:
             offsets=ev["offsets"] or None,
             target_name=self.config.data["target"]["name"],
         )
-        write_table(table, self.step_dir("evaluate") / "evaluation.fits")
+        write_table(table, self.step_dir("evaluate") / "evaluation.fits", overwrite=True)
         _write_json(self.step_dir("evaluate") / "evaluation.json", stats)
         return {"statistics": stats}

@@ -1,0 +1,334 @@
+"""Conditional calibration: a smooth label-dependent bias and Mondrian interval widths.
+
+The error model of :mod:`bayescannon.core.uncertainty` widens intervals but cannot move
+them; a misspecified spectral model (e.g. a quadratic Cannon on spectra that are not
+quadratic in the labels) biases the estimates by region of label space, so intervals
+that cover on average under-cover where the bias is large and over-cover elsewhere.
+This module holds the two pieces that make the coverage *conditional* (see
+``docs/calibration.md``):
+
+1. **Bias** ``b_k(x̂) = E[ℓ̂_k − ℓ_k | x̂]``: a polynomial in the scaled estimated labels
+   x̂ (all cross terms, total degree ``d`` ∈ {0, 1, 2, 3}), fitted to held-out residuals by
+   weighted ridge regression (weights ``1/(noise variance + model-error variance)``,
+   residuals winsorised at 5 robust sd). ``d`` and the ridge strength ``α`` are chosen by
+   K-fold cross-validation of the residuals themselves; degree 0 (a constant) or no
+   correction at all win when the data do not support more, so the correction cannot
+   overfit beyond what CV detects. The corrected estimate is ``ℓ̂ − b(x̂)``.
+2. **Mondrian width factors**: a multiplicative factor ``s_nk = exp(Σ_g c_kg[bin_g(n)])``
+   on the calibrated sd, with one additive log-effect per bin of each partition ``g``
+   (quintiles of every scaled estimated label, and quintiles of the star's noise
+   fraction ``u_nk`` = noise variance / total variance, a proxy of S/N). The effects are
+   fitted by raking (iterative proportional fitting of the 68 % quantile of the
+   standardised |residual| in every bin, shrunk towards 0 by ``m/(m + m₀)`` for a bin of
+   ``m`` stars): each marginal bin then covers at the global rate. A factor never takes
+   the calibrated variance below its noise part (``s ≥ √u``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from bayescannon.core.vectorizer import PolynomialVectorizer
+from bayescannon.errors import InsufficientDataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BIAS_DEGREES",
+    "BIAS_ALPHAS",
+    "fit_bias_model",
+    "predict_bias",
+    "quantile_edges",
+    "bin_index",
+    "fit_mondrian_scales",
+    "mondrian_scales",
+    "binned_coverage",
+    "spectrum_snr",
+]
+
+#: Candidate total degrees of the bias polynomial (0: a constant offset).
+BIAS_DEGREES = (0, 1, 2, 3)
+#: Candidate ridge strengths (per star, on unit-mean weights; the constant is not penalised).
+BIAS_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_N_BINS = 5
+_SHRINK_STARS = 50.0  # m₀ of the Mondrian shrinkage: a bin of 50 stars gets half its raw effect
+_RAKE_SWEEPS = 30
+
+
+# --------------------------------------------------------------------------- bias
+def _design(x, degree):
+    if degree == 0:
+        return np.ones((x.shape[0], 1))
+    names = [f"x{i}" for i in range(x.shape[1])]
+    return PolynomialVectorizer(names, degree)(x)
+
+
+def _ridge(phi, r, w, alpha):
+    """Weighted ridge: minimise Σ w (r − φc)² + α n Σ_{t≥1} c_t² (constant unpenalised)."""
+    pen = np.full(phi.shape[1], alpha * phi.shape[0])
+    pen[0] = 0.0
+    a = (phi * w[:, None]).T @ phi + np.diag(pen)
+    return np.linalg.solve(a + 1e-12 * np.trace(a) / a.shape[0] * np.eye(a.shape[0]), (phi * w[:, None]).T @ r)
+
+
+def _winsorise(r, w):
+    med = np.median(r)
+    mad = 1.4826 * np.median(np.abs(r - med))
+    if not mad > 0:
+        return r
+    return np.clip(r, med - 5 * mad, med + 5 * mad)
+
+
+def fit_bias_model(residuals, x_scaled, weights, label_names, *, n_folds=5, random_state=0, degrees=None, alphas=None):
+    """Smooth label-dependent bias of the estimates, with degree and ridge chosen by CV.
+
+    Parameters
+    ----------
+    residuals : ndarray, shape (N, K)
+        Held-out estimate minus reference label (physical units); NaN rows are skipped.
+    x_scaled : ndarray, shape (N, K)
+        Scaled estimated labels (the predictors).
+    weights : ndarray, shape (N, K)
+        Inverse variances of the residuals (noise + model error); only ratios matter.
+    label_names : list of str
+    n_folds : int
+        Folds of the cross-validation that selects degree and ridge strength.
+    random_state : int
+    degrees, alphas : sequence, optional
+        Candidates (default :data:`BIAS_DEGREES`, :data:`BIAS_ALPHAS`).
+
+    Returns
+    -------
+    params : dict
+        JSON-serialisable: ``degree`` (K,), ``alpha`` (K,), ``coefficients`` (K lists),
+        ``cv_mse`` (K,) of the chosen model and ``cv_mse_none`` (K,) without a correction
+        (weighted mean squared residuals, physical units squared).
+    oof : ndarray, shape (N, K)
+        Out-of-fold (cross-fitted) bias of every star with the chosen settings: use it
+        to correct the residuals that calibrate the widths, so that they are honest.
+    """
+    degrees = BIAS_DEGREES if degrees is None else tuple(degrees)
+    alphas = BIAS_ALPHAS if alphas is None else tuple(alphas)
+    r_all = np.asarray(residuals, dtype=np.float64)
+    x_all = np.asarray(x_scaled, dtype=np.float64)
+    n, k = r_all.shape
+    oof = np.zeros((n, k))
+    rng = np.random.default_rng(random_state)
+    out = {"degree": [], "alpha": [], "coefficients": [], "cv_mse": [], "cv_mse_none": []}
+    designs = {d: _design(np.nan_to_num(x_all), d) for d in degrees}
+    for j in range(k):  # a few labels
+        good = np.isfinite(r_all[:, j]) & np.all(np.isfinite(x_all), axis=1) & np.isfinite(weights[:, j])
+        good &= weights[:, j] > 0
+        m = int(good.sum())
+        if m < 4 * n_folds:
+            raise InsufficientDataError(f"the bias model of {label_names[j]} needs >= {4 * n_folds} stars; got {m}")
+        w = weights[good, j] / np.mean(weights[good, j])
+        r = _winsorise(r_all[good, j], w)
+        fold = rng.permutation(m) % n_folds
+        sw = np.sum(w)
+        best = (np.sum(w * r * r) / sw, None, 0.0)  # no correction
+        none_mse = best[0]
+        for d in degrees:
+            phi = designs[d][good]
+            if phi.shape[1] * 5 > m:  # too many terms for the stars: skip the degree
+                continue
+            for alpha in alphas if d > 0 else (0.0,):
+                pred = np.empty(m)
+                for f in range(n_folds):
+                    te = fold == f
+                    c = _ridge(phi[~te], r[~te], w[~te], alpha)
+                    pred[te] = phi[te] @ c
+                mse = np.sum(w * (r - pred) ** 2) / sw
+                if mse < best[0]:
+                    best = (mse, d, alpha)
+        mse, d, alpha = best
+        if d is None:
+            coef = [0.0]
+            d_out = -1
+        else:
+            phi = designs[d][good]
+            coef = _ridge(phi, r, w, alpha).tolist()
+            d_out = d
+            rows = np.flatnonzero(good)
+            for f in range(n_folds):
+                te = fold == f
+                oof[rows[te], j] = phi[te] @ _ridge(phi[~te], r[~te], w[~te], alpha)
+        out["degree"].append(int(d_out))
+        out["alpha"].append(float(alpha))
+        out["coefficients"].append([float(v) for v in coef])
+        out["cv_mse"].append(float(mse))
+        out["cv_mse_none"].append(float(none_mse))
+        logger.info(
+            "bias model of %s: degree %d, ridge %.3g; CV rms %.4g (%.4g without a correction)",
+            label_names[j],
+            d_out,
+            alpha,
+            np.sqrt(mse),
+            np.sqrt(none_mse),
+        )
+    return out, oof
+
+
+def predict_bias(params, x_scaled):
+    """Bias ``b(x̂)`` (N, K) in physical units from :func:`fit_bias_model`'s ``params``;
+    zeros where ``params`` is None or a label has no correction (degree −1)."""
+    x = np.atleast_2d(np.asarray(x_scaled, dtype=np.float64))
+    out = np.zeros(x.shape)
+    if not params:
+        return out
+    finite = np.all(np.isfinite(x), axis=1)
+    xz = np.where(finite[:, None], x, 0.0)
+    for j, (d, coef) in enumerate(zip(params["degree"], params["coefficients"])):
+        if d < 0:
+            continue
+        out[:, j] = _design(xz, d) @ np.asarray(coef, dtype=np.float64)
+    out[~finite] = np.nan
+    return out
+
+
+# --------------------------------------------------------------------------- bins
+def quantile_edges(values, n_bins=_N_BINS):
+    """Interior edges (n_bins − 1,) of equal-count bins of the finite ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.full(n_bins - 1, np.nan)
+    return np.quantile(v, np.arange(1, n_bins) / n_bins)
+
+
+def bin_index(values, edges):
+    """Bin of each value (0 … len(edges)); values beyond the outer edges go to the end bins."""
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(values, dtype=np.float64), side="right")
+
+
+# --------------------------------------------------------------------------- Mondrian widths
+def fit_mondrian_scales(z, x_scaled, noise_fraction, label_names, *, level=0.68):
+    """Raked per-bin width factors that equalise the ``level`` coverage in every bin.
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, K)
+        Standardised absolute residuals ``|r| / σ`` (bias-corrected, out-of-fold).
+    x_scaled : ndarray, shape (N, K)
+        Scaled estimated labels (partitions: their quintiles).
+    noise_fraction : ndarray, shape (N, K)
+        Noise variance / total calibrated variance (partition: its quintiles per label).
+    label_names : list of str
+    level : float
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``level``, ``label_edges`` (K, 4) interior quintile edges of
+        each scaled label, ``noise_edges`` (K, 4) of each label's noise fraction and
+        ``log_scales`` (K, K + 1, 5): the log-effect of each bin of each partition
+        (partitions: the K labels, then the noise fraction) on each label's width.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    x = np.asarray(x_scaled, dtype=np.float64)
+    u = np.asarray(noise_fraction, dtype=np.float64)
+    k = z.shape[1]
+    label_edges = np.vstack([quantile_edges(x[:, j]) for j in range(k)])
+    noise_edges = np.vstack([quantile_edges(u[:, j]) for j in range(k)])
+    effects = np.zeros((k, k + 1, _N_BINS))
+    for j in range(k):  # a few labels; a few bins per label
+        good = np.isfinite(z[:, j]) & np.all(np.isfinite(x), axis=1) & np.isfinite(u[:, j])
+        if good.sum() < 20 * _N_BINS:
+            logger.warning("%s: too few stars (%d) for Mondrian width factors", label_names[j], int(good.sum()))
+            continue
+        zz = z[good, j]
+        bins = np.column_stack(
+            [bin_index(x[good, i], label_edges[i]) for i in range(k)] + [bin_index(u[good, j], noise_edges[j])]
+        )
+        counts = np.stack([np.bincount(bins[:, g], minlength=_N_BINS) for g in range(k + 1)])
+        shrink = counts / (counts + _SHRINK_STARS)
+        eff = np.zeros((k + 1, _N_BINS))
+        for _ in range(_RAKE_SWEEPS):
+            for g in range(k + 1):
+                logs = eff[np.arange(k + 1)[None, :], bins].sum(axis=1) - eff[g, bins[:, g]]
+                zs = zz / np.exp(logs)
+                target = np.quantile(zz / np.exp(logs + eff[g, bins[:, g]]), level)
+                for b in range(_N_BINS):
+                    sel = bins[:, g] == b
+                    if sel.sum() < 10:
+                        eff[g, b] = 0.0
+                        continue
+                    eff[g, b] = shrink[g, b] * np.log(np.quantile(zs[sel], level) / target)
+                eff[g] -= np.sum(counts[g] * eff[g]) / counts[g].sum()  # zero mean: the global scale stays
+        effects[j] = eff
+    return {
+        "level": float(level),
+        "label_edges": label_edges.tolist(),
+        "noise_edges": noise_edges.tolist(),
+        "log_scales": effects.tolist(),
+    }
+
+
+def mondrian_scales(params, x_scaled, noise_fraction):
+    """Width factors ``s`` (N, K) of :func:`fit_mondrian_scales`'s ``params`` (ones if None),
+    at least ``√u``: the calibrated variance ``s² σ²`` never falls below its noise part
+    ``u σ²`` (the formal error is a lower bound on the noise, calibration never shrinks it)."""
+    x = np.atleast_2d(np.asarray(x_scaled, dtype=np.float64))
+    u = np.atleast_2d(np.asarray(noise_fraction, dtype=np.float64))
+    if not params:
+        return np.ones(u.shape)
+    eff = np.asarray(params["log_scales"], dtype=np.float64)
+    le = np.asarray(params["label_edges"], dtype=np.float64)
+    ne = np.asarray(params["noise_edges"], dtype=np.float64)
+    k = eff.shape[0]
+    logs = np.zeros((x.shape[0], k))
+    for i in range(k):  # partitions by label
+        logs += eff[:, i, bin_index(np.nan_to_num(x[:, i]), le[i])].T
+    for j in range(k):
+        logs[:, j] += eff[j, k, bin_index(np.nan_to_num(u[:, j]), ne[j])]
+    # never narrower than the noise term alone (s² var ≥ noise variance = u var)
+    return np.maximum(np.exp(logs), np.sqrt(np.clip(np.nan_to_num(u), 0.0, 1.0)))
+
+
+# --------------------------------------------------------------------------- coverage
+def binned_coverage(inside, by, n_bins=_N_BINS):
+    """Coverage per equal-count bin of ``by``.
+
+    Parameters
+    ----------
+    inside : ndarray of bool, shape (N, L, K)
+        Whether each star's interval at each level holds the reference label.
+    by : ndarray, shape (N,)
+        The binning variable (S/N, a label); NaN rows are left out.
+
+    Returns
+    -------
+    coverage : ndarray, shape (n_bins, L, K)
+    counts : ndarray of int, shape (n_bins,)
+    lo, hi : ndarray, shape (n_bins,)
+        Range of ``by`` in each bin.
+    """
+    by = np.asarray(by, dtype=np.float64)
+    ok = np.isfinite(by)
+    edges = quantile_edges(by[ok], n_bins)
+    b = bin_index(by, edges)
+    cov = np.full((n_bins,) + inside.shape[1:], np.nan)
+    counts = np.zeros(n_bins, dtype=np.int64)
+    lo = np.full(n_bins, np.nan)
+    hi = np.full(n_bins, np.nan)
+    for i in range(n_bins):
+        sel = ok & (b == i)
+        counts[i] = int(sel.sum())
+        if counts[i]:
+            cov[i] = inside[sel].mean(axis=0)
+            lo[i], hi[i] = by[sel].min(), by[sel].max()
+    return cov, counts, lo, hi
+
+
+def spectrum_snr(flux, ivar):
+    """S/N per star: median of |flux|·√ivar over usable pixels (ivar > 0); NaN without any."""
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
+    s = np.where(good, np.abs(np.nan_to_num(flux)) * np.sqrt(np.where(good, ivar, 0.0)), np.nan)
+    out = np.full(s.shape[0], np.nan)
+    has = good.any(axis=1)
+    out[has] = np.nanmedian(s[has], axis=1)
+    return out
