@@ -579,3 +579,34 @@ def test_process_in_chunks_parallel_matches_serial(tmp_path):
     a, b = pp.read_chunks(tmp_path / "serial"), pp.read_chunks(tmp_path / "parallel")
     np.testing.assert_array_equal(a["flux"].values, b["flux"].values)
     np.testing.assert_array_equal(a["ivar"].values, b["ivar"].values)
+
+
+def test_process_in_chunks_real_folder_faults(tmp_path, caplog):
+    """A grid off by rounding is resampled, a grid off the target is skipped and reported (skip
+    mode: never fatal), an id repeated in a later chunk is kept once (the first) and reported."""
+    paths = lamost_files(tmp_path, 6)
+    wl = bio.lamost_wavelength(npix=600)
+    flux = 100 * (1 + 0.1 * np.sin(wl / 300))
+    bio.write_lamost(paths[3], wl * (1 + 3e-9), flux, np.ones(wl.size), header={"OBSID": 3, "Z": 0.0}, overwrite=True)
+    bio.write_lamost(paths[4], wl * 2.6, flux, np.ones(wl.size), header={"OBSID": 4, "Z": 0.0}, overwrite=True)
+    bio.write_lamost(
+        paths[5], wl, flux, np.ones(wl.size), header={"OBSID": 1, "Z": 0.0}, overwrite=True
+    )  # repeats file 1's id
+    steps = [functools.partial(pp.to_rest_frame, new_wavelength=loglin(3750, 4100)), pp.add_snr]
+    with caplog.at_level(logging.WARNING):
+        files, skipped = pp.process_in_chunks(paths, steps, 3, tmp_path / "out", return_skipped=True)
+    combined = pp.read_chunks(tmp_path / "out")
+    assert list(combined["star"].values) == ["0", "1", "2", "3"]  # file 1 keeps id 1; file 3 resampled
+    assert (combined["ivar"].values[3] > 0).sum() > 300
+    by_error = {str(e): str(p) for p, e in zip(skipped["path"], skipped["error"], strict=True)}
+    assert by_error["GridMismatchError"] == str(paths[4])
+    assert by_error["DuplicateIdError"].endswith(paths[5].name)
+    assert "chunk_000000.nc" in skipped["reason"][list(skipped["error"]).index("DuplicateIdError")]
+    # resumed: nothing recomputed, the same report; another option value: refused, naming it
+    again, skipped2 = pp.process_in_chunks(
+        paths, steps, 3, tmp_path / "out", return_skipped=True, options={"--L": 50.0}
+    )
+    assert [f.read_bytes() for f in again] == [f.read_bytes() for f in files]
+    assert list(skipped2["error"]) == list(skipped["error"])
+    with pytest.raises(InvalidInputError, match=r"--L: \"50.0\" before, \"5.0\" now"):
+        pp.process_in_chunks(paths, steps, 3, tmp_path / "out", options={"--L": 5.0})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bayescannon import preprocess as pp
 from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
@@ -103,9 +105,21 @@ def build_steps(args, grid):
     return steps
 
 
-def run(args) -> int:
-    import numpy as np
+def _run_options(args, grid) -> dict:
+    """The option values that determine the chunks, recorded in the folder's manifest: a rerun
+    with another value of any of them is refused, naming it (see ``process_in_chunks``)."""
+    return {
+        "--grid/--grid-from (wavelength grid)": np.asarray(grid, dtype=np.float64),
+        "--no-rest-frame": bool(args.no_rest_frame),
+        "--mask-window": [list(map(float, w)) for w in args.mask_window],
+        "--normalise": args.normalise,
+        "--L": float(args.L),
+        "--format": args.format,
+        "--chunk-format": args.chunk_format,
+    }
 
+
+def run(args) -> int:
     paths = _collect(args)
     if args.grid_from:
         grid = CannonModel.load(args.grid_from).wavelength_
@@ -130,6 +144,7 @@ def run(args) -> int:
         n_jobs=args.n_jobs,
         progressbar=not args.no_progress,
         return_skipped=True,
+        options=_run_options(args, grid),
     )
     out = Path(args.output)
     write_table(skipped, out / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it

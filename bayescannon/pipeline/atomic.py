@@ -6,6 +6,12 @@ on the same file system), given the permissions that the process's umask asks fo
 plain ``open`` would give 0644 under umask 022; :func:`tempfile.mkstemp` gives 0600),
 and renamed onto the target only when the writer finished without an exception.
 Existing files are not replaced unless ``overwrite=True``.
+
+Temporary files belong to their writer: their names carry the writer's process id and
+host (``.tmp_<pid>@<host>_<name>.<random><suffix>``), and :func:`remove_stale_temps`
+removes only those whose owner is dead (same host) or that are older than
+:data:`STALE_AGE_S` (any host, or a name without an owner), so two runs writing into one
+folder never delete each other's files.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,18 +33,82 @@ from bayescannon.errors import OutputExistsError, OutputIsInputError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "STALE_AGE_S",
+    "TMP_PREFIX",
     "atomic_path",
     "check_writable",
+    "current_umask",
+    "file_mode",
+    "remove_stale_temps",
+    "same_file",
+    "temp_owner",
     "write_atomic",
     "write_json",
-    "same_file",
-    "file_mode",
-    "current_umask",
-    "TMP_PREFIX",
 ]
 
 #: Prefix of every temporary file or folder the package creates beside a target.
 TMP_PREFIX = ".tmp_"
+#: Age (seconds since the last modification) after which a temporary file is stale whoever
+#: owns it: 24 hours. A writer alive on this host keeps its files younger than that.
+STALE_AGE_S = 24 * 3600.0
+_OWNER = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([^_/]*)_")
+
+
+def _host() -> str:
+    return socket.gethostname().replace("_", "-").replace("/", "-") or "localhost"
+
+
+def _tmp_prefix(name: str) -> str:
+    return f"{TMP_PREFIX}{os.getpid()}@{_host()}_{name}."
+
+
+def temp_owner(name: str) -> tuple[int, str] | None:
+    """``(pid, host)`` of the writer of a temporary file named ``name``; None when the name carries none."""
+    m = _OWNER.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(folder, *, max_age_s: float = STALE_AGE_S) -> list[Path]:
+    """Remove the stale temporary files of ``folder`` left by interrupted writers.
+
+    A temporary file (name starting with :data:`TMP_PREFIX`) is stale when its owner
+    process (from its name) no longer runs on this host, or when it was last modified
+    more than ``max_age_s`` seconds ago (the only test for files of another host or
+    without an owner in their name). Files of live writers are left alone.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files (or folders) removed.
+    """
+    removed = []
+    now = time.time()
+    for tmp in Path(folder).glob(f"{TMP_PREFIX}*"):
+        owner = temp_owner(tmp.name)
+        try:
+            age = now - tmp.stat().st_mtime
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+        dead = owner is not None and owner[1] == _host() and owner[0] != os.getpid() and not _pid_alive(owner[0])
+        if not (dead or age > max_age_s):
+            continue
+        logger.info("%s: removing %s left by an interrupted run", folder, tmp.name)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def current_umask() -> int:
@@ -152,10 +225,10 @@ def atomic_path(path, *, overwrite: bool = False, directory: bool = False, input
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
     if directory:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path.name), suffix=suffix))
         os.chmod(tmp, 0o777 & ~current_umask())
     else:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=suffix)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name), suffix=suffix)
         os.close(fd)
         tmp = Path(name)
         os.chmod(tmp, file_mode())

@@ -7,12 +7,25 @@ checksum of the file written. A rerun reuses a chunk only when its recorded key 
 the key asked for and the file's checksum equals the recorded one; a chunk that does
 not match (other input, other options, another model or version), is truncated,
 corrupted or missing is recomputed with a logged warning. Every file is written through
-:func:`bayescannon.pipeline.atomic.atomic_path`, and temporary files left by an
-interrupted run (:data:`~bayescannon.pipeline.atomic.TMP_PREFIX`) are removed when the
-folder is opened.
+:func:`bayescannon.pipeline.atomic.atomic_path`; temporary files left by an interrupted
+run are removed when the folder is opened, but only those whose writer is dead or that
+are stale by age (:func:`bayescannon.pipeline.atomic.remove_stale_temps`), so a second run
+on the same folder never deletes the files of a live one.
 
-Only the process that owns the :class:`ChunkStore` writes the manifest; worker processes
-write chunk files with :func:`write_chunk` and hand back the checksum.
+A run may also record its *options* (:meth:`ChunkStore.check_options`): the values of the
+options that determine every chunk (a grid, a smoothing width, a chunk size). A rerun with
+a changed value is refused with an :class:`~bayescannon.errors.InvalidInputError` naming
+the option, rather than silently mixing chunks made two ways or silently recomputing a
+folder the user may have meant to keep: the choice is to refuse, and to ask for another
+folder (or for the old one to be removed).
+
+Only the process that owns the :class:`ChunkStore` writes the manifest (worker processes
+write chunk files with :func:`write_chunk` and hand back the checksum). The manifest is
+rewritten under an exclusive lock (``chunks.lock``) and merged with the records on disk,
+so two stores on one folder keep each other's records; a whole run holds the folder with
+:meth:`ChunkStore.exclusive` (``chunks.run.lock``), so a second run on the same folder
+waits for the first and then resumes from its chunks (the kernel releases the lock of a
+run killed with ``kill -9``).
 
 Examples
 --------
@@ -24,12 +37,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -37,7 +50,12 @@ import numpy as np
 
 from bayescannon._version import __version__
 from bayescannon.errors import InvalidInputError
-from bayescannon.pipeline.atomic import TMP_PREFIX, atomic_path, write_json
+from bayescannon.pipeline.atomic import atomic_path, remove_stale_temps, write_json
+
+try:  # POSIX advisory locks; elsewhere the manifest is written without a lock
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +63,8 @@ __all__ = ["MANIFEST", "ChunkStore", "chunk_key", "describe", "digest_of", "file
 
 #: Name of the manifest file inside a chunk folder.
 MANIFEST = "chunks.json"
+_LOCK = "chunks.lock"
+_RUN_LOCK = "chunks.run.lock"
 _SCHEMA = 1
 _BLOCK = 1 << 20
 
@@ -132,8 +152,9 @@ class ChunkStore:
     folder : path-like
         Created if needed.
     clean : bool
-        Remove stale temporary files of an interrupted run (default). Readers of a
-        folder that another process may be writing pass False.
+        Remove the temporary files of interrupted runs (default): only those whose owner
+        process is dead or that are older than
+        :data:`~bayescannon.pipeline.atomic.STALE_AGE_S`; a live writer's files stay.
 
     Raises
     ------
@@ -146,22 +167,52 @@ class ChunkStore:
         if self.folder.exists() and not self.folder.is_dir():
             raise InvalidInputError(f"{self.folder} exists and is not a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(f"{TMP_PREFIX}*") if clean else ():
-            logger.info("%s: removing %s left by an interrupted run", self.folder, stale.name)
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        self._entries: dict[str, dict] = {}
-        self._order: list[str] = []
+        if clean:
+            remove_stale_temps(self.folder)
+        self._touched: set[str] = set()
+        self._entries, self._order, self._options = self._load(warn=True)
+
+    def _load(self, warn: bool = False) -> tuple[dict, list, dict | None]:
         mpath = self.folder / MANIFEST
-        if mpath.exists():
-            try:
-                data = json.loads(mpath.read_text())
-                if data.get("schema") != _SCHEMA:
-                    raise ValueError(f"schema {data.get('schema')!r}")
-                self._entries = dict(data["chunks"])
-                self._order = list(data.get("order", []))
-            except (ValueError, KeyError, TypeError, OSError) as exc:
+        if not mpath.exists():
+            return {}, [], None
+        try:
+            data = json.loads(mpath.read_text())
+            if data.get("schema") != _SCHEMA:
+                raise ValueError(f"schema {data.get('schema')!r}")
+            return dict(data["chunks"]), list(data.get("order", [])), data.get("options")
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            if warn:
                 logger.warning("%s: unreadable manifest (%s); every chunk will be recomputed", mpath, exc)
-                self._entries, self._order = {}, []
+            return {}, [], None
+
+    def check_options(self, options: Mapping) -> None:
+        """Record the run's option values, or refuse a resume with other values.
+
+        Parameters
+        ----------
+        options : mapping
+            Option name → value (described with :func:`describe`, so arrays and
+            functions compare by value).
+
+        Raises
+        ------
+        InvalidInputError
+            The folder holds chunks of a run whose recorded value of an option differs;
+            the message names every such option with both values.
+        """
+        new = describe(dict(options))
+        old = self._options
+        if old is not None and old != new and any(e.get("checksum") or e.get("info") for e in self._entries.values()):
+            names = sorted(set(old) | set(new))
+            diff = [k for k in names if old.get(k) != new.get(k)]
+            shown = "; ".join(f"{k}: {_short(old.get(k))} before, {_short(new.get(k))} now" for k in diff)
+            raise InvalidInputError(
+                f"{self.folder} holds chunks made with other option values ({shown}): "
+                "resume with the same options, or write to another (or an emptied) folder"
+            )
+        self._options = new
+        self._save()
 
     def path(self, name: str) -> Path:
         """Path of chunk ``name`` inside the folder."""
@@ -203,6 +254,7 @@ class ChunkStore:
     def record(self, name: str, key, checksum: str | None, info: Mapping | None = None) -> None:
         """Record a chunk written with :func:`write_chunk` (``checksum`` None: no file) and save the manifest."""
         self._entries[name] = {"key": key, "checksum": checksum, "info": dict(info or {})}
+        self._touched.add(name)
         self._save()
 
     def write(self, name: str, key, writer: Callable[[Path], object], info: Mapping | None = None) -> Path:
@@ -227,7 +279,46 @@ class ChunkStore:
         """The chunks of the last run, in order."""
         return list(self._order)
 
+    @contextlib.contextmanager
+    def _locked(self, name: str = _LOCK):
+        if fcntl is None:  # pragma: no cover - not POSIX
+            yield
+            return
+        with open(self.folder / name, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.warning("%s: another run is using this folder; waiting for it to finish", self.folder)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold the folder for one run (a context manager): a second run on the folder waits
+        (with a logged warning) and then resumes from what the first left, so two runs
+        never interleave their chunks. The kernel releases the lock of a killed run.
+        The manifest is read again once the folder is held."""
+        with self._locked(_RUN_LOCK):
+            self._entries, self._order, self._options = self._load()
+            self._touched = set()
+            yield self
+
     def _save(self) -> None:
-        write_json(
-            self.folder / MANIFEST, {"schema": _SCHEMA, "order": self._order, "chunks": self._entries}, overwrite=True
-        )
+        """Write the manifest: this process's records over those on disk (another run's
+        records of other chunks are kept)."""
+        with self._locked():
+            disk, _, _ = self._load()
+            keep = set(self._order) if self._order else set(disk) | set(self._entries)
+            merged = {k: v for k, v in disk.items() if k in keep and k not in self._touched}
+            merged.update({k: v for k, v in self._entries.items() if k in self._touched or k not in merged})
+            self._entries = {k: merged[k] for k in sorted(merged)}
+            data = {"schema": _SCHEMA, "order": self._order, "chunks": self._entries, "options": self._options}
+            write_json(self.folder / MANIFEST, data, overwrite=True)
+
+
+def _short(value, width: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."

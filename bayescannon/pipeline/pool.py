@@ -5,6 +5,11 @@ BLAS/OpenMP and numba threads, so that ``n_jobs`` workers never oversubscribe th
 ``n_jobs`` is 1 and in a spawned :class:`~concurrent.futures.ProcessPoolExecutor`
 otherwise. :class:`SharedArrays` writes large arrays once to ``.npy`` files that
 workers map read-only instead of receiving a pickled copy per task.
+
+Workers end with their parent: each runs a daemon thread that checks every
+:data:`PARENT_POLL_S` seconds whether its parent process is still the one that started it
+(:func:`os.getppid`), and exits at once when not, so a ``kill -9`` of the parent never
+leaves workers blocked on a pipe.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Self
@@ -22,7 +29,20 @@ from typing import Self
 import numba
 import numpy as np
 
-__all__ = ["THREAD_VARS", "SharedArrays", "limit_threads", "load_shared", "resolve_n_jobs", "run_tasks"]
+__all__ = [
+    "PARENT_POLL_S",
+    "THREAD_VARS",
+    "SharedArrays",
+    "init_worker",
+    "limit_threads",
+    "load_shared",
+    "resolve_n_jobs",
+    "run_tasks",
+    "watch_parent",
+]
+
+#: Seconds between two checks of a worker that its parent is alive.
+PARENT_POLL_S = 0.25
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +74,32 @@ def limit_threads(n_threads: int = 1, quiet: bool = False) -> None:
     numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
     if quiet:
         logging.getLogger("bayescannon").setLevel(logging.WARNING)
+
+
+def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Exit this process (``os._exit``) as soon as its parent is no longer ``parent_pid``.
+
+    A daemon thread compares :func:`os.getppid` with ``parent_pid`` every ``poll_s``
+    seconds: when the parent dies the process is re-parented (to init or a subreaper) and
+    the check fails. Nothing is cleaned up on that exit: the parent's run is lost anyway,
+    and its temporary files are removed by the next run (:mod:`bayescannon.pipeline.atomic`).
+    """
+
+    def _watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(70)
+            time.sleep(poll_s)
+
+    thread = threading.Thread(target=_watch, name="bayescannon-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def init_worker(parent_pid: int, n_threads: int = 1, quiet: bool = False) -> None:
+    """Initialiser of every worker: :func:`watch_parent`, then :func:`limit_threads`."""
+    watch_parent(parent_pid)
+    limit_threads(n_threads, quiet)
 
 
 def resolve_n_jobs(n_jobs, n_tasks: int) -> tuple[int, int]:
@@ -132,7 +178,10 @@ def run_tasks(
     threads = max(1, cores // n_workers) if threads_per_worker is None else int(threads_per_worker)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=n_workers, mp_context=ctx, initializer=limit_threads, initargs=(threads, quiet_workers)
+        max_workers=n_workers,
+        mp_context=ctx,
+        initializer=init_worker,
+        initargs=(os.getpid(), threads, quiet_workers),
     ) as pool:
         with _thread_env(threads):  # the workers start (and read the variables) at submit
             futures = [pool.submit(fn, task) for task in tasks]

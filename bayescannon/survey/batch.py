@@ -16,6 +16,7 @@ chunk of spectra at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -71,29 +72,30 @@ def infer_chunk_files(model, chunk_dir, workdir=None, *, progressbar: bool = Fal
 
     files = chunk_files(chunk_dir)
     store = None if workdir is None else ChunkStore(workdir)
-    if store is not None:
-        store.set_order([f"result_{f.stem}.nc" for f in files])
-    iterator = files
-    if progressbar:
-        from tqdm.auto import tqdm
+    with contextlib.nullcontext() if store is None else store.exclusive():
+        if store is not None:
+            store.set_order([f"result_{f.stem}.nc" for f in files])
+        iterator = files
+        if progressbar:
+            from tqdm.auto import tqdm
 
-        iterator = tqdm(files, desc="inferring (chunk files)", unit="chunk")
-    pieces = []
-    for f in iterator:
-        spectra = read_spectra(f)
-        if store is None:
-            pieces.append(model.infer(spectra, **infer_kwargs))
-            continue
-        name = f"result_{f.stem}.nc"
-        key = _key(model, spectra, infer_kwargs)
-        if store.is_valid(name, key):
-            pieces.append(_read_result(store.path(name)))
-            continue
-        res = model.infer(spectra, **infer_kwargs)
-        _write_result(store, name, key, res)
-        pieces.append(res)
-    logger.info("inferred %d chunk file(s) from %s", len(files), chunk_dir)
-    return xr.concat(pieces, dim="star")
+            iterator = tqdm(files, desc="inferring (chunk files)", unit="chunk")
+        pieces = []
+        for f in iterator:
+            spectra = read_spectra(f)
+            if store is None:
+                pieces.append(model.infer(spectra, **infer_kwargs))
+                continue
+            name = f"result_{f.stem}.nc"
+            key = _key(model, spectra, infer_kwargs)
+            if store.is_valid(name, key):
+                pieces.append(_read_result(store.path(name)))
+                continue
+            res = model.infer(spectra, **infer_kwargs)
+            _write_result(store, name, key, res)
+            pieces.append(res)
+        logger.info("inferred %d chunk file(s) from %s", len(files), chunk_dir)
+        return xr.concat(pieces, dim="star")
 
 
 def infer_chunked(
@@ -125,26 +127,27 @@ def infer_chunked(
     if chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be >= 1; got {chunk_size}")
     store = ChunkStore(workdir)
-    n = spectra.sizes["star"]
-    starts = list(range(0, n, chunk_size))
-    names = [f"chunk_{a:09d}_{min(a + chunk_size, n):09d}.nc" for a in starts]
-    store.set_order(names)
-    iterator = starts
-    if progressbar:
-        from tqdm.auto import tqdm
+    with store.exclusive():
+        n = spectra.sizes["star"]
+        starts = list(range(0, n, chunk_size))
+        names = [f"chunk_{a:09d}_{min(a + chunk_size, n):09d}.nc" for a in starts]
+        store.set_order(names)
+        iterator = starts
+        if progressbar:
+            from tqdm.auto import tqdm
 
-        iterator = tqdm(starts, desc="inferring (chunks)", unit="chunk")
-    done = skipped = 0
-    for a, name in zip(iterator, names, strict=True):
-        part = spectra.isel(star=slice(a, min(a + chunk_size, n))).load()
-        key = _key(model, part, infer_kwargs)
-        if store.is_valid(name, key):
-            skipped += 1
-            continue
-        _write_result(store, name, key, model.infer(part, **infer_kwargs))
-        done += 1
-    logger.info("%d chunks computed, %d reused from %s", done, skipped, store.folder)
-    out = xr.concat([_read_result(store.path(name)) for name in names], dim="star")
-    if not np.array_equal(out["star"].values.astype(str), np.asarray(spectra["star"].values).astype(str)):
-        raise ModelFileError(f"chunks in {workdir} do not match the stars of these spectra")
-    return out
+            iterator = tqdm(starts, desc="inferring (chunks)", unit="chunk")
+        done = skipped = 0
+        for a, name in zip(iterator, names, strict=True):
+            part = spectra.isel(star=slice(a, min(a + chunk_size, n))).load()
+            key = _key(model, part, infer_kwargs)
+            if store.is_valid(name, key):
+                skipped += 1
+                continue
+            _write_result(store, name, key, model.infer(part, **infer_kwargs))
+            done += 1
+        logger.info("%d chunks computed, %d reused from %s", done, skipped, store.folder)
+        out = xr.concat([_read_result(store.path(name)) for name in names], dim="star")
+        if not np.array_equal(out["star"].values.astype(str), np.asarray(spectra["star"].values).astype(str)):
+            raise ModelFileError(f"chunks in {workdir} do not match the stars of these spectra")
+        return out
