@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from bayescannon._typing import ArrayLike, LabelsLike, PathLikeStr, RandomState, SpectraLike
+from bayescannon.censoring import resolve_censors
 from bayescannon.core import scaling
 from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
 from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
@@ -99,10 +100,14 @@ class CannonModel:
         Polynomial order of the vectorizer.
     regularization : float, default 0
         L1 strength Λ on the non-constant terms (Casey+2016 convention).
-    censors : dict, optional
+    censors : dict or str, optional
         ``{label_name: mask}`` where mask is a boolean array over pixels (True = the label
-        may act there) or a list of ``(lo, hi)`` wavelength windows (Angstrom). Terms
-        involving a label are zero outside its mask (Nandakumar+2022).
+        may act there), a list of ``(lo, hi)`` wavelength windows (Angstrom), or a preset
+        name / window-table path (the union of its windows). Terms involving a label are
+        zero outside its mask (Nandakumar+2022). A preset name (``"nandakumar2022-apogee"``:
+        the APOGEE DR12 Ca/Mg/Si/Ti windows, the union for an ``*ALPHA*`` label) or a
+        window-table path on its own maps windows to labels by name
+        (:func:`bayescannon.censoring.resolve_censors`).
     n_starts : int, default 4
         Starting points per star in the test step: the best ``n_starts`` of
         ``n_candidates`` training-label vectors by χ².
@@ -251,9 +256,9 @@ class CannonModel:
     def _censor_mask(self, n_pixels, wavelength):
         """Boolean (P, K): may label k act at pixel p."""
         mask = np.ones((n_pixels, len(self.label_names)), dtype=bool)
-        if not self.censors:
+        if self.censors is None or (not isinstance(self.censors, str) and not self.censors):
             return mask
-        for name, spec in self.censors.items():
+        for name, spec in resolve_censors(self.censors, self.label_names).items():
             if name not in self.label_names:
                 raise LabelError(f"censor given for unknown label {name!r}; labels are {self.label_names}")
             k = self.label_names.index(name)

@@ -100,17 +100,23 @@ def _params_json(model) -> str:
     if rs is not None and not isinstance(rs, (int, np.integer)):
         logger.warning("random_state %r cannot be stored in a model file; it is saved as None", type(rs).__name__)
         params["random_state"] = None
-    if params.get("censors") is not None:
-        params["censors"] = {str(k): np.asarray(v).tolist() for k, v in dict(params["censors"]).items()}
+    if isinstance(params.get("censors"), Path):
+        params["censors"] = str(params["censors"])  # a window-table path
+    if params.get("censors") is not None and not isinstance(params["censors"], str):  # str: a preset or table path
+        params["censors"] = {str(k): _censor_json(v) for k, v in dict(params["censors"]).items()}
     try:
         return json.dumps(params, default=_json_default)
     except TypeError as exc:
         raise ModelFileError(f"model parameters cannot be written to a model file: {exc}") from exc
 
 
+def _censor_json(v):
+    return v if isinstance(v, str) else np.asarray(v).tolist()
+
+
 def _params_from_json(text: str) -> dict:
     params = json.loads(text)
-    if params.get("censors") is not None:
+    if isinstance(params.get("censors"), dict):
         params["censors"] = {
             k: (np.asarray(v, dtype=bool) if np.asarray(v).dtype == bool else v) for k, v in params["censors"].items()
         }

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bayescannon"
 #: ``bayescannon/__init__.py`` is the public facade and sits above everything.
 LAYERS = [
     ("errors", "flags", "_version", "_typing"),
-    ("spectra", "pipeline", "results"),
+    ("spectra", "pipeline", "results", "censoring"),
     ("core",),
     ("io",),
     ("preprocess",),

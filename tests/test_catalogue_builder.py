@@ -113,18 +113,24 @@ def test_flag_columns_are_evaluated_or_absent(calibrated):
     res = model.infer(ds, uncertainty="calibrated")
     # distance unit 0.1 of the box: inside it the 10 nearest of 400 training stars lie
     # ~0.07 box away (distance 1.2-1.7); the far star's fit stops at the search bound,
-    # ~0.5 box beyond the training edge (distance ~5 > threshold 3)
+    # ~0.5 box beyond the training edge (distance ~5 > the calibrated threshold)
     t = build_catalogue(model, res, spectra=ds, cv_scatter=0.1 * SCALE)
+    thr = t.meta["DISTTHR"]
+    assert t.meta["DISTHOW"].startswith("calibrated: p99") and t.meta["DISTPCT"] == pytest.approx(99.0, abs=0.5)
+    assert any(f"LABEL_DISTANCE > {thr:.4g}" in str(v) for k, v in t.meta.items() if k.startswith("FLAGNT"))
     out = np.asarray(t["FLAG_OUTSIDE_HULL"])
     far = np.asarray(t["FLAG_FAR_FROM_TRAINING"])
     assert out[-1] and far[-1]  # the star placed far from the training set
     assert not out[:-1].any() and not far[:-1].any()  # the stars inside it
     assert np.array_equal(np.asarray(t["IN_HULL"]), ~out)
-    assert np.asarray(t["LABEL_DISTANCE"])[-1] > 3.0 > np.asarray(t["LABEL_DISTANCE"])[:-1].max()
+    assert np.asarray(t["LABEL_DISTANCE"])[-1] > thr > np.asarray(t["LABEL_DISTANCE"])[:-1].max()
     assert np.array_equal((np.asarray(t["FLAGS"]) & 256) != 0, out)
-    # without a CV scatter the distance is not evaluated: its flag is absent, the hull flag stays
+    # without a CV scatter the distance is not evaluated: its flag is absent (FITS has no
+    # masked logical), the distance column fully masked, the hull flag stays
     t2 = build_catalogue(model, res, spectra=ds)
-    assert "FLAG_FAR_FROM_TRAINING" not in t2.colnames and "LABEL_DISTANCE" not in t2.colnames
+    assert "FLAG_FAR_FROM_TRAINING" not in t2.colnames and t2["LABEL_DISTANCE"].mask.all()
+    assert any("FLAG_FAR_FROM_TRAINING absent" in str(v) for k, v in t2.meta.items() if k.startswith("FLAGNT"))
+    assert "DISTTHR" not in t2.meta
     assert np.array_equal(np.asarray(t2["FLAG_OUTSIDE_HULL"]), out)
     # a model without its training labels: neither flag, and the header says why
     bare = copy.copy(model)

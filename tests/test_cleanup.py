@@ -127,3 +127,34 @@ def test_container_input_uses_its_ids_and_labels(reference):
         ds2[n] = ("star", labels[:, i])
     res = clean_reference_set(_model(), ds2, mode="train")
     assert set(np.asarray(ds["star"].values)[bad]) <= set(res.excluded["ID"])
+
+
+@pytest.fixture(scope="module")
+def mixed_snr():
+    """500 reference stars at S/N 30-150 (log-uniform), 20 of them with a bad label."""
+    ds = mock_quadratic_survey(500, n_pixels=120, label_names=LABELS, snr=(30.0, 150.0), rng=15)
+    truth = np.column_stack([ds[n].values for n in LABELS])
+    rng = np.random.default_rng(16)
+    labels = truth + rng.normal(size=truth.shape) * LABEL_NOISE
+    bad = rng.choice(500, 20, replace=False)
+    which = rng.integers(0, len(LABELS), 20)
+    labels[bad, which] += rng.choice([-1.0, 1.0], 20) * rng.uniform(12.0, 20.0, 20) * LABEL_NOISE[which]
+    return ds, truth, labels, bad
+
+
+def test_default_keeps_clean_low_snr_stars_and_finds_bad_labels(mixed_snr):
+    ds, truth, labels, bad = mixed_snr
+    flux, ivar, ids = ds["flux"].values, ds["ivar"].values, ds["star"].values
+    clean = np.ones(500, bool)
+    clean[bad] = False
+    # a clean set of mixed S/N: at most 1 % removed, and the iteration converges
+    res = clean_reference_set(_model(), flux[clean], ivar[clean], labels[clean], ids=ids[clean], n_folds=3)
+    assert res.history.meta["SCATTER"] == "binned"
+    assert (~res.kept).sum() <= 0.01 * clean.sum(), res.excluded["ID", "LABELS"]
+    assert res.converged
+    # the same set with the bad labels: >= 95 % of them found, still <= 1 % of the clean removed
+    res = clean_reference_set(_model(), flux, ivar, labels, ids=ids, n_folds=3)
+    dropped = ~res.kept
+    assert dropped[bad].mean() >= 0.95
+    assert dropped[clean].sum() <= 0.01 * clean.sum()
+    assert res.converged

@@ -10,7 +10,15 @@ from bayescannon import CannonModel
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.flags import StarFlag, describe
 from bayescannon.simulate import mock_quadratic_survey
-from bayescannon.validate.quality import assess, flag_table, in_convex_hull, label_distance
+from bayescannon.validate.quality import (
+    DISTANCE_PRESETS,
+    assess,
+    calibrate_distance_threshold,
+    flag_table,
+    in_convex_hull,
+    label_distance,
+    training_distances,
+)
 
 
 def _result(labels, *, flags=None, rchi2=None, npix=None):
@@ -128,3 +136,68 @@ def test_flags_separate_stars_inside_and_outside_the_training_set():
     skipped = assess(res, hull=False)
     assert skipped.attrs["hull"] == 0 and "distance_scale" not in skipped.attrs
     assert not np.any(skipped["flags"].values & (StarFlag.OUTSIDE_HULL | StarFlag.FAR_FROM_TRAINING))
+
+
+def test_training_distances_leave_each_star_out():
+    train = np.array([[0.0], [1.0], [3.0], [6.0]])
+    d = training_distances(train, [1.0], cv_labels=train, n_neighbours=1)
+    # each star's nearest *other* training star, not itself (distance 0)
+    np.testing.assert_allclose(d, [1.0, 1.0, 2.0, 3.0])
+    d2 = training_distances(train, [1.0], cv_labels=train + 0.5, n_neighbours=2)
+    np.testing.assert_allclose(d2, [(0.5 + 2.5) / 2, (1.5 + 1.5) / 2, (2.5 + 2.5) / 2, (3.5 + 5.5) / 2])
+
+
+def _population(n, rng):
+    """A correlated 4-label population (TEFF, LOGG, FE_H, ALPHA_FE)."""
+    teff = rng.normal(4800, 300, n)
+    logg = 2.5 + (teff - 4800) / 600 + rng.normal(0, 0.3, n)
+    feh = rng.normal(-0.2, 0.3, n)
+    alpha = 0.1 - 0.2 * feh + rng.normal(0, 0.05, n)
+    return np.column_stack([teff, logg, feh, alpha])
+
+
+def test_calibrated_distance_flags_one_percent_of_the_population_and_extrapolations():
+    rng = np.random.default_rng(21)
+    sigma = np.array([50.0, 0.1, 0.05, 0.03])  # the CV scatter
+    train = _population(2000, rng)
+    cv = train + rng.normal(size=train.shape) * sigma  # cross-validated labels of the training stars
+    test = _population(4000, rng)
+    test = test + rng.normal(size=test.shape) * sigma  # inferred labels of new stars of the population
+    far = _population(400, rng) + rng.normal(size=(400, 4)) * sigma
+    far[:, 2] = train[:, 2].max() + rng.uniform(0.3, 0.6, 400)  # [Fe/H] beyond the training range
+    res = _result(np.vstack([test, far]))
+    q = assess(res, training=train, cv_scatter=sigma, cv_labels=cv, hull=False)
+    flagged = q["flag_FAR_FROM_TRAINING"].values
+    # binomial spread of the test rate and of the p99 estimated from 2,000 training stars
+    sd = np.sqrt(0.01 * 0.99 / 4000 + 0.01 * 0.99 / 2000)
+    assert abs(flagged[:4000].mean() - 0.01) < 4 * sd
+    assert flagged[4000:].mean() >= 0.95
+    assert q.attrs["distance_threshold"] == pytest.approx(
+        calibrate_distance_threshold(train, sigma, cv_labels=cv), rel=1e-12
+    )
+    assert q.attrs["distance_threshold_method"].startswith("calibrated: p99")
+    assert q.attrs["distance_threshold_training_percentile"] == pytest.approx(99.0, abs=0.1)
+    # without per-star CV labels the training labels + CV-scatter noise stand in: same calibration
+    q2 = assess(res, training=train, cv_scatter=sigma, hull=False)
+    assert abs(q2["flag_FAR_FROM_TRAINING"].values[:4000].mean() - 0.01) < 4 * sd
+    # the paper's 8 is available by name, and the attrs say what it means for this training set
+    q8 = assess(res, training=train, cv_scatter=sigma, cv_labels=cv, distance_threshold="nandakumar2022", hull=False)
+    assert q8.attrs["distance_threshold"] == DISTANCE_PRESETS["nandakumar2022"] == 8.0
+    pct = q8.attrs["distance_threshold_training_percentile"]
+    assert pct == pytest.approx(100 * np.mean(training_distances(train, sigma, cv_labels=cv) <= 8.0))
+    with pytest.raises(InvalidInputError, match="calibrated"):
+        assess(res, training=train, cv_scatter=sigma, distance_threshold="paper", hull=False)
+
+
+def test_flag_table_masks_tests_that_did_not_run():
+    rng = np.random.default_rng(3)
+    train = rng.uniform(0, 1, size=(100, 2))
+    q = assess(_result(rng.uniform(0.2, 0.8, size=(5, 2))), training=train, hull=False)
+    t = flag_table(q)
+    for name in ("FLAG_FAR_FROM_TRAINING", "FLAG_OUTSIDE_HULL", "FLAG_LOW_SNR", "FLAG_SURVEY_FLAGGED"):
+        assert t[name].mask.all()
+    assert t["IN_HULL"].mask.all() and t["LABEL_DISTANCE"].mask.all()
+    assert not np.ma.getmaskarray(t["FLAG_NO_PIXELS"]).any()
+    notes = [str(v) for k, v in t.meta.items() if k.startswith("FLAGNT")]
+    assert any("FLAG_OUTSIDE_HULL masked: not evaluated" in n for n in notes) and len(notes) == 4
+    assert "DISTTHR" not in t.meta

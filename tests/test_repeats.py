@@ -7,9 +7,10 @@ import pytest
 from astropy.table import Table
 
 from bayescannon import CannonModel
-from bayescannon.errors import InsufficientDataError
+from bayescannon.errors import InsufficientDataError, InvalidInputError
 from bayescannon.simulate import mock_quadratic_survey
 from bayescannon.validate.repeats import (
+    _best_visit,
     calibrate_from_repeats,
     compare_errors,
     flux_error_scale,
@@ -44,9 +45,10 @@ def test_pairs_within_groups_and_skipped_singletons():
         repeat_pairs(["a", "b", "c"])
 
 
-def test_calibration_recovers_error_scale_and_precision():
+def test_robust_recipe_recovers_error_scale_and_precision():
     labels, formal, snr, group, truth, sigma = _repeats()
-    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=10, min_pairs=20)
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="robust", snr_bins=10, min_pairs=20)
+    assert cal.recipe == "robust" and cal.per_measurement and cal.summary.meta["RECIPE"] == "robust"
     n_pairs = len(cal.pairs)
     # z = Δ/sqrt(e_i² + e_j²) ~ N(0, f²): the robust width estimates f to ~1.2 f/sqrt(n)
     np.testing.assert_allclose(cal.scale, TRUE_SCALE, rtol=5 * 1.2 / np.sqrt(n_pairs))
@@ -62,6 +64,68 @@ def test_calibration_recovers_error_scale_and_precision():
     assert np.all(cover > 0.683 - 4 * np.sqrt(0.683 * 0.317 / len(labels)))
     assert set(cal.binned["STATUS"]) == {"ok"}
     assert len(cal.summary) == 2 and list(cal.summary["FIT"]) == cal.fit_status
+
+
+def _visits(n_stars, seed, scale=(1.0, 1.0), best_snr=None):
+    """Stars with 2–4 visits at different S/N (log-uniform 10–150 each); with
+    ``best_snr`` one extra visit at that S/N. Formal errors = true σ / ``scale``."""
+    rng = np.random.default_rng(seed)
+    nobs = rng.integers(2, 5, size=n_stars) - (best_snr is not None)
+    group = np.repeat(np.arange(n_stars), nobs)
+    snr = np.exp(rng.uniform(np.log(10), np.log(150), group.size))
+    if best_snr is not None:
+        group = np.concatenate([group, np.arange(n_stars)])
+        snr = np.concatenate([snr, np.full(n_stars, float(best_snr))])
+    truth = rng.normal([4800, -0.3], [300, 0.3], size=(n_stars, 2))[group]
+    sigma = precision_model(snr[:, None], TRUE_PREC[:, 0], TRUE_PREC[:, 1], TRUE_PREC[:, 2])
+    labels = truth + rng.normal(size=sigma.shape) * sigma
+    return labels, sigma / np.asarray(scale), snr, group.astype(str), truth, sigma
+
+
+def test_best_visit_of_each_star():
+    groups = np.ma.array(["a", "b", "a", "a", "b", "c", "d"], mask=[0, 0, 0, 0, 0, 0, 1])
+    snr = np.array([10.0, np.nan, 30.0, 30.0, 5.0, 7.0, 99.0])
+    # ties go to the first row; a NaN S/N counts as the lowest; masked rows have none
+    assert _best_visit(groups, snr).tolist() == [2, 4, 2, 2, 4, 5, -1]
+
+
+def test_paper_recipe_scale_is_one_when_errors_are_right():
+    labels, formal, snr, group, *_ = _visits(3000, seed=11)
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES)
+    assert cal.recipe == "nandakumar2022" and not cal.per_measurement
+    # the sample standard deviation of ~10^4 (partly correlated) pairs: sd ~ 1/sqrt(2 n) < 0.01
+    np.testing.assert_allclose(cal.scale, 1.0, atol=0.03)
+    # and a known mis-scale of the formal errors is recovered, to the same relative precision
+    labels, formal, snr, group, *_ = _visits(3000, seed=12, scale=TRUE_SCALE)
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES)
+    np.testing.assert_allclose(cal.scale, TRUE_SCALE, rtol=0.03)
+
+
+def test_paper_recipe_precision_is_best_visit_against_each_other_without_sqrt2():
+    labels, formal, snr, group, truth, sigma = _visits(1500, seed=13, best_snr=400.0)
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=8, min_pairs=20)
+    used = np.asarray(cal.pairs["PRECISION_PAIR"])
+    assert used.sum() == len(snr) - 1500  # one pair per non-best visit
+    assert np.all(np.fmax(*[np.asarray(snr)[cal.pairs[c][used]] for c in ("ROW_1", "ROW_2")]) == 400.0)
+    assert cal.fit_status == ["exponential", "exponential"]
+    # std(other − best) = sqrt(σ(S/N)² + σ(400)²): no division by √2
+    grid = np.array([15.0, 30.0, 60.0, 120.0])
+    p = TRUE_PREC
+    expected = np.hypot(precision_model(grid[:, None], *p.T), precision_model(400.0, *p.T)[None, :])
+    np.testing.assert_allclose(cal.precision(grid), expected, rtol=0.15)
+    calibrated = cal.apply(formal, snr)
+    cover = np.mean(np.abs(labels - truth) < calibrated, axis=0)
+    assert np.all(cover > 0.683 - 4 * np.sqrt(0.683 * 0.317 / len(labels)))
+
+
+def test_paper_precision_is_sqrt2_wider_than_robust_for_equal_snr_visits():
+    labels, formal, snr, group, *_ = _repeats(n_stars=1500, seed=14)
+    paper = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=6, min_pairs=20)
+    robust = calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="robust", snr_bins=6, min_pairs=20)
+    grid = np.array([20.0, 50.0, 120.0])
+    np.testing.assert_allclose(paper.precision(grid) / robust.precision(grid), np.sqrt(2.0), rtol=0.2)
+    with pytest.raises(InvalidInputError, match="recipe"):
+        calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="paper")
 
 
 def test_too_few_pairs_per_bin_are_reported_not_fitted():

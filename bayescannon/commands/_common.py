@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
+from bayescannon.censoring import PRESETS
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
 from bayescannon.spectra import join_ids, label_values
@@ -53,9 +55,21 @@ def join_labels(ds, labels_path, label_names, id_column):
 
 
 def parse_censors(items):
-    """``LABEL:lo-hi,lo-hi`` strings → {label: [(lo, hi), ...]}."""
+    """``LABEL:lo-hi,lo-hi`` strings → {label: [(lo, hi), ...]}; ``LABEL:PRESET`` or
+    ``LABEL:TABLE`` → the union of a preset's or window table's windows for LABEL; a lone
+    ``PRESET`` or ``TABLE`` (e.g. ``nandakumar2022-apogee``) → windows mapped to the labels
+    by name (:func:`bayescannon.censoring.resolve_censors`)."""
     out = {}
-    for item in items or []:
+    items = list(items or [])
+    for item in items:
+        if ":" not in item:
+            if len(items) > 1:
+                raise InvalidInputError(f"censor {item!r} names a preset or table: give it alone, or as LABEL:{item}")
+            return item
+        name, spec = item.split(":", 1)
+        if spec in PRESETS or Path(spec).is_file():
+            out[name] = spec
+            continue
         try:
             name, spec = item.split(":", 1)
             windows = [tuple(float(v) for v in w.split("-", 1)) for w in spec.split(",") if w]
@@ -118,7 +132,8 @@ def add_training_arguments(p, what: str, *, allow_cv: bool = False) -> None:
         "--censor",
         action="append",
         metavar="LABEL:LO-HI,...",
-        help="wavelength windows (A) where LABEL may act; repeatable",
+        help="wavelength windows (A) where LABEL may act; repeatable; or LABEL:PRESET, or a lone preset "
+        "name / window table (ELEMENT, WAVE_LO, WAVE_HI) mapped to the labels by name, e.g. nandakumar2022-apogee",
     )
 
 

@@ -11,7 +11,7 @@ from bayescannon.plots import precision_vs_snr
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
-from bayescannon.validate.repeats import calibrate_from_repeats, compare_errors
+from bayescannon.validate.repeats import RECIPES, calibrate_from_repeats, compare_errors
 
 NAME = "repeats"
 HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar+2022 §3.7)"
@@ -39,9 +39,18 @@ def add_arguments(p):
         help="StarFlag bits that exclude a spectrum (default: NO_PIXELS|NOT_CONVERGED)",
     )
     p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=RECIPES[0],
+        help="nandakumar2022 (default): error scale from the variance of the normalised pair differences, "
+        "precision from the best-S/N visit against each other visit (no sqrt 2); robust: half 16-84th "
+        "percentile widths of all pairs, precision divided by sqrt 2",
+    )
+    p.add_argument(
         "--pair-width",
         action="store_true",
-        help="use the width of pair differences as the precision (no division by sqrt 2)",
+        help="use the width of pair differences as the precision (no division by sqrt 2; the default of "
+        "--recipe nandakumar2022)",
     )
     p.add_argument("-o", "--outdir", default="repeats")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
@@ -95,9 +104,10 @@ def run(args) -> int:
         snr,
         groups,
         names,
+        recipe=args.recipe,
         snr_bins=args.snr_bins,
         min_pairs=args.min_pairs,
-        per_measurement=not args.pair_width,
+        per_measurement=False if args.pair_width else None,
         ids=ids,
     )
     calibrated = cal.apply(e, snr)
@@ -120,7 +130,7 @@ def run(args) -> int:
     rep = Report(f"Error calibration from repeats: {Path(args.catalogue).name}", formats=args.plot_formats)
     rep.add_text(
         f"{len(cal.pairs)} pairs of spectra of the same star; {len(cal.skipped)} stars with a single "
-        "spectrum skipped. Calibrated error = max(scale x formal error, precision(S/N))."
+        f"spectrum skipped. Recipe {cal.recipe}. Calibrated error = max(scale x formal error, precision(S/N))."
     )
     rep.add_table(cal.summary, caption="formal-error scale factors and precision fits")
     rep.add_table(cal.binned, caption="precision in bins of the lower S/N of each pair")

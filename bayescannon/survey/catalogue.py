@@ -234,7 +234,7 @@ def build_catalogue(
     spectra=None,
     quality=None,
     cv_scatter=None,
-    distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
+    distance_threshold: float | str = DEFAULT_DISTANCE_THRESHOLD,
     survey_labels=None,
     survey_name: str = "SURVEY",
     survey_id_column: str | None = None,
@@ -262,11 +262,16 @@ def build_catalogue(
     quality : xarray.Dataset, optional
         Output of :func:`bayescannon.validate.quality.assess`; computed from the model's
         training labels when not given.
-    cv_scatter : array_like (K,), optional
+    cv_scatter : array_like (K,) or CrossValidation, optional
         Unit of the label distance (``LABEL_DISTANCE``, ``FLAG_FAR_FROM_TRAINING``);
         used only when ``quality`` is not given.
-    distance_threshold : float
-        ``FAR_FROM_TRAINING`` threshold, used only when ``quality`` is not given.
+    distance_threshold : float or str
+        ``FAR_FROM_TRAINING`` threshold, used only when ``quality`` is not given:
+        ``"calibrated"`` (default; the 99th percentile of the training set's own
+        cross-validated distances), ``"nandakumar2022"`` (8) or a number (see
+        :func:`bayescannon.validate.quality.assess`). The header records it (``DISTTHR``,
+        ``DISTHOW``, and ``DISTPCT``: the percentile of the training set's CV distances it
+        sits at).
     survey_labels : astropy Table or mapping, optional
         The survey's own labels, joined by ``survey_id_column`` (default ``id_column``).
     survey_name : str
@@ -287,7 +292,10 @@ def build_catalogue(
     Returns
     -------
     astropy.table.Table
-        Flag columns are evaluated or absent (``FLAGNOTE`` header cards say why).
+        Flag columns are evaluated or absent (``FLAGNTnn`` header cards say why: FITS
+        cannot store a masked logical, astropy would write it as False).
+        ``LABEL_DISTANCE`` is present whenever a model is given, fully masked when the
+        distance could not be evaluated.
 
     Raises
     ------
@@ -390,11 +398,21 @@ def build_catalogue(
         qa = quality.attrs
         if "distance_scale" in qa:
             evaluated.add(StarFlag.FAR_FROM_TRAINING)
+        if "distance_scale" in qa or model is not None:
+            # not evaluated: masked throughout (never a default value), FLAGNTnn says why
             t["LABEL_DISTANCE"] = _masked(
-                quality["label_distance"].values[qrows],
+                quality["label_distance"].values[qrows] if "distance_scale" in qa else np.full(len(qrows), np.nan),
                 description="mean distance to nearest training stars / CV scatter",
             )
             t["LABEL_DISTANCE"].format = "{:.3f}"
+        if "distance_threshold" in qa:
+            notes.append(
+                f"FAR_FROM_TRAINING: LABEL_DISTANCE > {qa['distance_threshold']:.4g} "
+                f"({qa['distance_threshold_method']})"
+            )
+            t.meta["DISTTHR"] = float(qa["distance_threshold"])
+            t.meta["DISTHOW"] = str(qa["distance_threshold_method"])[:68]
+            t.meta["DISTPCT"] = float(qa["distance_threshold_training_percentile"])
         if qa.get("hull", False):
             evaluated.add(StarFlag.OUTSIDE_HULL)
             t["IN_HULL"] = Column(

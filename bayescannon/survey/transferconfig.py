@@ -95,7 +95,7 @@ DEFAULTS: dict = {
         "max_iter": 5,
         "mode": "cv",
         "n_folds": 5,
-        "scatter": "robust",
+        "scatter": "binned",
     },
     "train": {
         "order": 2,

@@ -5,6 +5,11 @@ diagnostics, S/N and survey pipeline flags, combined into one StarFlag bitmask.
   to its 10 nearest training stars, each label difference in units of the
   cross-validation scatter of that label. Large values mean the star sits where the
   training set has few or no stars and its labels are extrapolations.
+* :func:`training_distances` and :func:`calibrate_distance_threshold` — the label
+  distances of the training set's own cross-validated labels (each star against the
+  other training stars) and the threshold at a percentile of them (99 by default), so
+  that ``FAR_FROM_TRAINING`` flags about 1 % of stars drawn from the training
+  population whatever the dimension, the density of the training set or the CV scatter.
 * :func:`in_convex_hull` — is the label vector inside the convex hull of the training
   labels (a model-free test for extrapolation).
 * :func:`assess` — all flags of one inference result: the test-step bits that
@@ -30,7 +35,11 @@ from bayescannon.flags import StarFlag, flag_doc, flag_header
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_DISTANCE_PERCENTILE",
     "DEFAULT_DISTANCE_THRESHOLD",
+    "DISTANCE_PRESETS",
+    "calibrate_distance_threshold",
+    "training_distances",
     "assess",
     "flag_table",
     "in_convex_hull",
@@ -38,9 +47,24 @@ __all__ = [
     "training_labels",
 ]
 
-#: Default threshold of the label distance (in units of the CV scatter) above which a
-#: star is flagged ``FAR_FROM_TRAINING``. A choice, not a law: configure it.
-DEFAULT_DISTANCE_THRESHOLD = 3.0
+#: Default threshold of the label distance above which a star is flagged
+#: ``FAR_FROM_TRAINING``: ``"calibrated"`` = the :data:`DEFAULT_DISTANCE_PERCENTILE`-th
+#: percentile of the training set's own cross-validated distances
+#: (:func:`calibrate_distance_threshold`). A number is used as it is (units of eq. 5).
+DEFAULT_DISTANCE_THRESHOLD = "calibrated"
+
+#: Percentile of the training set's cross-validated label distances used as the
+#: calibrated threshold: stars drawn from the training population are flagged at ~1 %.
+DEFAULT_DISTANCE_PERCENTILE = 99.0
+
+#: Named fixed thresholds. ``"nandakumar2022"``: 8, the paper's cut on eq. 5 (mean over
+#: the 10 nearest training stars of the distance in units of the CV scatter). Eq. 5 grows
+#: with the number of labels and falls with the density of the training set (the paper
+#: had 4,418 training stars), so 8 means "far from the training set" only for a training
+#: set like the paper's: :func:`assess` records which percentile of the training set's
+#: own CV distances 8 is (``distance_threshold_training_percentile``), i.e. what 8 means
+#: for this training set.
+DISTANCE_PRESETS = {"nandakumar2022": 8.0}
 
 #: Above this many labels the hull is tested by linear programming instead of Qhull
 #: facets (the number of facets explodes with dimension).
@@ -48,13 +72,14 @@ _MAX_QHULL_DIM = 6
 
 
 def training_labels(model) -> np.ndarray:
-    """Physical training labels of a fitted model, shape (N_train, K)."""
+    """Physical training labels of a fitted model, shape (N_train, K).
+
+    Model files store them (``training_labels``), so a model read from a file has them
+    too, unless it was written without them."""
 
     model._check_fitted()
     if getattr(model, "training_labels_scaled_", None) is None:
-        raise InvalidInputError(
-            "this model does not hold its training labels (models read from a file do not): pass training="
-        )
+        raise InvalidInputError("this model does not hold its training labels: pass training=")
     return scaling.unscale(model.training_labels_scaled_, model.label_offset_, model.label_scale_)
 
 
@@ -116,6 +141,84 @@ def label_distance(labels, training, scale, *, n_neighbours: int = 10) -> np.nda
         dist, _ = tree.query(y[ok] / s, k=m)
         out[ok] = np.asarray(dist).reshape(ok.sum(), m).mean(axis=1)
     return out
+
+
+def training_distances(training, scale, *, cv_labels=None, n_neighbours: int = 10, random_state=0) -> np.ndarray:
+    """Label distance (eq. 5) of each training star's cross-validated labels to the
+    *other* training stars: the distribution that test stars of the training population
+    follow.
+
+    Parameters
+    ----------
+    training : ndarray, shape (M, K)
+        Training (reference) labels.
+    scale : ndarray, shape (K,)
+        σ_k, the CV scatter.
+    cv_labels : ndarray (M, K), optional
+        The cross-validated labels of the training stars (row-aligned with
+        ``training``; NaN rows give NaN). Without them the training labels perturbed by
+        Gaussian noise of width σ_k (the CV scatter is the spread of the inferred labels
+        about the reference ones) stand in, drawn with ``random_state``.
+    n_neighbours : int, default 10
+    random_state : int or numpy.random.Generator
+        Seed of the noise when ``cv_labels`` is not given.
+
+    Returns
+    -------
+    ndarray, shape (M,)
+    """
+    from scipy.spatial import cKDTree
+
+    tr = np.asarray(training, dtype=np.float64)
+    if cv_labels is None:
+        _, tr, s = _check_labels(tr, tr, scale)
+        rng = np.random.default_rng(random_state)
+        y = tr + rng.normal(size=tr.shape) * s
+    else:
+        y, tr, s = _check_labels(cv_labels, tr, scale)
+        if y.shape != tr.shape:
+            raise ShapeMismatchError(f"cv_labels have shape {y.shape}; expected the training shape {tr.shape}")
+    m = int(n_neighbours)
+    if m < 1:
+        raise InvalidInputError(f"n_neighbours must be >= 1; got {n_neighbours}")
+    if tr.shape[0] < m + 1:
+        raise InsufficientDataError(f"{tr.shape[0]} training stars are fewer than n_neighbours + 1 = {m + 1}")
+    out = np.full(y.shape[0], np.nan)
+    ok = np.flatnonzero(np.all(np.isfinite(y), axis=1))
+    if ok.size:
+        dist, idx = cKDTree(tr / s).query(y[ok] / s, k=m + 1)
+        own = idx == ok[:, None]
+        # leave the star itself out; when it is not among the m + 1, drop the farthest
+        drop = np.where(own.any(axis=1), np.argmax(own, axis=1), m)
+        keep = np.arange(m + 1)[None, :] != drop[:, None]
+        out[ok] = dist[keep].reshape(ok.size, m).mean(axis=1)
+    return out
+
+
+def calibrate_distance_threshold(
+    training,
+    scale,
+    *,
+    cv_labels=None,
+    percentile: float = DEFAULT_DISTANCE_PERCENTILE,
+    n_neighbours: int = 10,
+    random_state=0,
+) -> float:
+    """``FAR_FROM_TRAINING`` threshold: the ``percentile``-th percentile of
+    :func:`training_distances` (99 by default: ~1 % of stars drawn from the training
+    population are flagged).
+
+    Returns
+    -------
+    float
+    """
+    if not 0.0 < float(percentile) < 100.0:
+        raise InvalidInputError(f"percentile must be in (0, 100); got {percentile}")
+    d = training_distances(training, scale, cv_labels=cv_labels, n_neighbours=n_neighbours, random_state=random_state)
+    d = d[np.isfinite(d)]
+    if d.size < 10:
+        raise InsufficientDataError(f"only {d.size} training stars have finite cross-validated labels")
+    return float(np.percentile(d, percentile))
 
 
 def in_convex_hull(labels, training, *, tol: float = 1e-9) -> np.ndarray:
@@ -196,7 +299,9 @@ def assess(
     model=None,
     training=None,
     cv_scatter=None,
-    distance_threshold: float = DEFAULT_DISTANCE_THRESHOLD,
+    distance_threshold: float | str = DEFAULT_DISTANCE_THRESHOLD,
+    distance_percentile: float = DEFAULT_DISTANCE_PERCENTILE,
+    cv_labels=None,
     n_neighbours: int = 10,
     hull: bool = True,
     snr=None,
@@ -218,10 +323,23 @@ def assess(
         Training labels (physical units, the result's label order).
     cv_scatter : array_like (K,) or CrossValidation, optional
         Unit of the label distance per label (Nandakumar+2022 use the CV scatter).
-        Without it the label distance is not computed (NaN) and
-        ``FAR_FROM_TRAINING`` is never set.
-    distance_threshold : float
+        Without it the label distance is not computed (NaN), ``FAR_FROM_TRAINING`` is
+        not evaluated and the attrs say so (no ``distance_scale``). A CrossValidation
+        also gives the cross-validated labels of its stars for the calibration.
+    distance_threshold : float or str
         Stars with a label distance above it are flagged ``FAR_FROM_TRAINING``.
+        ``"calibrated"`` (default): the ``distance_percentile``-th percentile of the
+        training set's own cross-validated distances (:func:`calibrate_distance_threshold`;
+        from the CrossValidation's labels and reference labels when ``cv_scatter`` is
+        one, else from ``cv_labels`` or the training labels perturbed by the CV scatter).
+        A name of :data:`DISTANCE_PRESETS` (``"nandakumar2022"``: 8) or a number is
+        used as it is.
+    distance_percentile : float
+        Percentile of the calibrated threshold (99: ~1 % of the training population
+        flagged).
+    cv_labels : ndarray (M, K), optional
+        Cross-validated labels of the training stars, row-aligned with the training
+        labels, for the calibration.
     n_neighbours : int
         Neighbours in the label distance (Nandakumar+2022: 10).
     hull : bool
@@ -264,7 +382,6 @@ def assess(
         flags &= ~int(StarFlag.FEW_PIXELS)
         flags[result["n_pixels"].values < int(min_pixels)] |= StarFlag.FEW_PIXELS
     attrs = {
-        "distance_threshold": float(distance_threshold),
         "n_neighbours": int(n_neighbours),
         "hull": int(bool(hull)),
     }
@@ -272,10 +389,18 @@ def assess(
     if cv_scatter is not None:
         if training is None:
             raise InvalidInputError("the label distance needs the training labels: pass model= or training=")
-        scale = cv_scatter.scatter() if hasattr(cv_scatter, "scatter") else cv_scatter
+        scale = np.asarray(cv_scatter.scatter() if hasattr(cv_scatter, "scatter") else cv_scatter, dtype=float)
         dist = label_distance(labels, training, scale, n_neighbours=n_neighbours)
-        flags[np.isfinite(dist) & (dist > distance_threshold)] |= StarFlag.FAR_FROM_TRAINING
-        attrs["distance_scale"] = [float(v) for v in np.asarray(scale, dtype=float)]
+        threshold, how, train_d = _distance_threshold(
+            distance_threshold, training, scale, cv_scatter, cv_labels, distance_percentile, n_neighbours
+        )
+        flags[np.isfinite(dist) & (dist > threshold)] |= StarFlag.FAR_FROM_TRAINING
+        attrs["distance_scale"] = [float(v) for v in scale]
+        attrs["distance_threshold"] = threshold
+        attrs["distance_threshold_method"] = how
+        fin = train_d[np.isfinite(train_d)]
+        attrs["distance_threshold_training_percentile"] = float(100.0 * np.mean(fin <= threshold))
+        logger.info("FAR_FROM_TRAINING threshold %.3g (%s)", threshold, how)
     inside = np.ones(n, dtype=bool)
     if hull:
         if training is None:
@@ -323,6 +448,33 @@ def assess(
     return out
 
 
+def _distance_threshold(threshold, training, scale, cv, cv_labels, percentile, n_neighbours):
+    """(threshold, how it was chosen, the training set's own CV distances)."""
+    ref, lab, source = training, cv_labels, "cv_labels"
+    if hasattr(cv, "predictions") and cv_labels is None:
+        ref, lab, source = cv.predictions["reference"].values, cv.predictions["labels"].values, "cross-validation"
+    elif cv_labels is None:
+        source = "training labels + CV-scatter noise"
+    train_d = training_distances(ref, scale, cv_labels=lab, n_neighbours=n_neighbours)
+    if isinstance(threshold, str):
+        if threshold == "calibrated":
+            fin = train_d[np.isfinite(train_d)]
+            if fin.size < 10:
+                raise InsufficientDataError(f"only {fin.size} training stars have finite cross-validated labels")
+            value = float(np.percentile(fin, percentile))
+            return value, f"calibrated: p{percentile:g} of the training set's CV distances ({source})", train_d
+        if threshold not in DISTANCE_PRESETS:
+            raise InvalidInputError(
+                f"distance_threshold must be a number, 'calibrated' or one of {sorted(DISTANCE_PRESETS)}; "
+                f"got {threshold!r}"
+            )
+        return float(DISTANCE_PRESETS[threshold]), f"preset {threshold}", train_d
+    value = float(threshold)
+    if not value > 0:
+        raise InvalidInputError(f"distance_threshold must be > 0; got {threshold}")
+    return value, "fixed", train_d
+
+
 def flag_table(quality: xr.Dataset, *, id_column: str = "ID") -> Table:
     """The combined flag table: id, ``FLAGS`` bitmask, one boolean column per bit,
     ``LABEL_DISTANCE``, ``IN_HULL``, ``SNR`` and ``SURVEY_FLAGS``.
@@ -342,16 +494,37 @@ def flag_table(quality: xr.Dataset, *, id_column: str = "ID") -> Table:
     t[id_column] = np.asarray(quality["star"].values).astype(str)
     t["FLAGS"] = quality["flags"].values.astype(np.int64)
     t["FLAGS"].description = "StarFlag bitmask (bits in header FLAGBTnn cards)"
+    qa = quality.attrs
+    skipped = {
+        StarFlag.FAR_FROM_TRAINING: None if "distance_scale" in qa else "no label distance (needs a CV scatter)",
+        StarFlag.OUTSIDE_HULL: None if qa.get("hull", False) else "no convex-hull test",
+        StarFlag.LOW_SNR: None if "min_snr" in qa else "no minimum S/N given",
+        StarFlag.SURVEY_FLAGGED: None if "survey_flag_mask" in qa else "no survey pipeline flags given",
+    }
+    notes = []
     for f in StarFlag:
-        t[f"FLAG_{f.name}"] = quality[f"flag_{f.name}"].values
+        v = quality[f"flag_{f.name}"].values
+        if skipped.get(f):
+            # not evaluated: masked, never a default value, and the header says why
+            t[f"FLAG_{f.name}"] = MaskedColumn(np.zeros_like(v), mask=np.ones(v.shape, bool))
+            notes.append(f"FLAG_{f.name} masked: not evaluated ({skipped[f]})")
+        else:
+            t[f"FLAG_{f.name}"] = v
     d = quality["label_distance"].values
     t["LABEL_DISTANCE"] = MaskedColumn(
         d, mask=~np.isfinite(d), description="mean distance to nearest training stars / CV scatter"
     )
-    t["IN_HULL"] = quality["in_hull"].values
+    hull = quality["in_hull"].values
+    t["IN_HULL"] = MaskedColumn(hull, mask=np.full(hull.shape, bool(skipped[StarFlag.OUTSIDE_HULL])))
     s = quality["snr"].values
     t["SNR"] = MaskedColumn(s, mask=~np.isfinite(s), description="signal-to-noise ratio")
     t["SURVEY_FLAGS"] = quality["survey_flags"].values.astype(np.int64)
 
     t.meta.update(flag_header())
+    if "distance_threshold" in qa:
+        t.meta["DISTTHR"] = float(qa["distance_threshold"])
+        t.meta["DISTHOW"] = str(qa["distance_threshold_method"])
+        t.meta["DISTPCT"] = float(qa["distance_threshold_training_percentile"])
+    for i, note in enumerate(notes, 1):
+        t.meta[f"FLAGNT{i:02d}"] = note
     return t

@@ -6,10 +6,22 @@ precision. From them:
 * :func:`repeat_pairs` — all pairs of spectra of the same star (groups with one
   spectrum are reported as skipped, never dropped silently).
 * :func:`calibrate_from_repeats` — per label, the factor by which the formal errors
-  must be scaled (the robust width of ``Δ / sqrt(σ_i² + σ_j²)``), and the precision as a
-  function of S/N: the half 16–84th percentile width of the pairwise differences in
-  bins of the lower S/N of the pair, fitted by ``a·exp(−S/N / b) + c``. The calibrated
-  error is ``max(scale × formal error, precision(S/N))``, as Nandakumar+2022 did.
+  must be scaled, and the precision as a function of S/N fitted by
+  ``a·exp(−S/N / b) + c``. The calibrated error is ``max(scale × formal error,
+  precision(S/N))``, as Nandakumar+2022 did. Two recipes:
+
+  - ``"nandakumar2022"`` (default; the paper's eq. 6): the scale makes the *variance*
+    of ``Δ / sqrt(σ_i² + σ_j²)`` over all pairs equal to 1; the precision is the
+    standard deviation of the differences between each star's best-S/N spectrum and
+    each of its other spectra, in bins of the S/N of the other spectrum, with no √2
+    (the difference to a much better spectrum is, to first order, the precision of the
+    worse one; for visits of equal S/N it is √2 times larger — the paper's choice).
+  - ``"robust"``: the robust half 16–84th percentile width of the normalised
+    differences of all pairs, and the precision from the half 16–84th width of all
+    pair differences in bins of the lower S/N, divided by √2 (the precision of one
+    spectrum when both have equal quality). Less sensitive to outliers, but up to √2
+    smaller than the paper's errors.
+
 * :func:`compare_errors` — how two error estimates of the same stars compare (e.g. the
   repeat-calibrated errors and the Bayesian layer's calibrated errors): ratios and,
   given residuals, coverage.
@@ -32,6 +44,7 @@ from bayescannon.validate.stats import summary_statistics
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RECIPES",
     "repeat_pairs",
     "RepeatPairs",
     "RepeatCalibration",
@@ -41,6 +54,10 @@ __all__ = [
     "flux_error_scale",
     "FluxErrorScale",
 ]
+
+
+#: Recipes of :func:`calibrate_from_repeats`; the first is the default.
+RECIPES = ("nandakumar2022", "robust")
 
 
 @dataclass
@@ -139,14 +156,18 @@ class RepeatCalibration:
     fit_status : list of str
         ``"exponential"``, or why a constant was used instead.
     binned : astropy.table.Table
-        Per label and S/N bin: ``N_PAIRS``, ``HALF_P16_84`` of the differences, the
-        per-measurement ``PRECISION`` and ``STATUS``.
+        Per label and S/N bin: ``N_PAIRS``, ``WIDTH`` of the differences (standard
+        deviation for ``"nandakumar2022"``, half 16–84th range for ``"robust"``), the
+        ``PRECISION`` and ``STATUS``.
     pairs : astropy.table.Table
-        Per pair: group, rows, lower S/N, differences and combined formal errors.
+        Per pair: group, rows, lower S/N, differences, combined formal errors and
+        ``PRECISION_PAIR`` (whether the pair entered the precision fit).
     skipped : astropy.table.Table
         Stars that gave no pair.
     per_measurement : bool
         Whether the widths were divided by √2 (precision of one spectrum).
+    recipe : str
+        ``"nandakumar2022"`` or ``"robust"`` (see the module docstring).
     """
 
     label_names: list
@@ -158,6 +179,7 @@ class RepeatCalibration:
     skipped: Table
     per_measurement: bool = True
     meta: dict = field(default_factory=dict)
+    recipe: str = "nandakumar2022"
 
     def precision(self, snr) -> np.ndarray:
         """Precision of every label at the given S/N: (N, K)."""
@@ -187,6 +209,7 @@ class RepeatCalibration:
         t["N_PAIRS"] = np.full(len(self.label_names), len(self.pairs))
         t.meta["PREC_MODEL"] = "precision(snr) = A * exp(-snr / B) + C"
         t.meta["PERMEAS"] = bool(self.per_measurement)
+        t.meta["RECIPE"] = self.recipe
         return t
 
 
@@ -220,6 +243,26 @@ def _fit_precision(x, w, n, per_measurement):
     return popt, "exponential"
 
 
+def _best_visit(groups, snr) -> np.ndarray:
+    """Row of the highest-S/N spectrum of each row's group (−1 for rows without a group);
+    ties go to the first row, a NaN S/N counts as the lowest."""
+    g = np.ma.getdata(np.asarray(groups)).astype(str)
+    mask = np.ma.getmaskarray(groups) | (np.char.strip(g) == "")
+    idx = np.flatnonzero(~mask)
+    out = np.full(g.size, -1, dtype=np.int64)
+    if idx.size == 0:
+        return out
+    _, inverse = np.unique(g[idx], return_inverse=True)
+    key = np.where(np.isfinite(snr[idx]), snr[idx], -np.inf)
+    order = np.lexsort((idx, -key, inverse))  # by group, then S/N descending, then row
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = inverse[order][1:] != inverse[order][:-1]
+    best_of_group = np.empty(inverse.max() + 1, dtype=np.int64)
+    best_of_group[inverse[order][first]] = idx[order][first]
+    out[idx] = best_of_group[inverse]
+    return out
+
+
 def calibrate_from_repeats(
     labels,
     errors,
@@ -227,9 +270,10 @@ def calibrate_from_repeats(
     groups,
     label_names,
     *,
+    recipe: str = "nandakumar2022",
     snr_bins=8,
     min_pairs: int = 10,
-    per_measurement: bool = True,
+    per_measurement: bool | None = None,
     ids=None,
 ) -> RepeatCalibration:
     """Calibrate label errors from repeat observations of the same stars.
@@ -243,16 +287,21 @@ def calibrate_from_repeats(
     groups : array_like, shape (N,)
         Star identifier of each spectrum; spectra of one star share it.
     label_names : list of str
+    recipe : {"nandakumar2022", "robust"}
+        ``"nandakumar2022"`` (default, the paper's eq. 6): the error scale makes the
+        variance of ``Δ / sqrt(σ_i² + σ_j²)`` over all pairs 1; the precision is the
+        standard deviation of (other − best-S/N spectrum) of each star, binned by the
+        S/N of the other spectrum. ``"robust"``: half 16–84th percentile widths of all
+        pairs, binned by the lower S/N of each pair (see the module docstring).
     snr_bins : int or array_like
-        S/N bin edges of the lower S/N of the pairs, or a number of bins with equal
-        numbers of pairs.
+        S/N bin edges, or a number of bins with equal numbers of pairs.
     min_pairs : int
         Bins with fewer pairs are reported as skipped and left out of the fit.
-    per_measurement : bool, default True
+    per_measurement : bool, optional
         Divide the widths of the differences by √2 so that the precision is that of a
         single spectrum (the difference of two spectra of equal quality has √2 times
-        the spread of either). False keeps the width of the differences as the
-        precision, the more conservative choice.
+        the spread of either). Default: False for ``"nandakumar2022"`` (the paper
+        compares with the best spectrum, no √2), True for ``"robust"``.
     ids : array_like, optional
         Spectrum ids for the pair table.
 
@@ -262,9 +311,16 @@ def calibrate_from_repeats(
 
     Raises
     ------
+    InvalidInputError
+        An unknown recipe.
     InsufficientDataError
         When no star has two spectra, or no label has enough pairs.
     """
+    if recipe not in RECIPES:
+        raise InvalidInputError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    paper = recipe == "nandakumar2022"
+    if per_measurement is None:
+        per_measurement = not paper
     y = np.asarray(labels, dtype=float)
     e = np.asarray(errors, dtype=float)
     k = len(label_names)
@@ -284,33 +340,47 @@ def calibrate_from_repeats(
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(ecomb > 0, d / ecomb, np.nan)
     zstats = summary_statistics(z, axis=0)
-    scale = zstats["half_p16_84"]
+    # eq. 6: the variance of the normalised differences -> 1; robust: their half 16-84 width
+    scale = zstats["rms"] if paper else zstats["half_p16_84"]
     if np.any(zstats["n"] < min_pairs):
         bad = [label_names[q] for q in np.flatnonzero(zstats["n"] < min_pairs)]
         raise InsufficientDataError(f"fewer than {min_pairs} usable pairs for label(s) {bad}")
-    fin = np.isfinite(slow)
+    if paper:
+        best = _best_visit(groups, s)[i]
+        use = (i == best) | (j == best)  # the best spectrum against each other spectrum
+        other = np.where(i == best, j, i)
+        dp = np.where(use[:, None], y[other] - y[best], np.nan)
+        xs = np.where(use, s[other], np.nan)
+        width_key = "rms"
+    else:
+        use = np.ones(i.size, dtype=bool)
+        dp, xs, width_key = d, slow, "half_p16_84"
+    fin = np.isfinite(xs)
+    if not fin.any():
+        raise InsufficientDataError("no repeat pair has a finite S/N: the precision vs S/N needs S/N values")
     if np.ndim(snr_bins) == 0:
         nb = int(snr_bins)
         if nb < 1:
             raise InvalidInputError(f"snr_bins must be >= 1; got {snr_bins}")
-        edges = np.unique(np.quantile(slow[fin], np.linspace(0, 1, nb + 1)))
+        edges = np.unique(np.quantile(xs[fin], np.linspace(0, 1, nb + 1)))
     else:
         edges = np.asarray(snr_bins, dtype=float)
     if edges.size < 2:
-        edges = np.array([slow[fin].min(), slow[fin].max() + 1e-9])
+        edges = np.array([xs[fin].min(), xs[fin].max() + 1e-9])
     binned = []
     params = np.zeros((k, 3))
     status = []
-    bin_of = np.clip(np.searchsorted(edges, slow, side="right") - 1, 0, edges.size - 2)
-    inside = fin & (slow >= edges[0]) & (slow <= edges[-1])
+    bin_of = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, edges.size - 2)
+    inside = fin & (xs >= edges[0]) & (xs <= edges[-1])
     member = (bin_of[None, :] == np.arange(edges.size - 1)[:, None]) & inside[None, :]
+    cnt = member.sum(axis=1)
+    sq = np.where(member, xs[None, :], np.nan)
+    centre = np.full(edges.size - 1, np.nan)
+    centre[cnt > 0] = np.nanmedian(sq[cnt > 0], axis=1)
     for q, name in enumerate(label_names):
-        dq = np.where(member, d[None, :, q], np.nan)
+        dq = np.where(member, dp[None, :, q], np.nan)
         st = summary_statistics(dq, axis=1)
-        sq = np.where(member, slow[None, :], np.nan)
-        cnt = member.sum(axis=1)
-        centre = np.array([np.nanmedian(row) if c else np.nan for row, c in zip(sq, cnt)])
-        width = np.where(st["n"] >= min_pairs, st["half_p16_84"], np.nan)
+        width = np.where(st["n"] >= min_pairs, st[width_key], np.nan)
         p, why = _fit_precision(centre, width, st["n"].astype(float), per_measurement)
         params[q] = p
         status.append(why)
@@ -331,11 +401,14 @@ def calibrate_from_repeats(
             )
     bt = Table(
         rows=binned,
-        names=("LABEL", "SNR_LO", "SNR_HI", "SNR_MEDIAN", "N_PAIRS", "HALF_P16_84", "PRECISION", "STATUS"),
+        names=("LABEL", "SNR_LO", "SNR_HI", "SNR_MEDIAN", "N_PAIRS", "WIDTH", "PRECISION", "STATUS"),
         dtype=(str, float, float, float, np.int64, float, float, str),
     )
-    for col in ("SNR_MEDIAN", "HALF_P16_84", "PRECISION"):
+    for col in ("SNR_MEDIAN", "WIDTH", "PRECISION"):
         bt[col] = np.ma.masked_invalid(bt[col])
+    bt.meta["RECIPE"] = recipe
+    bt.meta["WIDTH"] = "standard deviation" if paper else "half 16-84th percentile range"
+    bt.meta["SNR_OF"] = "the other spectrum (vs the best-S/N one)" if paper else "the lower S/N of the pair"
     pt = Table()
     pt["GROUP"] = pairs.group
     pt["ROW_1"], pt["ROW_2"] = i, j
@@ -343,13 +416,22 @@ def calibrate_from_repeats(
         ids = np.asarray(ids).astype(str)
         pt["ID_1"], pt["ID_2"] = ids[i], ids[j]
     pt["SNR_MIN"] = slow
+    pt["PRECISION_PAIR"] = use
     for q, name in enumerate(label_names):
         pt[f"D_{name}"] = d[:, q]
         pt[f"e_D_{name}"] = ecomb[:, q]
     for q, name in enumerate(label_names):
-        logger.info("%s: formal errors x %.3g; precision fit %s", name, scale[q], status[q])
+        logger.info("%s: formal errors x %.3g (%s); precision fit %s", name, scale[q], recipe, status[q])
     return RepeatCalibration(
-        list(label_names), np.asarray(scale, float), params, status, bt, pt, pairs.skipped, per_measurement
+        list(label_names),
+        np.asarray(scale, float),
+        params,
+        status,
+        bt,
+        pt,
+        pairs.skipped,
+        per_measurement,
+        recipe=recipe,
     )
 
 
