@@ -254,7 +254,7 @@ class Homogeniser:
         return cal
 
     def _fit_edge(self, lab, j, s, parent, target, d: SurveyData, rows, rng):
-        tmu = target[0][rows]
+        tmu = target[0][rows]  # the calibrated median (see propagate)
         tsig = 0.5 * (target[1][rows] + target[2][rows])
         common = np.flatnonzero(np.isfinite(tmu) & np.isfinite(d.value[:, j]))
         perm = rng.permutation(common)

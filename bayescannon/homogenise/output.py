@@ -4,8 +4,8 @@
 Columns: ``<L>``, ``<L>_LO``, ``<L>_HI`` (68.27 %: ΔNLL = 0.5), ``<L>_LO95``, ``<L>_HI95``
 (ΔNLL = 1.92), ``N_<L>``, ``SURVEYS_<L>``, ``CHI2_<L>``, ``FLAGS_<L>`` (:class:`HomogFlag`
 bits, listed in the header), and per survey ``<S>_<L>_CAL``, ``<S>_<L>_CAL_P16``,
-``<S>_<L>_CAL_P84`` (the calibrated split normal: mode, mode − lower scale, mode + upper
-scale). Header: ``PATHS`` (JSON: the path each survey took, per label) and the package
+``<S>_<L>_CAL_P84`` (the median and 15.87/84.13 percentiles of the calibrated Monte Carlo
+draws; the reference anchor's own values and errors as given). Header: ``PATHS`` (JSON: the path each survey took, per label) and the package
 versions.
 """
 
@@ -116,9 +116,9 @@ def unified_table(ids, data, rows, labels, cal, *, paths, models, inputs, id_col
             if s not in cal[lab]:
                 continue
             m, a, b = cal[lab][s]
-            t[f"{s}_{lab}_CAL"] = _masked(m, unit=label_unit(lab), description=f"{s} {lab} calibrated (mode)")
-            t[f"{s}_{lab}_CAL_P16"] = _masked(m - a, unit=label_unit(lab), description=f"{s} {lab} mode - lower scale")
-            t[f"{s}_{lab}_CAL_P84"] = _masked(m + b, unit=label_unit(lab), description=f"{s} {lab} mode + upper scale")
+            t[f"{s}_{lab}_CAL"] = _masked(m, unit=label_unit(lab), description=f"{s} {lab} calibrated (median)")
+            t[f"{s}_{lab}_CAL_P16"] = _masked(m - a, unit=label_unit(lab), description=f"{s} {lab} calibrated P16")
+            t[f"{s}_{lab}_CAL_P84"] = _masked(m + b, unit=label_unit(lab), description=f"{s} {lab} calibrated P84")
     t.meta["PATHS"] = json.dumps({lab: {s: ">".join(p) for s, p in ps.items()} for lab, ps in paths.items()})
     t.meta["VERSIONS"] = json.dumps(package_versions())
     for f in HomogFlag:

@@ -4,8 +4,12 @@ For each star the survey's labels are drawn from their error distribution: a mul
 normal where the catalogue gives covariances, otherwise independent split normals (a
 normal when the errors are symmetric). Each draw goes through the offset model of the
 label, and a normal draw of the model's own (accumulated) uncertainty ``tau`` is added.
-The 15.87/50/84.13 percentiles of the calibrated draws define the calibrated split normal
-(:func:`bayescannon.homogenise.splitnormal.fit_split_normal`).
+The 15.87/50/84.13 percentiles of the calibrated draws are the calibrated value (the
+median) and its ``P16``/``P84``: the same form as an input catalogue's asymmetric errors,
+read the same way by the combination (``mode = P50``, ``s1 = P50 - P16``,
+``s2 = P84 - P50``). Fitting an exact split normal to the percentiles
+(:func:`~bayescannon.homogenise.splitnormal.fit_split_normal`) was tried and rejected: its
+mode is very sensitive to Monte Carlo noise in the percentiles of nearly symmetric draws.
 
 ``propagation="exact"`` evaluates the trees on every draw. ``"linear"`` (the default,
 ~30× cheaper for 200 draws) evaluates them at the value and at one error below and above
@@ -19,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from bayescannon.homogenise.splitnormal import fit_split_normal, split_normal_ppf
+from bayescannon.homogenise.splitnormal import split_normal_ppf
 
 __all__ = ["draw_inputs", "propagate", "PERCENTILES"]
 
@@ -92,7 +96,8 @@ def propagate(
 
     Returns
     -------
-    mode, s1, s2 : arrays (n,)
+    median, lower, upper : arrays (n,)
+        P50, P50 - P16 and P84 - P50 of the calibrated draws.
     """
     n, k = mu.shape
     j = label_index
@@ -131,7 +136,7 @@ def propagate(
         if tau > 0:
             value = value + tau * special.ndtri(_stratified_uniform(rng, value.shape))
         p = np.percentile(value, PERCENTILES, axis=1)
-        out[:, sl] = fit_split_normal(p[0], p[1], p[2])
+        out[:, sl] = p[1], p[1] - p[0], p[2] - p[1]
     bad = ~np.isfinite(mu[:, j])
     out[:, bad] = np.nan
     return out[0], out[1], out[2]
