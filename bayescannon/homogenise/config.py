@@ -291,7 +291,7 @@ def prepare_survey(
         v = _col(table, lab)
         if f"{lab}_P16" in table.colnames and f"{lab}_P84" in table.colnames:
             lo, hi = v - _col(table, f"{lab}_P16"), _col(table, f"{lab}_P84") - v
-        elif f"e_{lab}" in table.colnames and f"E_{lab}" in table.colnames and "e_" + lab != "E_" + lab:
+        elif f"e_{lab}" in table.colnames and f"E_{lab}" in table.colnames:
             lo, hi = _col(table, f"e_{lab}"), _col(table, f"E_{lab}")
         elif f"E_{lab}" in table.colnames:
             lo = hi = _col(table, f"E_{lab}")
