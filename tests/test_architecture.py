@@ -30,7 +30,7 @@ LAYERS = [
     ("modelfile",),
     ("model",),
     ("bayes", "validate"),
-    ("survey",),
+    ("survey", "homogenise"),
     ("simulate",),
     ("plots", "report"),
     ("commands", "cli", "__main__", "_warmup"),

@@ -1,0 +1,131 @@
+"""``bayescannon homogenise CONFIG.toml -o unified.fits``: put several surveys' label
+catalogues on one reference scale (Survey of Surveys; see ``docs/homogenise.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
+from bayescannon.homogenise import Homogeniser, load_config
+from bayescannon.plots import kiel_diagram, new_figure
+from bayescannon.report import Report
+from bayescannon.survey.catalogue import write_table
+
+NAME = "homogenise"
+HELP = "put the label catalogues of several surveys on one reference scale (unified FITS catalogue + report)"
+
+
+def add_arguments(p):
+    p.add_argument("config", help="homogenisation config (TOML)")
+    p.add_argument("-o", "--output", required=True, help="unified catalogue to write (.fits)")
+    p.add_argument("--report-dir", help="folder of the report and figures (default: <output stem>_report)")
+    p.add_argument("--report-format", choices=["md", "html"], default="html")
+    p.add_argument("--n-draws", type=int, default=200, help="Monte Carlo draws per measurement (default 200)")
+    p.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
+    p.add_argument("--propagation", choices=["linear", "exact"], default="linear")
+
+
+def _paths(args):
+    out = Path(args.output)
+    report = Path(args.report_dir) if args.report_dir else out.with_name(out.stem + "_report")
+    return out, out.with_name(out.stem + "_models"), report
+
+
+def outputs(args):
+    """The catalogue, the folder of offset models and the report with its figures."""
+    out, models, report = _paths(args)
+    cfg = load_config(args.config)
+    figs = [f"kiel_{s}" for s in cfg.surveys] + ["trends"]
+    return [
+        Output(out, "output", TABLE_SUFFIXES),
+        Output(models, "output", kind="empty-dir"),
+        *report_outputs(report, "homogenise_report", args.report_format, figs, ["png"], "report_dir"),
+    ]
+
+
+def run(args) -> int:
+    cfg = load_config(args.config)
+    catalogues = cfg.read_catalogues()
+    h = Homogeniser(
+        cfg.labels,
+        cfg.reference,
+        features=cfg.features,
+        id_column=cfg.id,
+        min_overlap={s: sc.min_overlap or cfg.min_overlap for s, sc in cfg.surveys.items()},
+        n_estimators=args.n_estimators,
+        n_draws=args.n_draws,
+        propagation=args.propagation,
+        n_jobs=args.n_jobs,
+        random_state=args.seed,
+    )
+    unified = h.fit_transform(catalogues)
+    unified.meta["CONFIG"] = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in cfg.raw.items()})
+    out, models_dir, report_dir = _paths(args)
+    out = write_table(unified, out, overwrite=args.overwrite)
+    h.save_models(models_dir, overwrite=args.overwrite)
+    rep = build_report(h, unified, catalogues, cfg)
+    rep.add_files([str(out), str(models_dir)])
+    rp = rep.write(report_dir / f"homogenise_report.{args.report_format}")
+    print(f"wrote {len(unified)} stars to {out}; offset models in {models_dir}; report {rp}")
+    return 0
+
+
+def build_report(h: Homogeniser, unified, catalogues, cfg) -> Report:
+    """Paths, per-model losses and coverage, pair statistics before/after, trends, Kiel diagrams."""
+    rep = Report("Homogenisation (Survey of Surveys)")
+    rep.add_heading("Paths to the reference scale")
+    rep.add_table([{"LABEL": lab, **{s: " > ".join(p) for s, p in ps.items()}} for lab, ps in h.paths_.items()])
+    rep.add_heading("Offset models")
+    rows = []
+    for lab, ms in h.models_.items():
+        for s, m in ms.items():
+            rows.append(
+                {
+                    "LABEL": lab,
+                    "SURVEY": s,
+                    "TARGET": m.parent_,
+                    "N_TRAIN": m.n_train_["train"],
+                    "N_TEST": m.n_train_["test"],
+                    "TREES": m.best_iteration_ + 1,
+                    "PINBALL_TRAIN": m.pinball_["train"],
+                    "PINBALL_TEST": m.pinball_["test"],
+                    "COVER68_TEST": m.coverage_[0.68],
+                    "COVER95_TEST": m.coverage_[0.95],
+                    "TAU": m.tau_,
+                }
+            )
+    rep.add_table(rows, caption="pinball losses (train vs held-out) and conformal coverage on held-out common stars")
+    rep.add_heading("Overlapping pairs before and after (training stars excluded)")
+    rep.add_table(h.validation_["pairs"], caption="bias = median difference, scatter = 1.4826 MAD")
+    trends = sorted(h.validation_["trends"], key=lambda r: -r["MAX_ABS_BIN_BIAS"])
+    rep.add_table(
+        [{k: r[k] for k in ("LABEL", "PAIR", "X", "MAX_ABS_BIN_BIAS")} for r in trends],
+        caption="largest binned median difference after calibration, per pair and variable",
+        max_rows=60,
+    )
+    fig, axes = new_figure(len(cfg.labels), panel=(4.0, 3.0))
+    for ax, lab in zip(axes, cfg.labels):
+        for r in [r for r in trends if r["LABEL"] == lab and r["X"].endswith(f"_{lab}")][:6]:
+            ax.plot(r["BINS"], r["MEDIANS"], marker="o", label=r["PAIR"])
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel(lab)
+        ax.set_ylabel(f"Δ{lab} after")
+        ax.legend(fontsize=6)
+    rep.add_figure(fig, "trends", caption="binned median pair differences after calibration against each label")
+    if "TEFF" in cfg.labels and "LOGG" in cfg.labels:
+        for s, t in catalogues.items():
+            if f"{s}_TEFF_CAL" not in unified.colnames or f"{s}_LOGG_CAL" not in unified.colnames:
+                continue
+            teff = np.ma.filled(unified[f"{s}_TEFF_CAL"].astype(float), np.nan)
+            ok = np.isfinite(teff)
+            logg = np.ma.filled(unified[f"{s}_LOGG_CAL"].astype(float), np.nan)
+            raw_t = np.ma.filled(np.ma.asarray(t["TEFF"], dtype=float), np.nan)
+            raw_g = np.ma.filled(np.ma.asarray(t["LOGG"], dtype=float), np.nan)
+            fig = kiel_diagram(raw_t, raw_g, teff_after=teff[ok], logg_after=logg[ok], titles=(s, f"{s} calibrated"))
+            rep.add_figure(fig, f"kiel_{s}", caption=f"{s}: Kiel diagram before / after")
+    return rep

@@ -1,0 +1,374 @@
+"""The :class:`Homogeniser`: put several surveys' label catalogues on one reference scale.
+
+``Homogeniser(labels, reference, ...).fit(catalogues)`` learns, label by label:
+
+1. the reference scale: the first reference survey of the label (the anchor) defines it;
+   every further reference survey is calibrated onto the anchor first, and the joint
+   reference value of a star is the split-normal combination of the reference surveys
+   that measured it;
+2. for every other survey, an :class:`~bayescannon.homogenise.offsets.OffsetModel` of
+   ``target - survey`` on the common stars, where the target is the joint reference
+   (direct overlap >= ``min_overlap``) or the calibrated values of the survey it is
+   chained to (:func:`~bayescannon.homogenise.graph.survey_paths`);
+3. the calibrated split normal of every measurement by Monte Carlo
+   (:func:`~bayescannon.homogenise.propagate.propagate`), the model uncertainty
+   accumulated along the path.
+
+``transform(catalogues)`` applies the learned models to catalogues and combines the
+calibrated measurements of each star (:func:`~bayescannon.homogenise.splitnormal.combine_split_normal`)
+into the unified table (:func:`~bayescannon.homogenise.output.unified_table`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from bayescannon.errors import InsufficientDataError, InvalidInputError, NotFittedError
+from bayescannon.homogenise.config import SurveyData, check_reference, prepare_survey
+from bayescannon.homogenise.graph import REF, edge_costs, survey_paths
+from bayescannon.homogenise.offsets import DEFAULT_QUANTILES, OffsetModel
+from bayescannon.homogenise.output import unified_table
+from bayescannon.homogenise.propagate import propagate
+from bayescannon.homogenise.splitnormal import combine_split_normal
+from bayescannon.homogenise.validation import pair_validation
+from bayescannon.pipeline.atomic import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Homogeniser", "stack_surveys"]
+
+
+def stack_surveys(data: Mapping[str, SurveyData]):
+    """The union of every survey's ids and, per survey, the union index of its rows."""
+    names = list(data)
+    all_ids = np.concatenate([data[s].ids for s in names]) if names else np.array([], dtype=str)
+    ids, inv = np.unique(all_ids, return_inverse=True)
+    rows, start = {}, 0
+    for s in names:
+        rows[s] = inv[start : start + len(data[s].ids)]
+        start += len(data[s].ids)
+    return ids, rows
+
+
+class Homogeniser:
+    """Survey of Surveys homogenisation (see the module docstring and ``docs/homogenise.md``).
+
+    Parameters
+    ----------
+    labels : sequence of str
+    reference : mapping label → list of survey names
+        The first survey of each list is the anchor of that label's scale.
+    features : sequence of str
+        Offset-model inputs besides the survey's own labels (e.g. S/N, magnitude).
+    id_column : str
+    min_overlap : int or mapping survey → int
+        Common stars needed for a direct calibration (per survey when a mapping; surveys
+        not in it get 200).
+    quantiles : sequence of float
+        Quantiles of the boosted model (must include 0.025, 0.16, 0.5, 0.84, 0.975).
+    n_estimators, max_depth, learning_rate, early_stopping_rounds : XGBoost settings
+    split : (float, float, float, float)
+        Fractions of the common stars for training, validation (early stopping),
+        conformalisation and held-out test.
+    n_draws : int
+        Monte Carlo draws per measurement.
+    propagation : {"linear", "exact"}
+        How draws go through the offset models (see :mod:`~bayescannon.homogenise.propagate`).
+    chunk_size : int
+        Stars per Monte Carlo chunk.
+    n_jobs : int
+        XGBoost threads.
+    random_state : int
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str] = ("TEFF", "LOGG", "FE_H"),
+        reference: Mapping | None = None,
+        *,
+        features: Sequence[str] = (),
+        id_column: str = "ID",
+        min_overlap=200,
+        quantiles=DEFAULT_QUANTILES,
+        n_estimators: int = 300,
+        max_depth: int = 4,
+        learning_rate: float = 0.1,
+        early_stopping_rounds: int = 20,
+        split=(0.6, 0.15, 0.15, 0.1),
+        n_draws: int = 200,
+        propagation: str = "linear",
+        chunk_size: int = 20000,
+        n_jobs: int = 1,
+        random_state: int = 0,
+    ):
+        self.labels = labels
+        self.reference = reference
+        self.features = features
+        self.id_column = id_column
+        self.min_overlap = min_overlap
+        self.quantiles = quantiles
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.early_stopping_rounds = early_stopping_rounds
+        self.split = split
+        self.n_draws = n_draws
+        self.propagation = propagation
+        self.chunk_size = chunk_size
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ sklearn contract
+    @classmethod
+    def _param_names(cls):
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor arguments (scikit-learn's contract)."""
+        return {p: getattr(self, p) for p in self._param_names()}
+
+    def set_params(self, **params) -> Homogeniser:
+        """Set constructor arguments; returns self."""
+        for k, v in params.items():
+            if k not in self._param_names():
+                raise InvalidInputError(f"Homogeniser has no parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def _min_overlap(self, survey: str) -> int:
+        if isinstance(self.min_overlap, Mapping):
+            return int(self.min_overlap.get(survey, 200))
+        return int(self.min_overlap)
+
+    def _validate(self, catalogues) -> dict:
+        labels = list(self.labels)
+        if not labels:
+            raise InvalidInputError("labels is empty")
+        if self.reference is None:
+            raise InvalidInputError("reference is required: {label: [survey, ...]}")
+        if self.propagation not in ("linear", "exact"):
+            raise InvalidInputError(f"propagation must be 'linear' or 'exact'; got {self.propagation!r}")
+        if len(self.split) != 4 or not np.isclose(sum(self.split), 1.0) or min(self.split) <= 0:
+            raise InvalidInputError(f"split must be four positive fractions summing to 1; got {self.split}")
+        if not isinstance(catalogues, Mapping) or not catalogues:
+            raise InvalidInputError("catalogues must be a non-empty mapping survey name → table")
+        check_reference(labels, self.reference, list(catalogues))
+        data = {}
+        for name, table in catalogues.items():
+            if isinstance(table, SurveyData):
+                data[name] = table
+            elif isinstance(table, Table):
+                data[name] = prepare_survey(name, table, labels, list(self.features), self.id_column)
+            else:
+                raise InvalidInputError(f"survey {name}: expected an astropy Table; got {type(table).__name__}")
+        return data
+
+    def _inputs(self, d: SurveyData) -> np.ndarray:
+        return np.hstack([d.value, d.features])
+
+    def _check_fitted(self):
+        if not hasattr(self, "models_"):
+            raise NotFittedError("this Homogeniser is not fitted: call fit first")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, catalogues: Mapping) -> Homogeniser:
+        """Learn the offset models from the survey catalogues (name → astropy Table with the
+        standard columns, or :class:`~bayescannon.homogenise.config.SurveyData`). Returns self.
+
+        Raises
+        ------
+        SurveyFormatError
+            A missing column, named with the survey.
+        InsufficientDataError
+            Too little overlap for a calibration, or a survey with no path to the reference
+            (named with its overlaps).
+        """
+        data = self._validate(catalogues)
+        rng = np.random.default_rng(self.random_state)
+        ids, rows = stack_surveys(data)
+        labels = list(self.labels)
+        self.surveys_ = list(data)
+        self.counts_ = {s: d.counts for s, d in data.items()}
+        self.models_, self.paths_, self.tau_, self.overlaps_ = {}, {}, {}, {}
+        self.training_ = {}
+        cal = {}
+        for j, lab in enumerate(labels):
+            cal[lab] = self._fit_label(j, lab, data, rows, len(ids), rng)
+        self.validation_ = pair_validation(
+            data, rows, len(ids), labels, cal, self.training_, list(self.features), self.paths_
+        )
+        self._fit_cache = (data, ids, rows, cal)
+        return self
+
+    def _dense(self, n, rows, arr):
+        out = np.full(n, np.nan)
+        out[rows] = arr
+        return out
+
+    def _fit_label(self, j, lab, data, rows, n, rng):
+        refs = list(self.reference[lab])
+        anchor = refs[0]
+        with_label = [s for s in data if np.isfinite(data[s].value[:, j]).any()]
+        if anchor not in with_label:
+            raise InsufficientDataError(f"{lab}: the reference survey {anchor} has no usable {lab} value")
+        self.models_[lab], self.tau_[lab], self.training_[lab] = {}, {anchor: 0.0}, {}
+        self.paths_[lab] = {anchor: [anchor]}
+        cal = {anchor: self._calibrate(lab, anchor, data[anchor], rows[anchor], n, rng)}
+        for r in refs[1:]:
+            if r not in with_label:
+                continue
+            both = int((np.isfinite(cal[anchor][0][rows[r]]) & np.isfinite(data[r].value[:, j])).sum())
+            if both < self._min_overlap(r):
+                raise InsufficientDataError(
+                    f"{lab}: reference survey {r} shares {both} stars with the anchor {anchor} "
+                    f"(min_overlap {self._min_overlap(r)})"
+                )
+            self._fit_edge(lab, j, r, anchor, cal[anchor], data[r], rows[r], rng)
+            self.paths_[lab][r] = [r, anchor]
+            cal[r] = self._calibrate(lab, r, data[r], rows[r], n, rng)
+        present = [r for r in refs if r in cal]
+        if len(present) > 1:
+            m, lo_hi, _, _ = combine_split_normal(*(np.column_stack([cal[r][i] for r in present]) for i in range(3)))
+            lo, hi = lo_hi[0]
+            ref = (m, m - lo, hi - m)
+        else:
+            ref = cal[anchor]
+        others = [s for s in with_label if s not in refs]
+        values = {REF: ref[0], **{s: self._dense(n, rows[s], data[s].value[:, j]) for s in others}}
+        overlap, cost = edge_costs(values)
+        self.overlaps_[lab] = {f"{a}|{b}": v for (a, b), v in overlap.items() if a < b}
+        paths = survey_paths(others, overlap, cost, {s: self._min_overlap(s) for s in others}, label=lab)
+        for s in sorted(others, key=lambda s: (len(paths[s]), others.index(s))):
+            parent = paths[s][1]
+            target = ref if parent == REF else cal[parent]
+            self._fit_edge(lab, j, s, parent, target, data[s], rows[s], rng)
+            self.paths_[lab][s] = [p if p != REF else "+".join(present) for p in paths[s]]
+            cal[s] = self._calibrate(lab, s, data[s], rows[s], n, rng)
+        return cal
+
+    def _fit_edge(self, lab, j, s, parent, target, d: SurveyData, rows, rng):
+        tmu = target[0][rows]  # the calibrated median (see propagate)
+        tsig = 0.5 * (target[1][rows] + target[2][rows])
+        common = np.flatnonzero(np.isfinite(tmu) & np.isfinite(d.value[:, j]))
+        perm = rng.permutation(common)
+        cuts = np.floor(np.cumsum(self.split)[:-1] * len(perm)).astype(int)
+        splits = [np.searchsorted(common, p) for p in np.split(perm, cuts)]
+        X = self._inputs(d)[common]
+        y = tmu[common] - d.value[common, j]
+        sig = np.sqrt(tsig[common] ** 2 + (0.5 * (d.s1[common, j] + d.s2[common, j])) ** 2)
+        model = OffsetModel(
+            self.quantiles,
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            early_stopping_rounds=self.early_stopping_rounds,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+        ).fit(X, y, splits, sigma_pair=sig, name=f"{s}→{parent} {lab}")
+        self.models_[lab][s] = model
+        self.tau_[lab][s] = float(np.sqrt(model.tau_**2 + self.tau_[lab].get(parent, 0.0) ** 2))
+        used = np.zeros(len(d.ids), dtype=bool)
+        used[common[np.concatenate(splits[:3])]] = True
+        self.training_[lab][s] = rows[used]
+        model.parent_ = parent
+
+    def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
+        j = list(self.labels).index(lab)
+        model = self.models_[lab].get(s)
+        mode, s1, s2 = propagate(
+            model,
+            self._inputs(d),
+            j,
+            d.value,
+            d.s1,
+            d.s2,
+            d.cov,
+            self.tau_[lab].get(s, 0.0),
+            rng,
+            n_draws=self.n_draws,
+            chunk_size=self.chunk_size,
+            propagation=self.propagation,
+        )
+        return tuple(self._dense(n, rows, a) for a in (mode, s1, s2))
+
+    # ------------------------------------------------------------------ apply
+    def transform(self, catalogues: Mapping) -> Table:
+        """The unified table of ``catalogues`` with the fitted models (fresh Monte Carlo draws
+        from ``random_state + 1``)."""
+        self._check_fitted()
+        data = self._validate(catalogues)
+        rng = np.random.default_rng(self.random_state + 1)
+        ids, rows = stack_surveys(data)
+        cal = {}
+        for lab, paths in self.paths_.items():
+            cal[lab] = {}
+            for s in sorted(paths, key=lambda s: len(paths[s])):
+                if s not in data:
+                    continue
+                cal[lab][s] = self._calibrate(lab, s, data[s], rows[s], len(ids), rng)
+        return self._table(data, ids, rows, cal)
+
+    def fit_transform(self, catalogues: Mapping) -> Table:
+        """:meth:`fit`, then the unified table of the same catalogues from the calibration
+        computed while fitting."""
+        self.fit(catalogues)
+        return self._table(*self._fit_cache)
+
+    def _table(self, data, ids, rows, cal) -> Table:
+        return unified_table(
+            ids,
+            data,
+            rows,
+            list(self.labels),
+            cal,
+            paths=self.paths_,
+            models=self.models_,
+            inputs=self._inputs,
+            id_column=self.id_column,
+        )
+
+    # ------------------------------------------------------------------ files
+    def summary(self) -> dict:
+        """JSON-ready summary of the fit: paths, overlaps, per-model losses, coverage, tau."""
+        self._check_fitted()
+        models = {
+            lab: {
+                s: {
+                    "parent": m.parent_,
+                    "trees_per_quantile": m.best_iteration_ + 1,
+                    "pinball": m.pinball_,
+                    "coverage": {str(k): v for k, v in m.coverage_.items()},
+                    "tau": m.tau_,
+                    "tau_accumulated": self.tau_[lab][s],
+                    "n_stars": m.n_train_,
+                }
+                for s, m in ms.items()
+            }
+            for lab, ms in self.models_.items()
+        }
+        return {
+            "params": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.get_params().items()},
+            "paths": self.paths_,
+            "overlaps": self.overlaps_,
+            "models": models,
+            "counts": self.counts_,
+        }
+
+    def save_models(self, folder, *, overwrite: bool = False) -> Path:
+        """Write every offset model (``<survey>_<label>.xgb.json`` + ``.conformal.json``) and
+        ``homogeniser.json`` (parameters, paths, summary) into ``folder``, atomically."""
+        self._check_fitted()
+        folder = Path(folder)
+        with atomic_path(folder, overwrite=overwrite, directory=True) as tmp:
+            for lab, ms in self.models_.items():
+                for s, m in ms.items():
+                    m.save(tmp / f"{s}_{lab}")
+            write_json(tmp / "homogeniser.json", {**self.summary(), "tau": self.tau_})
+        return folder
