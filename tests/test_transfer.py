@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tomllib
 
 import numpy as np
@@ -227,17 +228,70 @@ def test_steps_rerun_from_saved_output(run, caplog):
     after = Table.read(pipe.output / "catalogue.fits")
     for name in LABELS:
         np.testing.assert_array_equal(np.asarray(before[name]), np.asarray(after[name]))
-    # a changed configuration: the saved upstream output is flagged as stale
+    # a changed configuration: the saved upstream output is refused, naming the step, not mixed in
     cfg = TransferConfig.from_toml(cfg_path)
     cfg.data["cuts"]["min_snr"] = 55.0
-    with caplog.at_level(logging.WARNING, logger="bayescannon.survey.transfer"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"step 'cuts' cannot be used \(step '\w+' depends on it\): .*different configuration.*--from cuts",
+    ):
         TransferPipeline(cfg).run(only="catalogue")
-    assert "different configuration" in caplog.text
     # nothing half-written is left behind
     leftovers = [p for p in pipe.output.rglob("*") if ".tmp" in p.name]
     assert not leftovers
     for step in STEPS:
         assert pipe.is_done(step)
+
+
+def _copy_of_run(run, tmp_path):
+    """The mock folder with its finished run, copied (so that it can be damaged)."""
+    mock, cfg_path, _ = run
+    copy = tmp_path / "mock"
+    shutil.copytree(mock.outdir, copy)
+    return copy, TransferPipeline(copy / cfg_path.name)
+
+
+def test_resume_reuses_only_verified_matching_steps(run, tmp_path, caplog):
+    copy, pipe = _copy_of_run(run, tmp_path)
+    before = Table.read(pipe.output / "catalogue.fits")
+    files = {p: p.stat().st_mtime_ns for p in pipe.output.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="bayescannon.survey.transfer"):
+        pipe.run()
+    steps = pipe.steps_to_run()
+    assert caplog.text.count("saved output matches") == len(steps)
+    assert {p: p.stat().st_mtime_ns for p in pipe.output.rglob("*") if p.is_file()} == files  # nothing rewritten
+
+    # a saved file damaged: that step and every later one are recomputed, the earlier reused
+    model = pipe.step_dir("train") / "model.nc"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model.write_bytes(bytes(raw))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bayescannon.survey.transfer"):
+        TransferPipeline(copy / "test.toml").run()
+    assert "step cleanup: saved output matches" in caplog.text
+    assert "step train: saved output not reused" in caplog.text and "changed or corrupted" in caplog.text
+    assert "step infer: saved output matches" not in caplog.text
+    after = Table.read(pipe.output / "catalogue.fits")
+    for name in LABELS:  # deterministic: the recomputed steps give the same catalogue
+        np.testing.assert_array_equal(np.asarray(before[name]), np.asarray(after[name]))
+
+
+def test_changed_input_files_are_never_mixed_with_saved_output(run, tmp_path):
+    copy, pipe = _copy_of_run(run, tmp_path)
+    assert pipe._verify("catalogue")[1] is None
+    # the same configuration, but one input file's content changed (a catalogue re-downloaded)
+    ref = copy / "apogee_allstar.fits"
+    table = Table.read(ref)
+    table["TEFF"][0] += 100.0
+    table.write(ref, overwrite=True)
+    fresh = TransferPipeline(copy / "test.toml")
+    data, problem = fresh._verify("read")
+    assert data is None and "other input files" in problem
+    with pytest.raises(
+        InvalidInputError, match=r"step 'read' cannot be used \(step '\w+' depends on it\): .*other input files.*--from read"
+    ):
+        fresh.run(start="validate")
 
 
 def test_a_step_without_its_inputs_fails_clearly(run, tmp_path, capsys):

@@ -51,13 +51,25 @@ step can be run alone and re-run from its saved inputs:
     simulated pipeline offsets.
 
 Every output is written atomically (temporary file + :func:`os.replace`); a step's
-``done.json`` (written last) records what it wrote, its counts, and a digest of the
-configuration it ran with, so a later step warns when its inputs came from a different
-configuration.
+``done.json`` (written last) records what it wrote with the checksum of every file, its
+counts, and its *key*: a digest of the configuration sections it and the steps before it
+use, of the content of every input file named by the configuration (spectra, catalogues,
+truth), of the package version and of the key and files of the step before it.
+
+Resuming (:meth:`TransferPipeline.run` without ``start``/``only``; the CLI without
+``--from``/``--step``) reuses a step's saved output only when its recorded key equals the
+key asked for and every file it recorded is intact; the first step that does not match
+(other configuration, other input files, other version, a file edited, truncated or
+missing) and every step after it are recomputed, with a log line naming the reason.
+Running from a step (``start``/``only``) reads the saved output of the steps before it
+only when it matches in the same way, and otherwise refuses with
+:class:`~bayescannon.errors.InvalidInputError` naming the step and the difference: saved
+output made from another configuration or other inputs is never mixed in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -66,7 +78,10 @@ from pathlib import Path
 
 from astropy.table import Table
 
+from bayescannon._version import __version__
 from bayescannon.errors import InvalidInputError
+from bayescannon.pipeline.atomic import TMP_PREFIX
+from bayescannon.pipeline.chunks import file_checksum
 from bayescannon.survey.catalogue import write_table
 from bayescannon.survey.transferconfig import _STEP_DIRS, DEFAULTS, STEPS, TransferConfig, _excluded_table, _write_json
 from bayescannon.survey.transferdata import _DataSteps
@@ -74,6 +89,9 @@ from bayescannon.survey.transferevaluate import evaluate
 from bayescannon.survey.transfermodel import _ModelSteps
 
 logger = logging.getLogger(__name__)
+
+#: Files of the ``catalogue`` step written in the run's output folder itself.
+_RUN_FILES = ("catalogue.fits", "excluded.fits", "summary.json")
 
 __all__ = [
     "DEFAULTS",
@@ -129,39 +147,150 @@ class TransferPipeline(_DataSteps, _ModelSteps):
         return self._done_path(step).is_file()
 
     def manifest(self, step: str) -> dict:
-        """The ``done.json`` of a finished step (warns when its configuration differs).
+        """The ``done.json`` of a finished step, verified.
+
+        The step's recorded key must equal the key of the current configuration, input files,
+        package version and (verified) saved output of the steps before it, and every file it
+        recorded must be intact.
 
         Raises
         ------
         InvalidInputError
-            When the step has no saved output.
+            When the step has no saved output, or its saved output does not match (the message
+            names the step and the difference, and says which step to re-run from).
         """
-        path = self._done_path(step)
-        if not path.is_file():
+        data, problem, culprit = self._check(step)
+        if problem is not None:
+            via = "" if culprit == step else f" (step {step!r} depends on it)"
             raise InvalidInputError(
-                f"step {step!r} has no saved output in {path.parent}: run the pipeline from "
-                f"that step (bayescannon transfer CONFIG --from {step})"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InvalidInputError(f"{path} is unreadable ({exc}): re-run --from {step}") from exc
-        if data.get("config_digest") != self.config.digest(step):
-            logger.warning(
-                "the saved output of step %r was made with a different configuration; "
-                "re-run with --from %s to bring it up to date",
-                step,
-                step,
+                f"the saved output of step {culprit!r} cannot be used{via}: {problem}; re-run the pipeline "
+                f"from that step (bayescannon transfer CONFIG --from {culprit})"
             )
         return data
 
+    # ---------------------------------------------------------------- keys and verification
+    def _inputs_digest(self) -> str:
+        """Digest of the content of every input file the configuration names (cached per run)."""
+        if getattr(self, "_inputs_digest_cache", None) is None:
+            h = hashlib.blake2b(digest_size=20)
+            base = self.config.base_dir
+            for path in sorted(set(self._input_files()), key=str):
+                # named relative to the configuration, so that a moved or copied folder still matches
+                h.update(str(path.relative_to(base) if path.is_relative_to(base) else path).encode())
+                h.update(file_checksum(path).encode())
+            self._inputs_digest_cache = h.hexdigest()
+        return self._inputs_digest_cache
+
+    def _input_files(self) -> list[Path]:
+        files = list(self._spectra_paths())
+
+        def walk(value):
+            if isinstance(value, Mapping):
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    walk(v)
+            elif isinstance(value, str) and value and not any(c in value for c in "*?["):
+                try:
+                    path = self.config.path(value)
+                    if path.is_file():
+                        files.append(path)
+                except (OSError, ValueError):
+                    pass
+
+        walk({k: v for k, v in self.config.data.items() if k != "output"})
+        return files
+
+    def _key(self, step: str, upstream: dict | None) -> str:
+        parts = {
+            "step": step,
+            "config": self.config.digest(step),
+            "inputs": self._inputs_digest(),
+            "version": __version__,
+            "upstream": None if upstream is None else {"key": upstream.get("key"), "files": upstream.get("files")},
+        }
+        return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=20).hexdigest()
+
+    def _step_files(self, step: str) -> dict:
+        """Checksums of the files a step wrote (its folder, and the run-level files of ``catalogue``)."""
+        paths = [p for p in self.step_dir(step).rglob("*") if p.is_file()]
+        if step == "catalogue":
+            paths += [self.output / n for n in _RUN_FILES if (self.output / n).is_file()]
+        out = {}
+        for p in sorted(paths):
+            if p.name == "done.json" or p.name.startswith(TMP_PREFIX):
+                continue
+            out[str(p.relative_to(self.output))] = file_checksum(p)
+        return out
+
+    def _verify(self, step: str) -> tuple[dict | None, str | None]:
+        """(the step's verified ``done.json``, None), or (None, why it cannot be used)."""
+        data, problem, culprit = self._check(step)
+        if problem is not None and culprit != step:
+            problem = f"step {culprit!r} before it does not match: {problem}"
+        return data, problem
+
+    def _check(self, step: str) -> tuple[dict | None, str | None, str]:
+        """(verified ``done.json``, None, step), or (None, why, the first step that does not match)."""
+        cache = self.__dict__.setdefault("_verified", {})
+        if step in cache:
+            return cache[step], None, step
+        path = self._done_path(step)
+        if not path.is_file():
+            return None, f"it has no saved output in {path.parent}", step
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            return None, f"{path} is unreadable ({exc})", step
+        i = STEPS.index(step)
+        upstream = None
+        if i > 0:
+            prev = next((s for s in reversed(STEPS[:i]) if s != "evaluate"), None)
+            if prev is not None:
+                upstream, problem, culprit = self._check(prev)
+                if problem is not None:
+                    return None, problem, culprit
+        if data.get("key") != self._key(step, upstream):
+            if data.get("config_digest") != self.config.digest(step):
+                why = "it was made with a different configuration"
+            elif data.get("inputs_digest") != self._inputs_digest():
+                why = "it was made from other input files (spectra or catalogues changed)"
+            elif data.get("version") != __version__:
+                why = f"it was made by bayescannon {data.get('version')} (this is {__version__})"
+            else:
+                why = "the saved output of the steps before it changed since"
+            return None, why, step
+        recorded = data.get("files")
+        if not isinstance(recorded, dict) or not recorded:
+            return None, "it records no files", step
+        for rel, checksum in recorded.items():
+            p = self.output / rel
+            if not p.is_file():
+                return None, f"{p} is missing", step
+            if file_checksum(p) != checksum:
+                return None, f"{p} was changed or corrupted since it was written", step
+        cache[step] = data
+        return data, None, step
+
     def _finish(self, step: str, summary: dict, t0: float) -> dict:
+        i = STEPS.index(step)
+        prev = next((s for s in reversed(STEPS[:i]) if s != "evaluate"), None) if i > 0 else None
+        upstream = None if prev is None else self.manifest(prev)
         summary = dict(summary)
         summary["step"] = step
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["config_digest"] = self.config.digest(step)
+        summary["inputs_digest"] = self._inputs_digest()
+        summary["version"] = __version__
+        summary["key"] = self._key(step, upstream)
+        summary["files"] = self._step_files(step)
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         _write_json(self._done_path(step), summary)
+        cache = self.__dict__.setdefault("_verified", {})
+        for s in STEPS[i:]:  # this step and every later one must be verified again
+            cache.pop(s, None)
+        cache[step] = summary
         logger.info("step %s done in %.1f s", step, summary["seconds"])
         return summary
 
@@ -191,22 +320,40 @@ class TransferPipeline(_DataSteps, _ModelSteps):
         return steps
 
     def run(self, start: str | None = None, only: str | None = None) -> dict:
-        """Run steps: all (default), ``start`` and the ones after it, or ``only`` one.
+        """Run steps: all (default, resuming), ``start`` and the ones after it, or ``only`` one.
+
+        Without ``start`` and ``only`` the run resumes: the saved output of a step is reused
+        when its key and files match (see the module docstring); from the first step that does
+        not match, every step is recomputed.
 
         Parameters
         ----------
         start : str, optional
-            First step to run (later steps follow).
+            First step to run (later steps follow); the steps before it must have matching
+            saved output.
         only : str, optional
-            The one step to run (its inputs must have been saved before).
+            The one step to run (its inputs must have been saved before and match).
 
         Returns
         -------
         dict
             Step name -> the summary saved in its ``done.json``.
         """
+        steps = self.steps_to_run(start, only)
         out = {}
-        for step in self.steps_to_run(start, only):
+        resuming = start is None and only is None
+        for step in steps:
+            if resuming:
+                data, problem = self._verify(step)
+                if problem is None:
+                    logger.info(
+                        "step %s: saved output matches (key and %d files verified): reused", step, len(data["files"])
+                    )
+                    out[step] = data
+                    continue
+                if self.is_done(step):
+                    logger.warning("step %s: saved output not reused (%s): recomputing from here", step, problem)
+                resuming = False
             out[step] = self.run_step(step)
         return out
 
