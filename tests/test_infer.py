@@ -3,13 +3,15 @@
 import logging
 
 import numpy as np
-from conftest import LABELS
+import pytest
+from conftest import LABELS, Truth
 from scipy.optimize import least_squares
 
+from bayescannon import CannonModel
 from bayescannon.core import scaling
 from bayescannon.core.labelfit import chi2_at, fit_labels, sufficient_statistics
 from bayescannon.core.likelihood import adjusted_ivar
-from bayescannon.core.polyfit import MonomialMap, poly_coefficients
+from bayescannon.core.polyfit import MonomialMap, poly_coefficients, use_polynomial_form
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.flags import StarFlag
 from bayescannon.spectra import make_spectra
@@ -255,8 +257,27 @@ def test_polynomial_derivative_coefficients_match_finite_differences():
         np.testing.assert_allclose(h[:, :, k], (gp - gm) / (2 * eps), rtol=1e-6, atol=1e-6)
 
 
-def test_polynomial_engine_agrees_with_the_pair_engine(trained):
-    tr, model = trained
+@pytest.fixture(scope="module")
+def trained_cubic():
+    """An order-3 model (3 labels: 84 monomials + 40 against 210 pairs, the polynomial form)."""
+    tr = Truth(n_pixels=200, seed=12)
+    y = tr.labels(600)
+    offset, scale = np.median(y, 0), np.subtract(*np.percentile(y, [97.5, 2.5], 0))
+    flux, ivar = tr.spectra(y, offset, scale)
+    model = CannonModel(LABELS, 3, random_state=0).fit(flux, ivar, y, wavelength=np.linspace(15100, 15300, 200))
+    return tr, model
+
+
+def test_engine_choice_by_cost():
+    assert not use_polynomial_form(PolynomialVectorizer(LABELS, 2))
+    assert not use_polynomial_form(PolynomialVectorizer(["a", "b", "c", "d"], 2))
+    assert use_polynomial_form(PolynomialVectorizer(LABELS, 3))
+    assert use_polynomial_form(PolynomialVectorizer(["a", "b", "c", "d"], 3))
+
+
+def test_polynomial_engine_agrees_with_the_pair_engine(trained_cubic):
+    tr, model = trained_cubic
+    assert use_polynomial_form(model.vectorizer)
     y = tr.labels(60)
     flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(20, 200))
     res = model.infer(flux, ivar)
@@ -267,14 +288,16 @@ def test_polynomial_engine_agrees_with_the_pair_engine(trained):
     assert np.all(np.abs(x - ref.labels) < 1e-4 * err)
     np.testing.assert_allclose(res["chi2"].values, ref.chi2, rtol=1e-9)
     cov = res["covariance"].values / np.outer(model.label_scale_, model.label_scale_)
-    np.testing.assert_allclose(cov, ref.covariance, rtol=1e-5)
+    # relative to the error scale sqrt(cov_ii cov_jj) (a near-zero correlation has no relative precision)
+    assert np.all(np.abs(cov - ref.covariance) < 1e-5 * err[:, :, None] * err[:, None, :])
     # the reported χ² is Σ w (f − θ·v)² at the reported labels
     direct = np.einsum("np,np->n", w, (flux - model.vectorizer(x) @ model.theta_.T) ** 2)
     np.testing.assert_allclose(res["chi2"].values, direct, rtol=1e-9)
 
 
-def test_test_step_cache_follows_refit_and_set_params(trained):
-    tr, model = trained
+@pytest.mark.parametrize("fixture", ["trained", "trained_cubic"])
+def test_test_step_cache_follows_refit_and_set_params(fixture, request):
+    tr, model = request.getfixturevalue(fixture)
     m = model.clone()
     m.__dict__.update({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(model).items()})
     m.__dict__.pop("_test_cache", None)
