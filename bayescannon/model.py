@@ -23,6 +23,7 @@ from bayescannon.core import scaling
 from bayescannon.core._kernels import fingerprint, prepare_training, test_weights
 from bayescannon.core.labelfit import chi2_at, fit_labels, test_statistics
 from bayescannon.core.latent import fit_latent_labels
+from bayescannon.core.polyfit import MonomialMap, chi2_poly, fit_labels_poly, poly_coefficients, use_polynomial_form
 from bayescannon.core.train import check_identifiable, fit_pixels
 from bayescannon.core.uncertainty import (
     apply_calibration,
@@ -221,6 +222,7 @@ class CannonModel:
             raise InvalidInputError(f"unknown CannonModel parameter(s) {unknown}; valid parameters are {valid}")
         for name, value in params.items():
             setattr(self, name, list(value) if name == "label_names" and not isinstance(value, list) else value)
+        self.__dict__.pop("_test_cache", None)  # the test step's Φ of θ
         return self
 
     def clone(self) -> Self:
@@ -406,6 +408,7 @@ class CannonModel:
                 pixel_major=True,
                 progressbar=progressbar,
             )
+        self.__dict__.pop("_test_cache", None)  # the test step's Φ of θ
         self.theta_ = result.theta
         self.s2_ = result.s2
         self.pixel_flags_ = result.pixel_flags
@@ -629,11 +632,11 @@ class CannonModel:
         if chunk_size < 1:
             raise InvalidInputError(f"chunk_size must be >= 1; got {chunk_size}")
         k = len(self.label_names)
-        vec = self.vectorizer
-        iu, ju = np.triu_indices(vec.n_terms)
-        theta_pairs = self.theta_[:, iu] * self.theta_[:, ju]
+        mono_map, prod = self._test_step_cache()
+        vec = mono_map.vectorizer
+        poly = use_polynomial_form(vec)
         cand = self.start_candidates_
-        v_cand = vec(cand)  # (C, T)
+        v_cand = mono_map.quad(cand) if poly else vec(cand)  # (C, M) or (C, T)
         s = min(s, cand.shape[0])
         smin = scaling.scale(self.label_min_, self.label_offset_, self.label_scale_)
         smax = scaling.scale(self.label_max_, self.label_offset_, self.label_scale_)
@@ -666,13 +669,20 @@ class CannonModel:
             m = sl.stop - sl.start
             w, wf = buf_w[:m], buf_wf[:m]
             c, n_pix, kap[sl] = self._test_weights(flux[sl], ivar[sl], pixel_ok, ids, a, wavelength, w, wf, inv_wbar)
-            A, b = test_statistics(w, wf, self.theta_, theta_pairs)
-            m = A.shape[0]
-            # χ² of every candidate for every star; keep the best s as starts
-            cchi = chi2_at(A, b, c, v_cand)
-            order = np.argsort(cchi, axis=1)[:, :s]
-            starts = cand[order]  # (m, s, K)
-            fit = fit_labels(A, b, c, vec, starts, bounds=bounds, restart=restart)
+            # χ² of each star as a polynomial in the labels (coefficients over the monomials)
+            # each star's χ² as a polynomial in the labels (coefficients over the monomials) or
+            # as the quadratic form of its sufficient statistics, whichever is cheaper to form;
+            # χ² of every candidate for every star: the best s are the starts
+            if poly:
+                coef, b = poly_coefficients(w, wf, c, self.theta_, prod)
+                starts = cand[np.argsort(chi2_poly(coef, v_cand), axis=1)[:, :s]]  # (m, s, K)
+                fit = fit_labels_poly(
+                    coef, b, w, self.theta_, mono_map, starts, bounds=bounds, restart=restart, work=buf_wf[:m]
+                )
+            else:
+                A, b = test_statistics(w, wf, self.theta_, prod)
+                starts = cand[np.argsort(chi2_at(A, b, c, v_cand), axis=1)[:, :s]]
+                fit = fit_labels(A, b, c, vec, starts, bounds=bounds, restart=restart)
             labels[sl] = fit.labels
             cov[sl] = fit.covariance
             chi2[sl] = fit.chi2
@@ -684,6 +694,27 @@ class CannonModel:
         if uncertainty == "calibrated":
             ds = apply_calibration(self, ds, ivar, kappa=kap)
         return ds
+
+    def _test_step_cache(self):
+        """(MonomialMap, products of θ) for the test step, computed once per fit.
+
+        The products (Φ, P × M, for the polynomial form of χ²; else the pairs θ_t θ_u,
+        P × T(T+1)/2) only depend on θ: it is kept on the model and rebuilt when ``theta_`` is
+        another array (a refit, a load) or the order/labels changed; ``fit`` and
+        ``set_params`` drop it.
+        """
+        key = (id(self.theta_), self.theta_.shape, tuple(self.label_names), int(self.order))
+        cache = getattr(self, "_test_cache", None)
+        if cache is None or cache[0] != key or cache[1] is not self.theta_:
+            mono_map = MonomialMap(self.vectorizer)
+            if use_polynomial_form(mono_map.vectorizer):
+                prod = mono_map.theta_monomials(self.theta_)
+            else:
+                iu, ju = np.triu_indices(mono_map.n_terms)
+                prod = self.theta_[:, iu] * self.theta_[:, ju]
+            cache = (key, self.theta_, mono_map, prod)
+            self._test_cache = cache
+        return cache[2], cache[3]
 
     def _assemble(self, ids, x, cov, chi2, npix, conv, atb, niter, smin, smax, width):
         k = len(self.label_names)

@@ -3,11 +3,16 @@
 import logging
 
 import numpy as np
-from conftest import LABELS
+import pytest
+from conftest import LABELS, Truth
 from scipy.optimize import least_squares
 
+from bayescannon import CannonModel
 from bayescannon.core import scaling
+from bayescannon.core.labelfit import chi2_at, fit_labels, sufficient_statistics
 from bayescannon.core.likelihood import adjusted_ivar
+from bayescannon.core.polyfit import MonomialMap, poly_coefficients, use_polynomial_form
+from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.flags import StarFlag
 from bayescannon.spectra import make_spectra
 from bayescannon.survey.batch import infer_chunked
@@ -190,3 +195,121 @@ def test_chunked_inference_recomputes_corrupted_chunks_bit_for_bit(trained, tmp_
     assert not list(work.glob(".tmp_*"))
     for name in ("labels", "errors", "chi2"):
         np.testing.assert_array_equal(again[name].values, full[name].values)
+
+
+def _pair_engine(model, flux, ivar, n_starts=4):
+    """The sufficient-statistics engine (A = Σ w θθᵀ, labelfit.fit_labels) on the same starts."""
+    vec = model.vectorizer
+    w = adjusted_ivar(ivar, model.s2_[None, :])
+    A, b, c, _ = sufficient_statistics(flux, w, model.theta_)
+    cand = model.start_candidates_
+    starts = cand[np.argsort(chi2_at(A, b, c, vec(cand)), axis=1)[:, :n_starts]]
+    smin = scaling.scale(model.label_min_, model.label_offset_, model.label_scale_)
+    smax = scaling.scale(model.label_max_, model.label_offset_, model.label_scale_)
+    width = smax - smin
+    bounds = np.column_stack([smin - model.bounds_margin * width, smax + model.bounds_margin * width])
+    return fit_labels(A, b, c, vec, starts, bounds=bounds, restart=True), w
+
+
+def test_polynomial_chi2_is_the_pair_quadratic_form_and_the_direct_sum():
+    rng = np.random.default_rng(3)
+    for order in (1, 2, 3):
+        vec = PolynomialVectorizer(["a", "b", "c", "d"], order)
+        mm = MonomialMap(vec)
+        p, n = 200, 7
+        theta = rng.normal(scale=0.05, size=(p, vec.n_terms))
+        theta[:, 0] = 1.0
+        x = rng.uniform(-1.5, 1.5, size=(n, 4))
+        flux = np.einsum("npt,pt->np", np.broadcast_to(vec(x)[:, None, :], (n, p, vec.n_terms)), theta)
+        flux += rng.normal(scale=0.01, size=(n, p))
+        w = rng.uniform(1e3, 1e5, size=(n, p))
+        A, b, c, _ = sufficient_statistics(flux, w, theta)
+        a, b2 = poly_coefficients(w, w * flux, c, theta, mm.theta_monomials(theta))
+        np.testing.assert_array_equal(b, b2)
+        pts = rng.uniform(-2, 2, size=(5, 4))
+        got = a @ mm.quad(pts).T
+        pair = chi2_at(A, b, c, vec(pts))
+        direct = np.einsum("np,nsp->ns", w, (flux[:, None, :] - (vec(pts) @ theta.T)[None]) ** 2)
+        # both forms cancel Σ w f² against vᵀAv: rounding is relative to that scale
+        scale = c[:, None] + np.abs(pair)
+        assert np.all(np.abs(got - direct) < 1e-12 * scale)
+        assert np.all(np.abs(got - pair) < 1e-12 * scale)
+        assert mm.n_monomials == {1: 15, 2: 70, 3: 210}[order]
+
+
+def test_polynomial_derivative_coefficients_match_finite_differences():
+    rng = np.random.default_rng(4)
+    mm = MonomialMap(PolynomialVectorizer(["a", "b", "c"], 3))
+    a = rng.normal(size=(2, mm.n_monomials))
+    x = rng.uniform(-1, 1, size=(2, 3))
+    ga, ha = mm.derivative_coefficients(a)
+    g = np.einsum("nkm,nm->nk", ga, mm.quad(x)[:, : mm.n_grad])
+    h = mm.hessian(a, x)
+    np.testing.assert_allclose(np.einsum("nkqm,nm->nkq", ha, mm.quad(x)[:, : mm.n_hess]), h, rtol=1e-14)
+    eps = 1e-6
+    for k in range(3):
+        dx = np.zeros(3)
+        dx[k] = eps
+        f = lambda y: np.einsum("nm,nm->n", a, mm.quad(y))  # noqa: E731
+        np.testing.assert_allclose(g[:, k], (f(x + dx) - f(x - dx)) / (2 * eps), rtol=1e-7, atol=1e-7)
+        gp = np.einsum("nkm,nm->nk", ga, mm.quad(x + dx)[:, : mm.n_grad])
+        gm = np.einsum("nkm,nm->nk", ga, mm.quad(x - dx)[:, : mm.n_grad])
+        np.testing.assert_allclose(h[:, :, k], (gp - gm) / (2 * eps), rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained_cubic():
+    """An order-3 model (3 labels: 84 monomials + 40 against 210 pairs, the polynomial form)."""
+    tr = Truth(n_pixels=200, seed=12)
+    y = tr.labels(600)
+    offset, scale = np.median(y, 0), np.subtract(*np.percentile(y, [97.5, 2.5], 0))
+    flux, ivar = tr.spectra(y, offset, scale)
+    model = CannonModel(LABELS, 3, random_state=0).fit(flux, ivar, y, wavelength=np.linspace(15100, 15300, 200))
+    return tr, model
+
+
+def test_engine_choice_by_cost():
+    assert not use_polynomial_form(PolynomialVectorizer(LABELS, 2))
+    assert not use_polynomial_form(PolynomialVectorizer(["a", "b", "c", "d"], 2))
+    assert use_polynomial_form(PolynomialVectorizer(LABELS, 3))
+    assert use_polynomial_form(PolynomialVectorizer(["a", "b", "c", "d"], 3))
+
+
+def test_polynomial_engine_agrees_with_the_pair_engine(trained_cubic):
+    tr, model = trained_cubic
+    assert use_polynomial_form(model.vectorizer)
+    y = tr.labels(60)
+    flux, ivar = tr.spectra(y, model.label_offset_, model.label_scale_, snr=(20, 200))
+    res = model.infer(flux, ivar)
+    ref, w = _pair_engine(model, flux, ivar)
+    x = scaling.scale(res["labels"].values, model.label_offset_, model.label_scale_)
+    err = np.sqrt(np.einsum("nkk->nk", ref.covariance))
+    # both converge to χ² decrements < 1e-9: the labels agree far inside the formal errors
+    assert np.all(np.abs(x - ref.labels) < 1e-4 * err)
+    np.testing.assert_allclose(res["chi2"].values, ref.chi2, rtol=1e-9)
+    cov = res["covariance"].values / np.outer(model.label_scale_, model.label_scale_)
+    # relative to the error scale sqrt(cov_ii cov_jj) (a near-zero correlation has no relative precision)
+    assert np.all(np.abs(cov - ref.covariance) < 1e-5 * err[:, :, None] * err[:, None, :])
+    # the reported χ² is Σ w (f − θ·v)² at the reported labels
+    direct = np.einsum("np,np->n", w, (flux - model.vectorizer(x) @ model.theta_.T) ** 2)
+    np.testing.assert_allclose(res["chi2"].values, direct, rtol=1e-9)
+
+
+@pytest.mark.parametrize("fixture", ["trained", "trained_cubic"])
+def test_test_step_cache_follows_refit_and_set_params(fixture, request):
+    tr, model = request.getfixturevalue(fixture)
+    m = model.clone()
+    m.__dict__.update({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(model).items()})
+    m.__dict__.pop("_test_cache", None)
+    y = tr.labels(5)
+    flux, ivar = tr.spectra(y, m.label_offset_, m.label_scale_)
+    first = m.infer(flux, ivar)
+    cached = m._test_cache[3]
+    assert m.infer(flux, ivar).equals(first) and m._test_cache[3] is cached
+    # a new θ array (refit, load) rebuilds Φ; so does set_params
+    m.theta_ = m.theta_ * 1.001
+    moved = m.infer(flux, ivar)
+    assert m._test_cache[3] is not cached
+    assert not np.array_equal(moved["labels"].values, first["labels"].values)
+    m.set_params(n_starts=m.n_starts)
+    assert "_test_cache" not in vars(m)

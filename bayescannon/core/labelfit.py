@@ -30,7 +30,10 @@ __all__ = [
     "axis_profiles",
     "chi2_at",
     "fit_labels",
+    "invert_fisher",
     "profile_restarts",
+    "restarts_from_profiles",
+    "scan_grid",
     "spectrum_statistics",
     "sufficient_statistics",
     "test_statistics",
@@ -241,7 +244,7 @@ def fit_labels(
                 logger.debug("second-round restarts lowered χ² for %d of %d stars", idx.size, n)
     Jb = vectorizer.jacobian(xb)
     H = np.swapaxes(Jb, 1, 2) @ (A @ Jb)
-    cov = _invert(H)
+    cov = invert_fisher(H)
     at_bound = np.zeros(n, dtype=bool)
     if bounds is not None:
         tol = 1e-9 * (hi - lo)
@@ -339,14 +342,25 @@ def profile_restarts(A, b, c, vectorizer, x, bounds, *, n_grid: int = 64):
     has_dip : ndarray, shape (N,) bool
         Stars with such a dip; ``starts`` of the others are their ``x``.
     """
-    n, k = x.shape
+    grid = scan_grid(bounds, n_grid)
+    return restarts_from_profiles(axis_profiles(A, b, c, vectorizer, x, grid), grid, x)
+
+
+def scan_grid(bounds, n_grid):
+    """``n_grid`` equally spaced values per label across finite ``bounds`` (K, 2): (K, G)."""
     if n_grid < 3:
         raise InvalidInputError(f"n_grid must be >= 3; got {n_grid}")
     bounds = np.asarray(bounds, dtype=np.float64)
     if not np.all(np.isfinite(bounds)):
         raise InvalidInputError("profile_restarts needs finite bounds")
-    grid = bounds[:, :1] + (bounds[:, 1:] - bounds[:, :1]) * np.linspace(0.0, 1.0, n_grid)
-    prof = axis_profiles(A, b, c, vectorizer, x, grid)
+    return bounds[:, :1] + (bounds[:, 1:] - bounds[:, :1]) * np.linspace(0.0, 1.0, n_grid)
+
+
+def restarts_from_profiles(prof, grid, x):
+    """Starts at the lowest other dip of the χ² scans ``prof`` (N, K, G) on ``grid`` (K, G)
+    through ``x`` (N, K); see :func:`profile_restarts`."""
+    n, k = x.shape
+    n_grid = grid.shape[1]
     low = np.zeros(prof.shape, dtype=bool)
     low[:, :, 1:-1] = (prof[:, :, 1:-1] < prof[:, :, :-2]) & (prof[:, :, 1:-1] <= prof[:, :, 2:])
     low[:, :, 0] = prof[:, :, 0] < prof[:, :, 1]
@@ -362,7 +376,7 @@ def profile_restarts(A, b, c, vectorizer, x, bounds, *, n_grid: int = 64):
     return starts, has
 
 
-def _invert(H):
+def invert_fisher(H):
     """Batched inverse; NaN for stars whose Fisher matrix is singular."""
     out = np.full_like(H, np.nan)
     d = np.sqrt(np.abs(np.einsum("njj->nj", H)))

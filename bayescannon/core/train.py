@@ -8,7 +8,10 @@ Algorithm (all pixels at once, no loop over pixels):
 * θ-step: at fixed s², θ is the weighted least-squares solution of the normal
   equations ``G θ = b`` with ``G = Σ_n w_n v_n v_nᵀ`` and ``b = Σ_n w_n f_n v_n``. All
   G are formed by one matrix product ``Wᵀ (v ⊗ v)`` over stars; with an L1 penalty the
-  θ-step is a lasso solved by coordinate descent on (G, b), vectorised over pixels.
+  θ-step is a lasso on (G, b), solved by compiled coordinate descent parallel over pixels
+  and finished exactly on its support (:func:`lasso_step`), warm-started from the previous
+  pass. The θ–s² coupling of the s-step is then taken on the support of θ (where the lasso
+  solution moves with s²), which keeps the s-step's quadratic convergence.
 * s-step: the profile likelihood ``max_θ ln p(θ, s²)`` is maximised over s² ≥ 0. While
   s² is far from its optimum (first two passes) the compiled kernel maximises the
   likelihood with the residuals held fixed (Newton in ``x = ln(s² + <σ²>)`` on residuals
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bayescannon.core._kernels import log_likelihood_terms, score_terms, solve_packed, weights
+from bayescannon.core._lasso import lasso_packed
 from bayescannon.core.likelihood import adjusted_ivar, log_likelihood
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.flags import PixelFlag
@@ -175,25 +179,20 @@ def _solve_masked(G, b, term_mask):
     return np.linalg.solve(G, b[..., None])[..., 0]
 
 
-def _lasso(G, b, theta0, lam, term_mask, tol=1e-10, max_sweeps=500):
-    """min ½θᵀGθ − bᵀθ + lam Σ_{t≥1}|θ_t| by coordinate descent, vectorised over pixels."""
-    theta = theta0.copy()
+def _lasso(G, b, theta0, lam, term_mask, tol=1e-12, max_sweeps=1000):
+    """min ½θᵀGθ − bᵀθ + lam Σ_{t≥1}|θ_t| per pixel (G (P, T, T) full): see :func:`lasso_step`."""
     t = G.shape[-1]
-    diag = np.einsum("ptt->pt", G)
-    allowed = np.ones_like(theta, dtype=bool) if term_mask is None else term_mask
-    for _ in range(max_sweeps):
-        change = 0.0
-        for j in range(t):  # loop over terms, vectorised over pixels
-            rho = b[:, j] - np.einsum("pu,pu->p", G[:, j, :], theta) + diag[:, j] * theta[:, j]
-            if j == 0:
-                new = rho / diag[:, j]
-            else:
-                new = np.sign(rho) * np.maximum(np.abs(rho) - lam, 0.0) / diag[:, j]
-            new = np.where(allowed[:, j], new, 0.0)
-            change = max(change, float(np.max(np.abs(new - theta[:, j]), initial=0.0)))
-            theta[:, j] = new
-        if change < tol * max(1.0, float(np.max(np.abs(theta), initial=0.0))):
-            break
+    iu, ju = _pair_index(t)
+    allowed = np.ones(theta0.shape, dtype=bool) if term_mask is None else np.asarray(term_mask, dtype=bool)
+    theta, _ = lasso_packed(
+        np.ascontiguousarray(G[:, iu, ju]),
+        np.ascontiguousarray(b, dtype=np.float64),
+        np.ascontiguousarray(theta0, dtype=np.float64),
+        float(lam),
+        np.ascontiguousarray(allowed),
+        float(tol),
+        int(max_sweeps),
+    )
     return theta
 
 
@@ -226,11 +225,32 @@ def theta_step(w, wf, design, allowed, vv=None):
     return theta, ok, packed, b
 
 
-def lasso_step(packed, b, start, regularization, allowed):
+def lasso_step(packed, b, start, regularization, allowed, *, tol=1e-12, max_sweeps=1000):
     """θ with the L1 penalty ``Λ Σ_{t≥1}|θ_t|`` (``regularization`` = Λ, the convention of
-    :func:`fit_pixels`) by coordinate descent from ``start``, on the normal equations of
-    :func:`theta_step`."""
-    return _lasso(_unpack(packed, start.shape[1]), b, start, 0.5 * regularization, allowed)
+    :func:`fit_pixels`) on the normal equations of :func:`theta_step`, from ``start``.
+
+    Compiled coordinate descent parallel over pixels, finished by the exact solution on the
+    support once the support and signs stop changing
+    (:func:`bayescannon.core._lasso.lasso_packed`): exact to rounding, not to a sweep
+    tolerance. Pixels that still moved after ``max_sweeps`` sweeps are logged.
+
+    Returns
+    -------
+    ndarray, shape (M, T)
+    """
+    theta, sweeps = lasso_packed(
+        np.ascontiguousarray(packed),
+        np.ascontiguousarray(b),
+        np.ascontiguousarray(start, dtype=np.float64),
+        0.5 * float(regularization),
+        np.ascontiguousarray(allowed, dtype=bool),
+        float(tol),
+        int(max_sweeps),
+    )
+    slow = sweeps > max_sweeps
+    if slow.any():
+        logger.debug("lasso: %d of %d pixels still moving after %d sweeps", int(slow.sum()), slow.size, max_sweeps)
+    return theta
 
 
 def scatter_update(ivar_t, flux_t, model_t, s2, idx, w2r, *, fixed_residuals: bool):
@@ -398,8 +418,12 @@ def fit_pixels(
             iterator.set_postfix(active=int((~done).sum()))
         if it == max_iter:
             break
-        # coupling of θ and s² in the profile likelihood: c = qᵀG⁻¹q
-        ginv_q, _ = solve_packed(packed, q, allowed[active], 1e-10)
+        # coupling of θ and s² in the profile likelihood: c = qᵀG⁻¹q; with the L1 penalty θ
+        # moves with s² only on its support (θ_S = G_SS⁻¹(b_S − λ sign θ_S)): c = q_Sᵀ G_SS⁻¹ q_S
+        support = allowed[active]
+        if regularization > 0:
+            support = support & ((th != 0) | (np.arange(t) == 0))
+        ginv_q, _ = solve_packed(packed, q, support, 1e-10)
         coupling = np.einsum("at,at->a", q, ginv_q)
         if solve_fixed:
             s_new = _scatter_step(s, s_fixed, g2_fixed, coupling)
