@@ -289,7 +289,8 @@ def test_changed_input_files_are_never_mixed_with_saved_output(run, tmp_path):
     data, problem = fresh._verify("read")
     assert data is None and "other input files" in problem
     with pytest.raises(
-        InvalidInputError, match=r"step 'read' cannot be used \(step '\w+' depends on it\): .*other input files.*--from read"
+        InvalidInputError,
+        match=r"step 'read' cannot be used \(step '\w+' depends on it\): .*other input files.*--from read",
     ):
         fresh.run(start="validate")
 
