@@ -251,7 +251,7 @@ def _copy_of_run(run, tmp_path):
     return copy, TransferPipeline(copy / cfg_path.name)
 
 
-def test_resume_reuses_only_verified_matching_steps(run, tmp_path, caplog):
+def test_resume_reuses_only_verified_matching_steps(run, tmp_path, caplog, capsys):
     copy, pipe = _copy_of_run(run, tmp_path)
     before = Table.read(pipe.output / "catalogue.fits")
     files = {p: p.stat().st_mtime_ns for p in pipe.output.rglob("*") if p.is_file()}
@@ -260,6 +260,9 @@ def test_resume_reuses_only_verified_matching_steps(run, tmp_path, caplog):
     steps = pipe.steps_to_run()
     assert caplog.text.count("saved output matches") == len(steps)
     assert {p: p.stat().st_mtime_ns for p in pipe.output.rglob("*") if p.is_file()} == files  # nothing rewritten
+    capsys.readouterr()
+    assert main(["transfer", str(copy / "test.toml"), "--no-log-file"]) == 0  # the CLI resumes the same way
+    assert capsys.readouterr().out.count("saved output reused") == len(steps)
 
     # a saved file damaged: that step and every later one are recomputed, the earlier reused
     model = pipe.step_dir("train") / "model.nc"

@@ -13,8 +13,11 @@ HELP = "transfer labels from one survey to another's spectra (Ho+2017 pipeline, 
 DESCRIPTION = (
     "Run the label-transfer pipeline of a TOML configuration: read -> preprocess -> crossmatch -> "
     "cuts -> cleanup -> train -> validate -> infer -> catalogue (-> evaluate). Each step saves its "
-    "output under the configured output folder and can be run alone (--step) or re-run from its saved "
-    "inputs (--from). See docs/transfer.md and examples/transfer.toml."
+    "output under the configured output folder with a key (configuration, input files' content, version, "
+    "the steps before it) and file checksums: a rerun reuses every step whose key and files match and "
+    "recomputes from the first that does not. A step can be run alone (--step) or re-run with the ones "
+    "after it (--from); saved output that does not match is then refused, never mixed in. See "
+    "docs/transfer.md and examples/transfer.toml."
 )
 
 
@@ -53,9 +56,10 @@ def run(args) -> int:
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
     try:
-        steps = pipe.steps_to_run(start=args.start, only=args.step)
-        for step in steps:
-            summary = pipe.run_step(step)
+        for step, summary, reused in pipe.iter_run(start=args.start, only=args.step):
+            if reused:
+                print(f"[{step}] saved output reused (key and {len(summary['files'])} files verified)")
+                continue
             keys = [k for k in summary if k.startswith("n_") and not isinstance(summary[k], dict)]
             counts = ", ".join(f"{k[2:]}={summary[k]}" for k in keys)
             print(f"[{step}] {counts} ({summary['seconds']:.1f} s)")

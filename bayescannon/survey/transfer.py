@@ -339,23 +339,23 @@ class TransferPipeline(_DataSteps, _ModelSteps):
         dict
             Step name -> the summary saved in its ``done.json``.
         """
-        steps = self.steps_to_run(start, only)
-        out = {}
+        return {step: summary for step, summary, _ in self.iter_run(start, only)}
+
+    def iter_run(self, start: str | None = None, only: str | None = None):
+        """:meth:`run`, one step at a time: yields ``(step, summary, reused)`` as each step ends."""
         resuming = start is None and only is None
-        for step in steps:
+        for step in self.steps_to_run(start, only):
             if resuming:
                 data, problem = self._verify(step)
                 if problem is None:
-                    logger.info(
-                        "step %s: saved output matches (key and %d files verified): reused", step, len(data["files"])
-                    )
-                    out[step] = data
+                    n = len(data["files"])
+                    logger.info("step %s: saved output matches (key and %d files verified): reused", step, n)
+                    yield step, data, True
                     continue
                 if self.is_done(step):
                     logger.warning("step %s: saved output not reused (%s): recomputing from here", step, problem)
                 resuming = False
-            out[step] = self.run_step(step)
-        return out
+            yield step, self.run_step(step), False
 
     def run_step(self, step: str) -> dict:
         """Run one step from the saved output of the steps before it."""
