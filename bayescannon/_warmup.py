@@ -93,6 +93,8 @@ def warm_up(seed: int = 0):
     flux_ro, ivar_ro = train["flux"].values.copy(), train["ivar"].values.copy()
     flux_ro.flags.writeable = ivar_ro.flags.writeable = False
     CannonModel(_LABELS, order=2, random_state=seed).fit(flux_ro, ivar_ro, ytrain).infer(flux_ro, ivar_ro)
+    # L1-regularised training (the compiled lasso step) and an order-3 test step (polynomial-chi2 engine)
+    CannonModel(_LABELS, order=3, regularization=10.0, random_state=seed).fit(train).infer(held)
     # latent labels (errors-in-variables training)
     CannonModel(_LABELS, order=2, random_state=seed).fit(train, label_errors=np.full((60, 3), [30.0, 0.05, 0.02]))
     # preprocessing: resampling with and without a Doppler shift and a mask, normalisation

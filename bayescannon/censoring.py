@@ -40,7 +40,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
 
 from bayescannon.errors import InvalidInputError, LabelError
 
@@ -57,7 +56,7 @@ ALPHA_ELEMENTS = ("O", "Mg", "Si", "S", "Ca", "Ti")
 _COLUMNS = ("ELEMENT", "WAVE_LO", "WAVE_HI")
 
 
-def _check_table(t: Table, source: str) -> dict[str, np.ndarray]:
+def _check_table(t, source: str) -> dict[str, np.ndarray]:
     missing = [c for c in _COLUMNS if c not in t.colnames]
     if missing:
         raise InvalidInputError(f"{source}: window table lacks column(s) {missing}; expected {list(_COLUMNS)}")
@@ -82,6 +81,8 @@ def read_windows(path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"window table {p} does not exist")
+    from astropy.table import Table  # lazy: training and the test step never need astropy
+
     return _check_table(Table.read(p), str(p))
 
 
@@ -90,6 +91,8 @@ def preset_windows(name: str) -> dict[str, np.ndarray]:
     if name not in PRESETS:
         raise InvalidInputError(f"unknown censoring preset {name!r}; presets are {sorted(PRESETS)}")
     with resources.as_file(resources.files("bayescannon") / "data" / PRESETS[name]) as p:
+        from astropy.table import Table  # lazy, as above
+
         return _check_table(Table.read(p, format="ascii.ecsv"), name)
 
 

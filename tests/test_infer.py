@@ -1,6 +1,8 @@
 """Batched test step: agreement with per-star least squares, truth recovery, flags."""
 
 import logging
+import os
+import time
 
 import numpy as np
 import pytest
@@ -188,7 +190,9 @@ def test_chunked_inference_recomputes_corrupted_chunks_bit_for_bit(trained, tmp_
     corrupt = bytearray(reference[1])
     corrupt[len(corrupt) // 2] ^= 0xFF
     files[1].write_bytes(bytes(corrupt))  # one flipped byte
-    (work / ".tmp_chunk_000000008_000000009.nc.abc.nc").write_bytes(b"half")  # left by a killed run
+    stale = work / ".tmp_chunk_000000008_000000009.nc.abc.nc"
+    stale.write_bytes(b"half")  # left by a killed run of an older version (no owner in its name) ...
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)  # ... two days ago: stale, removed
     with caplog.at_level(logging.WARNING):
         again = infer_chunked(model, ds, work, chunk_size=4)
     assert caplog.text.count("truncated or corrupted") == 2

@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Kernels called only from other kernels (compiled into their callers' machine code).
 CALLEES = {
+    "_poly_value",
+    "_poly_chi2",
+    "_poly_derivatives",
+    "_newton_solve",
+    "_damping_scale",
+    "_support_solve",
     "_fixed_residual_maximum",
     "_design",
     "_chi2_and_grad",
