@@ -287,3 +287,26 @@ def test_calibration_version_2_is_read_and_unknown_versions_are_refused():
     M.calibration_ = v2 | {"version": 99}
     with pytest.raises(NotCalibratedError, match="version 99"):
         check_calibrated(M)
+
+
+def test_empty_coverage_bins_are_stored_as_json_null_and_read_back_as_nan(capsys):
+    import json
+
+    from bayescannon.bayes.calibration import binned_coverage_arrays, coverage_by_bin
+    from bayescannon.commands.calibrate import print_binned_coverage
+
+    rng = np.random.default_rng(23)
+    n = 200
+    inside = rng.random((n, 2, 2)) < 0.68
+    y = rng.normal(size=(n, 2))
+    snr = np.full(n, 50.0)  # one S/N value: every star in the top bin, four bins empty
+    cb = coverage_by_bin(inside, snr, y, ["a", "b"])
+    text = json.dumps(cb, allow_nan=False)  # raises on NaN: the record is standard JSON
+    back = json.loads(text)
+    d = binned_coverage_arrays(back["snr"])
+    assert d["n"].tolist() == [0, 0, 0, 0, n]
+    assert np.all(np.isnan(d["68"][:4])) and np.all(np.isnan(d["lo"][:4]))
+    np.testing.assert_allclose(d["68"][4], inside[:, 0].mean(axis=0))
+    np.testing.assert_allclose(binned_coverage_arrays(back["a"])["95"], np.asarray(cb["a"]["95"]))
+    print_binned_coverage(back, ["a", "b"])  # NaN bins print as nan, not a TypeError
+    assert "nan" in capsys.readouterr().out

@@ -122,6 +122,7 @@ def test_demo_runs_and_writes_its_products(tmp_path, capsys):
     assert main(["demo", "--outdir", str(out), "--n-train", "250", "--n-test", "60"]) == 0
     text = capsys.readouterr().out
     assert "scatter" in text and "TEFF" in text
+    assert "calibrated 68% coverage, lowest-highest over the 5 quintiles" in text  # per-bin coverage shown
     for name in ("model.nc", "catalogue.fits", "one_to_one.png"):
         assert (out / name).is_file()
 

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "calibrate",
     "calibrate_from_predictions",
+    "binned_coverage_arrays",
     "coverage_by_bin",
     "coverage_report",
     "fit_calibration",
@@ -219,7 +220,10 @@ def calibrate_from_predictions(
     inside = interval_inside(cal, rc, fvar, x, eps, ref_var)
     ok = np.all(np.isfinite(rc), axis=1)
     cal["coverage_in_sample"] = {
-        str(int(round(100 * lv))): [float(v) for v in inside[ok, i].mean(axis=0)] for i, lv in enumerate(LEVELS)
+        str(int(round(100 * lv))): _json_floats(inside[ok, i].mean(axis=0))
+        if ok.any()
+        else [None] * len(model.label_names)
+        for i, lv in enumerate(LEVELS)
     }
     snr = np.full(len(y), np.nan) if snr is None else np.asarray(snr, dtype=np.float64)
     cal["coverage_by_bin"] = coverage_by_bin(inside[ok], snr[ok], y[ok], model.label_names)
@@ -331,18 +335,35 @@ def interval_inside(cal, resid, formal_var, x_scaled, eps, ref_var=None):
     return np.stack([np.abs(resid) <= h68 * fac, np.abs(resid) <= h95 * fac], axis=1)
 
 
+def _json_floats(a):
+    """Nested lists of floats with ``None`` for NaN (an empty bin): standard JSON, which
+    ``json.dumps`` would otherwise write as the non-standard ``NaN``."""
+    a = np.asarray(a, dtype=np.float64)
+    return [_json_floats(v) for v in a] if a.ndim else (float(a) if np.isfinite(a) else None)
+
+
 def coverage_by_bin(inside, snr, y, label_names) -> dict:
-    """Coverage per S/N quintile and per quintile of each reference label (JSON-ready)."""
+    """Coverage per S/N quintile and per quintile of each reference label (JSON-ready).
+
+    Empty bins (e.g. fewer distinct S/N values than bins) hold ``None`` (JSON ``null``) for
+    their coverage and range; :func:`binned_coverage_arrays` reads them back as NaN.
+    """
     out = {}
     for by, values in [("snr", snr)] + [(name, y[:, j]) for j, name in enumerate(label_names)]:
         cov, counts, lo, hi = binned_coverage(inside, values)
         out[by] = {
             "n": [int(c) for c in counts],
-            "lo": [float(v) for v in lo],
-            "hi": [float(v) for v in hi],
-            **{str(int(round(100 * lv))): cov[:, i, :].tolist() for i, lv in enumerate(LEVELS)},
+            "lo": _json_floats(lo),
+            "hi": _json_floats(hi),
+            **{str(int(round(100 * lv))): _json_floats(cov[:, i, :]) for i, lv in enumerate(LEVELS)},
         }
     return out
+
+
+def binned_coverage_arrays(entry) -> dict:
+    """One ``coverage_by_bin`` entry as float arrays (``None`` → NaN): ``n`` (int), ``lo``,
+    ``hi`` (bin,) and each level key (bin, label)."""
+    return {key: np.asarray(val, dtype=np.int64 if key == "n" else np.float64) for key, val in entry.items()}
 
 
 def coverage_report(model, flux, ivar, labels, *, label_errors=None, snr=None) -> xr.Dataset:

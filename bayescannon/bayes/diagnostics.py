@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from bayescannon.core import scaling
-from bayescannon.core.uncertainty import calibrated_errors, coverage_curve, leverage
+from bayescannon.core.uncertainty import calibrated_errors, calibration_bias, coverage_curve, leverage
 from bayescannon.errors import InvalidInputError, OutputPathError
 from bayescannon.pipeline.atomic import atomic_path
 
@@ -62,8 +62,9 @@ def summarize(tree: xr.DataTree, *, model=None, rhat_max: float = RHAT_MAX, min_
     xarray.Dataset
         (star, label_name): ``mean``, ``sd``, ``q02_5``, ``q16``, ``q84``, ``q97_5``,
         ``r_hat``, ``ess_bulk``, ``ess_tail``, ``map``, ``laplace_sd``, ``sd_ratio``
-        (posterior sd / Laplace sd) and, for a calibrated model, ``calibrated_sd``,
-        ``half_width_68``, ``half_width_95``; (star): ``n_divergent``,
+        (posterior sd / Laplace sd) and, for a calibrated model, ``label_bias`` (the learned
+        bias at the MAP labels), ``calibrated_mean`` (``mean − label_bias``: the centre of
+        the calibrated intervals), ``calibrated_sd``, ``half_width_68``, ``half_width_95``; (star): ``n_divergent``,
         ``max_r_hat``, ``min_ess``, ``converged``.
     """
     import arviz as az
@@ -119,6 +120,17 @@ def summarize(tree: xr.DataTree, *, model=None, rhat_max: float = RHAT_MAX, min_
         if not int(tree.attrs.get("propagate_theta", 1)) and "kappa" in const:
             eps = const["kappa"].values * leverage(model, x)
         _, csd, h68, h95 = calibrated_errors(model, pcov, x, eps)
+        # the learned bias is a function of the maximum-likelihood estimate (what the
+        # calibration saw); the posterior is centred on the same misspecified model, so it
+        # carries the same bias: shift it by b(x̂ of the MAP), or of the mean without one
+        xb = (
+            scaling.scale(const["map_labels"].values, model.label_offset_, model.label_scale_)
+            if "map_labels" in const
+            else x
+        )
+        bias = calibration_bias(model.calibration_, xb)
+        out["label_bias"] = (dims, bias)
+        out["calibrated_mean"] = (dims, mean - bias)
         out["calibrated_sd"] = (dims, csd)
         out["half_width_68"] = (dims, h68)
         out["half_width_95"] = (dims, h95)
@@ -185,7 +197,7 @@ def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):
             )
         if diag is not None and "calibrated_sd" in diag:
             cs = float(diag["calibrated_sd"].sel(label_name=name))
-            m = float(diag["mean"].sel(label_name=name))
+            m = float(diag["calibrated_mean" if "calibrated_mean" in diag else "mean"].sel(label_name=name))
             g2 = np.linspace(m - 4 * cs, m + 4 * cs, 200)
             ax.plot(
                 g2, np.exp(-0.5 * ((g2 - m) / cs) ** 2) / (cs * np.sqrt(2 * np.pi)), "C3--", lw=1, label="calibrated"

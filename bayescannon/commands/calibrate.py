@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.bayes import calibrate, coverage_report
+from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import LabelError
@@ -128,7 +129,8 @@ def print_binned_coverage(binned, label_names, level: str = "68") -> None:
     ``coverage_by_bin`` or the same layout from a coverage report)."""
     print(f"calibrated {level}% coverage per quintile (target {int(level) / 100:.2f} +- 0.05):")
     print(f"{'by':>10} {'range':>22} {'n':>6} " + " ".join(f"{n[:8]:>8}" for n in label_names))
-    for by, d in binned.items():
+    for by, entry in binned.items():
+        d = binned_coverage_arrays(entry)  # an empty bin's None (JSON null) → NaN
         for i, row in enumerate(d[level]):
             rng = f"{d['lo'][i]:.4g}..{d['hi'][i]:.4g}"
             print(f"{by if i == 0 else '':>10} {rng:>22} {d['n'][i]:>6} " + " ".join(f"{v:>8.3f}" for v in row))
