@@ -29,6 +29,7 @@ def main(argv=None):
     p.add_argument("--n-draws", type=int, default=200)
     p.add_argument("--n-estimators", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-deconvolve", action="store_true", help="the model of the observed labels as it is")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     mock = make_mock_catalogues(args.n_stars, seed=args.seed)
@@ -42,6 +43,7 @@ def main(argv=None):
         min_overlap=200,
         n_estimators=args.n_estimators,
         n_draws=args.n_draws,
+        deconvolve=not args.no_deconvolve,
         random_state=args.seed,
     )
     u = h.fit_transform(mock.catalogues)

@@ -31,6 +31,7 @@ from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, NotFittedError
 from bayescannon.homogenise.config import SurveyData, check_reference, prepare_survey
+from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance
 from bayescannon.homogenise.graph import REF, edge_costs, survey_paths
 from bayescannon.homogenise.offsets import DEFAULT_QUANTILES, OffsetModel
 from bayescannon.homogenise.output import unified_table
@@ -84,6 +85,10 @@ class Homogeniser:
         Stars per Monte Carlo chunk.
     n_jobs : int
         XGBoost threads.
+    deconvolve : bool
+        Remove the regression towards the population mean that a model of the survey's
+        noisy labels learns (:mod:`~bayescannon.homogenise.deconvolve`), so that calibrated
+        values are unbiased against the true labels, not shrinkage estimates.
     random_state : int
     """
 
@@ -105,6 +110,7 @@ class Homogeniser:
         propagation: str = "linear",
         chunk_size: int = 20000,
         n_jobs: int = 1,
+        deconvolve: bool = True,
         random_state: int = 0,
     ):
         self.labels = labels
@@ -122,6 +128,7 @@ class Homogeniser:
         self.propagation = propagation
         self.chunk_size = chunk_size
         self.n_jobs = n_jobs
+        self.deconvolve = deconvolve
         self.random_state = random_state
 
     # ------------------------------------------------------------------ sklearn contract
@@ -197,7 +204,7 @@ class Homogeniser:
         self.surveys_ = list(data)
         self.counts_ = {s: d.counts for s, d in data.items()}
         self.models_, self.paths_, self.tau_, self.overlaps_ = {}, {}, {}, {}
-        self.training_ = {}
+        self.training_, self.deconvolution_, self._shifts = {}, {}, {}
         cal = {}
         for j, lab in enumerate(labels):
             cal[lab] = self._fit_label(j, lab, data, rows, len(ids), rng)
@@ -205,6 +212,7 @@ class Homogeniser:
             data, rows, len(ids), labels, cal, self.training_, list(self.features), self.paths_
         )
         self._fit_cache = (data, ids, rows, cal)
+        self._shifts = {}
         return self
 
     def _dense(self, n, rows, arr):
@@ -263,6 +271,10 @@ class Homogeniser:
         X = self._inputs(d)[common]
         y = tmu[common] - d.value[common, j]
         sig = np.sqrt(tsig[common] ** 2 + (0.5 * (d.s1[common, j] + d.s2[common, j])) ** 2)
+        if self.deconvolve and s not in self.deconvolution_:
+            ncov = noise_covariance(d.s1, d.s2, d.cov)
+            self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
+        shift = self._shift(s, d)
         model = OffsetModel(
             self.quantiles,
             n_estimators=self.n_estimators,
@@ -271,7 +283,14 @@ class Homogeniser:
             early_stopping_rounds=self.early_stopping_rounds,
             n_jobs=self.n_jobs,
             random_state=self.random_state,
-        ).fit(X, y, splits, sigma_pair=sig, name=f"{s}→{parent} {lab}")
+        ).fit(
+            X,
+            y,
+            splits,
+            sigma_pair=sig,
+            shift=None if shift is None else shift[0][common, j],
+            name=f"{s}→{parent} {lab}",
+        )
         self.models_[lab][s] = model
         self.tau_[lab][s] = float(np.sqrt(model.tau_**2 + self.tau_[lab].get(parent, 0.0) ** 2))
         used = np.zeros(len(d.ids), dtype=bool)
@@ -279,9 +298,26 @@ class Homogeniser:
         self.training_[lab][s] = rows[used]
         model.parent_ = parent
 
+    def _shift(self, s, d: SurveyData):
+        """``-D`` (n, k) and its Jacobian (n, k, k) for survey ``s`` (None without a
+        deconvolution), computed once per survey and catalogue."""
+        if s not in self.deconvolution_:
+            return None
+        key = (s, id(d))
+        if key not in self._shifts:
+            ncov = noise_covariance(d.s1, d.s2, d.cov)
+            d0, jac = self.deconvolution_[s].shrinkage_and_slope(d.value, ncov)
+            self._shifts[key] = (-np.nan_to_num(d0), -np.nan_to_num(jac))
+        return self._shifts[key]
+
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
         j = list(self.labels).index(lab)
         model = self.models_[lab].get(s)
+        shift = self._shift(s, d) if model is not None else None
+        tau = self.tau_[lab].get(s, 0.0)
+        if model is not None:  # the model's own uncertainty per star, the parent's accumulated one in quadrature
+            parent = self.tau_[lab].get(model.parent_, 0.0)
+            tau = np.sqrt(model.predict_tau(self._inputs(d)) ** 2 + parent**2)
         mode, s1, s2 = propagate(
             model,
             self._inputs(d),
@@ -290,11 +326,12 @@ class Homogeniser:
             d.s1,
             d.s2,
             d.cov,
-            self.tau_[lab].get(s, 0.0),
+            tau,
             rng,
             n_draws=self.n_draws,
             chunk_size=self.chunk_size,
             propagation=self.propagation,
+            shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
         )
         return tuple(self._dense(n, rows, a) for a in (mode, s1, s2))
 
@@ -305,6 +342,7 @@ class Homogeniser:
         self._check_fitted()
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state + 1)
+        self._shifts = {}
         ids, rows = stack_surveys(data)
         cal = {}
         for lab, paths in self.paths_.items():
@@ -370,5 +408,6 @@ class Homogeniser:
             for lab, ms in self.models_.items():
                 for s, m in ms.items():
                     m.save(tmp / f"{s}_{lab}")
-            write_json(tmp / "homogeniser.json", {**self.summary(), "tau": self.tau_})
+            dec = {s: x.to_dict() for s, x in self.deconvolution_.items()}
+            write_json(tmp / "homogeniser.json", {**self.summary(), "tau": self.tau_, "deconvolution": dec})
         return folder

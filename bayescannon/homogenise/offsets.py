@@ -99,11 +99,13 @@ class OffsetModel:
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y, splits, *, sigma_pair=None, name: str = "offset"):
+    def fit(self, X, y, splits, *, sigma_pair=None, shift=None, name: str = "offset"):
         """Fit on ``splits = (train, validation, conformalise, test)`` row indices.
 
         ``sigma_pair`` (n,) is the quadrature sum of the two measurements' errors, used for
-        the model uncertainty ``tau_``. Returns self.
+        the model uncertainty ``tau_``; ``shift`` (n,) is added to the median correction
+        (the errors-in-variables term) before the residuals behind ``tau_`` and the
+        residual trends are taken. Returns self.
         """
         import xgboost as xgb  # lazy: optional dependency
 
@@ -140,8 +142,11 @@ class OffsetModel:
         }
         self.conformal_ = self._conformalise(X[cf], y[cf])
         med = self.predict_median(X)
+        if shift is not None:
+            med = med + np.nan_to_num(np.asarray(shift, dtype=float))
         sig = None if sigma_pair is None else np.asarray(sigma_pair, dtype=float)
         self.tau_ = 0.0 if sig is None else model_scatter(y[cf] - med[cf], sig[cf])
+        self.tau_bins_ = self._tau_bins(X[cf], y[cf] - med[cf], None if sig is None else sig[cf])
         self.coverage_ = {}
         for level in LEVELS:
             lo, hi = self.predict_interval(X[te], level)
@@ -159,6 +164,35 @@ class OffsetModel:
             self.tau_,
         )
         return self
+
+    def _tau_bins(self, Xc, resid, sig, n_bins: int = 5) -> list:
+        """``[[centres], [tau]]``: the model uncertainty in quantile bins of the predicted
+        68 % half-width (where the trees see a wider spread of the offset, their own error is
+        larger); one bin per ~100 stars at least."""
+        if sig is None:
+            return [[0.0], [0.0]]
+        w = self._half_width(Xc)
+        nb = int(max(1, min(n_bins, len(w) // 100)))
+        edges = np.quantile(w, np.linspace(0, 1, nb + 1))
+        which = np.clip(np.searchsorted(edges, w, side="right") - 1, 0, nb - 1)
+        cent, tau = [], []
+        for b in range(nb):  # a handful of bins
+            sel = which == b
+            if sel.sum() >= 10:
+                cent.append(float(np.median(w[sel])))
+                tau.append(model_scatter(resid[sel], sig[sel]))
+        return [cent, tau] if cent else [[0.0], [self.tau_]]
+
+    def _half_width(self, X) -> np.ndarray:
+        q = self.predict_quantiles(X)
+        return 0.5 * (q[:, self.quantiles.index(0.84)] - q[:, self.quantiles.index(0.16)])
+
+    def predict_tau(self, X) -> np.ndarray:
+        """The model uncertainty of every row: :attr:`tau_bins_` interpolated at the
+        predicted 68 % half-width (constant beyond the outer bins)."""
+        self._check()
+        cent, tau = getattr(self, "tau_bins_", [[0.0], [self.tau_]])
+        return np.interp(self._half_width(X), cent, tau)
 
     def _conformalise(self, Xc, yc) -> dict:
         from mapie.regression import ConformalizedQuantileRegressor  # lazy: optional dependency
@@ -242,6 +276,7 @@ class OffsetModel:
             "conformal": {str(k): v for k, v in self.conformal_.items()},
             "coverage": {str(k): v for k, v in self.coverage_.items()},
             "tau": self.tau_,
+            "tau_bins": self.tau_bins_,
             "n_stars": self.n_train_,
             "residual_trends": self.residual_trends_,
         }
@@ -280,6 +315,7 @@ class OffsetModel:
         self.conformal_ = {float(k): v for k, v in meta["conformal"].items()}
         self.coverage_ = {float(k): v for k, v in meta["coverage"].items()}
         self.tau_ = meta["tau"]
+        self.tau_bins_ = meta.get("tau_bins", [[0.0], [self.tau_]])
         self.n_train_ = meta["n_stars"]
         self.residual_trends_ = meta["residual_trends"]
         return self

@@ -71,12 +71,13 @@ def propagate(
     s1,
     s2,
     cov,
-    tau: float,
+    tau,
     rng,
     *,
     n_draws: int = 200,
     chunk_size: int = 20000,
     propagation: str = "linear",
+    shift=None,
 ):
     """Calibrated split normal of one label for every star (rows of ``X``).
 
@@ -91,8 +92,12 @@ def propagate(
     mu, s1, s2 : arrays (n, k)
         Catalogue values and split-normal scales of every label.
     cov : array (n, k, k) or None
-    tau : float
-        The model's own (accumulated) uncertainty.
+    tau : float or array (n,)
+        The model's own (accumulated) uncertainty, per star or one for all.
+    shift : (array (n,), array (n, k)) or None
+        A smooth correction added to every draw, linear in the draw's deviations: its value
+        at the catalogue values and its gradient along the input labels (the
+        errors-in-variables term of :mod:`~bayescannon.homogenise.deconvolve`).
 
     Returns
     -------
@@ -101,7 +106,8 @@ def propagate(
     """
     n, k = mu.shape
     j = label_index
-    if model is None and tau == 0:  # on the reference scale already: the catalogue's own split normal
+    tau = np.broadcast_to(np.asarray(tau, dtype=float), (n,))
+    if model is None and not np.any(tau > 0):  # on the reference scale already: the catalogue's own split normal
         ok = np.isfinite(mu[:, j]) & np.isfinite(s1[:, j]) & np.isfinite(s2[:, j])
         return tuple(np.where(ok, a[:, j], np.nan) for a in (mu, s1, s2))
     out = np.full((3, n), np.nan)
@@ -133,8 +139,10 @@ def propagate(
                     d = delta[:, i, :]
                     off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
             value = value + off
-        if tau > 0:
-            value = value + tau * special.ndtri(_stratified_uniform(rng, value.shape))
+        if shift is not None:
+            value = value + shift[0][sl, None] + np.einsum("mi,mid->md", shift[1][sl], delta)
+        if np.any(tau[sl] > 0):
+            value = value + tau[sl, None] * special.ndtri(_stratified_uniform(rng, value.shape))
         p = np.percentile(value, PERCENTILES, axis=1)
         out[:, sl] = p[1], p[1] - p[0], p[2] - p[1]
     bad = ~np.isfinite(mu[:, j])

@@ -1,0 +1,173 @@
+"""Errors-in-variables correction of offset models: extreme deconvolution and Tweedie's formula.
+
+An offset model learns ``E[target - v | v]`` from a survey's *observed* labels ``v``. With
+noisy inputs this is not the offset at the star's true labels: it also holds the
+regression towards the population mean, ``D(v) = E[x | v] - v`` (``x``: the noise-free
+labels on the survey's own scale). Added to every measurement, that term turns each
+calibrated value into a shrinkage estimate, biased against the true label (low values
+pulled up, high ones down) and sharing the same pull across surveys, so that a
+combination of several surveys under-covers.
+
+The population of noise-free labels is modelled as a Gaussian mixture fitted by extreme
+deconvolution (Bovy, Hogg & Roweis 2011: EM with each star's own noise covariance), on
+the survey's labels standardised by their median and robust scatter. For a star with
+noise covariance ``S`` Tweedie's formula is then exact for the mixture,
+
+.. math:: E[x \\mid v, S] = \\sum_k r_k(v) \\left(m_k + C_k (C_k + S)^{-1} (v - m_k)\\right),
+
+with ``r_k`` the responsibilities of the components convolved with ``S``. The homogeniser
+subtracts ``D`` from the model's correction. Missing labels get a very large noise
+variance (they do not inform the others).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Deconvolution", "noise_covariance"]
+
+#: Standardised noise variance given to a missing label.
+_MISSING_VAR = 1e8
+
+
+def noise_covariance(s1, s2, cov=None) -> np.ndarray:
+    """(n, k, k) noise covariance of every star: ``cov`` where given, else diagonal with
+    the mean of the two split-normal scales; missing labels get NaN on the diagonal."""
+    s1, s2 = np.asarray(s1, dtype=float), np.asarray(s2, dtype=float)
+    n, k = s1.shape
+    sig = 0.5 * (s1 + s2)
+    out = np.zeros((n, k, k))
+    out[:, range(k), range(k)] = sig**2
+    if cov is not None:
+        ok = np.isfinite(cov) & np.isfinite(sig)[:, :, None] & np.isfinite(sig)[:, None, :]
+        out = np.where(ok, cov, out)
+        out[:, range(k), range(k)] = sig**2
+    return out
+
+
+class Deconvolution:
+    """Gaussian mixture of a survey's noise-free labels, fitted by extreme deconvolution.
+
+    Parameters
+    ----------
+    n_components : int
+    n_iter : int
+        EM iterations.
+    max_stars : int
+        Stars (with every label) used for the fit, drawn at random.
+    random_state : int
+    """
+
+    def __init__(self, n_components: int = 6, *, n_iter: int = 40, max_stars: int = 5000, random_state: int = 0):
+        self.n_components = n_components
+        self.n_iter = n_iter
+        self.max_stars = max_stars
+        self.random_state = random_state
+
+    def _standard(self, v, ncov):
+        z = (v - self.loc_) / self.scale_
+        s = ncov / np.outer(self.scale_, self.scale_)[None]
+        miss = ~np.isfinite(z)
+        k = z.shape[1]
+        diag = s[:, range(k), range(k)]
+        diag = np.where(miss | ~np.isfinite(diag), _MISSING_VAR, diag)
+        s = np.where(np.isfinite(s), s, 0.0)
+        s[:, range(k), range(k)] = diag
+        return np.where(miss, 0.0, z), s
+
+    def fit(self, value, ncov) -> Deconvolution:
+        """Fit on ``value`` (n, k) with noise covariances ``ncov`` (n, k, k). Returns self."""
+        from sklearn.mixture import GaussianMixture  # lazy: heavy third-party import
+
+        value = np.asarray(value, dtype=float)
+        ok = np.isfinite(value).all(axis=1) & np.isfinite(ncov).all(axis=(1, 2))
+        rng = np.random.default_rng(self.random_state)
+        idx = np.flatnonzero(ok)
+        if len(idx) > self.max_stars:
+            idx = np.sort(rng.choice(idx, self.max_stars, replace=False))
+        v = value[idx]
+        self.loc_ = np.median(v, axis=0)
+        self.scale_ = np.maximum(1.4826 * np.median(np.abs(v - self.loc_), axis=0), 1e-12)
+        z, s = self._standard(v, ncov[idx])
+        n, k = z.shape
+        kk = max(1, min(self.n_components, n // 50))
+        gm = GaussianMixture(kk, covariance_type="full", random_state=self.random_state, reg_covar=1e-4).fit(z)
+        w, m, c = gm.weights_, gm.means_, gm.covariances_
+        eye = np.eye(k)[None, None]
+        for _ in range(self.n_iter):  # EM of extreme deconvolution, vectorised over stars
+            t = c[None] + s[:, None]  # (n, K, k, k)
+            tinv = np.linalg.inv(t)
+            d = z[:, None, :] - m[None]
+            maha = np.einsum("nki,nkij,nkj->nk", d, tinv, d)
+            logdet = np.linalg.slogdet(t)[1]
+            logp = np.log(w)[None] - 0.5 * (maha + logdet)
+            r = np.exp(logp - logp.max(axis=1, keepdims=True))
+            r /= r.sum(axis=1, keepdims=True)
+            gain = np.einsum("kij,nkjl->nkil", c, tinv)  # C_k T^-1
+            b = m[None] + np.einsum("nkij,nkj->nki", gain, d)
+            bcov = c[None] - np.einsum("nkij,kjl->nkil", gain, c)
+            rs = r.sum(axis=0) + 1e-300
+            w = rs / n
+            m = np.einsum("nk,nki->ki", r, b) / rs[:, None]
+            db = b - m[None]
+            c = (np.einsum("nk,nki,nkj->kij", r, db, db) + np.einsum("nk,nkij->kij", r, bcov)) / rs[:, None, None]
+            c = c + 1e-6 * eye[0]
+        self.weights_, self.means_, self.covariances_ = w, m, c
+        logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
+        return self
+
+    def shrinkage(self, value, ncov) -> np.ndarray:
+        """``D = E[x | v, S] - v`` (n, k) in label units (NaN where ``v`` is missing)."""
+        value = np.asarray(value, dtype=float)
+        z, s = self._standard(value, ncov)
+        w, m, c = self.weights_, self.means_, self.covariances_
+        t = c[None] + s[:, None]
+        tinv = np.linalg.inv(t)
+        d = z[:, None, :] - m[None]
+        maha = np.einsum("nki,nkij,nkj->nk", d, tinv, d)
+        logp = np.log(w)[None] - 0.5 * (maha + np.linalg.slogdet(t)[1])
+        r = np.exp(logp - logp.max(axis=1, keepdims=True))
+        r /= r.sum(axis=1, keepdims=True)
+        post = np.einsum("nk,nki->ni", r, m[None] + np.einsum("kij,nkjl,nkl->nki", c, tinv, d))
+        return np.where(np.isfinite(value), (post - z) * self.scale_, np.nan)
+
+    def shrinkage_and_slope(self, value, ncov, step: float = 0.25):
+        """``D`` (n, k) and its Jacobian ``dD_j/dv_i`` (n, k, k) by central differences of
+        ``step`` × the star's own error along each label (0 where that label is missing)."""
+        value = np.asarray(value, dtype=float)
+        n, k = value.shape
+        d0 = self.shrinkage(value, ncov)
+        sig = np.sqrt(np.abs(ncov[:, range(k), range(k)]))
+        jac = np.zeros((n, k, k))
+        for i in range(k):  # a handful of labels
+            h = np.where(np.isfinite(sig[:, i]) & (sig[:, i] > 0), step * sig[:, i], 0.0)
+            up, dn = value.copy(), value.copy()
+            up[:, i] += h
+            dn[:, i] -= h
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g = (self.shrinkage(up, ncov) - self.shrinkage(dn, ncov)) / (2.0 * h[:, None])
+            jac[:, :, i] = np.where(np.isfinite(g), g, 0.0)
+        return d0, jac
+
+    def to_dict(self) -> dict:
+        """JSON-ready parameters."""
+        return {
+            "loc": self.loc_.tolist(),
+            "scale": self.scale_.tolist(),
+            "weights": self.weights_.tolist(),
+            "means": self.means_.tolist(),
+            "covariances": self.covariances_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Deconvolution:
+        """Rebuild from :meth:`to_dict`."""
+        self = cls(len(d["weights"]))
+        self.loc_, self.scale_ = np.asarray(d["loc"]), np.asarray(d["scale"])
+        self.weights_, self.means_ = np.asarray(d["weights"]), np.asarray(d["means"])
+        self.covariances_ = np.asarray(d["covariances"])
+        return self
