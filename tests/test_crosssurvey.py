@@ -47,7 +47,20 @@ def _surveys(seed=0, n_common=220, n_only=60):
 @pytest.fixture(scope="module")
 def run():
     a, b, xm, _truth = _surveys()
-    return a, b, run_cross_survey(a, b, NAMES, crossmatch=xm, model_kwargs={"random_state": 0}, giant_logg=2.25)
+    return (
+        a,
+        b,
+        run_cross_survey(
+            a,
+            b,
+            NAMES,
+            crossmatch=xm,
+            model_kwargs={"random_state": 0},
+            giant_logg=2.25,
+            n_jobs=1,
+            settings={"default": {"folds": 3}},  # 12 (the default) in the command test's config
+        ),
+    )
 
 
 def test_four_runs_and_two_combined_catalogues(run):
@@ -64,9 +77,11 @@ def test_four_runs_and_two_combined_catalogues(run):
         assert cat["GALAH_TEFF"].mask[cat["SURVEY"] == "APOGEE"].all()
         assert cat.meta["SCALE"] == scale and "FLAGBT00" in cat.meta
         # the hull flag is evaluated from each run's training labels (one builder); the
-        # distance needs a CV scatter that these runs do not have: absent, not all False
-        assert {"FLAG_OUTSIDE_HULL", "IN_HULL"} <= set(cat.colnames)
-        assert "FLAG_FAR_FROM_TRAINING" not in cat.colnames
+        # distance from each run's own k-fold CV scatter, threshold calibrated (p99)
+        assert {"FLAG_OUTSIDE_HULL", "IN_HULL", "FLAG_FAR_FROM_TRAINING", "LABEL_DISTANCE"} <= set(cat.colnames)
+        assert not np.ma.getmaskarray(cat["LABEL_DISTANCE"]).any()
+        # stars of the training population: about 1 % beyond the p99 threshold
+        assert np.asarray(cat["FLAG_FAR_FROM_TRAINING"]).mean() < 0.05
         assert np.array_equal(np.asarray(cat["FLAG_OUTSIDE_HULL"]), ~np.asarray(cat["IN_HULL"]))
         assert 0.5 < np.asarray(cat["IN_HULL"]).mean() < 1.0  # most stars inside, not all
 
