@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 from conftest import shared_file
 
-from bayescannon.errors import CrossMatchError, SurveyFormatError
+from bayescannon.errors import CrossMatchError, InvalidInputError, SurveyFormatError
 from bayescannon.validate.clusters import (
     LITERATURE_FE_H,
     cluster_statistics,
@@ -132,3 +132,43 @@ def test_clusters_command_on_real_members(tmp_path, capsys):
     assert set(trends["LABEL"]) == {"FE_H"}
     assert "trends_teff.png" in (out / "report.md").read_text()
     assert "18 of 19 clusters validated" in capsys.readouterr().out
+
+
+def test_membership_probability_cut_removes_non_members():
+    """Interlopers with a low membership probability (field stars at another [Fe/H]) bias
+    the cluster median and inflate its scatter; the probability column (found by name)
+    removes them, and the counts say how many."""
+    ids, labels, members, spec, _ = _mock_clusters(seed=3)
+    rng = np.random.default_rng(7)
+    n_int = 15  # interlopers of C2 at [Fe/H] = +0.3, listed with probability <= 0.3
+    extra_ids = np.array([f"int{i}" for i in range(n_int)])
+    extra = np.column_stack(
+        [rng.uniform(4000, 5200, n_int), rng.uniform(1, 3, n_int), np.full(n_int, 0.3), np.full(n_int, 0.0)]
+    )
+    ids2, labels2 = np.r_[ids, extra_ids], np.vstack([labels, extra])
+    table = Table(
+        {
+            "ID": np.r_[members["ID"], extra_ids],
+            "CLUSTER": np.r_[members["CLUSTER"], ["C2"] * n_int],
+            "Membership_Prob": np.r_[rng.uniform(0.6, 1.0, len(members)), rng.uniform(0.0, 0.3, n_int)],
+        }
+    )
+    cut = cluster_statistics(ids2, labels2, table, NAMES, min_members=3)
+    raw = cluster_statistics(ids2, labels2, table, NAMES, min_members=3, probability_column=None)
+    c2 = {t.meta["PROBCOL"]: t[t["CLUSTER"] == "C2"][0] for t in (cut, raw)}
+    with_cut, without = c2["Membership_Prob"], c2["none (no membership-probability cut)"]
+    n = spec["C2"][2]
+    assert with_cut["N_MEMBERS"] == n + n_int and with_cut["N_LOW_PROB"] == n_int
+    assert with_cut["N_USED"] == n and without["N_USED"] == n + n_int and without["N_LOW_PROB"] == 0
+    # 15 of 40 stars 1.3 dex away: the scatter without the cut is several times larger
+    assert without["SCATTER_FE_H"] > 5 * with_cut["SCATTER_FE_H"]
+    assert abs(with_cut["MEDIAN_FE_H"] - spec["C2"][0]) < 0.06
+    assert cut.meta["MINPROB"] == 0.5
+    trends = cluster_trends(ids2, labels2, table, NAMES, min_members=5)
+    assert trends[(trends["CLUSTER"] == "C2") & (trends["LABEL"] == "FE_H")]["N_USED"][0] == n
+    with pytest.raises(InvalidInputError, match="outside"):
+        bad = table.copy()
+        bad["Membership_Prob"][0] = 42.0
+        cluster_statistics(ids2, labels2, bad, NAMES)
+    with pytest.raises(InvalidInputError, match="no probability column 'P'"):
+        cluster_statistics(ids2, labels2, table, NAMES, probability_column="P")

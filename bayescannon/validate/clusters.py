@@ -6,6 +6,9 @@ Tables 5–6, Figs 12–13; Ness+2015).
 * :func:`read_apogee_cluster_members` — reader of the APOGEE DR10 cluster member table
   (Ness+2015 training set format, ``../shared/data/apogee_dr10_cluster_members.txt``).
 * :func:`membership_table` — a membership table (``ID``, ``CLUSTER``) from arrays.
+* :func:`select_members` — the membership-probability cut, where the table has a
+  probability column (by default one of :data:`PROBABILITY_COLUMNS`, members kept at
+  probability ≥ 0.5); :func:`cluster_statistics` and :func:`cluster_trends` apply it.
 * :func:`cluster_statistics` — per cluster: number of members, median and scatter of
   each label, offset from the literature values.
 * :func:`cluster_trends` — per cluster: slope of [Fe/H] and [α/Fe] with Teff.
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "read_apogee_cluster_members",
     "membership_table",
+    "select_members",
+    "PROBABILITY_COLUMNS",
+    "DEFAULT_MIN_PROBABILITY",
     "match_members",
     "cluster_statistics",
     "cluster_trends",
@@ -58,6 +64,13 @@ LITERATURE_FE_H = {
     "M67": 0.00,
     "Pleiades": 0.03,
 }
+
+#: Membership-probability columns looked for (case-insensitive, in this order) when
+#: ``probability_column="auto"``.
+PROBABILITY_COLUMNS = ("MEMBERSHIP_PROB", "MEMBERSHIP_PROBABILITY", "PROB", "PROBABILITY", "P_MEM", "PMEM", "PROBA")
+
+#: Default minimum membership probability of a member that enters the statistics.
+DEFAULT_MIN_PROBABILITY = 0.5
 
 _APOGEE_ID = re.compile(r"(2M\d{8}[+-]\d{7})")
 
@@ -144,6 +157,58 @@ def membership_table(ids, clusters) -> Table:
     return Table({"ID": ids, "CLUSTER": clusters})
 
 
+def select_members(
+    membership: Table,
+    *,
+    probability_column: str | None = "auto",
+    min_probability: float | None = DEFAULT_MIN_PROBABILITY,
+) -> tuple[Table, str | None]:
+    """The members at or above a membership probability.
+
+    Parameters
+    ----------
+    membership : Table
+    probability_column : str or None
+        Column of membership probabilities (0–1); ``"auto"``: the first of
+        :data:`PROBABILITY_COLUMNS` present (case-insensitive), none if absent; None:
+        no cut.
+    min_probability : float or None
+        Members below it (or with a masked/NaN probability) are left out; None: no cut.
+
+    Returns
+    -------
+    (Table, str or None)
+        The kept rows and the column used (None when no cut was made).
+
+    Raises
+    ------
+    InvalidInputError
+        A named column that is absent, probabilities outside [0, 1], or a threshold
+        outside [0, 1].
+    """
+    if probability_column is None or min_probability is None:
+        return membership, None
+    if not 0.0 <= float(min_probability) <= 1.0:
+        raise InvalidInputError(f"min_probability must be in [0, 1]; got {min_probability}")
+    col = probability_column
+    if col == "auto":
+        upper = {c.upper(): c for c in membership.colnames}
+        col = next((upper[n] for n in PROBABILITY_COLUMNS if n in upper), None)
+        if col is None:
+            return membership, None
+    elif col not in membership.colnames:
+        raise InvalidInputError(f"membership table has no probability column {col!r}; columns: {membership.colnames}")
+    p = np.asarray(np.ma.filled(np.ma.asarray(membership[col], dtype=float), np.nan))
+    fin = np.isfinite(p)
+    if ((p[fin] < 0) | (p[fin] > 1)).any():
+        raise InvalidInputError(f"membership column {col!r} holds values outside [0, 1]: not probabilities")
+    keep = fin & (p >= float(min_probability))
+    logger.info("membership cut %s >= %g keeps %d of %d members", col, min_probability, keep.sum(), p.size)
+    if not keep.any():
+        raise InvalidInputError(f"no member has {col} >= {min_probability}: lower min_probability or check the column")
+    return membership[keep], col
+
+
 def match_members(ids, membership: Table, *, id_column: str = "ID", cluster_column: str = "CLUSTER"):
     """Cluster name of every catalogue row ('' for non-members).
 
@@ -219,6 +284,8 @@ def cluster_statistics(
     good=None,
     id_column: str = "ID",
     cluster_column: str = "CLUSTER",
+    probability_column: str | None = "auto",
+    min_probability: float | None = DEFAULT_MIN_PROBABILITY,
 ) -> Table:
     """Per cluster: median and scatter of each label and offset from the literature.
 
@@ -239,12 +306,15 @@ def cluster_statistics(
         statistics.
     good : ndarray of bool (N,), optional
         Rows to use (e.g. unflagged stars).
+    probability_column, min_probability
+        Membership-probability cut (:func:`select_members`), where the table has one.
 
     Returns
     -------
     astropy.table.Table
-        ``CLUSTER``, ``N_MEMBERS`` (in the membership table), ``N_MATCHED`` (found in
-        the catalogue), ``N_USED``, then per label ``MEDIAN_<L>``, ``SCATTER_<L>`` (std),
+        ``CLUSTER``, ``N_MEMBERS`` (in the membership table), ``N_LOW_PROB`` (members
+        below the probability cut; 0 without a cut), ``N_MATCHED`` (members above the
+        cut found in the catalogue), ``N_USED``, then per label ``MEDIAN_<L>``, ``SCATTER_<L>`` (std),
         ``HALF_P16_84_<L>``, ``LIT_<L>`` and ``OFFSET_<L>`` (median − literature), and
         ``STATUS``.
     """
@@ -255,12 +325,17 @@ def cluster_statistics(
         raise ShapeMismatchError(f"labels have shape {y.shape}; expected ({ids.size}, {k})")
     if int(min_members) < 2:
         raise InvalidInputError(f"min_members must be >= 2; got {min_members}")
-    cl = match_members(ids, membership, id_column=id_column, cluster_column=cluster_column)
+    for col in (id_column, cluster_column):
+        if col not in membership.colnames:
+            raise InvalidInputError(f"membership table has no column {col!r}; columns: {membership.colnames}")
+    kept, pcol = select_members(membership, probability_column=probability_column, min_probability=min_probability)
+    cl = match_members(ids, kept, id_column=id_column, cluster_column=cluster_column)
     use = np.ones(ids.size, bool) if good is None else np.asarray(good, bool)
     if use.shape != ids.shape:
         raise ShapeMismatchError(f"good has shape {use.shape}; expected {ids.shape}")
     lit = _literature(literature, label_names)
     names, n_members = np.unique(np.asarray(membership[cluster_column]).astype(str), return_counts=True)
+    kept_cl = np.asarray(kept[cluster_column]).astype(str)
     rows = []
     for c, nm in zip(names, n_members):
         sel = cl == c
@@ -269,7 +344,8 @@ def cluster_statistics(
         n_used = int(sel.sum())
         ok = n_used >= min_members
         st = summary_statistics(y[sel], axis=0) if n_used else None
-        row = {"CLUSTER": c, "N_MEMBERS": int(nm), "N_MATCHED": n_matched, "N_USED": n_used}
+        n_low = int(nm) - int((kept_cl == c).sum())
+        row = {"CLUSTER": c, "N_MEMBERS": int(nm), "N_LOW_PROB": n_low, "N_MATCHED": n_matched, "N_USED": n_used}
         for q, name in enumerate(label_names):
             med = float(st["median"][q]) if ok else np.nan
             row[f"MEDIAN_{name}"] = med
@@ -292,6 +368,9 @@ def cluster_statistics(
     for col in t.colnames:
         if t[col].dtype.kind == "f":
             t[col] = MaskedColumn(t[col], mask=~np.isfinite(t[col]))
+    t.meta["PROBCOL"] = pcol or "none (no membership-probability cut)"
+    if pcol:
+        t.meta["MINPROB"] = float(min_probability)
     return t
 
 
@@ -308,6 +387,8 @@ def cluster_trends(
     good=None,
     id_column: str = "ID",
     cluster_column: str = "CLUSTER",
+    probability_column: str | None = "auto",
+    min_probability: float | None = DEFAULT_MIN_PROBABILITY,
 ) -> Table:
     """Per cluster: least-squares slope of labels ``y`` against label ``x``
     (Nandakumar+2022 Figs 12–13: [Fe/H] and [α/Fe] against Teff).
@@ -325,6 +406,8 @@ def cluster_trends(
     min_members : int
         Clusters with fewer usable members are reported as skipped.
     good : ndarray of bool, optional
+    probability_column, min_probability
+        Membership-probability cut (:func:`select_members`), where the table has one.
 
     Returns
     -------
@@ -341,7 +424,8 @@ def cluster_trends(
         raise InvalidInputError(f"none of {list(y)} is a label ({label_names})")
     if int(min_members) < 3:
         raise InvalidInputError(f"min_members must be >= 3 for a slope with an error; got {min_members}")
-    cl = match_members(ids, membership, id_column=id_column, cluster_column=cluster_column)
+    kept, pcol = select_members(membership, probability_column=probability_column, min_probability=min_probability)
+    cl = match_members(ids, kept, id_column=id_column, cluster_column=cluster_column)
     use = np.ones(ids.size, bool) if good is None else np.asarray(good, bool)
     xi = label_names.index(x)
     rows = []
@@ -372,5 +456,6 @@ def cluster_trends(
         t[col] = MaskedColumn(t[col], mask=~np.isfinite(t[col]))
     t.meta["X"] = x
     t.meta["PER"] = per
+    t.meta["PROBCOL"] = pcol or "none (no membership-probability cut)"
     t["SLOPE"].description = f"d(label)/d({x}) per {per:g} units of {x}"
     return t
