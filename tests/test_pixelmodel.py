@@ -82,6 +82,9 @@ def _coverage(n_pix, n_stars, seed, draws):
     flux, ivar, x, theta, _ = _simulate(rng, n_stars, n_pix)
     model = CannonModel(NAMES, random_state=0).fit(flux, ivar, x)
     pm_ = PixelModel(model, flux, ivar)
+    # the model's θ acts on scaled labels: map the true θ into that basis (v(x) = v(x_scaled) M exactly)
+    m, *_ = np.linalg.lstsq(pm_.design, PolynomialVectorizer(NAMES, 2)(x), rcond=None)
+    theta = theta @ m.T
     tree = pm_.sample(draws=draws, tune=draws, chains=2, seed=seed)
     th = tree["posterior"]["theta"].values  # chain, draw, pixel, term
     flat = th.reshape(-1, *th.shape[2:])
