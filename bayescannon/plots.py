@@ -15,6 +15,8 @@ write it with :func:`save_figure`.
   stars (Nandakumar+2022 Figs 5–6).
 * :func:`alpha_vs_feh` — [α/M] vs [Fe/H].
 * :func:`precision_vs_snr` — repeat-observation precision and its exponential fit.
+* :func:`pipeline_comparison` — a point-estimate pipeline's values in our posteriors:
+  quantile histograms (uniform when consistent), z against S/N and against each label.
 * :func:`coverage_map` — coverage of the calibrated intervals per S/N quintile and per
   quintile of each label, with the target band shaded.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "alpha_vs_feh",
     "precision_vs_snr",
     "coverage_map",
+    "pipeline_comparison",
     "save_figure",
     "APOGEE_LINES",
 ]
@@ -562,4 +565,53 @@ def coverage_map(coverage, label_names=None, *, level=0.68, band=0.05, kind="cal
         n = np.asarray(d["n"])
         ax.set_title(f"by {by} ({int(n.min())}-{int(n.max())} stars per bin)", fontsize=9)
     axes[0].legend(fontsize=7)
+    return fig
+
+
+def _label_axis_name(name) -> str:
+    unit = label_units_text(name)
+    return f"{name} [{unit}]" if unit else str(name)
+
+
+def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = None):
+    """Figure of :func:`bayescannon.bayes.compare.compare_with_pipeline`.
+
+    Row 1: histogram of the posterior quantiles of the pipeline values per label (flat
+    at 1 when both agree within errors; KS p-value in the title). Row 2: z against S/N
+    (when known). Rows 3…: z against each of our labels (posterior mean, with units).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    names = [str(n) for n in result["label_name"].values]
+    k = len(names)
+    snr = result["snr"].values
+    has_snr = bool(np.isfinite(snr).any())
+    nrows = 1 + int(has_snr) + k
+    fig, axes = new_figure(nrows * k, ncols=k, panel=(3.0, 2.4))
+    axes = axes.reshape(nrows, k)
+    zlim = float(outlier_z if outlier_z is not None else result.attrs.get("outlier_z", 3.0))
+    for j, name in enumerate(names):
+        q = result["quantile"].sel(label_name=name).values
+        z = result["z"].sel(label_name=name).values
+        ax = axes[0, j]
+        ax.hist(q[np.isfinite(q)], bins=bins, range=(0, 1), density=True, histtype="stepfilled", alpha=0.5)
+        ax.axhline(1.0, color="k", lw=1, ls="--")
+        ax.set_xlabel(f"posterior quantile of pipeline {name}")
+        ax.set_title(f"{name}: KS p = {float(result['ks_pvalue'].sel(label_name=name)):.2g}", fontsize=9)
+        rows = [(snr, "S/N")] if has_snr else []
+        rows += [(result["ours_mean"].sel(label_name=other).values, _label_axis_name(other)) for other in names]
+        for r, (xv, xname) in enumerate(rows, start=1):
+            ax = axes[r, j]
+            ok = np.isfinite(xv) & np.isfinite(z)
+            out = ok & (np.abs(z) > zlim)
+            ax.scatter(xv[ok & ~out], z[ok & ~out], s=4, alpha=0.6)
+            ax.scatter(xv[out], z[out], s=8, color="C3", label=f"|z| > {zlim:g}")
+            for level in (-zlim, 0.0, zlim):
+                ax.axhline(level, color="k", lw=0.7, ls="-" if level == 0 else ":")
+            ax.set_xlabel(xname)
+            ax.set_ylabel(f"z ({name})")
+            if xname == "S/N":
+                ax.set_xscale("log")
     return fig

@@ -146,6 +146,36 @@ def test_plots(setup):
     assert len(fig2.axes[0].lines) >= 3
 
 
+def test_full_sampler_statistics_serve_arviz(setup):
+    """Every per-draw sampler statistic is kept: az.bfmi and az.plot_energy work."""
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bayescannon.bayes.diagnostics import plot_energy
+
+    model, post, theta, rng = setup
+    flux, ivar, _ = _simulate(rng, theta, 2)
+    tree = post.sample(flux, ivar, ids=["p", "q"], draws=300, tune=300, chains=2, seed=5)
+    stats = tree["sample_stats"].to_dataset()
+    want = {"energy", "energy_error", "step_size", "tree_depth", "n_steps", "diverging", "maxdepth_reached", "lp"}
+    assert want <= set(stats.data_vars), set(stats.data_vars)
+    assert stats["energy"].dims == ("chain", "draw", "star")
+    # the two stars were sampled separately: their energies differ
+    assert not np.allclose(stats["energy"].sel(star="p"), stats["energy"].sel(star="q"))
+    assert np.all(stats["step_size"].values > 0) and np.all(stats["n_steps"].values >= 1)
+    bf = az.bfmi(tree)
+    bf = (bf["sample_stats"] if "sample_stats" in bf.children else bf).to_dataset()["energy"]
+    assert bf.sizes == {"star": 2, "chain": 2}
+    # a near-Gaussian 3-d posterior is explored well: E-BFMI far above the 0.3 alarm level
+    assert np.all(bf.values > 0.5), bf.values
+    diag = tree["diagnostics"].to_dataset()
+    np.testing.assert_allclose(diag["min_bfmi"].values, bf.min("chain").sel(star=["p", "q"]).values)
+    pc = plot_energy(tree, "q")
+    axes = np.asarray(pc.viz["plot"].values).ravel()
+    assert len(axes) == 2 and all(len(ax.collections) + len(ax.lines) > 0 for ax in axes)
+
+
 @pytest.mark.slow
 def test_batched_sampling_and_cli(setup, tmp_path):
     from bayescannon.cli import main

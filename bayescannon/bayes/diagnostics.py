@@ -27,6 +27,7 @@ __all__ = [
     "plot_posterior_vs_laplace",
     "plot_coverage",
     "plot_corner",
+    "plot_energy",
     "save_posterior",
     "load_posterior",
     "RHAT_MAX",
@@ -64,8 +65,9 @@ def summarize(tree: xr.DataTree, *, model=None, rhat_max: float = RHAT_MAX, min_
         ``r_hat``, ``ess_bulk``, ``ess_tail``, ``map``, ``laplace_sd``, ``sd_ratio``
         (posterior sd / Laplace sd) and, for a calibrated model, ``label_bias`` (the learned
         bias at the MAP labels), ``calibrated_mean`` (``mean − label_bias``: the centre of
-        the calibrated intervals), ``calibrated_sd``, ``half_width_68``, ``half_width_95``; (star): ``n_divergent``,
-        ``max_r_hat``, ``min_ess``, ``converged``.
+        the calibrated intervals), ``calibrated_sd``, ``half_width_68``, ``half_width_95``;
+        (star): ``n_divergent``, ``min_bfmi`` (smallest per-chain E-BFMI, when the sampler
+        reported energies; < 0.3 means poor exploration), ``max_r_hat``, ``min_ess``, ``converged``.
     """
     import arviz as az
 
@@ -102,6 +104,11 @@ def summarize(tree: xr.DataTree, *, model=None, rhat_max: float = RHAT_MAX, min_
         out["sd_ratio"] = out["sd"] / out["laplace_sd"]
     div = tree["sample_stats"].to_dataset()["diverging"].transpose("star", ...).values
     out["n_divergent"] = ("star", div.reshape(div.shape[0], -1).sum(axis=1))
+    stats = tree["sample_stats"].to_dataset()
+    if "energy" in stats:
+        bf = az.bfmi(tree)
+        bf = (bf["sample_stats"] if "sample_stats" in bf.children else bf).to_dataset()["energy"]
+        out["min_bfmi"] = ("star", bf.min("chain").transpose("star").values)
     out["max_r_hat"] = ("star", np.max(out["r_hat"].values, axis=1))
     out["min_ess"] = ("star", np.minimum(out["ess_bulk"].values.min(axis=1), out["ess_tail"].values.min(axis=1)))
     finite = np.all(np.isfinite(out["r_hat"].values), axis=1)
@@ -157,6 +164,32 @@ def _figure(nrows, ncols, **kw):
 
     fig = Figure(figsize=kw.pop("figsize", None), layout=kw.pop("layout", "constrained"))
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def plot_energy(tree: xr.DataTree, star, **kwargs):
+    """ArviZ's energy plot (marginal and transition energy, per-chain BFMI) of one star.
+
+    ``az.plot_energy`` expects ``sample_stats/energy`` with (chain, draw) only; a
+    posterior file has a ``star`` dimension, so one star is selected first.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        Output of :func:`bayescannon.bayes.sample_labels`.
+    star : str or int
+        Star id or position.
+    **kwargs
+        Passed to ``arviz.plot_energy`` (default ``backend="matplotlib"``).
+
+    Returns
+    -------
+    arviz_plots.PlotCollection
+    """
+    import arviz as az  # lazy: ArviZ only for diagnostics
+
+    one = tree.sel(star=star) if isinstance(star, str) else tree.isel(star=int(star))
+    kwargs.setdefault("backend", "matplotlib")
+    return az.plot_energy(one, **kwargs)
 
 
 def plot_posterior_vs_laplace(tree: xr.DataTree, star, *, bins: int = 40):

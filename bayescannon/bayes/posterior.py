@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from bayescannon.bayes.diagnostics import summarize
+from bayescannon.bayes.sampling import collect_sample_stats, stack_sample_stats
 from bayescannon.core import scaling
 from bayescannon.core.labelfit import spectrum_statistics
 from bayescannon.core.likelihood import label_log_likelihood
@@ -206,6 +207,7 @@ class LabelPosterior:
         if self.sampler == "nutpie" and self._compiled is None:
             import nutpie
 
+            logger.info("compiling the label posterior (batch of %d) for nutpie ...", self.batch_size)
             t0 = time.perf_counter()
             self._compiled = nutpie.compile_pymc_model(self.pymc_model, var_names=["labels"])
             self.compile_time = time.perf_counter() - t0
@@ -275,8 +277,10 @@ class LabelPosterior:
         -------
         xarray.DataTree
             Groups ``posterior`` (``labels``: chain, draw, star, label_name, physical
-            units), ``sample_stats`` (``diverging``, ``maxdepth_reached``: chain, draw,
-            star), ``constant_data`` (MAP labels, Laplace errors, pixels, κ) and
+            units), ``sample_stats`` (every per-draw statistic of the sampler: ``energy``,
+            ``energy_error``, ``step_size``, ``tree_depth``, ``n_steps``, ``diverging``,
+            ``maxdepth_reached``, ``acceptance_rate``, ``lp``, …: chain, draw, star; a
+            batch of stars shares its values), ``constant_data`` (MAP labels, Laplace errors, pixels, κ) and
             ``diagnostics`` (see :func:`bayescannon.bayes.diagnostics.summarize`).
         """
 
@@ -317,10 +321,10 @@ class LabelPosterior:
             "u_map": u0[rep],
             "chol": chol[rep],
         }
-        post, div, maxd = [], [], []
+        post, stats_list, counts = [], [], []
         batches = range(n_batches)
         if progressbar:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: only with a progress bar
 
             batches = tqdm(batches, desc="sampling", unit="batch")
         self.compile()
@@ -333,15 +337,8 @@ class LabelPosterior:
             trace = self._sample_batch(batch, draws, tune, chains, cores, bseed)
             keep = min(s, n - j * s)
             post.append(np.asarray(trace["posterior"]["labels"].values)[:, :, :keep])
-            stats = trace["sample_stats"]
-            d = np.asarray(stats["diverging"].values, dtype=bool)
-            md = (
-                np.asarray(stats["maxdepth_reached"].values, dtype=bool)
-                if "maxdepth_reached" in stats
-                else np.zeros_like(d)
-            )
-            div.append(np.repeat(d[:, :, None], keep, axis=2))
-            maxd.append(np.repeat(md[:, :, None], keep, axis=2))
+            stats_list.append(collect_sample_stats(trace["sample_stats"].to_dataset()))
+            counts.append(keep)
         elapsed = time.perf_counter() - t0
         labels = np.concatenate(post, axis=2)
         chains_, draws_ = labels.shape[:2]
@@ -353,13 +350,7 @@ class LabelPosterior:
         }
         posterior = xr.Dataset({"labels": (("chain", "draw", "star", "label_name"), labels)}, coords=coords)
         posterior["labels"].attrs["units"] = "physical label units"
-        sample_stats = xr.Dataset(
-            {
-                "diverging": (("chain", "draw", "star"), np.concatenate(div, axis=2)),
-                "maxdepth_reached": (("chain", "draw", "star"), np.concatenate(maxd, axis=2)),
-            },
-            coords={k_: coords[k_] for k_ in ("chain", "draw", "star")},
-        )
+        sample_stats = stack_sample_stats(stats_list, counts, ids)
         constant = xr.Dataset(
             {
                 "map_labels": (("star", "label_name"), map_result["labels"].values),

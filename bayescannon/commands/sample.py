@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bayescannon.bayes import sample_labels
@@ -52,6 +53,13 @@ def run(args) -> int:
         select = None
     elif len(set(select)) != len(select):
         raise InvalidInputError("star ids to sample are duplicated")
+    n = len(select) if select else ds.sizes.get("star", 0)
+    # the library only logs; the CLI tells the user why nothing seems to happen for a while
+    print(
+        f"sampling {n} stars: compiling the NUTS sampler first (once per process, ~20-60 s on 2 cores) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     tree = sample_labels(
         model,
         ds,
