@@ -65,7 +65,7 @@ def files(tmp_path, monkeypatch):
     """Dummy input files (the command never runs, so their content does not matter)."""
     monkeypatch.chdir(tmp_path)
     d = {}
-    for name in ("s.nc", "spec.fits", "m.nc", "labels.csv", "cat.fits", "members.csv"):
+    for name in ("s.nc", "spec.fits", "m.nc", "labels.csv", "cat.fits", "members.csv", "cfg.toml"):
         (tmp_path / name).write_bytes(b"input " + name.encode())
         d[name] = tmp_path / name
     return d
@@ -80,6 +80,7 @@ FILE_CASES = {
     "catalogue": (lambda f, o: ["catalogue", str(f["m.nc"]), str(f["spec.fits"]), "-o", str(o)], "cat_out.fits"),
     "sample": (lambda f, o: ["sample", str(f["m.nc"]), str(f["s.nc"]), "-o", str(o)], "post.nc"),
     "simulate": (lambda f, o: ["simulate", "-o", str(o), "-n", "5"], "sim.nc"),
+    "compare": (lambda f, o: ["compare", str(f["cat.fits"]), str(f["spec.fits"]), "-o", str(o)], "cmp.csv"),
 }
 DIR_CASES = {
     "clusters": (lambda f, d: ["clusters", str(f["cat.fits"]), str(f["members.csv"]), "-o", str(d)], "report.html"),
@@ -87,7 +88,13 @@ DIR_CASES = {
     "validate": (lambda f, d: ["validate", str(f["s.nc"]), "--labels", "TEFF", "-o", str(d)], "cv_summary.ecsv"),
     "demo": (lambda f, d: ["demo", "--outdir", str(d)], "model.nc"),
     "mock-survey": (lambda f, d: ["mock-survey", str(d)], "anything.txt"),
+    "mock-catalogues": (lambda f, d: ["mock-catalogues", str(d)], "anything.txt"),
+    "mock-cross-survey": (lambda f, d: ["mock-cross-survey", str(d)], "anything.txt"),
+    "cross-survey": (lambda f, d: ["cross-survey", str(f["cfg.toml"]), "-o", str(d)], "anything.txt"),
 }
+#: Commands whose outputs depend on a valid configuration file; their refusals are tested with
+#: real configurations in their own test files (test_transfer, test_homogenise, test_preprocess).
+CONFIGURED = {"preprocess", "transfer", "homogenise"}
 
 
 def _existing_output(tmp_path, command):
@@ -111,7 +118,7 @@ def test_every_command_declares_its_outputs_and_takes_overwrite(capsys):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         assert "--overwrite" in capsys.readouterr().out, name
-    assert set(FILE_CASES) | set(DIR_CASES) | {"preprocess", "transfer"} == set(MODULES)
+    assert set(FILE_CASES) | set(DIR_CASES) | CONFIGURED == set(MODULES)
 
 
 @pytest.mark.parametrize("command", sorted(FILE_CASES) + sorted(DIR_CASES))
