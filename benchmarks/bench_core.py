@@ -160,7 +160,7 @@ def memory_probe(model, test, n_stars, chunk, workdir):
     flux = np.tile(np.nan_to_num(test["flux"].values), (reps, 1))[:n_stars]
     ivar = np.tile(test["ivar"].values, (reps, 1))[:n_stars]
     mpath = os.path.join(workdir, "model.nc")
-    model.save(mpath)
+    model.save(mpath, overwrite=True)  # one probe per size, same scratch folder
     np.save(os.path.join(workdir, "flux.npy"), flux)
     np.save(os.path.join(workdir, "ivar.npy"), ivar)
     code = f"""
