@@ -24,6 +24,7 @@ CALLEES = {
     "_newton_solve",
     "_damping_scale",
     "_support_solve",
+    "cholesky_solve",
     "_fixed_residual_maximum",
     "_design",
     "_chi2_and_grad",

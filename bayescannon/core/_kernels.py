@@ -549,6 +549,15 @@ def _damped_solve(H, G, lam, g, step, M, free):  # pragma: no cover - compiled
         for k in range(k_n):
             M[i, k] = H[i, k] if free[i] and free[k] else 0.0
         M[i, i] = M[i, i] + lam * max(G[i, i], 1e-300) if free[i] else 1.0
+    return cholesky_solve(M, g, step, free)
+
+
+@numba.njit(cache=True, inline="always")
+def cholesky_solve(M, g, step, free):  # pragma: no cover - compiled
+    """step = −M⁻¹ g for a symmetric M (overwritten by its Cholesky factor), 0 for the
+    variables that are not free (their rows of M must be the identity); returns False if M
+    is not positive definite. The one Cholesky solve of the damped Newton steps."""
+    k_n = g.shape[0]
     for j in range(k_n):
         s = M[j, j]
         for q in range(j):

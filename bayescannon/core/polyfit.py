@@ -31,6 +31,7 @@ import math
 import numba
 import numpy as np
 
+from bayescannon.core._kernels import cholesky_solve
 from bayescannon.core.labelfit import LabelFit, invert_fisher, restarts_from_profiles, scan_grid
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.errors import InvalidInputError
@@ -214,29 +215,7 @@ def _newton_solve(H, lam, scale, g, step, M, free):  # pragma: no cover - compil
         for k in range(k_n):
             M[i, k] = H[i, k] if free[i] and free[k] else 0.0
         M[i, i] = M[i, i] + lam * scale[i] if free[i] else 1.0
-    for j in range(k_n):
-        s = M[j, j]
-        for q in range(j):
-            s -= M[j, q] * M[j, q]
-        if not (s > 0.0):
-            return False
-        M[j, j] = np.sqrt(s)
-        for i in range(j + 1, k_n):
-            s2 = M[i, j]
-            for q in range(j):
-                s2 -= M[i, q] * M[j, q]
-            M[i, j] = s2 / M[j, j]
-    for i in range(k_n):
-        s = -g[i] if free[i] else 0.0
-        for q in range(i):
-            s -= M[i, q] * step[q]
-        step[i] = s / M[i, i]
-    for i in range(k_n - 1, -1, -1):
-        s = step[i]
-        for q in range(i + 1, k_n):
-            s -= M[q, i] * step[q]
-        step[i] = s / M[i, i]
-    return True
+    return cholesky_solve(M, g, step, free)
 
 
 @numba.njit(cache=True, inline="always")
