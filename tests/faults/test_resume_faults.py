@@ -11,9 +11,8 @@ bit-identical, 0 silently wrong; kill -9 of ``preprocess`` (a folder with a non-
 a grid off by rounding, a grid off the target, a repeated id): 12 tried, 12 identical, 0
 silently wrong; two concurrent ``preprocess`` runs on one folder: both exit 0, folder
 identical; byte flips of a chunk file: 60 tried, 60 detected, 0 silently wrong;
-truncations: 60 tried, 60 detected, 0 silently wrong. The default run keeps 2 kill seeds
-per command (each seed is two fresh CLI processes of 1.5-2 s on idle cores, ~5-10 s
-under that load).
+truncations: 60 tried, 60 detected, 0 silently wrong. The default run has 10 kill seeds
+per command (each seed is two forked CLI runs of 1.5-2 s on idle cores); ``-m slow`` 30.
 
 The CLI runs are forked from one pre-imported helper process (``_zygote.py``) so that each
 costs a fraction of a second instead of an import of the package.
@@ -38,9 +37,9 @@ from bayescannon.pipeline.chunks import ChunkStore, chunk_key
 from bayescannon.spectra import make_spectra
 
 ZYGOTE = Path(__file__).with_name("_zygote.py")
-#: kill -9 seeds per command: 12 with ``-m slow``; 2 in the default run (each seed is two
-#: fresh CLI processes, 3-8 s each on 2 shared cores).
-N_KILL_SEEDS = {"default": 2, "slow": 12}
+#: kill -9 seeds per command: 10 in the default run (each seed is two forked CLI runs of
+#: 1.5-2 s on idle cores), 30 with ``-m slow``.
+N_KILL_SEEDS = {"default": 10, "slow": 30}
 N_CORRUPTIONS = 60
 
 
