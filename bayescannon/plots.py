@@ -149,7 +149,7 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
         lo, hi = np.min(np.r_[x[ok], y[ok]]), np.max(np.r_[x[ok], y[ok]])
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         d = y[ok] - x[ok]
-        unit = (units or {}).get(name, "")
+        unit = (units or {}).get(name) or label_units_text(name)
         p16, p84 = np.percentile(d, [16, 84])
         ax.text(
             0.04,
@@ -159,8 +159,9 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
             va="top",
             fontsize=8,
         )
-        ax.set_xlabel(f"reference {name}")
-        ax.set_ylabel(f"bayescannon {name}")
+        axis_name = f"{name} [{unit}]" if unit else str(name)
+        ax.set_xlabel(f"reference {axis_name}")
+        ax.set_ylabel(f"bayescannon {axis_name}")
         ax.set_aspect("equal", adjustable="datalim")
     if color is not None and sc is not None:
         fig.colorbar(sc, ax=list(axes), label=color_label or "")
@@ -220,7 +221,8 @@ def binned_statistics_plot(table, *, label_names=None, xlabel=None, logx=False):
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(name)
         ax.set_xlabel(xlabel or (str(t["X"][0]) if len(t) else ""))
-        ax.set_ylabel(f"Δ{name}")
+        unit = label_units_text(name)
+        ax.set_ylabel(f"Δ{name} [{unit}]" if unit else f"Δ{name}")
     axes[0].legend(fontsize=7)
     return fig
 
@@ -557,13 +559,14 @@ def coverage_map(coverage, label_names=None, *, level=0.68, band=0.05, kind="cal
         for j, name in enumerate(label_names):
             ax.plot(x, cov[:, j], "o-", ms=4, label=name)
         if by == "snr":
-            ax.set_xlabel("S/N (quintile medians)")
+            ax.set_xlabel("S/N (quintile mid-points)")
         else:
             unit = label_units_text(by)
-            ax.set_xlabel(f"{by} ({unit}), quintiles" if unit else f"{by}, quintiles")
+            ax.set_xlabel(f"{by} ({unit}), quintile mid-points" if unit else f"{by}, quintile mid-points")
         ax.set_ylabel(f"{key} % interval coverage")
         n = np.asarray(d["n"])
-        ax.set_title(f"by {by} ({int(n.min())}-{int(n.max())} stars per bin)", fontsize=9)
+        counts = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
+        ax.set_title(f"by {by} ({counts} stars per bin)", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig
 
