@@ -41,7 +41,7 @@ def _shown_default(action: argparse.Action) -> str | None:
     default = action.default
     if not action.option_strings or default is None or default is argparse.SUPPRESS or isinstance(default, bool):
         return None
-    if action.nargs == 0:
+    if action.nargs == 0 or (isinstance(default, (list, tuple)) and not default):
         return None
     shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
     return shown.replace("%", "%%")

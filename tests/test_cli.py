@@ -235,7 +235,7 @@ def test_help_shows_every_default():
             default = action.default
             if not action.option_strings or default is None or isinstance(default, bool):
                 continue
-            if default is argparse.SUPPRESS or action.nargs == 0:
+            if default is argparse.SUPPRESS or action.nargs == 0 or (isinstance(default, list) and not default):
                 continue
             # the option's own help paragraph, from its flag up to the next option
             formatter = p._get_formatter()
@@ -244,4 +244,5 @@ def test_help_shows_every_default():
             if "default" not in entry.lower():
                 missing.append(f"{name} {'/'.join(action.option_strings)} (default {default!r})")
         assert "--overwrite" in text
+        assert "(default: )" not in text, name  # an empty list is no default to show
     assert not missing, missing
