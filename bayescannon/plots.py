@@ -213,12 +213,7 @@ def binned_statistics_plot(table, *, label_names=None, xlabel=None, logx=False):
         ax.plot(x[ok], f("HALF_P16_84")[ok], "--", color="C2", label="(p84-p16)/2")
         ax.plot(x[ok], -f("HALF_P16_84")[ok], "--", color="C2")
         if logx:
-            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_snr_axis(ax)
         ax.set_title(name)
         ax.set_xlabel(xlabel or (str(t["X"][0]) if len(t) else ""))
         unit = label_units_text(name)
@@ -602,6 +597,7 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
         ax.hist(q[np.isfinite(q)], bins=bins, range=(0, 1), density=True, histtype="stepfilled", alpha=0.5)
         ax.axhline(1.0, color="k", lw=1, ls="--")
         ax.set_xlabel(f"posterior quantile of pipeline {name}")
+        ax.set_ylabel("probability density")
         ax.set_title(f"{name}: KS p = {float(result['ks_pvalue'].sel(label_name=name)):.2g}", fontsize=9)
         rows = [(snr, "S/N")] if has_snr else []
         rows += [(result["ours_mean"].sel(label_name=other).values, _label_axis_name(other)) for other in names]
@@ -616,5 +612,16 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
             ax.set_xlabel(xname)
             ax.set_ylabel(f"z ({name})")
             if xname == "S/N":
-                ax.set_xscale("log")
+                _log_snr_axis(ax)
     return fig
+
+
+def _log_snr_axis(ax):
+    """A logarithmic S/N axis with plain-number ticks at 1, 2, 5 × 10^k and no minor labels
+    (matplotlib's default labels the minor ticks 3×10¹, 4×10¹, … over one another)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # lazy: matplotlib
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())

@@ -128,6 +128,14 @@ def test_plot_and_cli(tmp_path):
     fig = pipeline_comparison(res)
     labels = {ax.get_xlabel() for ax in fig.axes}
     assert {"S/N", "TEFF [K]", "LOGG [dex]", "FE_H [dex]"} <= labels, labels
+    assert all(ax.get_ylabel() for ax in fig.axes)  # the quantile histograms too
+    from matplotlib.ticker import NullFormatter
+
+    snr_axes = [ax for ax in fig.axes if ax.get_xlabel() == "S/N"]
+    fig.canvas.draw()
+    for ax in snr_axes:  # minor ticks unlabelled: matplotlib's 3×10¹, 4×10¹, … overlapped
+        assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
+        assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
     tree.to_netcdf(tmp_path / "post.nc", engine="h5netcdf")
     pipe.write(tmp_path / "aspcap.fits")
     rc = main(
