@@ -341,3 +341,17 @@ def test_unified_intervals_cover_the_true_labels(fitted):
             # ~100 conformalisation stars per model, which moves the 68 % level most
             tol = 3 * np.sqrt(level * (1 - level) / ok.sum()) + (0.065 if level == 0.68 else 0.02)
             assert abs(cov - level) < tol, (lab, level, cov, tol)
+
+
+def test_trends_figure_axes_carry_units():
+    """The report's trend figure said "TEFF" and "ΔTEFF after": no unit, and not what was drawn."""
+    from bayescannon.commands.homogenise import trends_figure
+
+    trends = [
+        {"LABEL": "TEFF", "X": "A_TEFF", "PAIR": "A-B", "BINS": [4500.0, 5000.0], "MEDIANS": [10.0, -5.0]},
+        {"LABEL": "LOGG", "X": "A_LOGG", "PAIR": "A-B", "BINS": [2.0, 3.0], "MEDIANS": [0.1, 0.0]},
+    ]
+    fig = trends_figure(trends, ["TEFF", "LOGG"])
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["TEFF [K]", "LOGG [dex]"]
+    assert fig.axes[0].get_ylabel() == "ΔTEFF, pair median after calibration [K]"
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [10.0, -5.0])
