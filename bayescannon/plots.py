@@ -488,9 +488,15 @@ def precision_vs_snr(calibration):
         fin = np.isfinite(x)
         if fin.any():
             grid = np.linspace(np.nanmin(x[fin]), np.nanmax(x[fin]), 100)
-            ax.plot(grid, calibration.precision(grid)[:, q], "-", label=calibration.fit_status[q][:20])
+            curve = calibration.precision(grid)[:, q]
+            if np.isfinite(curve).any():
+                ax.plot(grid, curve, "-", label=calibration.fit_status[q][:20])
+        if not ok.any():  # say so, rather than an empty panel with meaningless axes
+            ax.text(0.5, 0.5, f"no precision fit:\n{calibration.fit_status[q]}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)  # fmt: skip
         ax.set_xlabel("lower S/N of pair")
-        ax.set_ylabel(f"σ({name})")
+        unit = label_units_text(name)
+        ax.set_ylabel(f"σ({name}) [{unit}]" if unit else f"σ({name})")
         ax.set_title(f"{name}: errors × {calibration.scale[q]:.2f}", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig

@@ -94,6 +94,12 @@ def test_kiel_alpha_and_precision_figures():
     fig = precision_vs_snr(cal)
     pts = fig.axes[0].lines[0]
     np.testing.assert_allclose(pts.get_ydata(), np.asarray(cal.binned["PRECISION"]))
+    assert fig.axes[0].get_ylabel() == "σ(FE_H) [dex]" and not fig.axes[0].texts
+    # too few pairs for any bin: the panel says why instead of drawing empty axes
+    few = calibrate_from_repeats(lab, np.full((300, 1), 0.01), snr, group, ["FE_H"], snr_bins=20, min_pairs=10)
+    ax = precision_vs_snr(few).axes[0]
+    assert "no bin with enough pairs" in ax.texts[0].get_text()
+    assert all(np.isfinite(line.get_ydata()).any() for line in ax.lines if len(line.get_ydata()))
 
 
 def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
