@@ -35,6 +35,30 @@ def _commands():
     return mods
 
 
+def _shown_default(action: argparse.Action) -> str | None:
+    """The default of an option as ``--help`` shows it, or None when there is none to show
+    (positionals, flags, ``None`` and suppressed defaults)."""
+    default = action.default
+    if not action.option_strings or default is None or default is argparse.SUPPRESS or isinstance(default, bool):
+        return None
+    if action.nargs == 0 or (isinstance(default, (list, tuple)) and not default):
+        return None
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return shown.replace("%", "%%")
+
+
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Append ``(default: X)`` to an option's help unless the help already names its default,
+    so that every option with a default shows it in ``--help``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = _shown_default(action)
+        if shown is None or "default" in text.lower():
+            return text
+        return f"{text} (default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayescannon",
@@ -44,8 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _commands():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        p = sub.add_parser(
+            mod.NAME,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
+            formatter_class=_DefaultsHelpFormatter,
+        )
         mod.add_arguments(p)
+        for action in p._actions:  # an option without help text still shows its default
+            if action.help is None and _shown_default(action) is not None:
+                action.help = f"default: {_shown_default(action)}"
         p.add_argument(
             "--overwrite",
             action="store_true",

@@ -149,7 +149,7 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
         lo, hi = np.min(np.r_[x[ok], y[ok]]), np.max(np.r_[x[ok], y[ok]])
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         d = y[ok] - x[ok]
-        unit = (units or {}).get(name, "")
+        unit = (units or {}).get(name) or label_units_text(name)
         p16, p84 = np.percentile(d, [16, 84])
         ax.text(
             0.04,
@@ -159,8 +159,9 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
             va="top",
             fontsize=8,
         )
-        ax.set_xlabel(f"reference {name}")
-        ax.set_ylabel(f"bayescannon {name}")
+        axis_name = f"{name} [{unit}]" if unit else str(name)
+        ax.set_xlabel(f"reference {axis_name}")
+        ax.set_ylabel(f"bayescannon {axis_name}")
         ax.set_aspect("equal", adjustable="datalim")
     if color is not None and sc is not None:
         fig.colorbar(sc, ax=list(axes), label=color_label or "")
@@ -212,15 +213,11 @@ def binned_statistics_plot(table, *, label_names=None, xlabel=None, logx=False):
         ax.plot(x[ok], f("HALF_P16_84")[ok], "--", color="C2", label="(p84-p16)/2")
         ax.plot(x[ok], -f("HALF_P16_84")[ok], "--", color="C2")
         if logx:
-            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_snr_axis(ax)
         ax.set_title(name)
         ax.set_xlabel(xlabel or (str(t["X"][0]) if len(t) else ""))
-        ax.set_ylabel(f"Δ{name}")
+        unit = label_units_text(name)
+        ax.set_ylabel(f"Δ{name} [{unit}]" if unit else f"Δ{name}")
     axes[0].legend(fontsize=7)
     return fig
 
@@ -491,9 +488,15 @@ def precision_vs_snr(calibration):
         fin = np.isfinite(x)
         if fin.any():
             grid = np.linspace(np.nanmin(x[fin]), np.nanmax(x[fin]), 100)
-            ax.plot(grid, calibration.precision(grid)[:, q], "-", label=calibration.fit_status[q][:20])
+            curve = calibration.precision(grid)[:, q]
+            if np.isfinite(curve).any():
+                ax.plot(grid, curve, "-", label=calibration.fit_status[q][:20])
+        if not ok.any():  # say so, rather than an empty panel with meaningless axes
+            ax.text(0.5, 0.5, f"no precision fit:\n{calibration.fit_status[q]}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)  # fmt: skip
         ax.set_xlabel("lower S/N of pair")
-        ax.set_ylabel(f"σ({name})")
+        unit = label_units_text(name)
+        ax.set_ylabel(f"σ({name}) [{unit}]" if unit else f"σ({name})")
         ax.set_title(f"{name}: errors × {calibration.scale[q]:.2f}", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig
@@ -557,13 +560,14 @@ def coverage_map(coverage, label_names=None, *, level=0.68, band=0.05, kind="cal
         for j, name in enumerate(label_names):
             ax.plot(x, cov[:, j], "o-", ms=4, label=name)
         if by == "snr":
-            ax.set_xlabel("S/N (quintile medians)")
+            ax.set_xlabel("S/N (quintile mid-points)")
         else:
             unit = label_units_text(by)
-            ax.set_xlabel(f"{by} ({unit}), quintiles" if unit else f"{by}, quintiles")
+            ax.set_xlabel(f"{by} ({unit}), quintile mid-points" if unit else f"{by}, quintile mid-points")
         ax.set_ylabel(f"{key} % interval coverage")
         n = np.asarray(d["n"])
-        ax.set_title(f"by {by} ({int(n.min())}-{int(n.max())} stars per bin)", fontsize=9)
+        counts = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
+        ax.set_title(f"by {by} ({counts} stars per bin)", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig
 
@@ -599,6 +603,7 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
         ax.hist(q[np.isfinite(q)], bins=bins, range=(0, 1), density=True, histtype="stepfilled", alpha=0.5)
         ax.axhline(1.0, color="k", lw=1, ls="--")
         ax.set_xlabel(f"posterior quantile of pipeline {name}")
+        ax.set_ylabel("probability density")
         ax.set_title(f"{name}: KS p = {float(result['ks_pvalue'].sel(label_name=name)):.2g}", fontsize=9)
         rows = [(snr, "S/N")] if has_snr else []
         rows += [(result["ours_mean"].sel(label_name=other).values, _label_axis_name(other)) for other in names]
@@ -613,5 +618,16 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
             ax.set_xlabel(xname)
             ax.set_ylabel(f"z ({name})")
             if xname == "S/N":
-                ax.set_xscale("log")
+                _log_snr_axis(ax)
     return fig
+
+
+def _log_snr_axis(ax):
+    """A logarithmic S/N axis with plain-number ticks at 1, 2, 5 × 10^k and no minor labels
+    (matplotlib's default labels the minor ticks 3×10¹, 4×10¹, … over one another)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # lazy: matplotlib
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())

@@ -162,7 +162,9 @@ def test_make_catalogue_has_the_documented_schema(tmp_path, catalogue_inputs):
         "SURVEY_FLAGS",
     ):
         assert col in t.colnames, col
-    assert t["RA"].unit == "deg" and t["APOGEE_TEFF"].unit is None
+    # survey label columns read without units get the label's unit (TEFF: K), as TEFF itself
+    assert t["RA"].unit == "deg" and t["APOGEE_TEFF"].unit == "K" and t["APOGEE_e_TEFF"].unit == "K"
+    assert t["TEFF"].unit == "K"
     np.testing.assert_allclose(t["APOGEE_TEFF"][::2], y[::2, 0] + 50.0)
     assert t["APOGEE_TEFF"].mask[1::2].all()  # stars the survey table lacks are masked
     assert list(t["IN_TRAINING"]).count(True) == 2 and t["IN_TRAINING"][0]

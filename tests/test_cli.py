@@ -217,3 +217,32 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "bayescannon", "--help"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout and "infer" in out.stdout
+
+
+def test_help_shows_every_default():
+    """Every option that has a default says so in its command's --help (an astronomer should not
+    have to read the source to learn that `simulate -n` writes 1000 stars)."""
+    import argparse
+
+    from bayescannon.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        text = " ".join(p.format_help().split())
+        for action in p._actions:
+            default = action.default
+            if not action.option_strings or default is None or isinstance(default, bool):
+                continue
+            if default is argparse.SUPPRESS or action.nargs == 0 or (isinstance(default, list) and not default):
+                continue
+            # the option's own help paragraph, from its flag up to the next option
+            formatter = p._get_formatter()
+            formatter.add_argument(action)
+            entry = " ".join(formatter.format_help().split())
+            if "default" not in entry.lower():
+                missing.append(f"{name} {'/'.join(action.option_strings)} (default {default!r})")
+        assert "--overwrite" in text
+        assert "(default: )" not in text, name  # an empty list is no default to show
+    assert not missing, missing

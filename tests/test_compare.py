@@ -128,6 +128,14 @@ def test_plot_and_cli(tmp_path):
     fig = pipeline_comparison(res)
     labels = {ax.get_xlabel() for ax in fig.axes}
     assert {"S/N", "TEFF [K]", "LOGG [dex]", "FE_H [dex]"} <= labels, labels
+    assert all(ax.get_ylabel() for ax in fig.axes)  # the quantile histograms too
+    from matplotlib.ticker import NullFormatter
+
+    snr_axes = [ax for ax in fig.axes if ax.get_xlabel() == "S/N"]
+    fig.canvas.draw()
+    for ax in snr_axes:  # minor ticks unlabelled: matplotlib's 3×10¹, 4×10¹, … overlapped
+        assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
+        assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
     tree.to_netcdf(tmp_path / "post.nc", engine="h5netcdf")
     pipe.write(tmp_path / "aspcap.fits")
     rc = main(
@@ -148,3 +156,27 @@ def test_plot_and_cli(tmp_path):
 
     df = pd.read_csv(tmp_path / "cmp.csv")
     assert len(df) == 60 * 3 and {"z", "quantile", "snr"} <= set(df.columns)
+
+
+def test_swapped_arguments_get_an_actionable_message(tmp_path, capsys):
+    """`compare PIPELINE OURS` (a careless order): the message says which argument is which and
+    lists the columns, instead of asking to 'name the labels' (the CLI has no such option)."""
+    from bayescannon.cli import main
+
+    rng = np.random.default_rng(6)
+    _, truth, ids = _ours(rng, n=20, draws=20)
+    cat = Table({"ID": ids})
+    for j, n in enumerate(NAMES):
+        cat[n] = truth[:, j]
+        cat[f"e_{n}"] = np.full(len(ids), SD[j])
+    cat.write(tmp_path / "ours.fits")
+    _aspcap(rng, truth, ids).write(tmp_path / "aspcap.fits")
+    rc = main(["compare", str(tmp_path / "aspcap.fits"), str(tmp_path / "ours.fits"), "-o", str(tmp_path / "c.csv")])
+    err = capsys.readouterr().err
+    assert rc == 1 and not (tmp_path / "c.csv").exists()
+    assert "not the pipeline's table" in err and "compare OURS PIPELINE" in err and "APOGEE_ID" in err
+    # the right order works
+    assert (
+        main(["compare", str(tmp_path / "ours.fits"), str(tmp_path / "aspcap.fits"), "-o", str(tmp_path / "c.csv")])
+        == 0
+    )

@@ -449,6 +449,10 @@ def test_read_labels(tmp_path):
         bio.read_labels(tmp_path / "labels.csv", id_column="TMASS_ID")
     with pytest.raises(SurveyFormatError, match="nope.csv"):
         bio.read_labels(tmp_path / "nope.csv")
+    # a spectra/posterior file given where a table belongs: the message says what a table is
+    (tmp_path / "post.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(SurveyFormatError, match=r"post.nc.*FITS, ECSV, CSV or plain text, and \.nc is none"):
+        bio.read_labels(tmp_path / "post.nc")
 
 
 def test_read_labels_missing_values_never_become_numbers(tmp_path):

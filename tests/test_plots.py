@@ -33,6 +33,9 @@ def test_one_to_one_annotates_bias_and_scatter(tmp_path):
         text = ax.texts[0].get_text()
         assert f"bias {np.mean(d):.3g}" in text and f"scatter {np.std(d):.3g}" in text
         np.testing.assert_allclose(ax.collections[0].get_offsets(), np.column_stack([truth[:, k], inferred[:, k]]))
+    # axes carry the label's unit even when no units are passed
+    assert [ax.get_xlabel() for ax in axes[:2]] == ["reference TEFF [K]", "reference LOGG [dex]"]
+    assert [ax.get_ylabel() for ax in axes[:2]] == ["bayescannon TEFF [K]", "bayescannon LOGG [dex]"]
     paths = save_figure(fig, tmp_path / "o2o.png", formats=["png", "pdf"])
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
 
@@ -48,6 +51,7 @@ def test_scatter_vs_snr_draws_the_binned_table():
     np.testing.assert_allclose(bias_line.get_ydata(), np.asarray(t["BIAS"]))
     np.testing.assert_allclose(rms_line.get_ydata(), np.asarray(t["RMS"]))
     assert ax.get_xscale() == "log"
+    assert ax.get_ylabel() == "ΔTEFF [K]"
 
 
 def test_coefficient_spectra_and_residual_band(trained):
@@ -90,6 +94,12 @@ def test_kiel_alpha_and_precision_figures():
     fig = precision_vs_snr(cal)
     pts = fig.axes[0].lines[0]
     np.testing.assert_allclose(pts.get_ydata(), np.asarray(cal.binned["PRECISION"]))
+    assert fig.axes[0].get_ylabel() == "σ(FE_H) [dex]" and not fig.axes[0].texts
+    # too few pairs for any bin: the panel says why instead of drawing empty axes
+    few = calibrate_from_repeats(lab, np.full((300, 1), 0.01), snr, group, ["FE_H"], snr_bins=20, min_pairs=10)
+    ax = precision_vs_snr(few).axes[0]
+    assert "no bin with enough pairs" in ax.texts[0].get_text()
+    assert all(np.isfinite(line.get_ydata()).any() for line in ax.lines if len(line.get_ydata()))
 
 
 def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
@@ -105,10 +115,12 @@ def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
     assert isinstance(fig, Figure)
     axes = fig.axes
     assert [ax.get_xlabel() for ax in axes] == [
-        "S/N (quintile medians)",
-        "TEFF (K), quintiles",
-        "FE_H (dex), quintiles",
+        "S/N (quintile mid-points)",
+        "TEFF (K), quintile mid-points",
+        "FE_H (dex), quintile mid-points",
     ]
+    # equal bins say "200 stars per bin", not "200-200"
+    assert [ax.get_title() for ax in axes] == [f"by {by} (200 stars per bin)" for by in ("snr", "TEFF", "FE_H")]
     for ax, by in zip(axes, ["snr", "TEFF", "FE_H"]):
         band = ax.patches[0]
         np.testing.assert_allclose([band.get_y(), band.get_y() + band.get_height()], [0.63, 0.73])

@@ -4,6 +4,7 @@ and ``bayescannon train --order cv``."""
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,21 @@ def test_cli_train_order_cv(tmp_path, capsys):
 def test_cli_order_must_be_an_integer_or_cv(tmp_path):
     with pytest.raises(SystemExit):
         main(["train", str(tmp_path / "x.nc"), "--labels", "A", "-o", str(tmp_path / "m.nc"), "--order", "two"])
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--order-max", "3"], r"--order-max only apply with --order cv \(--order is 2\)"),
+        (["--order", "3", "--cv-folds", "4", "--regularization-grid", "0", "10"], "--regularization-grid, --cv-folds"),
+        (["--order", "cv", "--regularization", "50"], "chosen by cross-validation"),
+    ],
+)
+def test_cli_cv_options_are_never_ignored_silently(tmp_path, capsys, extra, match):
+    """`train --order-max 3` without `--order cv` trained an order-2 model and said nothing; `--order cv
+    --regularization 50` dropped the 50. Both are refused before any file is read or written."""
+    out = tmp_path / "m.nc"
+    rc = main(["train", str(tmp_path / "absent.nc"), "--labels", *LABELS, "-o", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and re.search(match, err), err
+    assert not out.exists()

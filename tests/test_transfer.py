@@ -233,7 +233,8 @@ def test_steps_rerun_from_saved_output(run, caplog):
     cfg.data["cuts"]["min_snr"] = 55.0
     with pytest.raises(
         InvalidInputError,
-        match=r"step 'cuts' cannot be used \(step '\w+' depends on it\): .*different configuration.*--from cuts",
+        match=r"step 'cuts' cannot be used \(step '\w+' depends on it\): .*different configuration"
+        r" \[cuts\.min_snr: [\d.]+ -> 55\.0\].*--from cuts",
     ):
         TransferPipeline(cfg).run(only="catalogue")
     # nothing half-written is left behind

@@ -116,7 +116,11 @@ def _ours_from_table(table, id_column, label_names):
     if not names:
         names = [c for c in table.colnames if f"e_{c}" in table.colnames]
     if not names:
-        raise InvalidInputError("the catalogue has no label with an error column e_X: name the labels")
+        raise InvalidInputError(
+            "our catalogue has no label column X with an error column e_X (columns: "
+            f"{', '.join(table.colnames[:15])}): is it our catalogue or posterior, and not the pipeline's table "
+            "(`bayescannon compare OURS PIPELINE`)? From Python, name the labels with label_names="
+        )
     mean = np.column_stack([_column(table, n) for n in names])
     lower = np.column_stack([_column(table, f"e_{n}") for n in names])
     upper = np.column_stack(

@@ -113,18 +113,18 @@ def add_training_arguments(p, what: str, *, allow_cv: bool = False) -> None:
             help="polynomial order (default 2), or 'cv': order and L1 strength chosen by k-fold "
             "cross-validation on the training set (the CV table is written next to the model as <model>.cv.ecsv)",
         )
-        p.add_argument("--order-max", type=int, default=3, help="with --order cv: highest order tried (default 3)")
+        p.add_argument("--order-max", type=int, default=None, help="with --order cv: highest order tried (default 3)")
         p.add_argument(
             "--regularization-grid",
             type=float,
             nargs="+",
-            default=list(DEFAULT_REGULARIZATION_GRID),
+            default=None,
             metavar="L1",
             help="with --order cv: L1 strengths tried (default "
             + " ".join(f"{r:g}" for r in DEFAULT_REGULARIZATION_GRID)
             + ")",
         )
-        p.add_argument("--cv-folds", type=int, default=5, help="with --order cv: number of folds (default 5)")
+        p.add_argument("--cv-folds", type=int, default=None, help="with --order cv: number of folds (default 5)")
     else:
         p.add_argument("--order", type=int, default=2, help="polynomial order (default 2)")
     p.add_argument("--regularization", type=float, default=0.0, help="L1 strength on non-constant terms")

@@ -12,6 +12,7 @@ from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.homogenise import Homogeniser, load_config
 from bayescannon.plots import kiel_diagram, new_figure
 from bayescannon.report import Report
+from bayescannon.results import label_units_text
 from bayescannon.survey.catalogue import write_table
 
 NAME = "homogenise"
@@ -46,6 +47,22 @@ def outputs(args):
         Output(models, "output", kind="empty-dir"),
         *report_outputs(report, "homogenise_report", args.report_format, figs, ["png"], "report_dir"),
     ]
+
+
+def trends_figure(trends, labels):
+    """Binned median differences of the six worst pairs against each label, after calibration
+    (axes with the label's unit)."""
+    fig, axes = new_figure(len(labels), panel=(4.0, 3.0))
+    for ax, lab in zip(axes, labels):
+        for r in [r for r in trends if r["LABEL"] == lab and r["X"].endswith(f"_{lab}")][:6]:
+            ax.plot(r["BINS"], r["MEDIANS"], marker="o", label=r["PAIR"])
+        ax.axhline(0.0, color="k", lw=0.5)
+        unit = label_units_text(lab)
+        suffix = f" [{unit}]" if unit else ""
+        ax.set_xlabel(f"{lab}{suffix}")
+        ax.set_ylabel(f"Δ{lab}, pair median after calibration{suffix}")
+        ax.legend(fontsize=6)
+    return fig
 
 
 def run(args) -> int:
@@ -108,14 +125,7 @@ def build_report(h: Homogeniser, unified, catalogues, cfg) -> Report:
         caption="largest binned median difference after calibration, per pair and variable",
         max_rows=60,
     )
-    fig, axes = new_figure(len(cfg.labels), panel=(4.0, 3.0))
-    for ax, lab in zip(axes, cfg.labels):
-        for r in [r for r in trends if r["LABEL"] == lab and r["X"].endswith(f"_{lab}")][:6]:
-            ax.plot(r["BINS"], r["MEDIANS"], marker="o", label=r["PAIR"])
-        ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_xlabel(lab)
-        ax.set_ylabel(f"Δ{lab} after")
-        ax.legend(fontsize=6)
+    fig = trends_figure(trends, cfg.labels)
     rep.add_figure(fig, "trends", caption="binned median pair differences after calibration against each label")
     if "TEFF" in cfg.labels and "LOGG" in cfg.labels:
         for s, t in catalogues.items():

@@ -11,7 +11,7 @@ from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
-from bayescannon.validate import select_model
+from bayescannon.validate import DEFAULT_REGULARIZATION_GRID, select_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,35 @@ def outputs(args):
     return outs
 
 
+def _cv_options(args) -> dict:
+    """The ``--order cv`` options with their defaults; refuses them without ``--order cv`` (they
+    would be ignored silently) and refuses ``--regularization`` with it (CV chooses L1)."""
+    given = {
+        "--order-max": args.order_max,
+        "--regularization-grid": args.regularization_grid,
+        "--cv-folds": args.cv_folds,
+    }
+    if args.order != "cv":
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise InvalidInputError(f"{', '.join(named)} only apply with --order cv (--order is {args.order})")
+        return {}
+    if args.regularization:
+        raise InvalidInputError(
+            f"--regularization {args.regularization:g} with --order cv: the L1 strength is chosen by "
+            "cross-validation; give the candidates with --regularization-grid"
+        )
+    return {
+        "max_order": 3 if args.order_max is None else args.order_max,
+        "regularizations": list(DEFAULT_REGULARIZATION_GRID)
+        if args.regularization_grid is None
+        else args.regularization_grid,
+        "n_folds": 5 if args.cv_folds is None else args.cv_folds,
+    }
+
+
 def run(args) -> int:
+    cv_options = _cv_options(args)
     ds = load_spectra(args.spectra)
     label_errors = None
     if args.label_errors:
@@ -78,10 +106,8 @@ def run(args) -> int:
             model,
             ds,
             labels=labels,
-            max_order=args.order_max,
-            min_order=min(2, args.order_max),
-            regularizations=args.regularization_grid,
-            n_folds=args.cv_folds,
+            min_order=min(2, cv_options["max_order"]),
+            **cv_options,
             random_state=args.seed,
             progressbar=not args.no_progress,
         )

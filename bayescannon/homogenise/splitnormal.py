@@ -174,6 +174,19 @@ def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), 
         inside = (x >= lo) & (x <= hi) & np.isnan(best) & (n > 0)
         best = np.where(inside, x, best)
     ok = n > 0
+    # A minimum on a breakpoint (one measurement: always) can fall a rounding error outside
+    # both neighbouring segments; the NLL is convex, so it is then the lowest breakpoint.
+    kink = ok & np.isnan(best)
+    if kink.any():
+        cand = np.where(use[kink], mu[kink], np.nan)
+        nll = np.stack(
+            [
+                _total_nll(np.nan_to_num(cand[:, i]), mu[kink], s1[kink], s2[kink], use[kink])
+                for i in range(k)  # loop over measurements, not stars
+            ],
+            axis=1,
+        )
+        best[kink] = cand[np.arange(cand.shape[0]), np.argmin(np.where(use[kink], nll, np.inf), axis=1)]
     xb = np.where(ok, best, 0.0)
     fmin = _total_nll(xb, mu, s1, s2, use)
     span = np.where(use, np.maximum(s1, s2), 0.0).max(axis=1) * 10.0 + 1e-300

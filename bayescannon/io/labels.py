@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from astropy.table import MaskedColumn, Table
@@ -113,7 +114,10 @@ def read_labels(
     try:
         table = Table.read(path, format=format or _table_format(path))
     except (OSError, ValueError, TypeError) as exc:
-        raise format_error(path, f"cannot read label table ({exc})") from exc
+        hint = ""
+        if format is None and _table_format(str(path)) == "ascii":
+            hint = f"; label tables are FITS, ECSV, CSV or plain text, and {Path(path).suffix or 'no suffix'} is none of these"
+        raise format_error(path, f"cannot read label table ({exc}){hint}") from exc
     if id_column is not None:
         if id_column not in table.colnames:
             raise format_error(path, f"no id column {id_column!r}; columns are {', '.join(table.colnames[:20])}")

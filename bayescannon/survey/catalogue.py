@@ -145,7 +145,14 @@ def _survey_columns(survey_labels, ids, prefix, id_column):
             mask = np.asarray(np.ma.getmaskarray(col))[rows] | ~hit
             if data.dtype.kind == "f":
                 mask |= ~np.isfinite(data)
-            out[f"{prefix}{name}"] = MaskedColumn(data, mask=mask, unit=col.unit, description=f"survey pipeline {name}")
+            label = str(name).removeprefix("e_").removeprefix("E_")
+            if col.unit is None and data.dtype.kind == "f" and label_units_text(label):
+                # a label column read without units (most survey files): the label's own unit,
+                # as the Mapping path below gives it, not a unitless APOGEE_TEFF beside TEFF [K]
+                column = _label_column(np.where(mask, np.nan, data), label, f"survey pipeline {name}")
+            else:
+                column = MaskedColumn(data, mask=mask, unit=col.unit, description=f"survey pipeline {name}")
+            out[f"{prefix}{name}"] = column
         return out
     items = (
         survey_labels.items()

@@ -103,6 +103,25 @@ __all__ = [
 ]
 
 
+def _config_changes(old, new, *, limit: int = 5) -> str:
+    """The configuration values that differ between a saved step and this run, as
+    ``"cleanup.n_sigma: 4.0 -> 3.0"`` (at most ``limit``; "" when ``old`` was not saved)."""
+    if not isinstance(old, Mapping):
+        return ""
+    out: list[str] = []
+
+    def walk(a, b, prefix):
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{prefix}.{k}" if prefix else str(k))
+        elif a != b:
+            out.append(f"{prefix}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    more = f"; {len(out) - limit} more" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
+
+
 # --------------------------------------------------------------------------------------
 # the pipeline
 # --------------------------------------------------------------------------------------
@@ -253,7 +272,8 @@ class TransferPipeline(_DataSteps, _ModelSteps):
                     return None, problem, culprit
         if data.get("key") != self._key(step, upstream):
             if data.get("config_digest") != self.config.digest(step):
-                why = "it was made with a different configuration"
+                changed = _config_changes(data.get("config"), self.config.sections(step))
+                why = "it was made with a different configuration" + (f" [{changed}]" if changed else "")
             elif data.get("inputs_digest") != self._inputs_digest():
                 why = "it was made from other input files (spectra or catalogues changed)"
             elif data.get("version") != __version__:
@@ -281,6 +301,7 @@ class TransferPipeline(_DataSteps, _ModelSteps):
         summary["step"] = step
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         summary["config_digest"] = self.config.digest(step)
+        summary["config"] = self.config.sections(step)  # to name what changed on a rerun
         summary["inputs_digest"] = self._inputs_digest()
         summary["version"] = __version__
         summary["key"] = self._key(step, upstream)

@@ -333,11 +333,14 @@ class TransferConfig:
         p = Path(os.path.expanduser(str(value)))
         return p if p.is_absolute() else self.base_dir / p
 
-    def digest(self, step: str) -> str:
-        """Digest of the configuration sections that ``step`` and the steps before it use."""
+    def sections(self, step: str) -> dict:
+        """The configuration sections that ``step`` and the steps before it use (JSON-able)."""
         keys: list[str] = []
         for s in STEPS[: STEPS.index(step) + 1]:
             keys.extend(_STEP_SECTIONS[s])
-        part = {k: self.data[k] for k in keys}
-        text = json.dumps(_jsonable(part), sort_keys=True)
+        return _jsonable({k: self.data[k] for k in keys})
+
+    def digest(self, step: str) -> str:
+        """Digest of the configuration sections that ``step`` and the steps before it use."""
+        text = json.dumps(self.sections(step), sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
