@@ -135,6 +135,20 @@ def test_too_few_pairs_per_bin_are_reported_not_fitted():
     assert list(st["STATUS"] == "ok") == [True, True, False]
     assert st["PRECISION"].mask[2]
     assert cal.fit_status[0].startswith("constant")
+    assert not cal.summary["PREC_C"].mask[0]  # a constant fit is a fit
+
+
+def test_no_precision_fit_is_masked_not_placeholder_numbers():
+    labels, formal, snr, group, *_ = _repeats(n_stars=40, seed=1)
+    cal = calibrate_from_repeats(
+        labels, formal, snr, group, NAMES, snr_bins=[1000, 2000], min_pairs=10
+    )  # no visit in the bin
+    assert all(status == "no bin with enough pairs" for status in cal.fit_status)
+    summary = cal.summary
+    for col in ("PREC_A", "PREC_B", "PREC_C"):
+        assert summary[col].mask.all(), col
+    # calibrated errors then fall back to the scaled formal errors (never a placeholder precision)
+    np.testing.assert_allclose(cal.apply(formal, snr), formal * cal.scale[None, :])
 
 
 def test_compare_errors_ratios_and_coverage():

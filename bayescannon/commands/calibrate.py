@@ -95,7 +95,12 @@ def run(args) -> int:
     else:
         report = coverage_report(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors)
     cov = report["coverage"]
-    print(f"coverage on {int(report['n_stars'])} stars (target 0.68 / 0.95):")
+    where = (
+        "held-out stars of --holdout"
+        if args.holdout
+        else "the calibration stars themselves (in-sample; --holdout for held-out stars)"
+    )
+    print(f"coverage on {int(report['n_stars'])} stars, {where} (target 0.68 / 0.95):")
     print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
     for name in model.label_names:
         vals = " ".join(

@@ -58,7 +58,8 @@ def run(args) -> int:
     try:
         for step, summary, reused in pipe.iter_run(start=args.start, only=args.step):
             if reused:
-                print(f"[{step}] saved output reused (key and {len(summary['files'])} files verified)")
+                n = len(summary["files"])
+                print(f"[{step}] saved output reused (key and {n} file{'s' if n != 1 else ''} verified)")
                 continue
             keys = [k for k in summary if k.startswith("n_") and not isinstance(summary[k], dict)]
             counts = ", ".join(f"{k[2:]}={summary[k]}" for k in keys)

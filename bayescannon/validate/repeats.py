@@ -35,7 +35,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import MaskedColumn, Table
 
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
@@ -203,8 +203,11 @@ class RepeatCalibration:
         t = Table()
         t["LABEL"] = list(self.label_names)
         t["ERROR_SCALE"] = self.scale
+        # a label without a precision fit (no S/N bin with enough pairs) has no parameters: masked,
+        # not the placeholders the fit starts from
+        unfitted = ~np.isfinite(self.precision_params).all(axis=1)
         for i, name in enumerate("ABC"):
-            t[f"PREC_{name}"] = self.precision_params[:, i]
+            t[f"PREC_{name}"] = MaskedColumn(self.precision_params[:, i], mask=unfitted)
         t["FIT"] = list(self.fit_status)
         t["N_PAIRS"] = np.full(len(self.label_names), len(self.pairs))
         t.meta["PREC_MODEL"] = "precision(snr) = A * exp(-snr / B) + C"

@@ -298,7 +298,9 @@ def test_calibrate_never_replaces_its_model(trained, tmp_path, capsys):
     assert main(["calibrate", str(model), str(trained / "s.nc")]) == 0
     assert _digest(model) == before
     assert (tmp_path / "m_calibrated.nc").is_file()
-    assert "m_calibrated.nc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "m_calibrated.nc" in out
+    assert "the calibration stars themselves (in-sample" in out  # never passed off as held-out coverage
     # again: the calibrated model exists now
     assert main(["calibrate", str(model), str(trained / "s.nc")]) == 1
     assert "m_calibrated.nc exists" in capsys.readouterr().err
