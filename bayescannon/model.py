@@ -6,9 +6,7 @@ and :mod:`bayescannon.core.labelfit`, and stores fitted attributes with a traili
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any, Self
 import numpy as np
 import xarray as xr
 
+from bayescannon._estimator import ParamsMixin
 from bayescannon._typing import ArrayLike, LabelsLike, PathLikeStr, RandomState, SpectraLike
 from bayescannon.censoring import resolve_censors
 from bayescannon.core import scaling
@@ -90,7 +89,7 @@ def _check_count(value, name: str) -> int:
     return int(value)
 
 
-class CannonModel:
+class CannonModel(ParamsMixin):
     """The Cannon: a per-pixel polynomial model of normalised flux in the labels.
 
     Parameters
@@ -182,52 +181,12 @@ class CannonModel:
         self.random_state = random_state
 
     # ------------------------------------------------------------------ estimator contract
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        """Constructor parameter names, read from the signature (the one place they are listed)."""
-        sig = inspect.signature(cls.__init__)
-        return sorted(
-            name
-            for name, p in sig.parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        )
+    # get_params / set_params / clone: bayescannon._estimator.ParamsMixin
+    def _coerce_param(self, name: str, value):
+        return list(value) if name == "label_names" and not isinstance(value, list) else value
 
-    def get_params(self, deep: bool = True) -> dict:
-        """Constructor arguments of this model (scikit-learn contract).
-
-        Parameters
-        ----------
-        deep : bool
-            Accepted for scikit-learn compatibility; no parameter is itself an estimator.
-
-        Returns
-        -------
-        dict
-            ``{name: value}`` for every constructor parameter; ``cls(**params)`` rebuilds
-            an unfitted model with the same settings.
-        """
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params: Any) -> Self:
-        """Set constructor arguments (scikit-learn contract); returns ``self``.
-
-        Raises
-        ------
-        InvalidInputError
-            A name that is not a constructor parameter.
-        """
-        valid = self._get_param_names()
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise InvalidInputError(f"unknown CannonModel parameter(s) {unknown}; valid parameters are {valid}")
-        for name, value in params.items():
-            setattr(self, name, list(value) if name == "label_names" and not isinstance(value, list) else value)
+    def _params_changed(self) -> None:
         self.__dict__.pop("_test_cache", None)  # the test step's Φ of θ
-        return self
-
-    def clone(self) -> Self:
-        """A new, unfitted model with (deep copies of) the same constructor arguments."""
-        return type(self)(**copy.deepcopy(self.get_params(deep=False)))
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bayescannon"
 #: Layers from the bottom up; a module may import only from its own layer or below.
 #: ``bayescannon/__init__.py`` is the public facade and sits above everything.
 LAYERS = [
-    ("errors", "flags", "_version", "_typing"),
+    ("errors", "flags", "_version", "_typing", "_estimator"),
     ("spectra", "pipeline", "results", "censoring"),
     ("core",),
     ("io",),

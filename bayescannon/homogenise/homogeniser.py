@@ -21,7 +21,6 @@ into the unified table (:func:`~bayescannon.homogenise.output.unified_table`).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from bayescannon._estimator import ParamsMixin
 from bayescannon.errors import InsufficientDataError, InvalidInputError, NotFittedError
 from bayescannon.homogenise.config import SurveyData, check_reference, prepare_survey
 from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance
@@ -57,7 +57,7 @@ def stack_surveys(data: Mapping[str, SurveyData]):
     return ids, rows
 
 
-class Homogeniser:
+class Homogeniser(ParamsMixin):
     """Survey of Surveys homogenisation (see the module docstring and ``docs/homogenise.md``).
 
     Parameters
@@ -131,22 +131,7 @@ class Homogeniser:
         self.deconvolve = deconvolve
         self.random_state = random_state
 
-    # ------------------------------------------------------------------ sklearn contract
-    @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict:
-        """The constructor arguments (scikit-learn's contract)."""
-        return {p: getattr(self, p) for p in self._param_names()}
-
-    def set_params(self, **params) -> Homogeniser:
-        """Set constructor arguments; returns self."""
-        for k, v in params.items():
-            if k not in self._param_names():
-                raise InvalidInputError(f"Homogeniser has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
+    # get_params / set_params / clone: bayescannon._estimator.ParamsMixin
 
     # ------------------------------------------------------------------ helpers
     def _min_overlap(self, survey: str) -> int:
