@@ -59,7 +59,16 @@ except ImportError:  # pragma: no cover - not POSIX
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST", "ChunkStore", "chunk_key", "describe", "digest_of", "file_checksum", "write_chunk"]
+__all__ = [
+    "MANIFEST",
+    "ChunkStore",
+    "chunk_key",
+    "dataset_digest",
+    "describe",
+    "digest_of",
+    "file_checksum",
+    "write_chunk",
+]
 
 #: Name of the manifest file inside a chunk folder.
 MANIFEST = "chunks.json"
@@ -117,6 +126,20 @@ def digest_of(*arrays) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def dataset_digest(ds) -> str:
+    """Digest of every variable and coordinate of a container (names, dims, values) and its attributes.
+
+    The one content key of a chunk of spectra, whatever holds them (a chunk file, a zarr
+    spectra store, a slice of a container in memory): equal content, equal key.
+    """
+    parts = []
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        parts += [f"{name}{var.dims}", np.asarray(var.values)]
+    parts.append(repr(describe(dict(ds.attrs))))
+    return digest_of(*parts)
 
 
 def chunk_key(**fields) -> dict:

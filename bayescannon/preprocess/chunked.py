@@ -38,7 +38,16 @@ from astropy.table import Table
 from bayescannon.errors import GridMismatchError, InvalidInputError, SurveyFormatError
 from bayescannon.io import detect_format, read_many, read_spectra, write_spectra
 from bayescannon.io.container import decode_container
-from bayescannon.pipeline.chunks import MANIFEST, ChunkStore, chunk_key, describe, digest_of, file_checksum, write_chunk
+from bayescannon.pipeline.chunks import (
+    MANIFEST,
+    ChunkStore,
+    chunk_key,
+    dataset_digest,
+    describe,
+    digest_of,
+    file_checksum,
+    write_chunk,
+)
 from bayescannon.pipeline.pool import run_tasks
 from bayescannon.spectra import check_spectra
 
@@ -48,16 +57,6 @@ __all__ = ["chunk_files", "dataset_digest", "process_in_chunks", "read_chunks"]
 
 _EXT = {"nc": "nc", "npz": "npz", "bayescannon": "fits"}
 _DUPLICATES = "duplicates"
-
-
-def dataset_digest(ds: xr.Dataset) -> str:
-    """Digest of every variable and coordinate of a container (names, dims, values) and its attributes."""
-    parts = []
-    for name in sorted(map(str, ds.variables)):
-        var = ds.variables[name]
-        parts += [f"{name}{var.dims}", np.asarray(var.values)]
-    parts.append(repr(describe(dict(ds.attrs))))
-    return digest_of(*parts)
 
 
 def _step_callable(step) -> tuple[Callable, dict]:
