@@ -6,8 +6,9 @@ from pathlib import Path
 
 from bayescannon.commands._common import load_spectra
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output
+from bayescannon.io.zarrstore import SpectraStore, is_spectra_store
 from bayescannon.model import CannonModel
-from bayescannon.survey.batch import infer_chunk_files, infer_chunked
+from bayescannon.survey.batch import infer_chunk_files, infer_chunked, infer_store
 from bayescannon.survey.catalogue import build_catalogue, resolve_uncertainty, write_table
 
 NAME = "infer"
@@ -18,12 +19,18 @@ def add_arguments(p):
     p.add_argument("model", help="model file (.nc or .zarr)")
     p.add_argument(
         "spectra",
-        help="spectra on the model's grid (.nc, .npz or bayescannon FITS), or a folder "
-        "of chunk files from `bayescannon preprocess` (read one chunk at a time)",
+        help="spectra on the model's grid (.nc, .npz or bayescannon FITS), a folder "
+        "of chunk files from `bayescannon preprocess`, or a zarr spectra store (.zarr) (both read one chunk "
+        "at a time)",
     )
-    p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .csv or .ecsv)")
+    p.add_argument("-o", "--output", required=True, help="catalogue to write (.fits, .parquet, .csv or .ecsv)")
     p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
-    p.add_argument("--chunk-size", type=int, default=1000, help="stars per chunk (bounds memory)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="stars per chunk (bounds memory; default 1000, or a zarr store's own chunks)",
+    )
     p.add_argument(
         "--uncertainty",
         choices=["auto", "calibrated", "formal"],
@@ -31,7 +38,11 @@ def add_arguments(p):
         help="calibrated whenever the model is calibrated (auto), or formal on request (said so in the "
         "catalogue header)",
     )
-    p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them (for long runs)")
+    p.add_argument(
+        "--work-dir",
+        help="write per-chunk results here atomically and resume from them (for long runs); a name ending in "
+        ".zarr makes it a zarr catalogue store",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -48,18 +59,22 @@ def run(args) -> int:
     uncertainty = resolve_uncertainty(model, args.uncertainty)
     kwargs = {"n_starts": args.n_starts, "uncertainty": uncertainty}
     spectra = None  # a chunk folder is never held in memory: no SNR column then
-    if Path(args.spectra).is_dir():
+    chunk_size = args.chunk_size or 1000
+    progress = not args.no_progress
+    if is_spectra_store(args.spectra):
+        store = SpectraStore.open(args.spectra)
+        result = infer_store(model, store, args.work_dir, chunk_size=args.chunk_size, progressbar=progress, **kwargs)
+        spectra = store.read_columns()  # ids and per-star columns (snr): never the spectra
+    elif Path(args.spectra).is_dir():
         result = infer_chunk_files(
-            model, args.spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
+            model, args.spectra, args.work_dir, chunk_size=chunk_size, progressbar=progress, **kwargs
         )
     elif args.work_dir:
         spectra = load_spectra(args.spectra)
-        result = infer_chunked(
-            model, spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
-        )
+        result = infer_chunked(model, spectra, args.work_dir, chunk_size=chunk_size, progressbar=progress, **kwargs)
     else:
         spectra = load_spectra(args.spectra)
-        result = model.infer(spectra, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)
+        result = model.infer(spectra, chunk_size=chunk_size, progressbar=progress, **kwargs)
     table = build_catalogue(
         model,
         result,

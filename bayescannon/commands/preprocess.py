@@ -4,7 +4,9 @@ Survey-scale preprocessing (millions of spectra): the files are read, shifted to
 frame, resampled onto one grid, masked and normalised chunk by chunk on worker
 processes; every chunk is written atomically, so an interrupted run resumes, and memory
 holds one chunk per worker. ``bayescannon infer MODEL OUTDIR`` then reads the chunks one
-at a time.
+at a time. With ``-o OUT.zarr`` the chunks (in the resumable folder ``--work-dir``, default
+``OUT.zarr.chunks``) are then written into one zarr spectra store
+(:class:`bayescannon.io.zarrstore.SpectraStore`) that ``bayescannon infer`` reads chunk by chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.survey.catalogue import write_table
+from bayescannon.survey.stores import spectra_store_from_chunks
 
 NAME = "preprocess"
 HELP = "read + rest frame + resample + normalise survey files in resumable chunks (survey scale)"
@@ -28,7 +31,17 @@ _SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 def add_arguments(p):
     p.add_argument("inputs", nargs="*", help="survey files, or folders searched recursively for FITS files")
     p.add_argument("--file-list", help="text file with one survey file path per line")
-    p.add_argument("-o", "--output", required=True, help="output folder (chunk files, manifest, skipped.ecsv)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder (chunk files, manifest, skipped.ecsv), or a zarr spectra store (.zarr)",
+    )
+    p.add_argument(
+        "--work-dir",
+        help="with -o *.zarr: the resumable chunk folder (default OUT.zarr.chunks; kept, and removable once the "
+        "store is written)",
+    )
     p.add_argument(
         "--format", default=None, help="survey format of the files (lamost, apstar, aspcapstar; default: guessed)"
     )
@@ -68,7 +81,22 @@ def add_arguments(p):
 def outputs(args):
     """The output folder: resumable (re-running into it resumes; its ``skipped.ecsv`` is
     rewritten by every run), so only checked to be a writable folder that is not an input."""
+    if _is_store(args):
+        return [Output(Path(args.output), "output", (".zarr",)), Output(_work_dir(args), "work_dir", kind="workspace")]
     return [Output(Path(args.output), "output", kind="workspace")]
+
+
+def _is_store(args) -> bool:
+    return str(args.output).rstrip("/").lower().endswith(".zarr")
+
+
+def _work_dir(args) -> Path:
+    """The chunk folder of the run: ``--output``, or for a store ``--work-dir`` (default ``OUT.zarr.chunks``)."""
+    if not _is_store(args):
+        if args.work_dir:
+            raise InvalidInputError("--work-dir is for -o *.zarr; the chunk folder is -o itself")
+        return Path(args.output)
+    return Path(args.work_dir) if args.work_dir else Path(str(args.output).rstrip("/") + ".chunks")
 
 
 def _collect(args) -> list[str]:
@@ -133,24 +161,32 @@ def run(args) -> int:
     reader_kwargs = {"grid": "common"}
     if args.format:
         reader_kwargs["format"] = args.format
+    work = _work_dir(args)
+    options = _run_options(args, grid)
     files, skipped = pp.process_in_chunks(
         paths,
         build_steps(args, np.asarray(grid, dtype=np.float64)),
         args.chunk_size,
-        args.output,
+        work,
         format=args.chunk_format,
         reader_kwargs=reader_kwargs,
         on_error="skip",
         n_jobs=args.n_jobs,
         progressbar=not args.no_progress,
         return_skipped=True,
-        options=_run_options(args, grid),
+        options=options,
     )
-    out = Path(args.output)
-    write_table(skipped, out / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it
-    print(
-        f"{len(paths)} files -> {len(files)} chunk file(s) in {out} on a {len(grid)}-pixel grid; "
-        f"{len(skipped)} file(s) skipped (see {out / 'skipped.ecsv'})"
-    )
-    print(f"infer labels with: bayescannon infer MODEL {out} -o catalogue.fits")
+    write_table(skipped, work / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it
+    summary = f"{len(paths)} files -> {len(files)} chunk file(s) in {work} on a {len(grid)}-pixel grid"
+    print(f"{summary}; {len(skipped)} file(s) skipped (see {work / 'skipped.ecsv'})")
+    if _is_store(args):
+        store = spectra_store_from_chunks(
+            work,
+            args.output,
+            stars_per_chunk=args.chunk_size,
+            overwrite=args.overwrite,
+            provenance={"command": "bayescannon preprocess", "options": options, "n_files": len(paths)},
+        )
+        print(f"wrote {store.n_stars} spectra to the store {args.output} ({work} can be removed)")
+    print(f"infer labels with: bayescannon infer MODEL {args.output} -o catalogue.fits")
     return 0

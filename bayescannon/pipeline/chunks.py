@@ -132,12 +132,16 @@ def dataset_digest(ds) -> str:
     """Digest of every variable and coordinate of a container (names, dims, values) and its attributes.
 
     The one content key of a chunk of spectra, whatever holds them (a chunk file, a zarr
-    spectra store, a slice of a container in memory): equal content, equal key.
+    spectra store, a slice of a container in memory): equal content, equal key (text is
+    digested by its characters, so ``<U5`` and ``<U12`` arrays of the same ids agree).
     """
     parts = []
     for name in sorted(map(str, ds.variables)):
         var = ds.variables[name]
-        parts += [f"{name}{var.dims}", np.asarray(var.values)]
+        values = np.asarray(var.values)
+        if values.dtype.kind in "OUS":  # text by content, not by the width of its numpy dtype
+            values = f"text{values.shape}:" + "\x00".join(values.astype(object).astype(str).ravel().tolist())
+        parts += [f"{name}{var.dims}", values]
     parts.append(repr(describe(dict(ds.attrs))))
     return digest_of(*parts)
 

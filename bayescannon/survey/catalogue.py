@@ -550,7 +550,7 @@ def catalogue_config(table: Table) -> dict:
 
 
 def read_catalogue(path) -> Table:
-    """Read a catalogue written by :func:`write_table` (FITS, ECSV or CSV); FITS column
+    """Read a catalogue written by :func:`write_table` (FITS, ECSV, CSV or parquet); FITS column
     descriptions come back from TCOMMn and the columns listed in ``DEXCOLS`` get
     ``meta['unit_text'] = 'dex'`` again."""
     path = Path(path)
@@ -560,7 +560,7 @@ def read_catalogue(path) -> Table:
     fmt = (
         "fits"
         if name.endswith((".fits", ".fit", ".fits.gz"))
-        else ("ascii.ecsv" if name.endswith(".ecsv") else "ascii.csv" if name.endswith(".csv") else None)
+        else {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}.get(Path(name).suffix)
     )
     table = Table.read(path, format=fmt)
     if fmt == "fits":  # column descriptions travel as TCOMMn
@@ -607,12 +607,12 @@ def _tdisp(fmt: str) -> str | None:
 
 
 #: Name endings :func:`write_table` writes: FITS (``.fits``, ``.fit``, gzipped), CSV, ECSV.
-TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".csv", ".ecsv")
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".csv", ".ecsv", ".parquet")
 
 
 def write_table(table: Table, path, *, overwrite: bool = False) -> Path:
-    """Write a table atomically (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV
-    by suffix). FITS files carry TCOMMn column descriptions, TDISPn display formats and
+    """Write a table atomically (FITS if the suffix is .fits/.fit/.fits.gz, else CSV/ECSV/parquet
+    by suffix; parquet keeps units and descriptions in its astropy metadata). FITS files carry TCOMMn column descriptions, TDISPn display formats and
     every unit, ``dex`` included.
 
     Parameters
@@ -642,7 +642,7 @@ def write_table(table: Table, path, *, overwrite: bool = False) -> Path:
         if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
             fits.HDUList([fits.PrimaryHDU(), _fits_hdu(table)]).writeto(tmp, overwrite=True)
         else:
-            fmt = "ascii.csv" if name.endswith(".csv") else "ascii.ecsv" if name.endswith(".ecsv") else None
+            fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".parquet": "parquet"}[Path(name).suffix]
             table.write(tmp, format=fmt, overwrite=True)
     logger.info("wrote %d rows to %s", len(table), path)
     return path
