@@ -179,6 +179,12 @@ def test_conversion_from_chunk_folder_and_from_files(tmp_path, trained):
         write_spectra(ds.isel(star=slice(a, b)), files / f"part{i}.fits", format="bayescannon")
     from_files = spectra_store_from_files(files, tmp_path / "f.zarr", stars_per_chunk=4)
     xr.testing.assert_identical(from_files.read(), _as_float32(ds))
+    odd = ds.isel(star=slice(0, 2)).assign_coords(star=["x1", "x2"], wavelength=("pixel", WL * 1.0001))
+    write_spectra(odd, files / "part9.fits", format="bayescannon")
+    with pytest.raises(GridMismatchError, match="part9.fits is on another wavelength grid"):
+        spectra_store_from_files(files, tmp_path / "g.zarr")
+    assert not (tmp_path / "g.zarr").exists()  # atomic: no half store
+    (files / "part9.fits").unlink()
     # the CLI does either by input type; the output is refused when it exists
     assert main(["to-zarr", str(chunks), "-o", str(tmp_path / "cli.zarr"), "--stars-per-chunk", "4"]) == 0
     xr.testing.assert_identical(SpectraStore.open(tmp_path / "cli.zarr").read(), _as_float32(direct))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayescannon.errors import InvalidInputError, SurveyFormatError
+from bayescannon.errors import GridMismatchError, InvalidInputError, SurveyFormatError
 from bayescannon.io import read_spectra
 from bayescannon.io.zarrstore import SpectraStore
 from bayescannon.pipeline.atomic import atomic_path, remove_stale_temps
@@ -52,10 +52,20 @@ def _stream_into(parts, path, *, stars_per_chunk: int, overwrite: bool, provenan
         def flush():
             nonlocal buffer, held
             if buffer:
-                store.append(buffer[0] if len(buffer) == 1 else xr.concat(buffer, dim="star", join="exact"))
+                part = buffer[0] if len(buffer) == 1 else xr.concat(buffer, dim="star", combine_attrs="override")
+                store.append(part)
             buffer, held = [], 0
 
-        for ds in parts:
+        for label, ds in parts:
+            if store is not None:  # each file against the first: the error names it
+                wl = np.asarray(ds["wavelength"].values, dtype=np.float64)
+                if wl.shape != store.wavelength.shape or not np.array_equal(wl, store.wavelength):
+                    raise GridMismatchError(f"{label} is on another wavelength grid than the first spectra of {path}")
+                if buffer and set(ds.data_vars) != set(buffer[0].data_vars):
+                    raise InvalidInputError(
+                        f"{label} has variables {sorted(map(str, ds.data_vars))}; the spectra before it "
+                        f"{sorted(map(str, buffer[0].data_vars))}"
+                    )
             if store is None:
                 store = SpectraStore.create(
                     tmp,
@@ -106,7 +116,11 @@ def spectra_store_from_chunks(
         options = json.loads((chunk_dir / MANIFEST).read_text()).get("options")
     prov = {"sources": [os.fspath(chunk_dir.resolve())], "preprocessing": options, **dict(provenance or {})}
     return _stream_into(
-        (read_spectra(f) for f in files), path, stars_per_chunk=stars_per_chunk, overwrite=overwrite, provenance=prov
+        ((f, read_spectra(f)) for f in files),
+        path,
+        stars_per_chunk=stars_per_chunk,
+        overwrite=overwrite,
+        provenance=prov,
     )
 
 
@@ -149,7 +163,11 @@ def spectra_store_from_files(
         raise InvalidInputError(f"{paths_or_folder}: no spectra files ({', '.join(_SPECTRA_SUFFIXES)})")
     prov = {"sources": sources, "n_files": len(paths), **dict(provenance or {})}
     return _stream_into(
-        (read_spectra(p) for p in paths), path, stars_per_chunk=stars_per_chunk, overwrite=overwrite, provenance=prov
+        ((p, read_spectra(p)) for p in paths),
+        path,
+        stars_per_chunk=stars_per_chunk,
+        overwrite=overwrite,
+        provenance=prov,
     )
 
 
