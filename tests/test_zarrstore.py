@@ -239,14 +239,14 @@ def test_preprocess_to_zarr_then_infer_equals_the_chunk_folder(tmp_path, capsys)
             files / f"spec-{i:03d}.fits", wl, flux, np.full(wl.size, 4.0), header={"OBSID": i, "Z": 1e-5 * i}
         )
     common = ["--grid", "3760", "4150", "--chunk-size", "3", "--L", "30", "--no-progress"]
-    assert main(["preprocess", str(files), "-o", str(tmp_path / "chunks"), *common]) == 0
     assert main(["preprocess", str(files), "-o", str(tmp_path / "s.zarr"), *common]) == 0
-    assert (tmp_path / "s.zarr.chunks" / "skipped.ecsv").is_file()  # the resumable chunk folder
+    assert (tmp_path / "s.zarr.chunks" / "skipped.ecsv").is_file()  # the resumable chunk folder, as -o DIR writes it
+    assert len(pp.chunk_files(tmp_path / "s.zarr.chunks")) == 3
     store = SpectraStore.open(tmp_path / "s.zarr")
     assert store.chunk_bounds() == [(0, 3), (3, 6), (6, 8)]
     assert store.provenance["command"] == "bayescannon preprocess" and store.provenance["n_files"] == 8
     assert store.provenance["options"]["--L"] == 30.0 and "--L" in store.provenance["preprocessing"]
-    combined = pp.read_chunks(tmp_path / "chunks")
+    combined = pp.read_chunks(tmp_path / "s.zarr.chunks")
     xr.testing.assert_identical(store.read(), _as_float32(combined))
     model = CannonModel(["TEFF"], order=1).fit(combined, labels=teff[:, None])
     model.save(tmp_path / "m.nc")
@@ -264,7 +264,7 @@ def test_preprocess_to_zarr_then_infer_equals_the_chunk_folder(tmp_path, capsys)
         "stars_000000006_000000008",
     ]
     # and the same as inferring the float64 chunk folder, to float32 rounding of the spectra
-    ref = infer_chunk_files(model, tmp_path / "chunks")
+    ref = infer_chunk_files(model, tmp_path / "s.zarr.chunks")
     np.testing.assert_allclose(t["TEFF"], ref["labels"].values[:, 0], rtol=1e-5)
 
 
