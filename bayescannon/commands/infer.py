@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bayescannon.commands._common import load_spectra
+from bayescannon.commands._common import add_dask_argument, check_dask_argument, load_spectra
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.cluster import open_executor
 from bayescannon.survey.batch import infer_chunk_files, infer_chunked
 from bayescannon.survey.catalogue import build_catalogue, resolve_uncertainty, write_table
 
@@ -33,6 +34,7 @@ def add_arguments(p):
     )
     p.add_argument("--work-dir", help="write per-chunk results here atomically and resume from them (for long runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_argument(p)
 
 
 def outputs(args):
@@ -44,19 +46,35 @@ def outputs(args):
 
 
 def run(args) -> int:
+    check_dask_argument(args)
     model = CannonModel.load(args.model)
     uncertainty = resolve_uncertainty(model, args.uncertainty)
     kwargs = {"n_starts": args.n_starts, "uncertainty": uncertainty}
     spectra = None  # a chunk folder is never held in memory: no SNR column then
+    progress = not args.no_progress
     if Path(args.spectra).is_dir():
-        result = infer_chunk_files(
-            model, args.spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
-        )
-    elif args.work_dir:
+        with open_executor(args.dask) as executor:
+            result = infer_chunk_files(
+                model,
+                args.spectra,
+                args.work_dir,
+                chunk_size=args.chunk_size,
+                executor=executor,
+                progressbar=progress,
+                **kwargs,
+            )
+    elif args.work_dir or args.dask:
         spectra = load_spectra(args.spectra)
-        result = infer_chunked(
-            model, spectra, args.work_dir, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs
-        )
+        with open_executor(args.dask) as executor:
+            result = infer_chunked(
+                model,
+                spectra,
+                args.work_dir,
+                chunk_size=args.chunk_size,
+                executor=executor,
+                progressbar=progress,
+                **kwargs,
+            )
     else:
         spectra = load_spectra(args.spectra)
         result = model.infer(spectra, chunk_size=args.chunk_size, progressbar=not args.no_progress, **kwargs)

@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "JOBQUEUE_CLUSTERS",
+    "RUN_LOG",
     "DaskExecutor",
     "DaskSpec",
     "Executor",
@@ -81,6 +82,8 @@ JOBQUEUE_CLUSTERS = {
     "htcondor": "HTCondorCluster",
     "moab": "MoabCluster",
 }
+#: Name of the run log (JSON lines, :class:`RunLog`) in a work or output folder.
+RUN_LOG = "runlog.jsonl"
 _ADDRESS = re.compile(r"^(tcp|tls)://([^\s:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 _EXTRA = "pip install 'bayescannon[dask]'"
 

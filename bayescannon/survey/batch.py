@@ -39,16 +39,13 @@ import xarray as xr
 from bayescannon.errors import InvalidInputError, ModelFileError
 from bayescannon.io import read_spectra
 from bayescannon.pipeline.chunks import ChunkStore, chunk_key
-from bayescannon.pipeline.cluster import Executor, InProcessExecutor, RunLog
+from bayescannon.pipeline.cluster import RUN_LOG, Executor, InProcessExecutor, RunLog
 from bayescannon.preprocess import chunk_files
 from bayescannon.preprocess.chunked import dataset_digest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUN_LOG", "DatasetChunk", "FileChunk", "infer_chunk_files", "infer_chunked", "infer_sources"]
-
-#: Name of the run log (JSON lines, :class:`bayescannon.pipeline.cluster.RunLog`) in a work folder.
-RUN_LOG = "runlog.jsonl"
+__all__ = ["DatasetChunk", "FileChunk", "infer_chunk_files", "infer_chunked", "infer_sources"]
 
 
 def _key(model, spectra: xr.Dataset, infer_kwargs: dict):
@@ -230,7 +227,7 @@ def infer_chunk_files(
 def infer_chunked(
     model,
     spectra: xr.Dataset,
-    workdir,
+    workdir=None,
     *,
     chunk_size: int = 5000,
     executor: Executor | None = None,
@@ -246,9 +243,10 @@ def infer_chunked(
     spectra : xarray.Dataset
         Spectra container (may be lazily loaded, e.g. ``xr.open_dataset(..., chunks=...)``:
         only one chunk of stars is in memory at a time).
-    workdir : path
+    workdir : path, optional
         Folder for the per-chunk results (created if needed). A rerun reuses the results
-        of the same spectra, model and options (and recomputes the rest).
+        of the same spectra, model and options (and recomputes the rest). None: results
+        are kept in memory (e.g. a Dask run without a work folder).
     chunk_size : int
         Stars per chunk.
     executor : Executor, optional
