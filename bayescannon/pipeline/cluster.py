@@ -426,7 +426,8 @@ class DaskExecutor(Executor):
         if not tasks:
             return out
         client = self.client
-        shared = {k: client.scatter(v, broadcast=True, hash=False) for k, v in (broadcast or {}).items()}
+        # one future per object (a list: scatter would split a dict or sequence into several)
+        shared = {k: client.scatter([v], broadcast=True, hash=False)[0] for k, v in (broadcast or {}).items()}
         token = uuid.uuid4().hex[:8]
 
         def submit(i: int, attempt: int):
