@@ -48,7 +48,7 @@ def _local_client(n_workers: int):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
     )
     client = Client(cluster)
     client.wait_for_workers(n_workers)

@@ -41,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def client():
+    # dashboard on a free port: with dashboard_address=None the scheduler's HTTP server still asks
+    # for 8787 and warns (an error under filterwarnings) when another cluster on the host holds it
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
         ) as cluster,
         distributed.Client(cluster) as c,
     ):
