@@ -32,6 +32,8 @@ __all__ = [
     "OutputExistsError",
     "OutputIsInputError",
     "OutputNotWritableError",
+    "DaskSpecError",
+    "MissingDependencyError",
 ]
 
 
@@ -117,3 +119,13 @@ class OutputIsInputError(OutputPathError):
 
 class OutputNotWritableError(OutputPathError, PermissionError):
     """The folder of an output does not exist as a folder or cannot be written."""
+
+
+class DaskSpecError(InvalidInputError):
+    """A ``--dask`` specification cannot be used: not ``local:N``, ``tcp://HOST:PORT`` or a
+    readable dask-jobqueue YAML file with the keys expected."""
+
+
+class MissingDependencyError(BayesCannonError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (e.g. ``pip install 'bayescannon[dask]'``)."""

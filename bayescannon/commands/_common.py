@@ -10,6 +10,7 @@ import numpy as np
 from bayescannon.censoring import PRESETS
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.io import read_labels, read_spectra
+from bayescannon.pipeline.cluster import parse_dask_spec
 from bayescannon.spectra import join_ids, label_values
 from bayescannon.survey.catalogue import read_catalogue
 from bayescannon.validate import DEFAULT_REGULARIZATION_GRID
@@ -144,3 +145,21 @@ def catalogue_labels(args):
     if not names:
         raise InvalidInputError("give --labels: the catalogue has no LABELS header card")
     return cat, names
+
+
+def add_dask_argument(p) -> None:
+    """``--dask SPEC``: run the command's chunks (or folds, or Monte Carlo blocks) on Dask."""
+    p.add_argument(
+        "--dask",
+        metavar="SPEC",
+        default=None,
+        help="run on Dask: local:N (a local cluster of N worker processes x 1 thread), tcp://HOST:PORT "
+        "(an existing scheduler) or a dask-jobqueue YAML file (SLURM/PBS; see docs/scale.md); "
+        "needs the dask extra (pip install 'bayescannon[dask]')",
+    )
+
+
+def check_dask_argument(args) -> None:
+    """Parse ``--dask`` before any work, so that a malformed spec is a typed error at once."""
+    if getattr(args, "dask", None):
+        parse_dask_spec(args.dask)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bayescannon.commands._common import add_dask_argument, check_dask_argument
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.homogenise import Homogeniser, load_config
+from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import kiel_diagram, new_figure
 from bayescannon.report import Report
 from bayescannon.results import label_units_text
@@ -29,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
     p.add_argument("--propagation", choices=["linear", "exact"], default="linear")
+    add_dask_argument(p)
 
 
 def _paths(args):
@@ -40,6 +43,7 @@ def _paths(args):
 def outputs(args):
     """The catalogue, the folder of offset models and the report with its figures."""
     out, models, report = _paths(args)
+    check_dask_argument(args)
     cfg = load_config(args.config)
     figs = [f"kiel_{s}" for s in cfg.surveys] + ["trends"]
     return [
@@ -80,7 +84,8 @@ def run(args) -> int:
         n_jobs=args.n_jobs,
         random_state=args.seed,
     )
-    unified = h.fit_transform(catalogues)
+    with open_executor(args.dask) as executor:
+        unified = h.fit_transform(catalogues, executor=executor if args.dask else None)
     unified.meta["CONFIG"] = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in cfg.raw.items()})
     out, models_dir, report_dir = _paths(args)
     out = write_table(unified, out, overwrite=args.overwrite)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bayescannon.commands._common import load_spectra
+from bayescannon.commands._common import add_dask_argument, check_dask_argument, load_spectra
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output
 from bayescannon.io.zarrstore import SpectraStore, is_spectra_store
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.cluster import open_executor
 from bayescannon.survey.batch import infer_chunk_files, infer_chunked, infer_store
 from bayescannon.survey.catalogue import build_catalogue, resolve_uncertainty, write_table
 
@@ -44,6 +45,7 @@ def add_arguments(p):
         ".zarr makes it a zarr catalogue store",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_argument(p)
 
 
 def outputs(args):
@@ -55,6 +57,7 @@ def outputs(args):
 
 
 def run(args) -> int:
+    check_dask_argument(args)
     model = CannonModel.load(args.model)
     uncertainty = resolve_uncertainty(model, args.uncertainty)
     kwargs = {"n_starts": args.n_starts, "uncertainty": uncertainty}
@@ -63,15 +66,34 @@ def run(args) -> int:
     progress = not args.no_progress
     if is_spectra_store(args.spectra):
         store = SpectraStore.open(args.spectra)
-        result = infer_store(model, store, args.work_dir, chunk_size=args.chunk_size, progressbar=progress, **kwargs)
+        with open_executor(args.dask) as executor:
+            result = infer_store(
+                model,
+                store,
+                args.work_dir,
+                chunk_size=args.chunk_size,
+                executor=executor,
+                progressbar=progress,
+                **kwargs,
+            )
         spectra = store.read_columns()  # ids and per-star columns (snr): never the spectra
     elif Path(args.spectra).is_dir():
-        result = infer_chunk_files(
-            model, args.spectra, args.work_dir, chunk_size=chunk_size, progressbar=progress, **kwargs
-        )
-    elif args.work_dir:
+        with open_executor(args.dask) as executor:
+            result = infer_chunk_files(
+                model, args.spectra, args.work_dir, executor=executor, progressbar=progress, **kwargs
+            )
+    elif args.work_dir or args.dask:
         spectra = load_spectra(args.spectra)
-        result = infer_chunked(model, spectra, args.work_dir, chunk_size=chunk_size, progressbar=progress, **kwargs)
+        with open_executor(args.dask) as executor:
+            result = infer_chunked(
+                model,
+                spectra,
+                args.work_dir,
+                chunk_size=chunk_size,
+                executor=executor,
+                progressbar=progress,
+                **kwargs,
+            )
     else:
         spectra = load_spectra(args.spectra)
         result = model.infer(spectra, chunk_size=chunk_size, progressbar=progress, **kwargs)

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon import preprocess as pp
+from bayescannon.commands._common import add_dask_argument, check_dask_argument
 from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.cluster import open_executor
 from bayescannon.survey.catalogue import write_table
 from bayescannon.survey.stores import spectra_store_from_chunks
 
@@ -76,6 +78,7 @@ def add_arguments(p):
     p.add_argument("--n-jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--chunk-format", choices=["nc", "npz"], default="nc", help="chunk file format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_argument(p)
 
 
 def outputs(args):
@@ -148,6 +151,7 @@ def _run_options(args, grid) -> dict:
 
 
 def run(args) -> int:
+    check_dask_argument(args)
     paths = _collect(args)
     if args.grid_from:
         grid = CannonModel.load(args.grid_from).wavelength_
@@ -163,19 +167,21 @@ def run(args) -> int:
         reader_kwargs["format"] = args.format
     work = _work_dir(args)
     options = _run_options(args, grid)
-    files, skipped = pp.process_in_chunks(
-        paths,
-        build_steps(args, np.asarray(grid, dtype=np.float64)),
-        args.chunk_size,
-        work,
-        format=args.chunk_format,
-        reader_kwargs=reader_kwargs,
-        on_error="skip",
-        n_jobs=args.n_jobs,
-        progressbar=not args.no_progress,
-        return_skipped=True,
-        options=options,
-    )
+    with open_executor(args.dask, n_jobs=args.n_jobs) as executor:
+        files, skipped = pp.process_in_chunks(
+            paths,
+            build_steps(args, np.asarray(grid, dtype=np.float64)),
+            args.chunk_size,
+            work,
+            format=args.chunk_format,
+            reader_kwargs=reader_kwargs,
+            on_error="skip",
+            n_jobs=args.n_jobs,
+            progressbar=not args.no_progress,
+            return_skipped=True,
+            options=options,
+            executor=executor,
+        )
     write_table(skipped, work / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it
     summary = f"{len(paths)} files -> {len(files)} chunk file(s) in {work} on a {len(grid)}-pixel grid"
     print(f"{summary}; {len(skipped)} file(s) skipped (see {work / 'skipped.ecsv'})")

@@ -6,13 +6,21 @@ import json
 from pathlib import Path
 
 from bayescannon.bayes.calibration import calibrate_from_predictions
-from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
+from bayescannon.commands._common import (
+    add_dask_argument,
+    add_training_arguments,
+    check_dask_argument,
+    join_labels,
+    load_spectra,
+    parse_censors,
+)
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output, report_outputs
 from bayescannon.commands.calibrate import print_binned_coverage
 from bayescannon.core import scaling
 from bayescannon.core.uncertainty import epsilon
 from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import (
     binned_statistics_plot,
     coefficient_spectra,
@@ -53,6 +61,7 @@ def add_arguments(p):
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dask_argument(p)
     p.add_argument(
         "--no-calibration",
         action="store_true",
@@ -83,6 +92,12 @@ def outputs(args):
 
 
 def run(args) -> int:
+    check_dask_argument(args)
+    with open_executor(args.dask) as executor:
+        return _run(args, None if not args.dask else executor)
+
+
+def _run(args, executor) -> int:
     import numpy as np
 
     out = Path(args.outdir)
@@ -106,6 +121,7 @@ def run(args) -> int:
         snr=snr,
         n_jobs=args.n_jobs,
         progressbar=not args.no_progress,
+        executor=executor,
     )
     files = [
         write_table(cv.to_table(), out / "cv_predictions.fits", overwrite=args.overwrite),
@@ -187,6 +203,7 @@ def run(args) -> int:
             random_state=args.seed,
             n_jobs=args.n_jobs,
             progressbar=not args.no_progress,
+            executor=executor,
         )
         files += [
             write_table(boot.summary, out / "bootstrap_summary.ecsv", overwrite=args.overwrite),

@@ -170,9 +170,13 @@ class Homogeniser(ParamsMixin):
             raise NotFittedError("this Homogeniser is not fitted: call fit first")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, catalogues: Mapping) -> Homogeniser:
+    def fit(self, catalogues: Mapping, *, executor=None) -> Homogeniser:
         """Learn the offset models from the survey catalogues (name → astropy Table with the
         standard columns, or :class:`~bayescannon.homogenise.config.SurveyData`). Returns self.
+
+        ``executor`` (a :class:`bayescannon.pipeline.cluster.DaskExecutor`) runs the Monte
+        Carlo propagation in blocks of ``chunk_size`` stars as its tasks; the result is the
+        same as in this process (each block has its own generator seeded from ``random_state``).
 
         Raises
         ------
@@ -182,6 +186,13 @@ class Homogeniser(ParamsMixin):
             Too little overlap for a calibration, or a survey with no path to the reference
             (named with its overlaps).
         """
+        self._executor = executor
+        try:
+            return self._fit(catalogues)
+        finally:
+            self._executor = None
+
+    def _fit(self, catalogues: Mapping) -> Homogeniser:
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state)
         ids, rows = stack_surveys(data)
@@ -317,13 +328,21 @@ class Homogeniser(ParamsMixin):
             chunk_size=self.chunk_size,
             propagation=self.propagation,
             shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
+            executor=getattr(self, "_executor", None),
         )
         return tuple(self._dense(n, rows, a) for a in (mode, s1, s2))
 
     # ------------------------------------------------------------------ apply
-    def transform(self, catalogues: Mapping) -> Table:
+    def transform(self, catalogues: Mapping, *, executor=None) -> Table:
         """The unified table of ``catalogues`` with the fitted models (fresh Monte Carlo draws
-        from ``random_state + 1``)."""
+        from ``random_state + 1``; ``executor`` as for :meth:`fit`)."""
+        self._executor = executor
+        try:
+            return self._transform(catalogues)
+        finally:
+            self._executor = None
+
+    def _transform(self, catalogues: Mapping) -> Table:
         self._check_fitted()
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state + 1)
@@ -338,10 +357,10 @@ class Homogeniser(ParamsMixin):
                 cal[lab][s] = self._calibrate(lab, s, data[s], rows[s], len(ids), rng)
         return self._table(data, ids, rows, cal)
 
-    def fit_transform(self, catalogues: Mapping) -> Table:
+    def fit_transform(self, catalogues: Mapping, *, executor=None) -> Table:
         """:meth:`fit`, then the unified table of the same catalogues from the calibration
         computed while fitting."""
-        self.fit(catalogues)
+        self.fit(catalogues, executor=executor)
         return self._table(*self._fit_cache)
 
     def _table(self, data, ids, rows, cal) -> Table:

@@ -78,6 +78,7 @@ def propagate(
     chunk_size: int = 20000,
     propagation: str = "linear",
     shift=None,
+    executor=None,
 ):
     """Calibrated split normal of one label for every star (rows of ``X``).
 
@@ -98,6 +99,11 @@ def propagate(
         A smooth correction added to every draw, linear in the draw's deviations: its value
         at the catalogue values and its gradient along the input labels (the
         errors-in-variables term of :mod:`~bayescannon.homogenise.deconvolve`).
+    executor : Executor, optional
+        Runs the blocks of ``chunk_size`` stars as tasks
+        (:class:`bayescannon.pipeline.cluster.DaskExecutor`); default here. Each block
+        draws from its own generator seeded from ``rng``, so the result is the same
+        wherever the blocks run.
 
     Returns
     -------
@@ -110,41 +116,77 @@ def propagate(
     if model is None and not np.any(tau > 0):  # on the reference scale already: the catalogue's own split normal
         ok = np.isfinite(mu[:, j]) & np.isfinite(s1[:, j]) & np.isfinite(s2[:, j])
         return tuple(np.where(ok, a[:, j], np.nan) for a in (mu, s1, s2))
-    out = np.full((3, n), np.nan)
-    for start in range(0, n, chunk_size):  # chunks of stars: memory does not grow with n
+    starts = list(range(0, n, chunk_size))  # blocks of stars: memory does not grow with n
+    # one generator per block, seeded from ``rng``: a block's draws are the same wherever it runs
+    seeds = rng.integers(0, 2**63 - 1, size=len(starts))
+    tasks = []
+    for start, seed in zip(starts, seeds):
         sl = slice(start, min(start + chunk_size, n))
-        m = sl.stop - sl.start
-        delta = draw_inputs(rng, mu[sl], s1[sl], s2[sl], None if cov is None else cov[sl], n_draws)
-        value = mu[sl, j][:, None] + delta[:, j, :]
-        if model is not None:
-            x0 = np.asarray(X[sl], dtype=float)
-            if propagation == "exact":
-                xd = np.repeat(x0[:, None, :], n_draws, axis=1)
-                xd[:, :, :k] += np.moveaxis(delta, 2, 1)
-                off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
-            else:
-                batch = [x0]
-                for i in range(k):
-                    for sgn, s in ((-1.0, s1[sl, i]), (1.0, s2[sl, i])):
-                        xi = x0.copy()
-                        xi[:, i] += sgn * np.where(np.isfinite(s), s, 0.0)
-                        batch.append(xi)
-                pred = model.predict_median(np.concatenate(batch)).reshape(len(batch), m)
-                off = np.repeat(pred[0][:, None], n_draws, axis=1)
-                for i in range(k):
-                    lo_s, hi_s = s1[sl, i], s2[sl, i]
-                    good = np.isfinite(lo_s) & np.isfinite(hi_s) & (lo_s > 0) & (hi_s > 0)
-                    g_lo = np.where(good, (pred[0] - pred[1 + 2 * i]) / np.where(good, lo_s, 1.0), 0.0)
-                    g_hi = np.where(good, (pred[2 + 2 * i] - pred[0]) / np.where(good, hi_s, 1.0), 0.0)
-                    d = delta[:, i, :]
-                    off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
-            value = value + off
-        if shift is not None:
-            value = value + shift[0][sl, None] + np.einsum("mi,mid->md", shift[1][sl], delta)
-        if np.any(tau[sl] > 0):
-            value = value + tau[sl, None] * special.ndtri(_stratified_uniform(rng, value.shape))
-        p = np.percentile(value, PERCENTILES, axis=1)
-        out[:, sl] = p[1], p[1] - p[0], p[2] - p[1]
+        tasks.append(
+            {
+                "X": None if model is None else np.asarray(X[sl], dtype=float),
+                "mu": mu[sl],
+                "s1": s1[sl],
+                "s2": s2[sl],
+                "cov": None if cov is None else cov[sl],
+                "tau": np.array(tau[sl]),
+                "shift": None if shift is None else (shift[0][sl], shift[1][sl]),
+                "seed": int(seed),
+                "j": j,
+                "n_draws": n_draws,
+                "propagation": propagation,
+            }
+        )
+    if executor is None:
+        parts = [_propagate_block(t, model) for t in tasks]
+    else:
+        parts = executor.map_chunks(
+            _propagate_block,
+            tasks,
+            broadcast={"model": model},
+            names=[f"mc-{start}" for start in starts],
+            desc="Monte Carlo blocks",
+        )
+    out = np.concatenate(parts, axis=1) if parts else np.full((3, 0), np.nan)
     bad = ~np.isfinite(mu[:, j])
     out[:, bad] = np.nan
     return out[0], out[1], out[2]
+
+
+def _propagate_block(task: dict, model) -> np.ndarray:
+    """P50, P50 - P16, P84 - P50 of one block of stars, shape (3, m) (a task: runs anywhere)."""
+    rng = np.random.default_rng(task["seed"])
+    mu, s1, s2, cov, tau, shift = (task[key] for key in ("mu", "s1", "s2", "cov", "tau", "shift"))
+    j, n_draws, propagation = task["j"], task["n_draws"], task["propagation"]
+    m, k = mu.shape
+    delta = draw_inputs(rng, mu, s1, s2, cov, n_draws)
+    value = mu[:, j][:, None] + delta[:, j, :]
+    if model is not None:
+        x0 = task["X"]
+        if propagation == "exact":
+            xd = np.repeat(x0[:, None, :], n_draws, axis=1)
+            xd[:, :, :k] += np.moveaxis(delta, 2, 1)
+            off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
+        else:
+            batch = [x0]
+            for i in range(k):
+                for sgn, s in ((-1.0, s1[:, i]), (1.0, s2[:, i])):
+                    xi = x0.copy()
+                    xi[:, i] += sgn * np.where(np.isfinite(s), s, 0.0)
+                    batch.append(xi)
+            pred = model.predict_median(np.concatenate(batch)).reshape(len(batch), m)
+            off = np.repeat(pred[0][:, None], n_draws, axis=1)
+            for i in range(k):
+                lo_s, hi_s = s1[:, i], s2[:, i]
+                good = np.isfinite(lo_s) & np.isfinite(hi_s) & (lo_s > 0) & (hi_s > 0)
+                g_lo = np.where(good, (pred[0] - pred[1 + 2 * i]) / np.where(good, lo_s, 1.0), 0.0)
+                g_hi = np.where(good, (pred[2 + 2 * i] - pred[0]) / np.where(good, hi_s, 1.0), 0.0)
+                d = delta[:, i, :]
+                off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
+        value = value + off
+    if shift is not None:
+        value = value + shift[0][:, None] + np.einsum("mi,mid->md", shift[1], delta)
+    if np.any(tau > 0):
+        value = value + tau[:, None] * special.ndtri(_stratified_uniform(rng, value.shape))
+    p = np.percentile(value, PERCENTILES, axis=1)
+    return np.stack([p[1], p[1] - p[0], p[2] - p[1]])

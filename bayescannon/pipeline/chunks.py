@@ -274,6 +274,15 @@ class ChunkStore:
             logger.warning("%s: %s is truncated or corrupted (checksum differs); recomputing it", self.folder, name)
         return ok
 
+    def valid_key(self, name: str):
+        """The recorded key of chunk ``name`` when its file is intact (:meth:`is_valid` with
+        its own key), else None: a worker that computes the key of the chunk's input can
+        then tell, without asking back, whether the chunk is done."""
+        entry = self._entries.get(name)
+        if entry is None or not self.is_valid(name, entry.get("key")):
+            return None
+        return entry.get("key")
+
     def info(self, name: str) -> dict:
         """The extra information recorded with chunk ``name`` (empty if none)."""
         return dict(self._entries.get(name, {}).get("info", {}))

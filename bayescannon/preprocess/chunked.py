@@ -48,7 +48,7 @@ from bayescannon.pipeline.chunks import (
     file_checksum,
     write_chunk,
 )
-from bayescannon.pipeline.pool import run_tasks
+from bayescannon.pipeline.cluster import RUN_LOG, Executor, InProcessExecutor, RunLog
 from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ def process_in_chunks(
     progressbar: bool = False,
     return_skipped: bool = False,
     options: dict | None = None,
+    executor: Executor | None = None,
 ):
     """Read → apply ``steps`` → write, one chunk of stars at a time.
 
@@ -284,6 +285,12 @@ def process_in_chunks(
         with other *option values* is refused (the choice made here: a user who changes
         ``--L`` on a folder half done most likely reused the folder by mistake, and
         recomputing it silently would destroy the old run).
+    executor : Executor, optional
+        Where the chunks run (:mod:`bayescannon.pipeline.cluster`): default ``n_jobs``
+        local processes; on Dask each worker reads, processes and writes whole chunks
+        (atomically, into ``out_path``, which must be on a file system they share) and this
+        process records them in the manifest as they finish. Per-chunk timings and
+        failures go to ``runlog.jsonl`` in ``out_path``.
 
     Returns
     -------
@@ -371,8 +378,18 @@ def process_in_chunks(
             if bar is not None:
                 bar.update(1)
 
+        executor = InProcessExecutor(n_jobs) if executor is None else executor
+        run_log = RunLog(store.folder / RUN_LOG)
+        run_log.write("start", chunks=n_chunks, to_compute=len(jobs), executor=type(executor).__name__)
         try:
-            run_tasks(_run_chunk, jobs, n_jobs, on_result=record)
+            executor.map_chunks(
+                _run_chunk,
+                jobs,
+                on_result=lambda _, result: record(result),
+                names=[names[j["index"]] for j in jobs],
+                run_log=run_log,
+                keep=False,
+            )
         finally:
             if bar is not None:
                 bar.close()

@@ -271,6 +271,22 @@ class CatalogueStore:
             return False
         return True
 
+    def valid_key(self, name: str) -> str | None:
+        """The recorded key of chunk ``name`` (its canonical JSON text) when the chunk is
+        intact (:meth:`is_valid` with its own key), else None: a worker that computes the key
+        of the chunk's input can then tell, without asking back, whether the chunk is done."""
+        if not (self.chunk_path(name) / "zarr.json").is_file():
+            return None
+        try:
+            ds, record = self._load(name)
+        except SurveyFormatError as exc:
+            logger.warning("%s; recomputing it", exc)
+            return None
+        if record.get("digest") != dataset_digest(ds):
+            logger.warning("%s: chunk %s is corrupted (digest differs); recomputing it", self.path, name)
+            return None
+        return record.get("key")
+
     def write(self, name: str, key, result: xr.Dataset) -> Path:
         """Write one chunk's result atomically with its key (replacing an older one)."""
         path = self.chunk_path(name)

@@ -15,6 +15,7 @@ import xarray as xr
 from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
+from bayescannon.pipeline.cluster import Executor
 from bayescannon.spectra import check_flux_ivar, default_ids, unpack_spectra
 from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
 
@@ -86,6 +87,7 @@ def bootstrap(
     n_jobs: int | None = None,
     chunk_size: int = 2000,
     progressbar: bool = False,
+    executor: Executor | None = None,
 ) -> BootstrapResult:
     """Bootstrap of the reference set: ``n_boot`` models trained on resamples (with
     replacement) of the reference stars, each inferring the same test spectra.
@@ -107,6 +109,10 @@ def bootstrap(
         As for :func:`cross_validate`.
     chunk_size : int
     progressbar : bool
+    executor : Executor, optional
+        A distributed executor (:class:`bayescannon.pipeline.cluster.DaskExecutor`): the
+        models are fitted as its tasks (the results equal the in-process ones); default
+        ``n_jobs`` local processes.
 
     Returns
     -------
@@ -151,7 +157,7 @@ def bootstrap(
             }
         )
     arrays = {"flux": flux, "ivar": ivar, "labels": y, "test_flux": tf, "test_ivar": ti}
-    results = run_tasks(tasks, arrays, n_jobs, progressbar=progressbar, desc="bootstrap models")
+    results = run_tasks(tasks, arrays, n_jobs, progressbar=progressbar, desc="bootstrap models", executor=executor)
     stack = np.stack([r["result"]["labels"].values for r in sorted(results, key=lambda r: r["key"])])
     names = list(params["label_names"])
     da = xr.DataArray(

@@ -37,6 +37,7 @@ from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
 from bayescannon.flags import StarFlag
+from bayescannon.pipeline.cluster import Executor
 from bayescannon.results import set_label_units
 from bayescannon.validate.bootstrap import BootstrapResult, bootstrap  # noqa: F401  (re-exported for callers of the old module)
 from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
@@ -236,6 +237,7 @@ def cross_validate(
     exclude_flags: int = BAD_FIT_FLAGS,
     chunk_size: int = 2000,
     progressbar: bool = False,
+    executor: Executor | None = None,
 ) -> CrossValidation:
     """k-fold cross-validation of a Cannon model on its reference set.
 
@@ -273,6 +275,10 @@ def cross_validate(
     chunk_size : int
         Stars per chunk of the test step.
     progressbar : bool
+    executor : Executor, optional
+        A distributed executor (:class:`bayescannon.pipeline.cluster.DaskExecutor`): the
+        models are fitted as its tasks (the results equal the in-process ones); default
+        ``n_jobs`` local processes.
 
     Returns
     -------
@@ -315,7 +321,12 @@ def cross_validate(
         )
     logger.info("cross-validating %s: %d stars, %d folds", params["label_names"], n, n_folds)
     results = run_tasks(
-        tasks, {"flux": flux, "ivar": ivar, "labels": y}, n_jobs, progressbar=progressbar, desc="cross-validation folds"
+        tasks,
+        {"flux": flux, "ivar": ivar, "labels": y},
+        n_jobs,
+        progressbar=progressbar,
+        desc="cross-validation folds",
+        executor=executor,
     )
     names = list(params["label_names"])
     parts = []

@@ -13,6 +13,7 @@ import numpy as np
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.errors import InvalidInputError, ShapeMismatchError
 from bayescannon.model import CannonModel
+from bayescannon.pipeline.cluster import Executor
 from bayescannon.pipeline.pool import SharedArrays, load_shared, resolve_n_jobs
 from bayescannon.pipeline.pool import run_tasks as pool_run_tasks
 from bayescannon.spectra import as_label_array, check_flux_ivar, default_ids, unpack_spectra
@@ -40,10 +41,26 @@ def _fit_and_infer(task: dict) -> dict:
     return {"key": task["key"], "result": res}
 
 
-def run_tasks(tasks, arrays: dict, n_jobs, *, progressbar=False, desc="tasks"):
+def _fit_and_infer_shared(task: dict, arrays: dict) -> dict:
+    """:func:`_fit_and_infer` with the spectra sent once per worker (a Dask broadcast)."""
+    return _fit_and_infer({**task, **arrays})
+
+
+def run_tasks(tasks, arrays: dict, n_jobs, *, progressbar=False, desc="tasks", executor: Executor | None = None):
     """Run :func:`_fit_and_infer` on every task, in-process or in worker processes
     (:func:`bayescannon.pipeline.pool.run_tasks`; the spectra are shared read-only through
-    ``.npy`` files, each worker gets ``cores // workers`` BLAS/numba threads)."""
+    ``.npy`` files, each worker gets ``cores // workers`` BLAS/numba threads), or as tasks
+    of a distributed ``executor`` (:class:`bayescannon.pipeline.cluster.DaskExecutor`: the
+    spectra are sent once to every worker; ``n_jobs`` is then not used)."""
+    if executor is not None and executor.distributed:
+        return executor.map_chunks(
+            _fit_and_infer_shared,
+            tasks,
+            broadcast={"arrays": arrays},
+            names=[f"{desc.split()[0]}-{t['key']}" for t in tasks],
+            progressbar=progressbar,
+            desc=desc,
+        )
     bar = None
     if progressbar:
         from tqdm.auto import tqdm  # lazy: optional progress bar
