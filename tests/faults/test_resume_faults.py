@@ -34,6 +34,7 @@ from astropy.io import fits
 
 from bayescannon import io as bio
 from bayescannon.pipeline.chunks import ChunkStore, chunk_key
+from bayescannon.pipeline.cluster import RUN_LOG
 from bayescannon.spectra import make_spectra
 
 ZYGOTE = Path(__file__).with_name("_zygote.py")
@@ -83,8 +84,9 @@ def _catalogue_bytes(path: Path) -> tuple:
 
 
 def _folder_bytes(folder: Path) -> dict:
-    """Every output of a preprocess folder except the manifest and its lock, byte for byte."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith("chunks.")}
+    """Every output of a preprocess folder except the manifest, its lock and the run log (timings), byte for byte."""
+    skip = ("chunks.", RUN_LOG)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(skip)}
 
 
 def _kill_then_resume(zygote, argv_of, cwd, outputs, t_full, seed) -> tuple[bool, dict]:
