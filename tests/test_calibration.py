@@ -198,7 +198,8 @@ def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
     model = CannonModel(["a", "b"]).fit(flux[:400], ivar[:400], x[:400])
     calibrate(model, flux[:400], ivar[:400], x[:400], n_folds=4)
     cal = model.infer(flux[400:], ivar[400:], uncertainty="calibrated", chunk_size=64)
-    xs = scaling.scale(cal["labels"].values, model.label_offset_, model.label_scale_)
+    # ε is evaluated at the maximum-likelihood labels (before the bias correction)
+    xs = scaling.scale(cal["labels_uncorrected"].values, model.label_offset_, model.label_scale_)
     want = 1.0 + epsilon(model, xs, ivar[400:])
     assert np.ptp(want) > 0
     np.testing.assert_allclose(cal["theta_variance"].values, want, rtol=1e-10)
