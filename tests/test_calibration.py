@@ -198,7 +198,8 @@ def test_theta_variance_of_the_test_step_equals_the_separate_kappa_path():
     model = CannonModel(["a", "b"]).fit(flux[:400], ivar[:400], x[:400])
     calibrate(model, flux[:400], ivar[:400], x[:400], n_folds=4)
     cal = model.infer(flux[400:], ivar[400:], uncertainty="calibrated", chunk_size=64)
-    xs = scaling.scale(cal["labels"].values, model.label_offset_, model.label_scale_)
+    # ε is evaluated at the maximum-likelihood labels (before the bias correction)
+    xs = scaling.scale(cal["labels_uncorrected"].values, model.label_offset_, model.label_scale_)
     want = 1.0 + epsilon(model, xs, ivar[400:])
     assert np.ptp(want) > 0
     np.testing.assert_allclose(cal["theta_variance"].values, want, rtol=1e-10)
@@ -264,6 +265,83 @@ def test_conditional_calibration_recovers_injected_bias_and_covers_every_bin():
     worst_old, overall_old = _bins_outside(old, r2, fv2, x2, nsd2, tol)
     assert np.all(np.abs(overall_old - 0.68) < 0.03), overall_old
     assert worst_old.max() > tol, worst_old  # the test above fails for the old calibration
+
+
+def test_bias_that_changes_sign_along_a_label_is_learned_by_the_spline_terms():
+    """A bias oscillating along one label (as a quadratic Cannon's Teff bias does on emulator
+    spectra: +38, +9, +53, −39 K per quintile) is beyond a cubic; the piecewise-linear terms
+    follow it, the CV picks them, and the corrected intervals cover in every quintile."""
+    from bayescannon.bayes.calibration import fit_calibration, interval_inside
+    from bayescannon.core.conditional import binned_coverage, fit_bias_model, predict_bias
+
+    rng = np.random.default_rng(31)
+
+    def draw(n):
+        x = rng.uniform(-0.5, 0.5, (n, 2))
+        sd = 0.05 * np.exp(rng.uniform(0.0, np.log(4.0), (n, 1))) * np.ones((1, 2))
+        b = np.column_stack([0.08 * np.sin(3 * np.pi * x[:, 0]), 0.02 * x[:, 1]])
+        return b + sd * rng.standard_normal((n, 2)), sd**2, x, b
+
+    n_cal, n_test = 3000, 5000
+    r, fv, x, b = draw(n_cal)
+    cal, _ = fit_calibration(r, fv, np.zeros(n_cal), x, ["a", "b"], random_state=0)
+    assert cal["bias"]["splines"][0]  # chosen by CV for the oscillating label
+    r2, fv2, x2, b2 = draw(n_test)
+    learned = predict_bias(cal["bias"], x2)
+    # a cubic alone leaves an rms of ~0.03 (≈ 0.4 of the median noise sd); the spline fit's
+    # error: the wiggle between 9 knots (the sine's curvature over a knot spacing, ≤ 0.01)
+    # plus the fit noise ≈ sd sqrt(p / n) ≈ 0.003
+    only_poly, _ = fit_bias_model(r, x, 1.0 / fv, ["a", "b"], splines=(False,))
+    err_poly = np.sqrt(np.mean((predict_bias(only_poly, x2) - b2)[:, 0] ** 2))
+    err = np.sqrt(np.mean((learned - b2)[:, 0] ** 2))
+    assert err < 0.015 < err_poly, (err, err_poly)
+    inside = interval_inside(cal, r2 - learned, fv2, x2, np.zeros(n_test))
+    cov, counts, _, _ = binned_coverage(inside, x2[:, 0])
+    assert counts.min() >= 900
+    # per-quintile 68 % coverage within 3.5σ of the binomial noise of the test bin and of the
+    # calibration bin (600 stars), the worst of 10 cells
+    tol = 3.5 * np.sqrt(0.68 * 0.32 * (1 / 1000 + 1 / 600))
+    assert np.all(np.abs(cov[:, 0, :] - 0.68) < tol), cov[:, 0, :]
+
+
+def test_mondrian_effects_shrink_to_zero_without_signal_and_keep_a_real_one():
+    """Empirical-Bayes shrinkage: with homoscedastic residuals the raked effects are pulled
+    well below their raw sampling noise; a real ×1.6 width in one quintile is kept."""
+    from bayescannon.core.conditional import fit_mondrian_scales
+
+    rng = np.random.default_rng(32)
+    n = 2500
+    x = rng.uniform(-0.5, 0.5, (n, 2))
+    u = rng.uniform(0.0, 1.0, (n, 2))
+    z = np.abs(rng.standard_normal((n, 2)))
+    flat = np.asarray(fit_mondrian_scales(z, x, u, ["a", "b"])["log_scales"])
+    # raw noise of a bin's log 68 % quantile from 500 stars: sqrt(0.68·0.32/500)/(q f(q)) ≈ 0.043
+    assert np.sqrt(np.mean(flat**2)) < 0.5 * 0.043, flat
+    z[:, 0] *= np.where(x[:, 1] > 0.3, 1.6, 1.0)  # the top quintile of x_b is 1.6× wider
+    eff = np.asarray(fit_mondrian_scales(z, x, u, ["a", "b"])["log_scales"])[0, 1]  # label a, partition x_b
+    top = eff[4] - np.mean(eff[:4])
+    assert abs(top - np.log(1.6)) < 4 * 0.043 * np.sqrt(1.25), eff
+
+
+def test_calibration_version_3_without_spline_terms_is_read():
+    from bayescannon.bayes.calibration import fit_calibration
+    from bayescannon.core.conditional import predict_bias
+    from bayescannon.core.uncertainty import CALIBRATION_VERSION, check_calibrated
+
+    rng = np.random.default_rng(33)
+    r, fv, x, _, _ = _injected(rng, 1500)
+    cal, _ = fit_calibration(r, fv, np.zeros(1500), x, ["a", "b"], random_state=0)
+    assert cal["version"] == CALIBRATION_VERSION == 4
+    # a version-3 bias has no "splines"/"knots": the same polynomial coefficients give the same bias
+    poly = {"degree": [2, 1], "coefficients": [[0.1, 0.2, 0.0, 0.3, 0.0, 0.0], [0.05, 0.0, -0.2]]}
+    want = np.column_stack([0.1 + 0.2 * x[:, 0] + 0.3 * x[:, 0] ** 2, 0.05 - 0.2 * x[:, 1]])
+    np.testing.assert_allclose(predict_bias(poly, x), want, atol=1e-12)
+
+    class M:
+        label_names = ["a", "b"]
+        calibration_ = cal | {"version": 3, "bias": poly}
+
+    assert check_calibrated(M)["version"] == 3
 
 
 def test_calibration_version_2_is_read_and_unknown_versions_are_refused():

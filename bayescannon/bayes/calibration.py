@@ -239,7 +239,16 @@ def calibrate_from_predictions(
 
 
 def fit_calibration(
-    residuals, formal_var, eps, x_scaled, label_names, *, ref_var=None, random_state=0, bias=True, mondrian=True
+    residuals,
+    formal_var,
+    eps,
+    x_scaled,
+    label_names,
+    *,
+    ref_var=None,
+    random_state=0,
+    bias=True,
+    mondrian=True,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -309,9 +318,10 @@ def fit_calibration(
     return {
         "kind": CALIBRATION_KIND,
         "version": CALIBRATION_VERSION,
-        "error_model": "estimate corrected by a CV-selected ridge polynomial bias b(x_scaled); "
+        "error_model": "estimate corrected by a CV-selected ridge bias b(x_scaled) (polynomial + per-label "
+        "piecewise-linear terms); "
         "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
-        "per quintile of each scaled label and of the noise fraction; intervals q(level) * sd with "
+        "per quintile of each scaled label and of the noise fraction (empirical-Bayes shrunk); intervals q(level) * sd with "
         "split-conformal quantiles q of |residual| / sd",
         "label_names": names,
         "levels": list(LEVELS),

@@ -99,10 +99,12 @@ __all__ = [
 
 LEVELS = (0.68, 0.95)
 CALIBRATION_KIND = "bayescannon.core.uncertainty"
-#: 3: bias correction (``bias``) and Mondrian width factors (``mondrian``); version 2
-#: (neither: zero bias, unit factors) is still read.
-CALIBRATION_VERSION = 3
-_READABLE_VERSIONS = (2, 3)
+#: 3: bias correction (``bias``) and Mondrian width factors (``mondrian``); 4: the bias may
+#: add per-label piecewise-linear terms (``splines``, ``knots``) and the Mondrian effects are
+#: shrunk by empirical Bayes (``statistic``). Versions 2 (zero bias, unit factors) and 3
+#: (same storage, less accurate) are still read.
+CALIBRATION_VERSION = 4
+_READABLE_VERSIONS = (2, 3, 4)
 _Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
