@@ -108,6 +108,7 @@ def run(tmp_path_factory):
     cfg = _config(mock_dir, max_iter=2)
     cfg["cuts"]["min_snr"] = 35.0
     cfg["validate"]["n_folds"] = 2  # the statistics are only checked for presence here
+    cfg["bootstrap"] = {"n_models": 3, "n_folds": 2}  # the Ho preset's bootstrap, small (20 models: own tests)
     cfg_path = _write_config(mock_dir / "test.toml", cfg)
     assert main(["transfer", str(cfg_path)]) == 0
     pipe = TransferPipeline(cfg_path)
