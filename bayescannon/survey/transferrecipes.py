@@ -241,7 +241,18 @@ def bootstrap_cross_validated(
     arrays = {"flux": flux, "ivar": ivar, "labels": y}
     res_full = run_tasks(full, {**arrays, "test_flux": tf, "test_ivar": ti}, n_jobs, desc="bootstrap models")
     res_cv = run_tasks(cv_tasks, {**arrays, "test_flux": None, "test_ivar": None}, n_jobs, desc="bootstrap CV")
-    stack = np.stack([r["result"]["labels"].values for r in sorted(res_full, key=lambda r: r["key"])])
+    ordered = sorted(res_full, key=lambda r: r["key"])
+    # a fit without pixels or not converged gives no label: NaN, not a number that widens the spread
+    stack = np.stack(
+        [
+            np.where(
+                ((np.asarray(r["result"]["flags"].values) & _FAILED_FIT) == 0)[:, None],
+                np.asarray(r["result"]["labels"].values, dtype=np.float64),
+                np.nan,
+            )
+            for r in ordered
+        ]
+    )
     K = y.shape[1]
     sq = np.zeros((int(n_models), K))
     sm = np.zeros((int(n_models), K))
