@@ -255,3 +255,10 @@ def test_repeats_command(tmp_path, capsys):
     assert (out / "error_comparison.ecsv").is_file() and "<img src='precision_vs_snr.png'" in html
     assert html.count("<table>") == 4 and (out / "precision_vs_snr.png").stat().st_size > 0
     assert "errors x" in capsys.readouterr().out
+    # the paper read literally keeps the best visit's variance in the floor: wider errors
+    out2 = tmp_path / "rep_literal"
+    argv = ["repeats", str(path), "--group-column", "STAR", "--keep-best-variance", "-o", str(out2)]
+    assert main([*argv, "--report-format", "md"]) == 0
+    literal = Table.read(out2 / "catalogue_calibrated.fits")
+    for name in ("TEFF", "FE_H"):
+        assert np.mean(literal[f"e_CAL_{name}"]) > 1.05 * np.mean(cal[f"e_CAL_{name}"])
