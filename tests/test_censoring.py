@@ -99,3 +99,45 @@ def test_censored_alpha_has_zero_theta_outside_the_windows_on_emulator_spectra(t
     model.save(path)
     back = CannonModel.load(path)
     assert back.censors == PRESET and np.array_equal(back.censor_mask_, model.censor_mask_)
+
+
+def test_validate_reports_censored_scatter_beside_the_uncensored_one(tmp_path, capsys):
+    """``bayescannon validate --censor``: on emulator spectra the censored [α/Fe] has θ = 0
+    outside the windows, and the CV summary and report give the scatter of the same folds
+    without censoring beside the censored one."""
+    import json
+
+    from bayescannon.cli import main
+    from bayescannon.io import write_spectra
+    from bayescannon.simulate.emulator import load_emulator
+
+    emu = load_emulator(shared_file("apogee_payne_emulator.npz"))
+    rng = np.random.default_rng(5)
+    names = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]
+    ds = emu.survey(emu.draw_labels(120, rng, vmacro=6.0), snr=(100, 250), rng=rng).isel(pixel=slice(0, 2500))
+    spectra = write_spectra(ds, tmp_path / "ref.nc", overwrite=True)
+    out = tmp_path / "val"
+    argv = ["validate", str(spectra), "--labels", *names, "--censor", f"ALPHA_FE:{PRESET}", "--n-folds", "3"]
+    argv += ["--bootstrap", "0", "--n-jobs", "1", "--no-calibration", "--no-progress", "--report-format", "md"]
+    argv += ["--model-out", str(tmp_path / "m.nc"), "-o", str(out)]
+    assert main(argv) == 0
+    model = CannonModel.load(tmp_path / "m.nc")
+    wl = ds["wavelength"].values
+    union = np.zeros(wl.size, bool)
+    for lo, hi in resolve_censors(PRESET, names)["ALPHA_FE"]:
+        union |= (wl >= lo) & (wl <= hi)
+    alpha_terms = model.vectorizer.exponents[:, 3] > 0
+    assert np.all(model.theta_[~union][:, alpha_terms] == 0.0)
+    summary = Table.read(out / "cv_summary.ecsv")
+    assert list(summary["CENSORED"]) == [False, False, False, True]
+    for col in ("RMS", "RMS_UNCENSORED", "BIAS_UNCENSORED", "HALF_P16_84_UNCENSORED"):
+        assert np.all(np.isfinite(summary[col]))
+    rms, rms_unc = np.asarray(summary["RMS"]), np.asarray(summary["RMS_UNCENSORED"])
+    assert np.all(rms > 0) and np.all(rms_unc > 0)
+    # a separate fit, not a copy: censoring [α/Fe] to ~200 of 2,500 pixels changes its scatter
+    assert rms[3] != rms_unc[3] and 0.2 < rms[3] / rms_unc[3] < 5
+    report = (out / "report.md").read_text()
+    assert "RMS_UNCENSORED" in report and "without censoring" in report
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["cv_uncensored"]["ALPHA_FE"]["censored"] is True
+    assert np.isclose(printed["cv_uncensored"]["ALPHA_FE"]["rms"], rms_unc[3])

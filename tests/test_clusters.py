@@ -172,3 +172,39 @@ def test_membership_probability_cut_removes_non_members():
         cluster_statistics(ids2, labels2, bad, NAMES)
     with pytest.raises(InvalidInputError, match="no probability column 'P'"):
         cluster_statistics(ids2, labels2, table, NAMES, probability_column="P")
+
+
+DR10_CLUSTERS = {
+    "M107", "M13", "M15", "M2", "M3", "M5", "M53", "M67", "M71", "M92",
+    "N188", "N2158", "N2420", "N4147", "N5466", "N6791", "N6819", "N7789", "Pleiades",
+}  # fmt: skip
+
+
+def test_shipped_literature_table_covers_the_dr10_clusters_with_a_source_per_value():
+    from bayescannon.validate.clusters import literature_table
+
+    t = literature_table()
+    assert set(t["CLUSTER"]) == DR10_CLUSTERS and len(t) == len(DR10_CLUSTERS)
+    refs = t.meta["references"]
+    has = ~t["FE_H"].mask
+    # every value names a reference; every blank says so (never a made-up number)
+    assert all(str(s) in refs for s in t["SOURCE"][has])
+    assert all(str(s) == "not sourced here" for s in t["SOURCE"][~has])
+    assert "not sourced" in " ".join(str(v) for v in t.meta.values()) or "left blank" in t.meta["notes"]
+    assert set(t["CLUSTER"][t["TYPE"] == "globular"]) <= set(t["CLUSTER"][has])  # Harris (2010) has them all
+    assert np.all((t["FE_H"][has] > -2.5) & (t["FE_H"][has] < 0.5))
+    assert LITERATURE_FE_H == {str(r["CLUSTER"]): float(r["FE_H"]) for r in t[has]}
+    assert LITERATURE_FE_H["M92"] == -2.31 and LITERATURE_FE_H["M5"] == -1.29
+
+
+def test_cluster_statistics_name_the_literature_source():
+    rng = np.random.default_rng(0)
+    ids = np.array([f"s{i}" for i in range(20)])
+    members = membership_table(ids, ["M92"] * 10 + ["N6791"] * 10)
+    y = np.column_stack([rng.normal(-2.3, 0.05, 20)])
+    s = cluster_statistics(ids, y, members, ["FE_H"])
+    row = {str(r["CLUSTER"]): r for r in s}
+    assert "Harris" in row["M92"]["LIT_SOURCE"] and row["M92"]["LIT_FE_H"] == -2.31
+    assert np.isclose(row["M92"]["OFFSET_FE_H"], row["M92"]["MEDIAN_FE_H"] + 2.31)
+    # no sourced literature value: masked offset and no source, not a default number
+    assert row["N6791"]["LIT_SOURCE"] == "" and np.ma.is_masked(row["N6791"]["OFFSET_FE_H"])

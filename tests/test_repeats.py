@@ -108,11 +108,14 @@ def test_paper_recipe_precision_is_best_visit_against_each_other_without_sqrt2()
     assert used.sum() == len(snr) - 1500  # one pair per non-best visit
     assert np.all(np.fmax(*[np.asarray(snr)[cal.pairs[c][used]] for c in ("ROW_1", "ROW_2")]) == 400.0)
     assert cal.fit_status == ["exponential", "exponential"]
-    # std(other − best) = sqrt(σ(S/N)² + σ(400)²): no division by √2
+    # std(other − best) = sqrt(σ(S/N)² + σ(400)²): no division by √2; the best visit's own
+    # (scaled formal) variance is subtracted by default, the paper read literally keeps it
     grid = np.array([15.0, 30.0, 60.0, 120.0])
     p = TRUE_PREC
     expected = np.hypot(precision_model(grid[:, None], *p.T), precision_model(400.0, *p.T)[None, :])
-    np.testing.assert_allclose(cal.precision(grid), expected, rtol=0.15)
+    literal = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=8, min_pairs=20, subtract_best=False)
+    np.testing.assert_allclose(literal.precision(grid), expected, rtol=0.15)
+    np.testing.assert_allclose(cal.precision(grid), precision_model(grid[:, None], *p.T), rtol=0.15)
     calibrated = cal.apply(formal, snr)
     cover = np.mean(np.abs(labels - truth) < calibrated, axis=0)
     assert np.all(cover > 0.683 - 4 * np.sqrt(0.683 * 0.317 / len(labels)))
@@ -120,12 +123,32 @@ def test_paper_recipe_precision_is_best_visit_against_each_other_without_sqrt2()
 
 def test_paper_precision_is_sqrt2_wider_than_robust_for_equal_snr_visits():
     labels, formal, snr, group, *_ = _repeats(n_stars=1500, seed=14)
-    paper = calibrate_from_repeats(labels, formal, snr, group, NAMES, snr_bins=6, min_pairs=20)
-    robust = calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="robust", snr_bins=6, min_pairs=20)
+    kw = {"snr_bins": 6, "min_pairs": 20}
+    literal = calibrate_from_repeats(labels, formal, snr, group, NAMES, subtract_best=False, **kw)
+    paper = calibrate_from_repeats(labels, formal, snr, group, NAMES, **kw)
+    robust = calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="robust", **kw)
     grid = np.array([20.0, 50.0, 120.0])
-    np.testing.assert_allclose(paper.precision(grid) / robust.precision(grid), np.sqrt(2.0), rtol=0.2)
+    np.testing.assert_allclose(literal.precision(grid) / robust.precision(grid), np.sqrt(2.0), rtol=0.2)
+    # with the best visit's variance subtracted the floor is one visit's precision again
+    np.testing.assert_allclose(paper.precision(grid) / robust.precision(grid), 1.0, rtol=0.2)
     with pytest.raises(InvalidInputError, match="recipe"):
         calibrate_from_repeats(labels, formal, snr, group, NAMES, recipe="paper")
+
+
+@pytest.mark.parametrize("scale", [(1.0, 1.0), tuple(TRUE_SCALE)])
+def test_repeat_calibrated_errors_cover_68_percent_of_the_truth(scale):
+    """The calibrated 68 % errors, max(scale × formal, precision(S/N)), cover 0.683 of the
+    true labels within binomial noise (visits of similar S/N: the paper's floor read
+    literally would be √2 too wide and cover ~0.78)."""
+    labels, formal, snr, group, truth, _ = _visits(3000, seed=21, scale=scale)
+    n = labels.shape[0]
+    cal = calibrate_from_repeats(labels, formal, snr, group, NAMES)
+    cover = np.mean(np.abs(labels - truth) < cal.apply(formal, snr), axis=0)
+    # 4 binomial sigma of n (partly correlated) visits, plus 0.01 for the fitted scale and floor
+    tol = 4 * np.sqrt(0.683 * 0.317 / n) + 0.01
+    np.testing.assert_allclose(cover, 0.683, atol=tol)
+    literal = calibrate_from_repeats(labels, formal, snr, group, NAMES, subtract_best=False)
+    assert np.all(np.mean(np.abs(labels - truth) < literal.apply(formal, snr), axis=0) > 0.683 + tol)
 
 
 def test_too_few_pairs_per_bin_are_reported_not_fitted():
@@ -232,3 +255,10 @@ def test_repeats_command(tmp_path, capsys):
     assert (out / "error_comparison.ecsv").is_file() and "<img src='precision_vs_snr.png'" in html
     assert html.count("<table>") == 4 and (out / "precision_vs_snr.png").stat().st_size > 0
     assert "errors x" in capsys.readouterr().out
+    # the paper read literally keeps the best visit's variance in the floor: wider errors
+    out2 = tmp_path / "rep_literal"
+    argv = ["repeats", str(path), "--group-column", "STAR", "--keep-best-variance", "-o", str(out2)]
+    assert main([*argv, "--report-format", "md"]) == 0
+    literal = Table.read(out2 / "catalogue_calibrated.fits")
+    for name in ("TEFF", "FE_H"):
+        assert np.mean(literal[f"e_CAL_{name}"]) > 1.05 * np.mean(cal[f"e_CAL_{name}"])

@@ -108,6 +108,7 @@ def run(tmp_path_factory):
     cfg = _config(mock_dir, max_iter=2)
     cfg["cuts"]["min_snr"] = 35.0
     cfg["validate"]["n_folds"] = 2  # the statistics are only checked for presence here
+    cfg["bootstrap"] = {"n_models": 3, "n_folds": 2}  # the Ho preset's bootstrap, small (20 models: own tests)
     cfg_path = _write_config(mock_dir / "test.toml", cfg)
     assert main(["transfer", str(cfg_path)]) == 0
     pipe = TransferPipeline(cfg_path)
@@ -380,3 +381,34 @@ def test_the_catalogue_is_the_one_builders(run):
             np.testing.assert_array_equal(np.asarray(cat[col]), np.asarray(ref[col]), err_msg=col)
             assert str(cat[col].unit) == str(ref[col].unit), col
     np.testing.assert_array_equal(np.asarray(cat["FLAG_OUTSIDE_HULL"]), np.asarray(ref["FLAG_OUTSIDE_HULL"]))
+
+
+def test_ho_preset_preselects_and_bootstraps_in_the_pipeline(run):
+    """The default (``ho2017``) preset: the infer step records the pre-selection of every star
+    on its LAMOST labels and lists the dropped ones; the catalogue carries e_BOOT_* from the
+    bootstrap step (3 models here, to keep the test fast; 20 by default)."""
+    _, _, pipe = run
+    assert pipe.config.data["preset"] == "ho2017" and pipe.config.data["preselect"]["enabled"]
+    pre = Table.read(pipe.step_dir("infer") / "preselection.fits")
+    labels = xr.load_dataset(pipe.step_dir("infer") / "labels.nc", engine="h5netcdf")
+    labelled = set(np.asarray(labels["star"].values).astype(str))
+    selected = np.asarray(pre["PRESELECTED"], bool)
+    d = np.ma.filled(np.ma.asarray(pre["PRESELECT_DISTANCE"], dtype=float), np.nan)
+    # exactly the selected stars are labelled; a dropped star is beyond the cut
+    assert set(_s(pre["ID"])[selected]) == labelled
+    assert np.all(d[~selected] > 2.5) and np.all(~(d[selected] > 2.5))
+    # stars of the training population (the training set itself) are all selected
+    training = set(_s(Table.read(pipe.step_dir("cleanup") / "training_set.fits")["ID"]))
+    assert all(selected[_s(pre["ID"]) == t].all() for t in list(training)[:50])
+    excluded = Table.read(pipe.output / "excluded.fits")
+    pre_rows = excluded[_s(excluded["STEP"]) == "infer"]
+    assert set(_s(pre_rows["ID"])) == set(_s(pre["ID"])[~selected])
+    assert all("pre-selection" in r for r in _s(pre_rows["REASON"]))
+    cat = read_catalogue(pipe.output / "catalogue.fits")
+    models = Table.read(pipe.step_dir("bootstrap") / "bootstrap_models.fits")
+    assert len(models) == 3 and int(cat.meta["NBOOT"]) == 3
+    for name in LABELS:
+        e = np.ma.filled(np.ma.asarray(cat[f"e_BOOT_{name}"], dtype=float), np.nan)
+        assert np.isfinite(e).mean() > 0.95 and np.all(e[np.isfinite(e)] >= 0)
+        assert str(cat[f"e_BOOT_{name}"].unit) == str(cat[name].unit)
+        assert np.all(np.isfinite(models[f"CV_SCATTER_{name}"]))

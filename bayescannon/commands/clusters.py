@@ -12,7 +12,14 @@ from bayescannon.io import read_labels
 from bayescannon.plots import new_figure
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
-from bayescannon.validate.clusters import cluster_statistics, cluster_trends, match_members, read_apogee_cluster_members
+from bayescannon.validate.clusters import (
+    LITERATURE_TABLE,
+    cluster_statistics,
+    cluster_trends,
+    literature_table,
+    match_members,
+    read_apogee_cluster_members,
+)
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
 
 NAME = "clusters"
@@ -103,6 +110,17 @@ def run(args) -> int:
         "usable members in the catalogue."
     )
     rep.add_table(stats, caption="per cluster: median, scatter (std), half 16-84 width, literature, offset")
+    if lit is None:
+        shipped = literature_table()
+        refs = "; ".join(f"{k}: {v}" for k, v in shipped.meta.get("references", {}).items())
+        blank = [str(r["CLUSTER"]) for r in shipped if np.ma.is_masked(r["FE_H"])]
+        rep.add_text(
+            f"Literature [Fe/H]: the shipped table (bayescannon/data/{LITERATURE_TABLE}; LIT_SOURCE per "
+            f"cluster). References: {refs}. No sourced value for {', '.join(blank)}: their offsets are masked; "
+            "give your own table with --literature."
+        )
+    else:
+        rep.add_text(f"Literature values from {Path(args.literature).name}.")
     ys = [n for n in ("FE_H", "ALPHA_FE", "ALPHA_M", "M_H") if n in names]
     if "TEFF" in names and ys:
         trends = cluster_trends(

@@ -43,8 +43,15 @@ def add_arguments(p):
         choices=list(RECIPES),
         default=RECIPES[0],
         help="nandakumar2022 (default): error scale from the variance of the normalised pair differences, "
-        "precision from the best-S/N visit against each other visit (no sqrt 2); robust: half 16-84th "
-        "percentile widths of all pairs, precision divided by sqrt 2",
+        "precision from the best-S/N visit against each other visit (no sqrt 2; the best visit's own "
+        "scaled variance subtracted); robust: half 16-84th percentile widths of all pairs, precision "
+        "divided by sqrt 2",
+    )
+    p.add_argument(
+        "--keep-best-variance",
+        action="store_true",
+        help="nandakumar2022: do not subtract the best visit's variance (the paper read literally; its "
+        "floor is sqrt 2 too wide for visits of similar S/N)",
     )
     p.add_argument(
         "--pair-width",
@@ -108,6 +115,7 @@ def run(args) -> int:
         snr_bins=args.snr_bins,
         min_pairs=args.min_pairs,
         per_measurement=False if args.pair_width else None,
+        subtract_best=not args.keep_best_variance,
         ids=ids,
     )
     calibrated = cal.apply(e, snr)

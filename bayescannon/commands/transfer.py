@@ -67,6 +67,22 @@ def run(args) -> int:
             if step == "validate" and summary.get("statistics"):
                 for name, s in summary["statistics"].items():
                     print(f"    cross-validation {name}: bias {s['bias']:.4g}, scatter {s['rms']:.4g}")
+            pre = summary.get("preselect") if step == "infer" else None
+            if isinstance(pre, dict) and pre.get("enabled"):
+                if "skipped" in pre:
+                    print(f"    pre-selection (Ho+2017) skipped: {pre['skipped']}")
+                else:
+                    print(
+                        f"    pre-selection (Ho+2017): {pre['n_dropped']} of {pre['n_in']} stars beyond "
+                        f"{pre['cut']:g} of the training set on their {', '.join(pre['labels'])} not labelled"
+                        + (f"; {pre['n_untested']} without pipeline labels kept untested" if pre["n_untested"] else "")
+                    )
+            if step == "bootstrap" and summary.get("statistics"):
+                for name, b in summary["statistics"].items():
+                    print(
+                        f"    bootstrap {name}: median e_BOOT {b['median_e_boot']:.4g}; CV scatter over "
+                        f"{summary['n_models']} models {b['cv_scatter_median']:.4g} +- {b['cv_scatter_spread']:.2g}"
+                    )
             if step == "catalogue":
                 print(f"    catalogue: {summary['catalogue']}")
                 print(f"    skipped/excluded files and stars (with reasons): {summary['excluded']}")

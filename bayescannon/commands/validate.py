@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from bayescannon.bayes.calibration import calibrate_from_predictions
+from bayescannon.censoring import resolve_censors
 from bayescannon.commands._common import (
     add_dask_argument,
     add_training_arguments,
@@ -104,11 +105,12 @@ def _run(args, executor) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ds = load_spectra(args.spectra)
     labels = join_labels(ds, args.labels_table, args.labels, args.id_column) if args.labels_table else ds
+    censors = parse_censors(args.censor) or None
     model = CannonModel(
         args.labels,
         args.order,
         regularization=args.regularization,
-        censors=parse_censors(args.censor) or None,
+        censors=censors,
         random_state=args.seed,
     )
     snr = ds[args.snr_column].values if args.snr_column in ds else None
@@ -123,9 +125,26 @@ def _run(args, executor) -> int:
         progressbar=not args.no_progress,
         executor=executor,
     )
+    cv_summary = cv.summary
+    if censors:
+        # the same folds without censoring: the scatter of censored labels is reported beside
+        # the uncensored one (Nandakumar+2022 §3.4)
+        plain = CannonModel(args.labels, args.order, regularization=args.regularization, random_state=args.seed)
+        cv_unc = cross_validate(
+            plain,
+            ds,
+            labels=labels,
+            n_folds=args.n_folds,
+            random_state=args.seed,
+            snr=snr,
+            n_jobs=args.n_jobs,
+            progressbar=not args.no_progress,
+            executor=executor,
+        )
+        cv_summary = _with_uncensored(cv.summary, cv_unc.summary, model)
     files = [
         write_table(cv.to_table(), out / "cv_predictions.fits", overwrite=args.overwrite),
-        write_table(cv.summary, out / "cv_summary.ecsv", overwrite=args.overwrite),
+        write_table(cv_summary, out / "cv_summary.ecsv", overwrite=args.overwrite),
         write_table(cv.by_label, out / "cv_by_label.ecsv", overwrite=args.overwrite),
     ]
     rep = Report(f"Cross-validation of {' '.join(args.labels)}", formats=args.plot_formats)
@@ -135,7 +154,11 @@ def _run(args, executor) -> int:
         f"regularization {args.regularization}."
     )
     rep.add_heading("Bias and scatter per label")
-    rep.add_table(cv.summary, caption="cross-validated labels − reference labels")
+    rep.add_table(
+        cv_summary,
+        caption="cross-validated labels − reference labels"
+        + ("; *_UNCENSORED: the same folds without censoring; CENSORED: the label is censored" if censors else ""),
+    )
     units = {"TEFF": "K"}
     ref, inf = cv.predictions["reference"].values, cv.predictions["labels"].values
     rep.add_figure(
@@ -192,6 +215,15 @@ def _run(args, executor) -> int:
             for r in cv.summary
         }
     }
+    if "RMS_UNCENSORED" in cv_summary.colnames:
+        summary["cv_uncensored"] = {
+            r["LABEL"]: {
+                "bias": float(r["BIAS_UNCENSORED"]),
+                "rms": float(r["RMS_UNCENSORED"]),
+                "censored": bool(r["CENSORED"]),
+            }
+            for r in cv_summary
+        }
     if coverage is not None:
         summary.update(summary_cal)
     if args.bootstrap:
@@ -232,6 +264,22 @@ def _run(args, executor) -> int:
         )
     )
     return 0 if np.isfinite(cv.summary["RMS"]).all() else 1
+
+
+def _with_uncensored(censored, uncensored, model):
+    """The CV summary of the censored model with the uncensored model's bias and scatter
+    beside it (``BIAS_UNCENSORED``, ``RMS_UNCENSORED``, ``HALF_P16_84_UNCENSORED``) and
+    ``CENSORED`` (whether the label is censored), rows matched by label."""
+    import numpy as np
+
+    out = censored.copy()
+    unc = {str(r["LABEL"]): r for r in uncensored}
+    for col in ("BIAS", "RMS", "HALF_P16_84"):
+        out[f"{col}_UNCENSORED"] = [float(unc[str(n)][col]) for n in out["LABEL"]]
+        out[f"{col}_UNCENSORED"].description = f"{col} of the same folds without censoring"
+    windows = resolve_censors(model.censors, model.label_names) or {}
+    out["CENSORED"] = np.array([str(n) in windows for n in out["LABEL"]], dtype=bool)
+    return out
 
 
 def _calibrate_on_cv(model, cv, ds, snr):

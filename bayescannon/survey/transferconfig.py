@@ -25,7 +25,7 @@ from bayescannon.survey.reference import QualityCuts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULTS", "STEPS", "TransferConfig"]
+__all__ = ["DEFAULTS", "PRESETS", "STEPS", "TransferConfig"]
 
 
 #: Pipeline steps, in order.
@@ -38,9 +38,21 @@ STEPS: tuple[str, ...] = (
     "train",
     "validate",
     "infer",
+    "bootstrap",
     "catalogue",
     "evaluate",
 )
+
+#: Recipes a configuration starts from (top-level ``preset``): the values of the options
+#: left unset (``None``) in :data:`DEFAULTS`. ``"ho2017"`` (the default) is Ho et al.
+#: (2017): only target stars whose own pipeline labels lie near the training set's are
+#: labelled (``[preselect]``, cut 2.5), and the label uncertainty due to the finite
+#: reference set comes from 20 bootstrap models, each cross-validated (``[bootstrap]``).
+#: ``"none"``: neither.
+PRESETS: dict[str, dict[str, dict]] = {
+    "ho2017": {"preselect": {"enabled": True}, "bootstrap": {"enabled": True}},
+    "none": {"preselect": {"enabled": False}, "bootstrap": {"enabled": False}},
+}
 
 #: Default configuration; ``None`` marks a required value. Sections and keys not listed
 #: here are rejected (typos fail loudly).
@@ -48,6 +60,7 @@ DEFAULTS: dict = {
     "label_names": None,
     "output": "transfer_output",
     "seed": 0,
+    "preset": "ho2017",
     "reference": {
         "name": "REF",
         "catalogue": None,
@@ -107,9 +120,19 @@ DEFAULTS: dict = {
         "n_folds": 8,
         "n_jobs": 1,
     },
+    "preselect": {
+        "enabled": None,
+        "cut": 2.5,
+        "n_neighbours": 1,
+    },
     "infer": {
         "n_starts": None,
         "chunk_size": 2000,
+    },
+    "bootstrap": {
+        "enabled": None,
+        "n_models": 20,
+        "n_folds": None,
     },
     "evaluate": {
         "truth": None,
@@ -128,7 +151,8 @@ _STEP_SECTIONS = {
     "cleanup": ["cleanup", "seed", "train"],
     "train": [],
     "validate": ["validate"],
-    "infer": ["infer"],
+    "infer": ["preselect", "infer"],
+    "bootstrap": ["bootstrap"],
     "catalogue": [],
     "evaluate": ["evaluate"],
 }
@@ -260,6 +284,13 @@ class TransferConfig:
             raise InvalidInputError(f"configuration must be a mapping; got {type(data).__name__}")
         self.base_dir = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
         self.data = _merge(DEFAULTS, data, "")
+        preset = self.data["preset"]
+        if preset not in PRESETS:
+            raise InvalidInputError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}")
+        for section, values in PRESETS[preset].items():
+            for key, value in values.items():
+                if self.data[section][key] is None:
+                    self.data[section][key] = value
         self.has_evaluate = "evaluate" in data
         d = self.data
         names = d["label_names"]
@@ -305,6 +336,20 @@ class TransferConfig:
             raise InvalidInputError("[evaluate] needs 'truth' (a table of true labels)")
         if self.has_evaluate and not d["evaluate"]["id_column"]:
             raise InvalidInputError("[evaluate] needs 'id_column' (the truth column matching the spectra ids)")
+        pre = d["preselect"]
+        if not isinstance(pre["enabled"], bool):
+            raise InvalidInputError(f"[preselect] enabled must be true or false; got {pre['enabled']!r}")
+        if not (isinstance(pre["cut"], (int, float)) and pre["cut"] > 0):
+            raise InvalidInputError(f"[preselect] cut must be a number > 0; got {pre['cut']!r}")
+        if not (isinstance(pre["n_neighbours"], int) and pre["n_neighbours"] >= 1):
+            raise InvalidInputError(f"[preselect] n_neighbours must be an integer >= 1; got {pre['n_neighbours']!r}")
+        boot = d["bootstrap"]
+        if not isinstance(boot["enabled"], bool):
+            raise InvalidInputError(f"[bootstrap] enabled must be true or false; got {boot['enabled']!r}")
+        if not (isinstance(boot["n_models"], int) and boot["n_models"] >= 2):
+            raise InvalidInputError(f"[bootstrap] n_models must be an integer >= 2; got {boot['n_models']!r}")
+        if boot["n_folds"] is not None and not (isinstance(boot["n_folds"], int) and boot["n_folds"] >= 2):
+            raise InvalidInputError(f"[bootstrap] n_folds must be an integer >= 2 (or unset); got {boot['n_folds']!r}")
         if d["cuts"]:
             QualityCuts.from_dict(d["cuts"])  # validate now, not after an hour of reading
         self.output_dir = self.path(d["output"])

@@ -25,6 +25,7 @@ from bayescannon.survey.transferconfig import (
     _write_netcdf,
 )
 from bayescannon.survey.transferevaluate import _nanmean, _nanstd, evaluate
+from bayescannon.survey.transferrecipes import bootstrap_cross_validated, preselect
 from bayescannon.validate.crossval import cross_validate
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class _ModelSteps:
         self.manifest("train")
         model = CannonModel.load(self.step_dir("train") / "model.nc")
         ds = self._load_preprocessed()
+        ds, pre_info = self._preselect(ds)
         cfg = self.config.data["infer"]
         result = model.infer(ds, n_starts=cfg["n_starts"], chunk_size=int(cfg["chunk_size"]))
         _write_netcdf(result, self.step_dir("infer") / "labels.nc")
@@ -209,12 +211,128 @@ class _ModelSteps:
                 n_failed,
                 ", ".join(map(str, bad[:5])),
             )
-        return {"n_stars": int(result.sizes["star"]), "n_failed": n_failed, "n_flagged": int((flags != 0).sum())}
+        return {
+            "n_stars": int(result.sizes["star"]),
+            "n_failed": n_failed,
+            "n_flagged": int((flags != 0).sum()),
+            "preselect": pre_info,
+        }
+
+    def _preselect(self, ds: xr.Dataset) -> tuple[xr.Dataset, dict]:
+        """Ho+2017 pre-selection (:func:`~bayescannon.survey.transferrecipes.preselect`) of the
+        stars to label on the target survey's own pipeline labels; writes ``preselection.fits``
+        and the dropped stars to the infer step's ``excluded.fits``."""
+        cfg = self.config.data["preselect"]
+        self._write_excluded("infer", [])
+        if not cfg["enabled"]:
+            return ds, {"enabled": False}
+        tname = self.config.data["target"]["name"]
+        targets = self._read_table("crossmatch", "targets.fits")
+        cols = [f"{tname}_{n}" for n in self.config.label_names if f"{tname}_{n}" in targets.colnames]
+        if not cols:
+            why = f"no pipeline labels of {tname} ([target] catalogue and labels) to test the stars on"
+            logger.warning("preselect: skipped: %s; every star is labelled", why)
+            return ds, {"enabled": True, "skipped": why}
+        t_ids = np.asarray(targets["ID"]).astype(str)
+        t_lab = np.column_stack([_as_float(targets[c]) for c in cols])
+        train_ids = np.asarray(self._read_table("cleanup", "training_set.fits")["ID"]).astype(str)
+        ids = np.asarray(ds["star"].values).astype(str)
+        rows, hit = join_ids(ids, t_ids, what=f"the {tname} pipeline labels", require="none")
+        lab = np.where(hit[:, None], t_lab[np.maximum(rows, 0)], np.nan)
+        tr_rows, tr_hit = join_ids(train_ids, t_ids, what=f"the {tname} pipeline labels", require="none")
+        selected, distance = preselect(
+            lab,
+            t_lab[tr_rows[tr_hit]],
+            cut=float(cfg["cut"]),
+            n_neighbours=int(cfg["n_neighbours"]),
+        )
+        table = Table()
+        table["ID"] = ids
+        table["PRESELECT_DISTANCE"] = MaskedColumn(distance, mask=~np.isfinite(distance))
+        table["PRESELECTED"] = selected
+        table.meta["CUT"] = float(cfg["cut"])
+        table.meta["LABELS"] = ",".join(cols)
+        write_table(table, self.step_dir("infer") / "preselection.fits", overwrite=True)
+        cut = float(cfg["cut"])
+        rows_ex = [
+            (
+                i,
+                "",
+                "infer",
+                False,
+                f"pre-selection: {tname} pipeline labels at distance {d:.2f} > {cut:g} from the training set's",
+            )
+            for i, d in zip(ids[~selected], distance[~selected])
+        ]
+        self._write_excluded("infer", rows_ex)
+        n_untested = int((~np.isfinite(distance)).sum())
+        logger.info(
+            "preselect: %d of %d star(s) beyond %.3g of the training set on their %s labels are not labelled%s",
+            len(rows_ex),
+            ids.size,
+            cut,
+            tname,
+            f"; {n_untested} without {tname} labels kept untested" if n_untested else "",
+        )
+        return ds.isel(star=np.flatnonzero(selected)), {
+            "enabled": True,
+            "cut": cut,
+            "labels": cols,
+            "n_in": int(ids.size),
+            "n_dropped": len(rows_ex),
+            "n_untested": n_untested,
+        }
+
+    # ---------------------------------------------------------------- step: bootstrap
+    def _step_bootstrap(self) -> dict:
+        """Ho+2017 bootstrap (:func:`~bayescannon.survey.transferrecipes.bootstrap_cross_validated`)
+        of the labelled stars: ``bootstrap.fits`` (per-star ``e_BOOT_*``) and
+        ``bootstrap_models.fits`` (per-model CV scatter)."""
+        self.manifest("infer")
+        cfg = self.config.data["bootstrap"]
+        if not cfg["enabled"]:
+            _write_json(self.step_dir("bootstrap") / "skipped.json", {"enabled": False})
+            return {"skipped": True}
+        training = self._read_table("cleanup", "training_set.fits")
+        all_ds = self._load_preprocessed()
+        ref = self._select(all_ds, np.asarray(training["ID"]).astype(str))
+        result = xr.load_dataset(self.step_dir("infer") / "labels.nc", engine="h5netcdf")
+        ids = np.asarray(result["star"].values).astype(str)
+        tgt = self._select(all_ds, ids)
+        n_folds = cfg["n_folds"] if cfg["n_folds"] is not None else self.config.data["validate"]["n_folds"]
+        boot = bootstrap_cross_validated(
+            self._model_template(),
+            np.asarray(ref["flux"].values),
+            np.asarray(ref["ivar"].values),
+            self._labels_of(training),
+            test_flux=np.asarray(tgt["flux"].values),
+            test_ivar=np.asarray(tgt["ivar"].values),
+            test_ids=ids,
+            n_models=int(cfg["n_models"]),
+            n_folds=int(n_folds),
+            random_state=int(self.config.data["seed"]),
+            wavelength=np.asarray(ref["wavelength"].values),
+            n_jobs=int(self.config.data["validate"]["n_jobs"]),
+            chunk_size=int(self.config.data["infer"]["chunk_size"]),
+        )
+        write_table(boot.star_table(), self.step_dir("bootstrap") / "bootstrap.fits", overwrite=True)
+        models = boot.model_table()
+        write_table(models, self.step_dir("bootstrap") / "bootstrap_models.fits", overwrite=True)
+        med = np.nanmedian(boot.std, axis=0)
+        stats = {
+            n: {
+                "median_e_boot": float(med[k]),
+                "cv_scatter_median": float(np.nanmedian(boot.cv_scatter[:, k])),
+                "cv_scatter_spread": float(np.nanstd(boot.cv_scatter[:, k], ddof=1)),
+            }
+            for k, n in enumerate(boot.label_names)
+        }
+        return {"n_models": boot.n_models, "n_folds": int(n_folds), "n_stars": int(ids.size), "statistics": stats}
 
     # ---------------------------------------------------------------- step: catalogue
     def _all_excluded(self) -> Table:
         parts = []
-        for step in ("read", "preprocess", "crossmatch", "cuts", "cleanup"):
+        for step in ("read", "preprocess", "crossmatch", "cuts", "cleanup", "infer"):
             path = self.step_dir(step) / "excluded.fits"
             if path.is_file():
                 parts.append(Table.read(path))
@@ -312,6 +430,21 @@ class _ModelSteps:
         status[in_hold] = "holdout"
         table["IN_TRAINING"] = in_train
         table["REFERENCE_STATUS"] = np.asarray(status, dtype=str)
+        boot_path = self.step_dir("bootstrap") / "bootstrap.fits"
+        if self.config.data["bootstrap"]["enabled"] and boot_path.is_file():
+            self.manifest("bootstrap")
+            boot = Table.read(boot_path)
+            b_rows, b_hit = join_ids(ids, boot["ID"], what="the bootstrap errors", require="none")
+            for n in self.config.label_names:
+                vals = _as_float(boot[f"e_BOOT_{n}"])[np.maximum(b_rows, 0)]
+                vals = np.where(b_hit, vals, np.nan)
+                table[f"e_BOOT_{n}"] = MaskedColumn(
+                    vals,
+                    mask=~np.isfinite(vals),
+                    unit=table[n].unit,
+                    description=f"{n}: spread over the bootstrap models (Ho+2017)",
+                )
+            table.meta["NBOOT"] = int(self.config.data["bootstrap"]["n_models"])
         table.meta["REFNAME"] = rname
         table.meta["TGTNAME"] = tname
         return table, excluded
@@ -332,7 +465,8 @@ class _ModelSteps:
             "n_training": int(in_train.sum()),
             "n_holdout": int(in_hold.sum()),
             "n_excluded": {
-                s: int((excluded["STEP"] == s).sum()) for s in ("read", "preprocess", "crossmatch", "cuts", "cleanup")
+                s: int((excluded["STEP"] == s).sum())
+                for s in ("read", "preprocess", "crossmatch", "cuts", "cleanup", "infer")
             },
             "n_unlabelled": int((~excluded["LABELLED"]).sum()) if len(excluded) else 0,
         }

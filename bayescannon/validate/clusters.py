@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -42,28 +44,16 @@ __all__ = [
     "match_members",
     "cluster_statistics",
     "cluster_trends",
-    "LITERATURE_FE_H",
+    "LITERATURE_FE_H",  # noqa: F822 -- module __getattr__: read from the package data on first use
+    "LITERATURE_TABLE",
+    "literature_table",
 ]
 
-#: Literature [Fe/H] of clusters in the APOGEE DR10 member table (names as there).
-#: Globular clusters: Harris (1996; 2010 edition). M67: solar; Pleiades: Soderblom+2009.
-#: Approximate reference values for a consistency check; pass your own with
-#: ``literature=`` for a publication.
-LITERATURE_FE_H = {
-    "M92": -2.31,
-    "M15": -2.37,
-    "M53": -2.10,
-    "N5466": -1.98,
-    "N4147": -1.80,
-    "M2": -1.65,
-    "M13": -1.53,
-    "M3": -1.50,
-    "M5": -1.29,
-    "M107": -1.02,
-    "M71": -0.78,
-    "M67": 0.00,
-    "Pleiades": 0.03,
-}
+#: Package-data table of literature [Fe/H] for the clusters of the APOGEE DR10 member list,
+#: with a source per row (:func:`literature_table`). Globular clusters: Harris (1996; 2010
+#: edition); Pleiades: Soderblom+2009; the other open clusters are left blank (no checked
+#: reference at hand; see the table's notes). ``LITERATURE_FE_H`` is its ``{cluster: [Fe/H]}``.
+LITERATURE_TABLE = "apogee_dr10_cluster_literature.ecsv"
 
 #: Membership-probability columns looked for (case-insensitive, in this order) when
 #: ``probability_column="auto"``.
@@ -253,10 +243,40 @@ def match_members(ids, membership: Table, *, id_column: str = "ID", cluster_colu
     return out
 
 
+@lru_cache(maxsize=1)
+def _literature_table() -> Table:
+    with resources.as_file(resources.files("bayescannon") / "data" / LITERATURE_TABLE) as path:
+        return Table.read(path, format="ascii.ecsv")
+
+
+def literature_table() -> Table:
+    """The shipped literature table of the DR10 clusters (``CLUSTER``, ``NGC``, ``TYPE``,
+    ``FE_H`` masked where no sourced value is given, ``SOURCE``; full references in
+    ``meta["references"]``, caveats in ``meta["notes"]``). A copy."""
+    return _literature_table().copy()
+
+
+def __getattr__(name):
+    if name == "LITERATURE_FE_H":  # read from the package data on first use, not at import
+        t = _literature_table()
+        return {str(r["CLUSTER"]): float(r["FE_H"]) for r in t if not np.ma.is_masked(r["FE_H"])}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _literature_sources(literature) -> dict:
+    """{cluster: source} of a literature table with a ``SOURCE`` column (the shipped one by default)."""
+    if literature is None:
+        literature = _literature_table()
+    if not isinstance(literature, Table) or "SOURCE" not in literature.colnames:
+        return {}
+    refs = literature.meta.get("references", {}) if isinstance(literature.meta.get("references"), Mapping) else {}
+    return {str(r["CLUSTER"]): str(refs.get(str(r["SOURCE"]), r["SOURCE"])) for r in literature}
+
+
 def _literature(literature, label_names):
     """{cluster: {label: value}} from a mapping or a table (CLUSTER + label columns)."""
     if literature is None:
-        return {c: {"FE_H": v} for c, v in LITERATURE_FE_H.items()} if "FE_H" in label_names else {}
+        literature = _literature_table()
     if isinstance(literature, Table):
         if "CLUSTER" not in literature.colnames:
             raise InvalidInputError("literature table needs a CLUSTER column")
@@ -300,7 +320,8 @@ def cluster_statistics(
     label_names : list of str
     literature : mapping or Table, optional
         ``{cluster: [Fe/H]}``, ``{cluster: {label: value}}`` or a table with
-        ``CLUSTER`` and label columns; default :data:`LITERATURE_FE_H`.
+        ``CLUSTER`` and label columns (and optionally ``SOURCE``); default the shipped
+        :func:`literature_table` ([Fe/H] with a source per cluster).
     min_members : int
         Clusters with fewer usable members get ``STATUS = "skipped …"`` and masked
         statistics.
@@ -315,7 +336,8 @@ def cluster_statistics(
         ``CLUSTER``, ``N_MEMBERS`` (in the membership table), ``N_LOW_PROB`` (members
         below the probability cut; 0 without a cut), ``N_MATCHED`` (members above the
         cut found in the catalogue), ``N_USED``, then per label ``MEDIAN_<L>``, ``SCATTER_<L>`` (std),
-        ``HALF_P16_84_<L>``, ``LIT_<L>`` and ``OFFSET_<L>`` (median − literature), and
+        ``HALF_P16_84_<L>``, ``LIT_<L>`` and ``OFFSET_<L>`` (median − literature),
+        ``LIT_SOURCE`` (the reference of the literature values, where the table gives one) and
         ``STATUS``.
     """
     y = np.asarray(labels, dtype=float)
@@ -334,6 +356,7 @@ def cluster_statistics(
     if use.shape != ids.shape:
         raise ShapeMismatchError(f"good has shape {use.shape}; expected {ids.shape}")
     lit = _literature(literature, label_names)
+    sources = _literature_sources(literature)
     names, n_members = np.unique(np.asarray(membership[cluster_column]).astype(str), return_counts=True)
     kept_cl = np.asarray(kept[cluster_column]).astype(str)
     rows = []
@@ -354,6 +377,7 @@ def cluster_statistics(
             lv = lit.get(c, {}).get(name, np.nan)
             row[f"LIT_{name}"] = lv
             row[f"OFFSET_{name}"] = med - lv
+        row["LIT_SOURCE"] = sources.get(c, "") if any(np.isfinite(row[f"LIT_{n}"]) for n in label_names) else ""
         row["STATUS"] = (
             "ok"
             if ok
