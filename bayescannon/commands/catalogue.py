@@ -201,7 +201,7 @@ def run(args) -> int:
     alpha = next((n for n in ("ALPHA_M", "ALPHA_FE") if n in names), None)
     if alpha and "FE_H" in names:
         rep.add_figure(
-            alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)]),
+            alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)], alpha_name=alpha),
             "alpha_feh",
             caption=f"{alpha} vs [Fe/H] ({which})",
         )
