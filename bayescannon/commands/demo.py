@@ -30,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--outdir", default="demo_output", help="folder for the model, catalogue and plot")
     p.add_argument("--n-train", type=int, default=1500, help="training stars")
     p.add_argument("--n-test", type=int, default=1000, help="test stars")
-    p.add_argument("--instrument", default="apogee")
+    p.add_argument("--instrument", default="apogee", help="simulated instrument: apogee, lamost or galah")
     p.add_argument("--seed", type=int, default=1)
 
 

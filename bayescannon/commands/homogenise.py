@@ -28,7 +28,8 @@ def add_arguments(p):
     p.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
-    p.add_argument("--propagation", choices=["linear", "exact"], default="linear")
+    p.add_argument("--propagation", choices=["linear", "exact"], default="linear",
+                   help="propagation of input errors through the offset models")  # fmt: skip
 
 
 def _paths(args):

@@ -23,11 +23,12 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, help="posterior file to write (.nc or .zarr)")
     p.add_argument("--ids", nargs="+", metavar="ID", help="star ids to sample (default: all stars)")
     p.add_argument("--ids-file", help="text file with one star id per line")
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--tune", type=int, default=1000)
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000, help="posterior draws kept per chain")
+    p.add_argument("--tune", type=int, default=1000, help="tuning (warm-up) steps per chain, discarded")
+    p.add_argument("--chains", type=int, default=4, help="independent chains per star (R-hat needs >= 2)")
     p.add_argument("--batch-size", type=int, default=1, help="stars per sampled model")
-    p.add_argument("--prior", choices=["uniform", "normal"], default="uniform")
+    p.add_argument("--prior", choices=["uniform", "normal"], default="uniform",
+                   help="label prior: uniform over the training range widened by 25%% each side, or normal")  # fmt: skip
     p.add_argument("--no-theta-uncertainty", action="store_true", help="do not propagate the uncertainty of theta")
     p.add_argument("--summary", help="also write the diagnostics table (.csv)")
     p.add_argument("--seed", type=int, default=0)
