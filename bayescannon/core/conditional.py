@@ -19,7 +19,7 @@ This module holds the two pieces that make the coverage *conditional* (see
    (quintiles of every scaled estimated label, and quintiles of the star's noise
    fraction ``u_nk`` = noise variance / total variance, a proxy of S/N). The effects are
    fitted by raking (iterative proportional fitting of the 68 % quantile of the
-   standardised |residual| in every bin, shrunk towards 0 by ``m/(m + m₀)`` for a bin of
+   standardised ``|residual|`` in every bin, shrunk towards 0 by ``m/(m + m₀)`` for a bin of
    ``m`` stars): each marginal bin then covers at the global rate. A factor never takes
    the calibrated variance below its noise part (``s ≥ √u``).
 """
@@ -323,7 +323,7 @@ def binned_coverage(inside, by, n_bins=_N_BINS):
 
 
 def spectrum_snr(flux, ivar):
-    """S/N per star: median of |flux|·√ivar over usable pixels (ivar > 0); NaN without any."""
+    """S/N per star: median of ``|flux|·√ivar`` over usable pixels (ivar > 0); NaN without any."""
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
