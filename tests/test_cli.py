@@ -324,3 +324,22 @@ def test_training_progress_bar_measures_pixels(monkeypatch):
     assert counts == sorted(counts) and counts[-1] == p
     # one update per iteration that ran, one at the end; the bar was not full before the last pass
     assert result.n_iter + 1 <= len(counts) <= result.n_iter + 2 and counts[0] < p
+
+
+def test_calibrate_writes_its_figures_with_proper_axis_labels(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    train, test = tmp_path / "train.nc", tmp_path / "test.nc"
+    assert main(["simulate", "-o", str(train), "-n", "150", "--seed", "3"]) == 0
+    assert main(["simulate", "-o", str(test), "-n", "120", "--seed", "4"]) == 0
+    model = tmp_path / "model.nc"
+    argv = ["train", str(train), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H", "--no-progress"]
+    assert main(argv) == 0
+    figs = tmp_path / "figs"
+    assert main(["calibrate", str(model), str(test), "--figures", str(figs)]) == 0
+    names = sorted(p.name for p in figs.iterdir())
+    assert names == ["coverage_curve.png", "coverage_map.png", "errors_vs_snr.png", "zscores.png"]
+    assert all(imread(figs / n).shape[0] > 100 for n in names)
+    assert "wrote 4 figures" in capsys.readouterr().out
+    # a second run does not replace them without --overwrite
+    assert main(["calibrate", str(model), str(test), "--figures", str(figs), "-o", str(tmp_path / "m2.nc")]) == 1

@@ -80,7 +80,7 @@ def new_figure(n_panels=1, *, ncols=None, panel=(3.6, 3.4), sharex=False, sharey
     return fig, axes.ravel()[:n_panels]
 
 
-def save_figure(fig, path, *, formats=None, dpi: int = 110) -> list[Path]:
+def save_figure(fig, path, *, formats=None, dpi: int = 110, overwrite: bool = True) -> list[Path]:
     """Write a figure atomically (an existing file is replaced).
 
     Parameters
@@ -93,6 +93,9 @@ def save_figure(fig, path, *, formats=None, dpi: int = 110) -> list[Path]:
         Formats (e.g. ``("png", "pdf")``) that replace the suffix of ``path``.
     dpi : int
         Resolution of raster formats.
+    overwrite : bool
+        Replace an existing file (reports refresh their figures); False raises
+        :class:`~bayescannon.errors.OutputExistsError` instead.
 
     Returns
     -------
@@ -106,7 +109,7 @@ def save_figure(fig, path, *, formats=None, dpi: int = 110) -> list[Path]:
     bbox = None if fig.get_layout_engine() is not None else "tight"
     for fmt in formats or [path.suffix.lstrip(".") or "png"]:
         p = path.with_suffix(f".{fmt}")
-        with atomic_path(p, overwrite=True) as tmp:
+        with atomic_path(p, overwrite=overwrite) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=bbox)
         out.append(p)
     return out
