@@ -12,7 +12,7 @@ from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.homogenise import Homogeniser, load_config
 from bayescannon.plots import kiel_diagram, new_figure
 from bayescannon.report import Report
-from bayescannon.results import label_units_text
+from bayescannon.results import label_axis_text
 from bayescannon.survey.catalogue import write_table
 
 NAME = "homogenise"
@@ -58,10 +58,8 @@ def trends_figure(trends, labels):
         for r in [r for r in trends if r["LABEL"] == lab and r["X"].endswith(f"_{lab}")][:6]:
             ax.plot(r["BINS"], r["MEDIANS"], marker="o", label=r["PAIR"])
         ax.axhline(0.0, color="k", lw=0.5)
-        unit = label_units_text(lab)
-        suffix = f" [{unit}]" if unit else ""
-        ax.set_xlabel(f"{lab}{suffix}")
-        ax.set_ylabel(f"Δ{lab}, pair median after calibration{suffix}")
+        ax.set_xlabel(label_axis_text(lab))
+        ax.set_ylabel(label_axis_text(lab, delta=True, prefix="pair median after calibration: "))
         ax.legend(fontsize=6)
     return fig
 
