@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup warmup lint demo test test-all bench bench-quick bench-all clean
+.PHONY: setup warmup lint demo test test-all docs bench bench-quick bench-all clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,14 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
+# the documentation site (docs/_build/html): warnings are errors, notebooks are executed
+$(VENV)/.docs: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	@touch $@
+
+docs: $(VENV)/.docs
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 $(VENV)/.bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	@touch $@
@@ -56,4 +64,4 @@ bench-all: $(VENV)/.bench
 	$(PY) benchmarks/bench_validate.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache docs/_build docs/api docs/notebooks docs/jupyter_execute

@@ -20,10 +20,11 @@ from bayescannon._version import __version__
 from bayescannon.commands._outputs import check_outputs, input_paths
 from bayescannon.errors import BayesCannonError
 
-__all__ = ["main", "build_parser", "check_command_outputs"]
+__all__ = ["main", "build_parser", "check_command_outputs", "HelpFormatter", "STANDARD_HELP"]
 
 
 def _commands():
+    """The command modules of :mod:`bayescannon.commands`, sorted by name."""
 
     mods = []
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
@@ -47,9 +48,10 @@ def _shown_default(action: argparse.Action) -> str | None:
     return shown.replace("%", "%%")
 
 
-class _DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Append ``(default: X)`` to an option's help unless the help already names its default,
-    so that every option with a default shows it in ``--help``."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The one ``--help`` style of every command: descriptions keep their line breaks
+    (paragraphs, examples) and ``(default: X)`` is appended to an option's help unless the
+    help already names its default, so that every option with a default shows it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -59,10 +61,32 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
+#: Help of options that many commands share, used where a command gives none, so that the
+#: same option reads the same in every ``--help``.
+STANDARD_HELP = {
+    "seed": "seed of the random number generator",
+    "report_format": "format of the report",
+    "plot_formats": "formats of the figures (one file per format)",
+    "no_progress": "no progress bar",
+    "id_column": "column of the star ids",
+    "snr_column": "column of the signal-to-noise ratio",
+    "chunk_size": "stars per chunk (bounds the memory used)",
+    "outdir": "output folder",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bayescannon`` parser with one sub-parser per command module.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Also what the documentation's CLI reference is generated from.
+    """
     parser = argparse.ArgumentParser(
         prog="bayescannon",
         description="Put the spectra of one stellar survey onto the label scale of another.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"bayescannon {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -72,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
             mod.NAME,
             help=mod.HELP,
             description=getattr(mod, "DESCRIPTION", mod.HELP),
-            formatter_class=_DefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         mod.add_arguments(p)
         for action in p._actions:  # an option without help text still shows its default
+            if action.help is None and action.dest in STANDARD_HELP:
+                action.help = STANDARD_HELP[action.dest]
             if action.help is None and _shown_default(action) is not None:
                 action.help = f"default: {_shown_default(action)}"
         p.add_argument(

@@ -8,53 +8,144 @@ posteriors) uses the dimension ``label_name`` and carries ``units`` attributes f
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
-__all__ = ["LABEL_UNITS", "LABEL_DESCRIPTIONS", "label_unit", "label_description"]
+__all__ = [
+    "LabelInfo",
+    "LABEL_METADATA",
+    "LABEL_UNITS",
+    "LABEL_DESCRIPTIONS",
+    "label_info",
+    "label_unit",
+    "label_description",
+    "label_display_name",
+    "label_axis_text",
+    "label_units_text",
+    "set_label_units",
+    "LABEL_DIM",
+    "LABEL_DIM2",
+]
 
-LABEL_UNITS = {
-    "TEFF": "K",
-    "VMACRO": "km/s",
-    "VMIC": "km/s",
-    "VSINI": "km/s",
-    "VBROAD": "km/s",
-    "RV": "km/s",
-    "RA": "deg",
-    "DEC": "deg",
+
+class LabelInfo(NamedTuple):
+    """Metadata of one label: how figures name it, its units, how catalogues describe it.
+
+    Attributes
+    ----------
+    display : str
+        Name for figures (matplotlib mathtext allowed): ``"$T_\\mathrm{eff}$"``, ``"[Fe/H]"``.
+    units : str
+        Units as text (``"K"``, ``"dex"``, ``"km/s"``; ``""`` when dimensionless or unknown).
+    fits_unit : str or None
+        Unit written to FITS columns; None for dex, which does not survive a FITS round trip.
+    description : str
+        Human description written beside catalogue columns.
+    """
+
+    display: str
+    units: str
+    fits_unit: str | None
+    description: str
+
+
+#: The one label-metadata table: display names and units for figures, units and
+#: descriptions for catalogue columns. Abundances ``X_H``/``X_FE``/``X_M`` not listed here are
+#: derived by :func:`label_info` (``MG_FE`` → ``[Mg/Fe]``, dex).
+LABEL_METADATA: dict[str, LabelInfo] = {
+    "TEFF": LabelInfo(r"$T_\mathrm{eff}$", "K", "K", "effective temperature"),
+    "LOGG": LabelInfo(r"$\log g$", "dex", None, "log10 of surface gravity g in cm s-2 (dex)"),
+    "FE_H": LabelInfo("[Fe/H]", "dex", None, "[Fe/H] (dex)"),
+    "M_H": LabelInfo("[M/H]", "dex", None, "[M/H] (dex)"),
+    "ALPHA_FE": LabelInfo("[α/Fe]", "dex", None, "[alpha/Fe] (dex)"),
+    "ALPHA_M": LabelInfo("[α/M]", "dex", None, "[alpha/M] (dex)"),
+    "VMACRO": LabelInfo(r"$v_\mathrm{macro}$", "km/s", "km/s", "macroturbulent velocity"),
+    "VMIC": LabelInfo(r"$v_\mathrm{mic}$", "km/s", "km/s", "microturbulent velocity"),
+    "VSINI": LabelInfo(r"$v \sin i$", "km/s", "km/s", "projected rotational velocity"),
+    "VBROAD": LabelInfo(r"$v_\mathrm{broad}$", "km/s", "km/s", "line broadening velocity"),
+    "RV": LabelInfo("RV", "km/s", "km/s", "radial velocity"),
+    "RA": LabelInfo("RA", "deg", "deg", "right ascension"),
+    "DEC": LabelInfo("Dec", "deg", "deg", "declination"),
+    "SNR": LabelInfo("S/N", "", None, "signal-to-noise ratio per pixel"),
 }
+LABEL_METADATA["LOG_G"] = LABEL_METADATA["LOGG"]
 
-#: Descriptions written beside labels (and their errors).
-LABEL_DESCRIPTIONS = {
-    "TEFF": "effective temperature",
-    "LOGG": "log10 of surface gravity g in cm s-2 (dex)",
-    "FE_H": "[Fe/H] (dex)",
-    "M_H": "[M/H] (dex)",
-    "ALPHA_FE": "[alpha/Fe] (dex)",
-    "ALPHA_M": "[alpha/M] (dex)",
-    "VMACRO": "macroturbulent velocity",
-    "VMIC": "microturbulent velocity",
-    "VSINI": "projected rotational velocity",
-}
+#: FITS units of labels (derived from :data:`LABEL_METADATA`; dex labels are absent).
+LABEL_UNITS = {k: v.fits_unit for k, v in LABEL_METADATA.items() if v.fits_unit is not None and k != "LOG_G"}
+
+#: Descriptions written beside labels (and their errors), from :data:`LABEL_METADATA`.
+LABEL_DESCRIPTIONS = {k: v.description for k, v in LABEL_METADATA.items() if k not in ("LOG_G", "SNR")}
 
 _ABUNDANCE = re.compile(r"^([A-Z][A-Z]?|ALPHA)_(H|FE|M)$", re.IGNORECASE)
 
 
+def label_info(name: str) -> LabelInfo:
+    """Metadata of a label from :data:`LABEL_METADATA`, derived for abundances not listed.
+
+    Parameters
+    ----------
+    name : str
+        Label name, any case (``"TEFF"``, ``"mg_fe"``).
+
+    Returns
+    -------
+    LabelInfo
+        An unknown label gets its own name as display name and description, and no units.
+    """
+    key = str(name).upper()
+    if key in LABEL_METADATA:
+        return LABEL_METADATA[key]
+    m = _ABUNDANCE.match(key)
+    if m:
+        x, ref = m.group(1), m.group(2)
+        x = "α" if x == "ALPHA" else x.capitalize()
+        ref = "Fe" if ref == "FE" else ref
+        text = f"[{x}/{ref}]"
+        return LabelInfo(text, "dex", None, f"{text.replace('α', 'alpha')} (dex)")
+    return LabelInfo(str(name), "", None, str(name))
+
+
 def label_unit(name: str):
     """FITS unit string of a label, or None (gravities, abundances, unknown labels)."""
-    return LABEL_UNITS.get(str(name).upper())
+    return label_info(name).fits_unit
 
 
 def label_description(name: str) -> str:
     """Human description of a label: ``"[Mg/Fe] (dex)"`` for ``MG_FE`` etc."""
-    key = str(name).upper()
-    if key in LABEL_DESCRIPTIONS:
-        return LABEL_DESCRIPTIONS[key]
-    m = _ABUNDANCE.match(key)
-    if m:
-        x, ref = m.group(1), m.group(2)
-        x = "alpha" if x == "ALPHA" else x.capitalize()
-        ref = "Fe" if ref == "FE" else ref
-        return f"[{x}/{ref}] (dex)"
-    return str(name)
+    return label_info(name).description
+
+
+def label_display_name(name: str) -> str:
+    """Name of a label for figures: ``"$T_\\mathrm{eff}$"``, ``"[α/Fe]"``, ``"[Mg/Fe]"``."""
+    return label_info(name).display
+
+
+def label_axis_text(name: str, *, delta: bool = False, prefix: str = "", units: str | None = None) -> str:
+    """Axis label of a label with its units, as a paper would print it.
+
+    Parameters
+    ----------
+    name : str
+        Label name (``"TEFF"``).
+    delta : bool
+        A difference of the label (``Δ[Fe/H] [dex]``): differences always show their units.
+    prefix : str
+        Text put before the name (``"reference "``).
+    units : str, optional
+        Units to show instead of the table's.
+
+    Returns
+    -------
+    str
+        ``"$T_\\mathrm{eff}$ [K]"``, ``"$\\log g$ [dex]"``, ``"[Fe/H]"`` (bracket abundances are
+        dex by definition), ``"Δ[Fe/H] [dex]"``.
+    """
+    info = label_info(name)
+    unit = info.units if units is None else units
+    text = f"{prefix}{'Δ' if delta else ''}{info.display}"
+    bracket = info.display.startswith("[") and info.display.endswith("]")
+    if unit and (delta or not (bracket and unit == "dex")):
+        text += f" [{unit}]"
+    return text
 
 
 #: The label dimension of every result (ArviZ breaks on a dimension called ``label``).
@@ -69,13 +160,7 @@ def label_units_text(name: str) -> str:
     Surface gravity is ``log10(g / (cm s-2))`` and abundances are logarithmic ratios, so
     both are in dex; unknown labels get ``""`` (dimensionless or not known).
     """
-    key = str(name).upper()
-    unit = LABEL_UNITS.get(key)
-    if unit is not None:
-        return unit
-    if key in ("LOGG", "LOG_G") or _ABUNDANCE.match(key):
-        return "dex"
-    return ""
+    return label_info(name).units
 
 
 def set_label_units(ds, variables=None):

@@ -1,6 +1,6 @@
 """The spectra container: one ``xarray.Dataset`` that every step accepts.
 
-See ``docs/conventions.md``. Dimensions are ``star`` and ``pixel``; ``flux`` and
+See ``docs/guides/conventions.md``. Dimensions are ``star`` and ``pixel``; ``flux`` and
 ``ivar`` are (star, pixel) float64; ``wavelength`` is a (pixel,) coordinate in
 Angstrom; ``star`` holds unique string identifiers.
 """

@@ -269,7 +269,7 @@ def conditional_coverage(args):
     (version 3: 97/81/89/94 cells in band, Teff rms 52.7/22.1/21.3/16.6 K.) Targets met:
     overall 68 % and 95 % everywhere, rms; every cell within +-0.05 nowhere (the sampling
     noise of per-bin factors fitted on ~400 CV stars, and the fold-size effect at high S/N:
-    docs/calibration.md, "Measured")."""
+    docs/guides/calibration.md, "Measured")."""
     from bayescannon import CannonModel
     from bayescannon.bayes import coverage_report
     from bayescannon.bayes.calibration import calibrate_from_predictions, fit_calibration

@@ -246,3 +246,100 @@ def test_help_shows_every_default():
         assert "--overwrite" in text
         assert "(default: )" not in text, name  # an empty list is no default to show
     assert not missing, missing
+
+
+def _all_parsers():
+    import argparse
+
+    from bayescannon.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [("bayescannon", parser), *sub.choices.items()]
+
+
+def test_every_option_of_every_command_has_help():
+    """No bare option in any --help: each action (positional or optional) says what it does."""
+    import argparse
+
+    missing = []
+    for name, p in _all_parsers():
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            text = (action.help or "").strip()
+            if not text or text.lower().startswith("default:") or text is argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
+def test_help_formatter_keeps_descriptions_and_shows_defaults():
+    from bayescannon.cli import HelpFormatter
+
+    for _, p in _all_parsers():
+        assert p.formatter_class is HelpFormatter
+    sample = dict(_all_parsers())["sample"]
+    text = " ".join(sample.format_help().split())
+    for flag in ("--draws", "--tune", "--chains"):
+        assert flag in text
+    assert "(default: 1000)" in text and "(default: 4)" in text
+
+
+def test_training_progress_bar_measures_pixels(monkeypatch):
+    """The bar counts pixels finished (converged or neutral) and ends at the pixel count,
+    not at the iteration where everything converged (it used to stop at 5/101)."""
+    import numpy as np
+    import tqdm.auto
+
+    from bayescannon.core.train import fit_pixels
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total=None, **kwargs):
+            self.total, self.n = total, 0
+
+        def update(self, k):
+            assert k >= 0
+            self.n += k
+            seen.append(self.n)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            seen.append(("closed", self.n, self.total))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    rng = np.random.default_rng(0)
+    n, p = 200, 50
+    x = rng.normal(size=(n, 2))
+    design = np.column_stack([np.ones(n), x, x**2])
+    theta = rng.normal(size=(p, 5)) * 0.1
+    ivar = np.full((n, p), 1e4)
+    flux = design @ theta.T + rng.normal(size=(n, p)) * (0.01 + 0.02 * rng.uniform(size=p))
+    result = fit_pixels(flux, ivar, design, progressbar=True)
+    assert seen[-1] == ("closed", p, p)
+    counts = [c for c in seen if not isinstance(c, tuple)]
+    assert counts == sorted(counts) and counts[-1] == p
+    # one update per iteration that ran, one at the end; the bar was not full before the last pass
+    assert result.n_iter + 1 <= len(counts) <= result.n_iter + 2 and counts[0] < p
+
+
+def test_calibrate_writes_its_figures_with_proper_axis_labels(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    train, test = tmp_path / "train.nc", tmp_path / "test.nc"
+    assert main(["simulate", "-o", str(train), "-n", "150", "--seed", "3"]) == 0
+    assert main(["simulate", "-o", str(test), "-n", "120", "--seed", "4"]) == 0
+    model = tmp_path / "model.nc"
+    argv = ["train", str(train), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H", "--no-progress"]
+    assert main(argv) == 0
+    figs = tmp_path / "figs"
+    assert main(["calibrate", str(model), str(test), "--figures", str(figs)]) == 0
+    names = sorted(p.name for p in figs.iterdir())
+    assert names == ["coverage_curve.png", "coverage_map.png", "errors_vs_snr.png", "zscores.png"]
+    assert all(imread(figs / n).shape[0] > 100 for n in names)
+    assert "wrote 4 figures" in capsys.readouterr().out
+    # a second run does not replace them without --overwrite
+    assert main(["calibrate", str(model), str(test), "--figures", str(figs), "-o", str(tmp_path / "m2.nc")]) == 1

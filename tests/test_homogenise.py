@@ -352,6 +352,6 @@ def test_trends_figure_axes_carry_units():
         {"LABEL": "LOGG", "X": "A_LOGG", "PAIR": "A-B", "BINS": [2.0, 3.0], "MEDIANS": [0.1, 0.0]},
     ]
     fig = trends_figure(trends, ["TEFF", "LOGG"])
-    assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["TEFF [K]", "LOGG [dex]"]
-    assert fig.axes[0].get_ylabel() == "ΔTEFF, pair median after calibration [K]"
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == [r"$T_\mathrm{eff}$ [K]", r"$\log g$ [dex]"]
+    assert fig.axes[0].get_ylabel() == r"pair median after calibration: Δ$T_\mathrm{eff}$ [K]"
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [10.0, -5.0])

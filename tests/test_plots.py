@@ -34,8 +34,8 @@ def test_one_to_one_annotates_bias_and_scatter(tmp_path):
         assert f"bias {np.mean(d):.3g}" in text and f"scatter {np.std(d):.3g}" in text
         np.testing.assert_allclose(ax.collections[0].get_offsets(), np.column_stack([truth[:, k], inferred[:, k]]))
     # axes carry the label's unit even when no units are passed
-    assert [ax.get_xlabel() for ax in axes[:2]] == ["reference TEFF [K]", "reference LOGG [dex]"]
-    assert [ax.get_ylabel() for ax in axes[:2]] == ["bayescannon TEFF [K]", "bayescannon LOGG [dex]"]
+    assert [ax.get_xlabel() for ax in axes[:2]] == [r"reference $T_\mathrm{eff}$ [K]", r"reference $\log g$ [dex]"]
+    assert [ax.get_ylabel() for ax in axes[:2]] == [r"bayescannon $T_\mathrm{eff}$ [K]", r"bayescannon $\log g$ [dex]"]
     paths = save_figure(fig, tmp_path / "o2o.png", formats=["png", "pdf"])
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
 
@@ -51,7 +51,7 @@ def test_scatter_vs_snr_draws_the_binned_table():
     np.testing.assert_allclose(bias_line.get_ydata(), np.asarray(t["BIAS"]))
     np.testing.assert_allclose(rms_line.get_ydata(), np.asarray(t["RMS"]))
     assert ax.get_xscale() == "log"
-    assert ax.get_ylabel() == "ΔTEFF [K]"
+    assert ax.get_ylabel() == r"Δ$T_\mathrm{eff}$ [K]" and ax.get_xlabel() == "S/N"
 
 
 def test_coefficient_spectra_and_residual_band(trained):
@@ -82,8 +82,12 @@ def test_kiel_alpha_and_precision_figures():
     assert ax0.xaxis_inverted() and ax0.yaxis_inverted()
     np.testing.assert_allclose(ax1.collections[0].get_offsets()[:, 0], teff + 30)
     assert [ax0.get_title(), ax1.get_title()] == ["survey", "cannon"]
+    assert (ax0.get_xlabel(), ax0.get_ylabel()) == (r"$T_\mathrm{eff}$ [K]", r"$\log g$ [dex]")
     fig = alpha_vs_feh(feh, 0.1 - 0.2 * feh)
     np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets()[:, 1], 0.1 - 0.2 * feh)
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("[Fe/H]", "[α/M]")
+    # ALPHA_FE is [α/Fe], not [α/M]
+    assert alpha_vs_feh(feh, feh, alpha_name="ALPHA_FE").axes[0].get_ylabel() == "[α/Fe]"
 
     from bayescannon.validate.repeats import calibrate_from_repeats
 
@@ -94,7 +98,7 @@ def test_kiel_alpha_and_precision_figures():
     fig = precision_vs_snr(cal)
     pts = fig.axes[0].lines[0]
     np.testing.assert_allclose(pts.get_ydata(), np.asarray(cal.binned["PRECISION"]))
-    assert fig.axes[0].get_ylabel() == "σ(FE_H) [dex]" and not fig.axes[0].texts
+    assert fig.axes[0].get_ylabel() == "σ([Fe/H]) [dex]" and not fig.axes[0].texts
     # too few pairs for any bin: the panel says why instead of drawing empty axes
     few = calibrate_from_repeats(lab, np.full((300, 1), 0.01), snr, group, ["FE_H"], snr_bins=20, min_pairs=10)
     ax = precision_vs_snr(few).axes[0]
@@ -115,12 +119,14 @@ def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
     assert isinstance(fig, Figure)
     axes = fig.axes
     assert [ax.get_xlabel() for ax in axes] == [
-        "S/N (quintile mid-points)",
-        "TEFF (K), quintile mid-points",
-        "FE_H (dex), quintile mid-points",
+        "S/N, quintile mid-points",
+        r"$T_\mathrm{eff}$ [K], quintile mid-points",
+        "[Fe/H], quintile mid-points",
     ]
     # equal bins say "200 stars per bin", not "200-200"
-    assert [ax.get_title() for ax in axes] == [f"by {by} (200 stars per bin)" for by in ("snr", "TEFF", "FE_H")]
+    assert [ax.get_title() for ax in axes] == [
+        f"by {by} (200 stars per bin)" for by in ("S/N", r"$T_\mathrm{eff}$", "[Fe/H]")
+    ]
     for ax, by in zip(axes, ["snr", "TEFF", "FE_H"]):
         band = ax.patches[0]
         np.testing.assert_allclose([band.get_y(), band.get_y() + band.get_height()], [0.63, 0.73])
@@ -137,3 +143,74 @@ def test_coverage_map_draws_each_bin_with_units_and_the_target_band():
         coverage_map(cb)  # a dict needs its label names
     with pytest.raises(InvalidInputError):
         coverage_map(cb, ["TEFF", "FE_H"], level=0.5)
+
+
+def test_label_metadata_names_and_units():
+    from bayescannon.results import label_axis_text, label_description, label_unit
+
+    assert label_axis_text("TEFF") == r"$T_\mathrm{eff}$ [K]"
+    assert label_axis_text("logg") == r"$\log g$ [dex]"
+    assert label_axis_text("FE_H") == "[Fe/H]"
+    assert label_axis_text("ALPHA_FE") == "[α/Fe]" and label_axis_text("ALPHA_M") == "[α/M]"
+    assert label_axis_text("MG_FE", delta=True) == "Δ[Mg/Fe] [dex]"
+    assert label_axis_text("TEFF", delta=True, prefix="mean ") == r"mean Δ$T_\mathrm{eff}$ [K]"
+    # catalogues use the same table: FITS units (no dex: it does not survive FITS) and descriptions
+    assert (label_unit("TEFF"), label_unit("LOGG"), label_unit("VMIC")) == ("K", None, "km/s")
+    assert label_description("ALPHA_FE") == "[alpha/Fe] (dex)" and label_description("CA_H") == "[Ca/H] (dex)"
+
+
+def test_coverage_curve_and_zscore_histogram_of_honest_and_too_small_errors():
+    from scipy.stats import norm
+
+    from bayescannon.plots import coverage_curve, interval_levels, zscore_histogram
+
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=(4000, 2))
+    fig = coverage_curve({"formal": 2.0 * z, "calibrated": z}, ["TEFF", "FE_H"])
+    levels = np.linspace(0.02, 0.98, 49)
+    for ax, name in zip(fig.axes, [r"$T_\mathrm{eff}$", "[Fe/H]"]):
+        assert ax.get_title() == name
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("nominal coverage", "empirical coverage")
+        formal, calibrated = ax.lines[1].get_ydata(), ax.lines[2].get_ydata()
+        # binomial noise of a fraction of 4000 stars is <= 0.008: 5 sigma = 0.04
+        np.testing.assert_allclose(calibrated, levels, atol=0.04)
+        np.testing.assert_allclose(formal, 2 * norm.cdf(norm.ppf(0.5 + levels / 2) / 2) - 1, atol=0.04)
+    # a posterior quantile of 0.5 is inside every interval, 0 or 1 outside all
+    np.testing.assert_allclose(interval_levels([0.5, 0.0, 1.0, 0.84], kind="quantile"), [0, 1, 1, 0.68])
+    np.testing.assert_allclose(interval_levels([1.0, -1.96], kind="z"), [0.6827, 0.95], atol=1e-4)
+    with pytest.raises(InvalidInputError):
+        interval_levels([0.1], kind="nope")
+    fig = zscore_histogram({"calibrated": z}, ["TEFF", "FE_H"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == r"z = Δ$T_\mathrm{eff}$ / σ" and ax.get_ylabel() == "probability density"
+    assert f"sd {np.std(z[:, 0]):.2f}" in ax.texts[0].get_text()
+
+
+def test_errors_vs_snr_and_corner_and_survey_one_to_one():
+    from bayescannon.plots import corner_posterior, errors_vs_snr, survey_one_to_one
+
+    rng = np.random.default_rng(8)
+    snr = rng.uniform(10, 300, 200)
+    err = np.column_stack([3000 / snr, 0.5 / snr])
+    fig = errors_vs_snr(snr, {"formal": err, "calibrated": 1.3 * err}, ["TEFF", "LOGG"])
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == [r"σ($T_\mathrm{eff}$) [K]", r"σ($\log g$) [dex]"]
+    assert fig.axes[0].get_xlabel() == "S/N" and fig.axes[0].get_xscale() == "log"
+    np.testing.assert_allclose(fig.axes[0].collections[1].get_offsets()[:, 1], 1.3 * err[:, 0])
+    with pytest.raises(Exception, match="200"):
+        errors_vs_snr(snr[:10], err, ["TEFF", "LOGG"])
+
+    draws = rng.multivariate_normal([4800, 2.5], [[100**2, 0], [0, 0.1**2]], size=500)
+    truth = np.array([4750.0, 2.6])
+    fig = corner_posterior(draws, ["TEFF", "LOGG"], truth=truth, laplace=(draws.mean(0), np.cov(draws.T)))
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert not axes[0, 1].get_visible()
+    assert axes[1, 0].get_xlabel() == r"$T_\mathrm{eff}$ [K]" and axes[1, 0].get_ylabel() == r"$\log g$ [dex]"
+    assert axes[0, 0].lines[-1].get_xdata()[0] == truth[0]  # truth marked on the marginal
+    star = [ln for ln in axes[1, 0].lines if ln.get_marker() == "*"][0]
+    np.testing.assert_allclose([star.get_xdata()[0], star.get_ydata()[0]], truth)
+    with pytest.raises(Exception, match="3 values"):
+        corner_posterior(draws, ["TEFF", "LOGG"], truth=[1, 2, 3])
+
+    fig = survey_one_to_one(draws, draws + 1, ["TEFF", "LOGG"], survey_name="LAMOST")
+    assert fig.axes[0].get_xlabel() == r"LAMOST $T_\mathrm{eff}$ [K]"
+    assert fig.axes[0].get_ylabel() == r"transferred $T_\mathrm{eff}$ [K]"

@@ -7,10 +7,12 @@ from pathlib import Path
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
+from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.plots import coverage_curve, coverage_map, errors_vs_snr, zscore_histogram
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -43,6 +45,7 @@ def add_arguments(p):
         "never replaced)",
     )
     p.add_argument("--report", help="write the coverage report (.nc)")
+    add_figures_argument(p)  # coverage curve, z-score histogram, errors vs S/N, coverage map
 
 
 def model_output(args) -> Path:
@@ -113,7 +116,28 @@ def run(args) -> int:
         print_binned_coverage(_report_bins(report), model.label_names)
     if args.report:
         write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
+    if args.figures:
+        fd = hd if args.holdout else ds
+        write_figures(args, calibration_figures(model, fd, hl if args.holdout else labels, report))
     return 0
+
+
+def calibration_figures(model, ds, labels, report) -> dict:
+    """Figures of a calibration on stars with known ``labels``: coverage curve and z-score
+    histogram (formal and calibrated), errors vs S/N, coverage per quintile."""
+    names = model.label_names
+    kinds = {"formal": model.infer(ds["flux"].values, ds["ivar"].values)}
+    if model.calibration_ is not None:
+        kinds["calibrated"] = model.infer(ds["flux"].values, ds["ivar"].values, uncertainty="calibrated")
+    z = {k: (r["labels"].values - labels) / r["errors"].values for k, r in kinds.items()}
+    figs = {"coverage_curve": coverage_curve(z, names), "zscores": zscore_histogram(z, names)}
+    if "snr" in ds:
+        figs["errors_vs_snr"] = errors_vs_snr(
+            ds["snr"].values, {k: r["errors"].values for k, r in kinds.items()}, names
+        )
+    if "calibrated" in report["kind"].values:
+        figs["coverage_map"] = coverage_map(report, kind="calibrated")
+    return figs
 
 
 def _report_bins(report) -> dict:

@@ -54,7 +54,7 @@ def add_arguments(p):
         help="errors of the catalogue: calibrated whenever the model is calibrated (auto), or formal "
         "on request (said so in the header)",
     )
-    p.add_argument("--n-starts", type=int, default=None)
+    p.add_argument("--n-starts", type=int, default=None, help="starting points per star (default: model's)")
     p.add_argument("--chunk-size", type=int, default=2000)
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
@@ -201,7 +201,7 @@ def run(args) -> int:
     alpha = next((n for n in ("ALPHA_M", "ALPHA_FE") if n in names), None)
     if alpha and "FE_H" in names:
         rep.add_figure(
-            alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)]),
+            alpha_vs_feh(y[show, names.index("FE_H")], y[show, names.index(alpha)], alpha_name=alpha),
             "alpha_feh",
             caption=f"{alpha} vs [Fe/H] ({which})",
         )

@@ -31,7 +31,12 @@ def add_arguments(p):
     p.add_argument(
         "members", help="membership table: the APOGEE DR10 member file, or a FITS/CSV table with id and cluster columns"
     )
-    p.add_argument("--members-format", choices=["auto", "apogee-dr10", "table"], default="auto")
+    p.add_argument(
+        "--members-format",
+        choices=["auto", "apogee-dr10", "table"],
+        default="auto",
+        help="format of the members list (auto: sniffed)",
+    )
     p.add_argument(
         "--labels",
         nargs="+",

@@ -25,7 +25,7 @@ def add_arguments(p):
     p.add_argument("--pipeline-id-column", help="id column of the pipeline table (default: auto, e.g. APOGEE_ID)")
     p.add_argument("--map", nargs="+", default=[], metavar="OURS=THEIRS", help="label name mapping, e.g. FE_H=M_H")
     p.add_argument("--snr-column", help="S/N column of the pipeline table (default: auto)")
-    p.add_argument("--outlier-z", type=float, default=3.0)
+    p.add_argument("--outlier-z", type=float, default=3.0, help="|z| above which a star is listed as an outlier")
     p.add_argument("--ignore-pipeline-errors", action="store_true", help="do not convolve with the pipeline's errors")
 
 

@@ -5,7 +5,7 @@ configuration (:mod:`bayescannon.survey.crosssurveyconfig`), each with its own s
 the two combined catalogues (one per label scale) with flags and repeat-calibrated
 errors; the Table 1/3 statistics (all / giants / dwarfs), the censored vs uncensored CV
 scatter, the cluster report and figures in one validation report. See
-``docs/crosssurvey.md``.
+``docs/guides/crosssurvey.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DESCRIPTION = (
     "Train, cross-validate (12 folds by default), label, calibrate on repeats and flag the four "
     "combinations ACAA/ACGS/GCAA/GCGS of a TOML configuration; write the combined catalogue of each "
     "label scale, the comparison statistics (all / giants / dwarfs), the cluster statistics and a "
-    "validation report with figures into OUTDIR. See docs/crosssurvey.md."
+    "validation report with figures into OUTDIR. See docs/guides/crosssurvey.md."
 )
 
 _BAD = int(StarFlag.NOT_CONVERGED | StarFlag.NO_PIXELS | StarFlag.FAR_FROM_TRAINING | StarFlag.SURVEY_FLAGGED)

@@ -30,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--outdir", default="demo_output", help="folder for the model, catalogue and plot")
     p.add_argument("--n-train", type=int, default=1500, help="training stars")
     p.add_argument("--n-test", type=int, default=1000, help="test stars")
-    p.add_argument("--instrument", default="apogee")
+    p.add_argument("--instrument", default="apogee", help="simulated instrument: apogee, lamost or galah")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -52,7 +52,7 @@ def run(args) -> int:
     write_atomic(out / MARKER, lambda tmp: tmp.write_text("written by `bayescannon demo`\n"), overwrite=True)
     t0 = time.perf_counter()
     # the training (= calibration) stars span the test stars' S/N range: calibrated intervals
-    # hold for stars like the calibration stars (docs/calibration.md, "Exchangeability")
+    # hold for stars like the calibration stars (docs/guides/calibration.md, "Exchangeability")
     train = simulate_survey(args.n_train, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed)
     test = simulate_survey(args.n_test, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed + 1000)
     t1 = time.perf_counter()
@@ -70,7 +70,7 @@ def run(args) -> int:
     t3 = time.perf_counter()
     print(f"inferred labels of {args.n_test} stars in {t3 - t2:.2f} s ({args.n_test / (t3 - t2):.0f} stars/s)")
     # honest uncertainties: calibrate the error model by 5-fold cross-validation on the
-    # training set, then report calibrated errors (docs/bayes.md)
+    # training set, then report calibrated errors (docs/guides/bayes.md)
     ytrain = np.column_stack([train[n].values for n in LABELS])
     calibrate(model, train["flux"].values, train["ivar"].values, ytrain, n_folds=5)
     calibrated = model.infer(test, uncertainty="calibrated")

@@ -1,5 +1,5 @@
 """``bayescannon homogenise CONFIG.toml -o unified.fits``: put several surveys' label
-catalogues on one reference scale (Survey of Surveys; see ``docs/homogenise.md``)."""
+catalogues on one reference scale (Survey of Surveys; see ``docs/guides/homogenise.md``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bayescannon.homogenise import Homogeniser, load_config
 from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import kiel_diagram, new_figure
 from bayescannon.report import Report
-from bayescannon.results import label_units_text
+from bayescannon.results import label_axis_text
 from bayescannon.survey.catalogue import write_table
 
 NAME = "homogenise"
@@ -30,7 +30,8 @@ def add_arguments(p):
     p.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
-    p.add_argument("--propagation", choices=["linear", "exact"], default="linear")
+    p.add_argument("--propagation", choices=["linear", "exact"], default="linear",
+                   help="propagation of input errors through the offset models")  # fmt: skip
     add_dask_argument(p)
 
 
@@ -61,10 +62,8 @@ def trends_figure(trends, labels):
         for r in [r for r in trends if r["LABEL"] == lab and r["X"].endswith(f"_{lab}")][:6]:
             ax.plot(r["BINS"], r["MEDIANS"], marker="o", label=r["PAIR"])
         ax.axhline(0.0, color="k", lw=0.5)
-        unit = label_units_text(lab)
-        suffix = f" [{unit}]" if unit else ""
-        ax.set_xlabel(f"{lab}{suffix}")
-        ax.set_ylabel(f"Δ{lab}, pair median after calibration{suffix}")
+        ax.set_xlabel(label_axis_text(lab))
+        ax.set_ylabel(label_axis_text(lab, delta=True, prefix="pair median after calibration: "))
         ax.legend(fontsize=6)
     return fig
 

@@ -15,7 +15,7 @@ HELP = "write six mock survey label catalogues (known truth and offsets) and a C
 def add_arguments(p):
     p.add_argument("outdir", help="folder to write (absent or empty unless --overwrite)")
     p.add_argument("--n-stars", type=int, default=20000, help="stars in the population (default 20000)")
-    p.add_argument("--min-overlap", type=int, default=200)
+    p.add_argument("--min-overlap", type=int, default=200, help="fewest stars each survey shares with the reference")
     p.add_argument("--corruptions", action="store_true", help="add bad rows (NaN, P16 > value, a duplicate)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -16,7 +16,7 @@ def add_arguments(p):
     p.add_argument("--n-both", type=int, default=2000, help="stars in both surveys (default 2000)")
     p.add_argument("--n-lamost-only", type=int, default=600, help="stars only in LAMOST (default 600)")
     p.add_argument("--n-apogee-only", type=int, default=200, help="stars only in APOGEE (default 200)")
-    p.add_argument("--population", default="giants", choices=["giants", "dwarfs", "mixed"])
+    p.add_argument("--population", default="giants", choices=["giants", "dwarfs", "mixed"], help="stellar population")
     p.add_argument(
         "--apogee-spectra",
         nargs="*",
@@ -24,7 +24,7 @@ def add_arguments(p):
         choices=["apstar", "aspcapstar"],
         help="APOGEE file types to write (none: catalogue only)",
     )
-    p.add_argument("--lamost-layout", default="dr5", choices=["dr5", "dr8", "mixed"])
+    p.add_argument("--lamost-layout", default="dr5", choices=["dr5", "dr8", "mixed"], help="LAMOST file layout")
     p.add_argument("--no-corruptions", action="store_true", help="write no corrupted LAMOST files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -8,10 +8,12 @@ from pathlib import Path
 from bayescannon.bayes import sample_labels
 from bayescannon.bayes.diagnostics import save_posterior, summary_table
 from bayescannon.commands._common import load_spectra
+from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.plots import corner_posterior
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
@@ -23,14 +25,17 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, help="posterior file to write (.nc or .zarr)")
     p.add_argument("--ids", nargs="+", metavar="ID", help="star ids to sample (default: all stars)")
     p.add_argument("--ids-file", help="text file with one star id per line")
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--tune", type=int, default=1000)
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000, help="posterior draws kept per chain")
+    p.add_argument("--tune", type=int, default=1000, help="tuning (warm-up) steps per chain, discarded")
+    p.add_argument("--chains", type=int, default=4, help="independent chains per star (R-hat needs >= 2)")
     p.add_argument("--batch-size", type=int, default=1, help="stars per sampled model")
-    p.add_argument("--prior", choices=["uniform", "normal"], default="uniform")
+    p.add_argument("--prior", choices=["uniform", "normal"], default="uniform",
+                   help="label prior: uniform over the training range widened by 25%% each side, or normal")  # fmt: skip
     p.add_argument("--no-theta-uncertainty", action="store_true", help="do not propagate the uncertainty of theta")
     p.add_argument("--summary", help="also write the diagnostics table (.csv)")
     p.add_argument("--seed", type=int, default=0)
+    add_figures_argument(p)  # a corner plot per star (truth marked when SPECTRA has label columns)
+    p.add_argument("--max-figures", type=int, default=10, help="corner plots of at most this many stars")
 
 
 def outputs(args):
@@ -84,4 +89,22 @@ def run(args) -> int:
         f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
         f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}"
     )
+    write_figures(args, corner_figures(tree, ds, model.label_names, args.max_figures) if args.figures else {})
     return 3 if bad else 0
+
+
+def corner_figures(tree, ds, names, limit: int) -> dict:
+    """A corner plot of the posterior of each of the first ``limit`` sampled stars, with the
+    spectra file's labels marked as the truth when it has them."""
+    post = tree.posterior["labels"]
+    star_ids = [str(s) for s in ds["star"].values] if "star" in ds.coords else []
+    has_truth = all(n in ds for n in names)
+    figs = {}
+    for i, sid in enumerate([str(s) for s in post["star"].values][:limit]):
+        draws = post.isel(star=i).stack(sample=("chain", "draw")).transpose("sample", ...).values
+        truth = None
+        if has_truth and sid in star_ids:
+            j = star_ids.index(sid)
+            truth = [float(ds[n].values[j]) for n in names]
+        figs[f"corner_{sid}"] = corner_posterior(draws, names, truth=truth, title=f"star {sid}")
+    return figs

@@ -17,7 +17,7 @@ DESCRIPTION = (
     "the steps before it) and file checksums: a rerun reuses every step whose key and files match and "
     "recomputes from the first that does not. A step can be run alone (--step) or re-run with the ones "
     "after it (--from); saved output that does not match is then refused, never mixed in. See "
-    "docs/transfer.md and examples/transfer.toml."
+    "docs/guides/transfer.md and examples/transfer.toml."
 )
 
 

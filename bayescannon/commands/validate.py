@@ -186,7 +186,7 @@ def _run(args, executor) -> int:
         rep.add_heading("Calibrated uncertainties: coverage per bin")
         rep.add_text(
             "The model's uncertainties calibrated on the cross-validated residuals (learned label bias, "
-            "error model, Mondrian width factors; docs/calibration.md). Coverage of the calibrated 68% "
+            "error model, Mondrian width factors; docs/guides/calibration.md). Coverage of the calibrated 68% "
             "intervals per quintile of S/N and of each reference label, on the same residuals."
         )
         rep.add_figure(

@@ -5,7 +5,7 @@ them; a misspecified spectral model (e.g. a quadratic Cannon on spectra that are
 quadratic in the labels) biases the estimates by region of label space, so intervals
 that cover on average under-cover where the bias is large and over-cover elsewhere.
 This module holds the two pieces that make the coverage *conditional* (see
-``docs/calibration.md``):
+``docs/guides/calibration.md``):
 
 1. **Bias** ``b_k(x̂) = E[ℓ̂_k − ℓ_k | x̂]``: a polynomial in the scaled estimated labels
    x̂ (all cross terms, total degree ``d`` ∈ {0, 1, 2, 3}), optionally plus additive
@@ -21,7 +21,7 @@ This module holds the two pieces that make the coverage *conditional* (see
    (quintiles of every scaled estimated label, and quintiles of the star's noise
    fraction ``u_nk`` = noise variance / total variance, a proxy of S/N). The effects are
    fitted by raking (iterative proportional fitting of the 68 % quantile of the
-   standardised |residual| in every bin, each sweep's effects shrunk towards 0 by an
+   standardised ``|residual|`` in every bin, each sweep's effects shrunk towards 0 by an
    empirical-Bayes factor τ²/(τ² + v): v the sampling variance of the bin's log quantile,
    τ² the spread of the true effects): each marginal bin then covers at the global rate
    as far as the data can tell. A factor never takes
@@ -427,7 +427,7 @@ def binned_coverage(inside, by, n_bins=_N_BINS):
 
 
 def spectrum_snr(flux, ivar):
-    """S/N per star: median of |flux|·√ivar over usable pixels (ivar > 0); NaN without any."""
+    """S/N per star: median of ``|flux|·√ivar`` over usable pixels (ivar > 0); NaN without any."""
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     good = (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)

@@ -203,7 +203,7 @@ def fit_latent_labels(
         spectroscopic labels is removed (``"calibrated"`` only; default: the model's order).
         Higher orders remove more of a misspecified model's bias (on emulator spectra
         order 4 gives held-out labels as good as training on the true labels) at the cost
-        of more iterations (see ``docs/bayes.md``).
+        of more iterations (see ``docs/guides/bayes.md``).
     progressbar : bool
 
     Returns

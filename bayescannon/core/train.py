@@ -337,7 +337,9 @@ def fit_pixels(
         Starting values of s² (default 0), e.g. from a fit on nearly the same labels;
         the maximum found does not depend on it, only the number of iterations.
     progressbar : bool
-        Show a tqdm progress bar over iterations.
+        Show a tqdm progress bar over pixels: it advances as pixels converge (or leave the
+        iteration for the neutral model), so it measures real progress; the iteration
+        count is shown beside it.
 
     Returns
     -------
@@ -375,13 +377,13 @@ def fit_pixels(
     active = np.flatnonzero(~few)
     buf_a = np.empty((p, n))  # reused: weights, then θ·v (also for the final likelihood)
     buf_b = np.empty((active.size, n))
-    iterator = range(max_iter + 1)
+    bar = None
     if progressbar:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: only with a progress bar
 
-        iterator = tqdm(iterator, desc="training pixels", unit="iter")
+        bar = tqdm(total=p, desc="training pixels", unit="px")
     it = 0
-    for it in iterator:
+    for it in range(max_iter + 1):
         if active.size == 0:
             break
         m = active.size
@@ -414,8 +416,9 @@ def fit_pixels(
         dlnp_dx = (s + noise) * g1  # derivative with respect to x = ln(s² + <σ²>)
         done = ((s == 0) & (g1 <= 0)) | ((s > 0) & (np.abs(dlnp_dx) / ng < tol))
         converged[active[done]] = True
-        if progressbar:
-            iterator.set_postfix(active=int((~done).sum()))
+        if bar is not None:  # pixels finished: converged now, or dropped (neutral model) so far
+            bar.update(int(np.count_nonzero(converged | bad)) - bar.n)
+            bar.set_postfix(iteration=it, active=int((~done).sum()))
         if it == max_iter:
             break
         # coupling of θ and s² in the profile likelihood: c = qᵀG⁻¹q; with the L1 penalty θ
@@ -437,6 +440,9 @@ def fit_pixels(
         s2[active[keep]] = s_new[keep]
         active = active[keep]
     n_iter = it
+    if bar is not None:  # pixels still active at max_iter end here too (flagged NOT_CONVERGED)
+        bar.update(p - bar.n)
+        bar.close()
     del buf_b
     empty = n_used == 0
     if empty.any():

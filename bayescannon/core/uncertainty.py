@@ -3,7 +3,7 @@
 The formal error of the test step (inverse Fisher matrix, :mod:`bayescannon.core.labelfit`)
 assumes that the quadratic model is exact and that θ is known. Neither is true: on
 emulator spectra formal 1σ errors cover only ~15–30 % of stars. This module adds the two
-missing pieces, each with a stated model (see ``docs/bayes.md`` for the derivations):
+missing pieces, each with a stated model (see ``docs/guides/bayes.md`` for the derivations):
 
 1. **θ uncertainty** (from the training fit). The per-pixel Laplace covariance of θ is
    ``Σ_θ,λ = G_λ⁻¹`` with ``G_λ = Σ_n w_nλ v_n v_nᵀ``. Writing ``w_nλ ≈ w̄_λ ρ_n`` (pixel

@@ -1,6 +1,6 @@
 """Survey of Surveys homogenisation: put many surveys' label catalogues on one reference
 scale (quantile-boosted offsets with conformal intervals, chaining through a graph of
-surveys, Monte Carlo errors, split-normal combination). See ``docs/homogenise.md``.
+surveys, Monte Carlo errors, split-normal combination). See ``docs/guides/homogenise.md``.
 
 xgboost, mapie and scikit-learn are needed to fit (the ``homogenise`` extra); they are
 imported only when a model is fitted or loaded.

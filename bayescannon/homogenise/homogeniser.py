@@ -58,7 +58,7 @@ def stack_surveys(data: Mapping[str, SurveyData]):
 
 
 class Homogeniser(ParamsMixin):
-    """Survey of Surveys homogenisation (see the module docstring and ``docs/homogenise.md``).
+    """Survey of Surveys homogenisation (see the module docstring and ``docs/guides/homogenise.md``).
 
     Parameters
     ----------

@@ -9,7 +9,7 @@ scale ``s1`` and upper scale ``s2`` has the density
 It puts the mass ``s1 / (s1 + s2)`` below the mode, and exactly 68.27 % of it in
 ``[mu - s1, mu + s2]`` whatever the asymmetry: that is the convention by which a
 catalogue's ``(value, P16, P84)`` is read (``mu = value``, ``s1 = value - P16``,
-``s2 = P84 - value``) and written back (see ``docs/homogenise.md``).
+``s2 = P84 - value``) and written back (see ``docs/guides/homogenise.md``).
 
 Every function works on arrays of stars at once (no Python loop over stars).
 """

@@ -1,6 +1,6 @@
 """Readers and writers of survey spectra and of the spectra container.
 
-Every reader returns the spectra container of ``docs/conventions.md`` (an
+Every reader returns the spectra container of ``docs/guides/conventions.md`` (an
 ``xarray.Dataset`` with ``flux``/``ivar`` (star, pixel), a ``wavelength`` coordinate
 in Angstrom and unique ``star`` ids). Every survey reader has a writer that writes
 the real file layout (used by tests and by the mock-survey simulator).

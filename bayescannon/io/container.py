@@ -1,6 +1,6 @@
 """bayescannon's own container files: ``.nc``, ``.npz`` and the FITS "bayescannon table".
 
-Three formats round-trip a spectra container exactly (see ``docs/conventions.md``):
+Three formats round-trip a spectra container exactly (see ``docs/guides/conventions.md``):
 
 ``.nc``
     the ``xarray.Dataset`` written with ``h5netcdf`` (boolean per-star columns are

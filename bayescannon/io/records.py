@@ -2,7 +2,7 @@
 
 A survey reader turns one file into a :class:`_Record` (one star's wavelength, flux,
 inverse variance, mask bits, per-star columns and attributes). :func:`_records_to_dataset`
-stacks records into the spectra container of ``docs/conventions.md``: it cleans all
+stacks records into the spectra container of ``docs/guides/conventions.md``: it cleans all
 stars at once (:func:`_sanitise`), checks that they agree on survey, normalisation,
 medium and frame, and puts them on one wavelength grid (identical grids, the common
 range of grids that differ in extent, or an explicit grid by linear interpolation).

@@ -14,7 +14,7 @@ millions of spectra is read one chunk of stars at a time by one process or by ma
       columns/snr ...      per-star variables of the container (``snr``, ``filename``, ...)
 
 Spectra are stored in float32 (a relative rounding of 6e-8, far below any spectrum's
-noise) and read back as the float64 container of ``docs/conventions.md``: what
+noise) and read back as the float64 container of ``docs/guides/conventions.md``: what
 :meth:`SpectraStore.read` returns is what :meth:`CannonModel.infer` accepts, and
 :meth:`SpectraStore.digest` is :func:`bayescannon.pipeline.chunks.dataset_digest` of it,
 so the resume keys of a chunk are the same whether it came from a store or from memory.

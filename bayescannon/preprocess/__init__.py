@@ -1,7 +1,7 @@
 """Preprocessing of spectra containers: grids (Doppler shift, rest frame, resampling,
 air/vacuum), continuum normalisation, masks and S/N, and chunked survey-scale runs.
 
-Every step is a plain function that takes a spectra container (``docs/conventions.md``)
+Every step is a plain function that takes a spectra container (``docs/guides/conventions.md``)
 and returns a new one; inputs are never modified. Inverse variances are propagated
 exactly where the step is linear in the flux, and pixels without information
 (``ivar = 0``) never leak into pixels that claim information. Stars that end up with no

@@ -2,7 +2,7 @@
 container, grid checks, history, building the output container, the ``all_masked``
 column, wavelength segments and masked medians.
 
-Every step takes a spectra container (``docs/conventions.md``) and returns a new one
+Every step takes a spectra container (``docs/guides/conventions.md``) and returns a new one
 built by :func:`new_container`; inputs are never modified.
 """
 

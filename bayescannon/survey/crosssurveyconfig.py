@@ -2,7 +2,7 @@
 
 One file describes the two surveys, the cross-match, the four runs (each with its own
 labels, model settings, censoring windows, training cuts and folds) and the clusters of
-the validation report. Paths are relative to the file. Example (``docs/crosssurvey.md``
+the validation report. Paths are relative to the file. Example (``docs/guides/crosssurvey.md``
 has every key)::
 
     labels = ["TEFF", "LOGG", "FE_H", "ALPHA_FE"]

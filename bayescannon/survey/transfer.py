@@ -6,7 +6,7 @@ the model then gives every LAMOST spectrum labels on the APOGEE scale, including
 [alpha/M], which the LAMOST pipeline does not measure. :class:`TransferPipeline` runs
 this from survey files to a catalogue, driven by one TOML file
 (:class:`TransferConfig`; annotated example: ``examples/transfer.toml``; guide:
-``docs/transfer.md``).
+``docs/guides/transfer.md``).
 
 Steps (:data:`STEPS`), each reading only what earlier steps saved on disk, so that any
 step can be run alone and re-run from its saved inputs:

@@ -1,25 +1,4 @@
-"""Plots (matplotlib), callable from notebooks and written by the CLI. Nothing here is
-used by the numerical core.
-
-Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no
-global figure registry, no backend switch): show it in a notebook by evaluating it,
-write it with :func:`save_figure`.
-
-* :func:`one_to_one` — inferred vs reference labels with bias and scatter annotated.
-* :func:`scatter_vs_snr` — bias and scatter in S/N bins (Ho+2017 Fig. 8).
-* :func:`binned_statistics_plot` — bias and scatter in bins of any variable.
-* :func:`kiel_diagram` — log g vs Teff, before / after side by side.
-* :func:`coefficient_spectra` — leading (linear) coefficients θ_λ per label with known
-  lines marked (Ho+2017 Fig. 5).
-* :func:`residual_band` — per-pixel median residual and 16–84 % band over a set of
-  stars (Nandakumar+2022 Figs 5–6).
-* :func:`alpha_vs_feh` — [α/M] vs [Fe/H].
-* :func:`precision_vs_snr` — repeat-observation precision and its exponential fit.
-* :func:`pipeline_comparison` — a point-estimate pipeline's values in our posteriors:
-  quantile histograms (uniform when consistent), z against S/N and against each label.
-* :func:`coverage_map` — coverage of the calibrated intervals per S/N quintile and per
-  quintile of each label, with the target band shaded.
-"""
+"""Figures of labels, spectra and coefficients (see :mod:`bayescannon.plots`)."""
 
 from __future__ import annotations
 
@@ -29,7 +8,8 @@ import numpy as np
 
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import InvalidInputError, ShapeMismatchError
-from bayescannon.results import label_units_text
+from bayescannon.pipeline.atomic import atomic_path
+from bayescannon.results import label_axis_text, label_display_name, label_units_text
 
 __all__ = [
     "one_to_one",
@@ -42,6 +22,7 @@ __all__ = [
     "precision_vs_snr",
     "coverage_map",
     "pipeline_comparison",
+    "new_figure",
     "save_figure",
     "APOGEE_LINES",
 ]
@@ -69,6 +50,25 @@ def _colour(c, cmap, vmin=None, vmax=None) -> dict:
 
 
 def new_figure(n_panels=1, *, ncols=None, panel=(3.6, 3.4), sharex=False, sharey=False):
+    """A figure (constrained layout, no pyplot) with ``n_panels`` axes on a grid.
+
+    Parameters
+    ----------
+    n_panels : int
+        Number of axes; unused grid cells are hidden.
+    ncols : int, optional
+        Columns of the grid (default: all panels in one row).
+    panel : (float, float)
+        Size of one panel in inches.
+    sharex, sharey : bool
+        Share the x / y axes between panels.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    axes : ndarray of matplotlib.axes.Axes
+        The ``n_panels`` axes, flattened.
+    """
     from matplotlib.figure import Figure
 
     ncols = ncols or n_panels
@@ -80,9 +80,28 @@ def new_figure(n_panels=1, *, ncols=None, panel=(3.6, 3.4), sharex=False, sharey
     return fig, axes.ravel()[:n_panels]
 
 
-def save_figure(fig, path, *, formats=None, dpi: int = 110) -> list[Path]:
-    """Write a figure; ``formats`` (e.g. ``("png", "pdf")``) replace the suffix of
-    ``path``. Returns the paths written."""
+def save_figure(fig, path, *, formats=None, dpi: int = 110, overwrite: bool = True) -> list[Path]:
+    """Write a figure atomically (an existing file is replaced).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : path-like
+        Output file; its suffix is the format unless ``formats`` are given.
+    formats : list of str, optional
+        Formats (e.g. ``("png", "pdf")``) that replace the suffix of ``path``.
+    dpi : int
+        Resolution of raster formats.
+    overwrite : bool
+        Replace an existing file (reports refresh their figures); False raises
+        :class:`~bayescannon.errors.OutputExistsError` instead.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The paths written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
@@ -90,7 +109,8 @@ def save_figure(fig, path, *, formats=None, dpi: int = 110) -> list[Path]:
     bbox = None if fig.get_layout_engine() is not None else "tight"
     for fmt in formats or [path.suffix.lstrip(".") or "png"]:
         p = path.with_suffix(f".{fmt}")
-        fig.savefig(p, dpi=dpi, bbox_inches=bbox)
+        with atomic_path(p, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=bbox)
         out.append(p)
     return out
 
@@ -104,7 +124,18 @@ def _as_2d(a, name, k=None):
     return a
 
 
-def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_label=None, units=None):
+def one_to_one(
+    truth,
+    inferred,
+    label_names,
+    *,
+    errors=None,
+    color=None,
+    color_label=None,
+    units=None,
+    xprefix="reference ",
+    yprefix="bayescannon ",
+):
     """One-to-one panels (inferred vs reference) with bias and scatter annotated.
 
     Parameters
@@ -159,9 +190,9 @@ def one_to_one(truth, inferred, label_names, *, errors=None, color=None, color_l
             va="top",
             fontsize=8,
         )
-        axis_name = f"{name} [{unit}]" if unit else str(name)
-        ax.set_xlabel(f"reference {axis_name}")
-        ax.set_ylabel(f"bayescannon {axis_name}")
+        given = (units or {}).get(name)
+        ax.set_xlabel(label_axis_text(name, prefix=xprefix, units=given))
+        ax.set_ylabel(label_axis_text(name, prefix=yprefix, units=given))
         ax.set_aspect("equal", adjustable="datalim")
     if color is not None and sc is not None:
         fig.colorbar(sc, ax=list(axes), label=color_label or "")
@@ -214,10 +245,9 @@ def binned_statistics_plot(table, *, label_names=None, xlabel=None, logx=False):
         ax.plot(x[ok], -f("HALF_P16_84")[ok], "--", color="C2")
         if logx:
             _log_snr_axis(ax)
-        ax.set_title(name)
-        ax.set_xlabel(xlabel or (str(t["X"][0]) if len(t) else ""))
-        unit = label_units_text(name)
-        ax.set_ylabel(f"Δ{name} [{unit}]" if unit else f"Δ{name}")
+        ax.set_title(label_display_name(name))
+        ax.set_xlabel(xlabel or (label_axis_text(str(t["X"][0])) if len(t) else ""))
+        ax.set_ylabel(label_axis_text(name, delta=True))
     axes[0].legend(fontsize=7)
     return fig
 
@@ -279,8 +309,8 @@ def kiel_diagram(
         if t.shape != g.shape:
             raise ShapeMismatchError(f"teff {t.shape} and logg {g.shape} differ")
         sc = ax.scatter(t, g, s=3, rasterized=True, **_colour(c, "plasma", vmin, vmax))
-        ax.set_xlabel("Teff (K)")
-        ax.set_ylabel("log g")
+        ax.set_xlabel(label_axis_text("TEFF"))
+        ax.set_ylabel(label_axis_text("LOGG"))
         if len(panels) > 1:
             ax.set_title(title)
     axes[0].invert_xaxis()
@@ -331,12 +361,12 @@ def coefficient_spectra(model, *, labels=None, lines=None, wavelength_range=None
     fig = Figure(figsize=(10, 1.6 * (len(names) + 2)), layout="constrained")
     axes = fig.subplots(len(names) + 2, 1, sharex=True, squeeze=False)[:, 0]
     axes[0].plot(wl[sel], model.theta_[sel, 0], lw=0.6, color="k")
-    axes[0].set_ylabel("θ₀")
+    axes[0].set_ylabel(r"$\theta_0$")
     for ax, name in zip(axes[1:-1], names):
         t = model.term_names.index(name)
         ax.plot(wl[sel], model.theta_[sel, t], lw=0.6)
         ax.axhline(0, color="0.7", lw=0.5)
-        ax.set_ylabel(f"θ[{name}]")
+        ax.set_ylabel(f"θ ({label_display_name(name)})")
     axes[-1].plot(wl[sel], np.sqrt(model.s2_[sel]), lw=0.6, color="C3")
     axes[-1].set_ylabel("s")
     axes[-1].set_xlabel("wavelength (Å)" if model.wavelength_ is not None else "pixel")
@@ -427,18 +457,27 @@ def alpha_vs_feh(
     feh_after=None,
     alpha_after=None,
     titles=("before", "after"),
-    ylabel="[α/M]",
+    ylabel=None,
+    alpha_name="ALPHA_M",
 ):
-    """[α/M] vs [Fe/H], optionally before / after side by side.
+    """[α/Fe] (or [α/M]) vs [Fe/H], optionally before / after side by side.
 
     Parameters
     ----------
     feh, alpha : ndarray (N,)
+        [Fe/H] and the α abundance of each star.
     color : ndarray (N,), optional
+        Colour of each point.
     color_label : str, optional
+        Label of the colour bar.
     feh_after, alpha_after : ndarray, optional
+        Second panel (e.g. the transferred labels).
     titles : (str, str)
-    ylabel : str
+        Panel titles when there are two panels.
+    ylabel : str, optional
+        Axis label of the α abundance; by default from the label table for ``alpha_name``.
+    alpha_name : str
+        Label of the α abundance: ``"ALPHA_M"`` ([α/M]) or ``"ALPHA_FE"`` ([α/Fe]).
 
     Returns
     -------
@@ -455,8 +494,8 @@ def alpha_vs_feh(
             raise ShapeMismatchError(f"[Fe/H] {x.shape} and [alpha] {y.shape} differ")
         c = None if color is None or len(np.asarray(color)) != x.size else color
         sc = ax.scatter(x, y, s=3, alpha=0.7, rasterized=True, **_colour(c, "viridis"))
-        ax.set_xlabel("[Fe/H]")
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(label_axis_text("FE_H"))
+        ax.set_ylabel(ylabel or label_axis_text(alpha_name))
         if len(panels) > 1:
             ax.set_title(title)
     if color is not None and sc is not None:
@@ -496,8 +535,8 @@ def precision_vs_snr(calibration):
                     transform=ax.transAxes, fontsize=8)  # fmt: skip
         ax.set_xlabel("lower S/N of pair")
         unit = label_units_text(name)
-        ax.set_ylabel(f"σ({name}) [{unit}]" if unit else f"σ({name})")
-        ax.set_title(f"{name}: errors × {calibration.scale[q]:.2f}", fontsize=9)
+        ax.set_ylabel(f"σ({label_display_name(name)}) [{unit}]" if unit else f"σ({label_display_name(name)})")
+        ax.set_title(f"{label_display_name(name)}: errors × {calibration.scale[q]:.2f}", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig
 
@@ -558,23 +597,14 @@ def coverage_map(coverage, label_names=None, *, level=0.68, band=0.05, kind="cal
         ax.axhspan(level - band, level + band, color="0.85", zorder=0, label=f"{level:.2f} ± {band:.2f}")
         ax.axhline(level, color="0.5", lw=0.8, ls="--")
         for j, name in enumerate(label_names):
-            ax.plot(x, cov[:, j], "o-", ms=4, label=name)
-        if by == "snr":
-            ax.set_xlabel("S/N (quintile mid-points)")
-        else:
-            unit = label_units_text(by)
-            ax.set_xlabel(f"{by} ({unit}), quintile mid-points" if unit else f"{by}, quintile mid-points")
+            ax.plot(x, cov[:, j], "o-", ms=4, label=label_display_name(name))
+        ax.set_xlabel(f"{label_axis_text(by)}, quintile mid-points")
         ax.set_ylabel(f"{key} % interval coverage")
         n = np.asarray(d["n"])
         counts = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
-        ax.set_title(f"by {by} ({counts} stars per bin)", fontsize=9)
+        ax.set_title(f"by {label_display_name(by)} ({counts} stars per bin)", fontsize=9)
     axes[0].legend(fontsize=7)
     return fig
-
-
-def _label_axis_name(name) -> str:
-    unit = label_units_text(name)
-    return f"{name} [{unit}]" if unit else str(name)
 
 
 def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = None):
@@ -602,11 +632,13 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
         ax = axes[0, j]
         ax.hist(q[np.isfinite(q)], bins=bins, range=(0, 1), density=True, histtype="stepfilled", alpha=0.5)
         ax.axhline(1.0, color="k", lw=1, ls="--")
-        ax.set_xlabel(f"posterior quantile of pipeline {name}")
+        ax.set_xlabel(f"posterior quantile of pipeline {label_display_name(name)}")
         ax.set_ylabel("probability density")
-        ax.set_title(f"{name}: KS p = {float(result['ks_pvalue'].sel(label_name=name)):.2g}", fontsize=9)
+        ax.set_title(
+            f"{label_display_name(name)}: KS p = {float(result['ks_pvalue'].sel(label_name=name)):.2g}", fontsize=9
+        )
         rows = [(snr, "S/N")] if has_snr else []
-        rows += [(result["ours_mean"].sel(label_name=other).values, _label_axis_name(other)) for other in names]
+        rows += [(result["ours_mean"].sel(label_name=other).values, label_axis_text(other)) for other in names]
         for r, (xv, xname) in enumerate(rows, start=1):
             ax = axes[r, j]
             ok = np.isfinite(xv) & np.isfinite(z)
@@ -616,7 +648,7 @@ def pipeline_comparison(result, *, bins: int = 20, outlier_z: float | None = Non
             for level in (-zlim, 0.0, zlim):
                 ax.axhline(level, color="k", lw=0.7, ls="-" if level == 0 else ":")
             ax.set_xlabel(xname)
-            ax.set_ylabel(f"z ({name})")
+            ax.set_ylabel(f"z ({label_display_name(name)})")
             if xname == "S/N":
                 _log_snr_axis(ax)
     return fig
