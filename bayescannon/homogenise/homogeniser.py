@@ -190,13 +190,14 @@ class Homogeniser(ParamsMixin):
         self.counts_ = {s: d.counts for s, d in data.items()}
         self.models_, self.paths_, self.tau_, self.overlaps_ = {}, {}, {}, {}
         self.training_, self.deconvolution_, self._shifts = {}, {}, {}
+        self._noise = {}
         cal = {}
         for j, lab in enumerate(labels):
             cal[lab] = self._fit_label(j, lab, data, rows, len(ids), rng)
         self.validation_ = pair_validation(
             data, rows, len(ids), labels, cal, self.training_, list(self.features), self.paths_
         )
-        self._fit_cache = (data, ids, rows, cal)
+        self._fit_cache = (data, ids, rows, cal, self._noise)
         self._shifts = {}
         return self
 
@@ -296,16 +297,22 @@ class Homogeniser(ParamsMixin):
         return self._shifts[key]
 
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
+        """The calibrated (median, lower, upper) of survey ``s`` on the union index, with
+        the model uncertainty accumulated along its path; the same without any model
+        uncertainty and the survey's own link uncertainty per star go to
+        ``self._noise[lab][s]`` for the combination (:func:`combine_chained`)."""
         j = list(self.labels).index(lab)
         model = self.models_[lab].get(s)
         shift = self._shift(s, d) if model is not None else None
-        tau = self.tau_[lab].get(s, 0.0)
+        X = self._inputs(d)
+        tau = own = self.tau_[lab].get(s, 0.0)
         if model is not None:  # the model's own uncertainty per star, the parent's accumulated one in quadrature
             parent = self.tau_[lab].get(model.parent_, 0.0)
-            tau = np.sqrt(model.predict_tau(self._inputs(d)) ** 2 + parent**2)
-        mode, s1, s2 = propagate(
+            own = model.predict_tau(X)
+            tau = np.sqrt(own**2 + parent**2)
+        res = propagate(
             model,
-            self._inputs(d),
+            X,
             j,
             d.value,
             d.s1,
@@ -317,8 +324,26 @@ class Homogeniser(ParamsMixin):
             chunk_size=self.chunk_size,
             propagation=self.propagation,
             shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
+            return_noise=True,
         )
-        return tuple(self._dense(n, rows, a) for a in (mode, s1, s2))
+        # the link's own uncertainty where the survey has no measurement (a chained survey's
+        # star seen through this survey): its model's single tau
+        link = np.full(n, float(model.tau_) if model is not None else 0.0)
+        link[rows] = own
+        self._noise.setdefault(lab, {})[s] = (*(self._dense(n, rows, a) for a in res[3:]), link)
+        return tuple(self._dense(n, rows, a) for a in res[:3])
+
+    def _parents(self, lab) -> dict:
+        """Each survey's parent in the calibration tree of ``lab`` (None: the root level,
+        i.e. the anchor and the surveys calibrated on the joint reference)."""
+        anchor = list(self.reference[lab])[0]
+        out = {}
+        for s in self.paths_[lab]:
+            m = self.models_[lab].get(s)
+            par = None if m is None else m.parent_
+            out[s] = par if par in self.paths_[lab] and par != REF else None
+        out[anchor] = None
+        return out
 
     # ------------------------------------------------------------------ apply
     def transform(self, catalogues: Mapping) -> Table:
@@ -327,7 +352,7 @@ class Homogeniser(ParamsMixin):
         self._check_fitted()
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state + 1)
-        self._shifts = {}
+        self._shifts, self._noise = {}, {}
         ids, rows = stack_surveys(data)
         cal = {}
         for lab, paths in self.paths_.items():
@@ -336,7 +361,7 @@ class Homogeniser(ParamsMixin):
                 if s not in data:
                     continue
                 cal[lab][s] = self._calibrate(lab, s, data[s], rows[s], len(ids), rng)
-        return self._table(data, ids, rows, cal)
+        return self._table(data, ids, rows, cal, self._noise)
 
     def fit_transform(self, catalogues: Mapping) -> Table:
         """:meth:`fit`, then the unified table of the same catalogues from the calibration
@@ -344,7 +369,8 @@ class Homogeniser(ParamsMixin):
         self.fit(catalogues)
         return self._table(*self._fit_cache)
 
-    def _table(self, data, ids, rows, cal) -> Table:
+    def _table(self, data, ids, rows, cal, noise) -> Table:
+        chain = {lab: {"noise": noise.get(lab, {}), "parent": self._parents(lab)} for lab in self.labels}
         return unified_table(
             ids,
             data,
@@ -355,6 +381,7 @@ class Homogeniser(ParamsMixin):
             models=self.models_,
             inputs=self._inputs,
             id_column=self.id_column,
+            chain=chain,
         )
 
     # ------------------------------------------------------------------ files

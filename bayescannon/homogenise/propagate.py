@@ -25,7 +25,7 @@ from scipy import special
 
 from bayescannon.homogenise.splitnormal import split_normal_ppf
 
-__all__ = ["draw_inputs", "propagate", "PERCENTILES"]
+__all__ = ["draw_inputs", "propagate", "propagate_block", "PERCENTILES"]
 
 #: Percentiles that define the calibrated split normal (±1σ of a normal, and the median).
 PERCENTILES = (15.865525393145708, 50.0, 84.13447460685429)
@@ -63,6 +63,83 @@ def draw_inputs(rng, mu, s1, s2, cov, n_draws: int) -> np.ndarray:
     return np.where(ok[:, :, None], delta, 0.0)
 
 
+def propagate_block(
+    model,
+    X,
+    label_index: int,
+    mu,
+    s1,
+    s2,
+    cov,
+    tau,
+    seed,
+    *,
+    n_draws: int = 200,
+    propagation: str = "linear",
+    shift=None,
+) -> np.ndarray:
+    """The Monte Carlo of one block of stars: the task unit of :func:`propagate`.
+
+    Takes the block's rows of every input of :func:`propagate` (``tau`` as an (m,) array,
+    ``shift`` as a pair of arrays or None) and the block's own ``seed`` (anything
+    :func:`numpy.random.default_rng` takes), so that a block's result depends only on its
+    inputs, not on which worker or in which order it runs.
+
+    Returns
+    -------
+    numpy.ndarray, shape (6, m)
+        P16, P50, P84 of the calibrated draws with the model uncertainty ``tau``, then the
+        same without it (the noise of the measurement alone, for
+        :func:`~bayescannon.homogenise.splitnormal.combine_chained`).
+    """
+    rng = np.random.default_rng(seed)
+    m, k = mu.shape
+    j = label_index
+    delta = draw_inputs(rng, mu, s1, s2, cov, n_draws)
+    value = mu[:, j][:, None] + delta[:, j, :]
+    if model is not None:
+        x0 = np.asarray(X, dtype=float)
+        if propagation == "exact":
+            xd = np.repeat(x0[:, None, :], n_draws, axis=1)
+            xd[:, :, :k] += np.moveaxis(delta, 2, 1)
+            off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
+        else:
+            off = _linear_offset(model, x0, s1, s2, delta)
+        value = value + off
+    if shift is not None:
+        value = value + shift[0][:, None] + np.einsum("mi,mid->md", shift[1], delta)
+    out = np.empty((6, m))
+    p = np.percentile(value, PERCENTILES, axis=1)
+    out[3:] = p
+    if np.any(tau > 0):
+        value += tau[:, None] * special.ndtri(_stratified_uniform(rng, value.shape))
+        p = np.percentile(value, PERCENTILES, axis=1)
+    out[:3] = p
+    return out
+
+
+def _linear_offset(model, x0, s1, s2, delta) -> np.ndarray:
+    """The offset of every draw from one-sided secants along each input label (see the
+    module docstring): (m, n_draws)."""
+    m, k, n_draws = delta.shape
+    batch = [x0]
+    for i in range(k):
+        for sgn, s in ((-1.0, s1[:, i]), (1.0, s2[:, i])):
+            xi = x0.copy()
+            xi[:, i] += sgn * np.where(np.isfinite(s), s, 0.0)
+            batch.append(xi)
+    pred = model.predict_median(np.concatenate(batch)).reshape(len(batch), m)
+    off = np.repeat(pred[0][:, None], n_draws, axis=1)
+    for i in range(k):
+        lo_s, hi_s = s1[:, i], s2[:, i]
+        good = np.isfinite(lo_s) & np.isfinite(hi_s) & (lo_s > 0) & (hi_s > 0)
+        g_lo = np.where(good, (pred[0] - pred[1 + 2 * i]) / np.where(good, lo_s, 1.0), 0.0)
+        g_hi = np.where(good, (pred[2 + 2 * i] - pred[0]) / np.where(good, hi_s, 1.0), 0.0)
+        d = delta[:, i, :]
+        off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
+    return off
+
+
 def propagate(
     model,
     X,
@@ -78,6 +155,7 @@ def propagate(
     chunk_size: int = 20000,
     propagation: str = "linear",
     shift=None,
+    return_noise: bool = False,
 ):
     """Calibrated split normal of one label for every star (rows of ``X``).
 
@@ -94,57 +172,52 @@ def propagate(
     cov : array (n, k, k) or None
     tau : float or array (n,)
         The model's own (accumulated) uncertainty, per star or one for all.
+    rng : numpy.random.Generator
+        Gives one seed; block ``b`` draws from ``default_rng([seed, b])``.
+    chunk_size : int
+        Stars per block (:func:`propagate_block`): memory is ~``chunk_size × n_draws ×
+        (k + 3)`` floats, whatever the number of stars.
     shift : (array (n,), array (n, k)) or None
         A smooth correction added to every draw, linear in the draw's deviations: its value
         at the catalogue values and its gradient along the input labels (the
         errors-in-variables term of :mod:`~bayescannon.homogenise.deconvolve`).
+    return_noise : bool
+        Also return the percentiles of the draws without ``tau``.
 
     Returns
     -------
     median, lower, upper : arrays (n,)
-        P50, P50 - P16 and P84 - P50 of the calibrated draws.
+        P50, P50 - P16 and P84 - P50 of the calibrated draws (and, with ``return_noise``,
+        the same three without the model uncertainty).
     """
     n, k = mu.shape
     j = label_index
     tau = np.broadcast_to(np.asarray(tau, dtype=float), (n,))
+    ok = np.isfinite(mu[:, j])
     if model is None and not np.any(tau > 0):  # on the reference scale already: the catalogue's own split normal
-        ok = np.isfinite(mu[:, j]) & np.isfinite(s1[:, j]) & np.isfinite(s2[:, j])
-        return tuple(np.where(ok, a[:, j], np.nan) for a in (mu, s1, s2))
-    out = np.full((3, n), np.nan)
-    for start in range(0, n, chunk_size):  # chunks of stars: memory does not grow with n
+        ok = ok & np.isfinite(s1[:, j]) & np.isfinite(s2[:, j])
+        own = tuple(np.where(ok, a[:, j], np.nan) for a in (mu, s1, s2))
+        return own + own if return_noise else own
+    seed = int(rng.integers(2**62))
+    out = np.full((6, n), np.nan)
+    for b, start in enumerate(range(0, n, chunk_size)):  # blocks of stars: memory does not grow with n
         sl = slice(start, min(start + chunk_size, n))
-        m = sl.stop - sl.start
-        delta = draw_inputs(rng, mu[sl], s1[sl], s2[sl], None if cov is None else cov[sl], n_draws)
-        value = mu[sl, j][:, None] + delta[:, j, :]
-        if model is not None:
-            x0 = np.asarray(X[sl], dtype=float)
-            if propagation == "exact":
-                xd = np.repeat(x0[:, None, :], n_draws, axis=1)
-                xd[:, :, :k] += np.moveaxis(delta, 2, 1)
-                off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
-            else:
-                batch = [x0]
-                for i in range(k):
-                    for sgn, s in ((-1.0, s1[sl, i]), (1.0, s2[sl, i])):
-                        xi = x0.copy()
-                        xi[:, i] += sgn * np.where(np.isfinite(s), s, 0.0)
-                        batch.append(xi)
-                pred = model.predict_median(np.concatenate(batch)).reshape(len(batch), m)
-                off = np.repeat(pred[0][:, None], n_draws, axis=1)
-                for i in range(k):
-                    lo_s, hi_s = s1[sl, i], s2[sl, i]
-                    good = np.isfinite(lo_s) & np.isfinite(hi_s) & (lo_s > 0) & (hi_s > 0)
-                    g_lo = np.where(good, (pred[0] - pred[1 + 2 * i]) / np.where(good, lo_s, 1.0), 0.0)
-                    g_hi = np.where(good, (pred[2 + 2 * i] - pred[0]) / np.where(good, hi_s, 1.0), 0.0)
-                    d = delta[:, i, :]
-                    off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
-            value = value + off
-        if shift is not None:
-            value = value + shift[0][sl, None] + np.einsum("mi,mid->md", shift[1][sl], delta)
-        if np.any(tau[sl] > 0):
-            value = value + tau[sl, None] * special.ndtri(_stratified_uniform(rng, value.shape))
-        p = np.percentile(value, PERCENTILES, axis=1)
-        out[:, sl] = p[1], p[1] - p[0], p[2] - p[1]
-    bad = ~np.isfinite(mu[:, j])
-    out[:, bad] = np.nan
-    return out[0], out[1], out[2]
+        out[:, sl] = propagate_block(
+            model,
+            None if X is None else X[sl],
+            j,
+            mu[sl],
+            s1[sl],
+            s2[sl],
+            None if cov is None else cov[sl],
+            tau[sl],
+            [seed, b],
+            n_draws=n_draws,
+            propagation=propagation,
+            shift=None if shift is None else (shift[0][sl], shift[1][sl]),
+        )
+    out[:, ~ok] = np.nan
+    res = (out[1], out[1] - out[0], out[2] - out[1])
+    if return_noise:
+        res += (out[4], out[4] - out[3], out[5] - out[4])
+    return res
