@@ -21,6 +21,7 @@ into the unified table (:func:`~bayescannon.homogenise.output.unified_table`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,17 @@ from bayescannon.pipeline.atomic import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["Homogeniser", "stack_surveys"]
+
+
+def _blas_threads(n_jobs):
+    """A context that caps BLAS/OpenMP threads at ``n_jobs`` (the many tiny linear-algebra
+    calls of the deconvolution ran several times slower with threads fighting over busy
+    cores); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits  # lazy: optional third-party import
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=max(1, int(n_jobs)))
 
 
 def stack_surveys(data: Mapping[str, SurveyData]):
@@ -182,6 +194,10 @@ class Homogeniser(ParamsMixin):
             Too little overlap for a calibration, or a survey with no path to the reference
             (named with its overlaps).
         """
+        with _blas_threads(self.n_jobs):
+            return self._fit(catalogues)
+
+    def _fit(self, catalogues):
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state)
         ids, rows = stack_surveys(data)
@@ -350,6 +366,10 @@ class Homogeniser(ParamsMixin):
         """The unified table of ``catalogues`` with the fitted models (fresh Monte Carlo draws
         from ``random_state + 1``)."""
         self._check_fitted()
+        with _blas_threads(self.n_jobs):
+            return self._transform(catalogues)
+
+    def _transform(self, catalogues):
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state + 1)
         self._shifts, self._noise = {}, {}
@@ -367,7 +387,8 @@ class Homogeniser(ParamsMixin):
         """:meth:`fit`, then the unified table of the same catalogues from the calibration
         computed while fitting."""
         self.fit(catalogues)
-        return self._table(*self._fit_cache)
+        with _blas_threads(self.n_jobs):
+            return self._table(*self._fit_cache)
 
     def _table(self, data, ids, rows, cal, noise) -> Table:
         chain = {lab: {"noise": noise.get(lab, {}), "parent": self._parents(lab)} for lab in self.labels}
