@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from bayescannon.errors import InvalidInputError
-from bayescannon.homogenise.propagate import propagate, propagate_block
 from bayescannon.homogenise.splitnormal import combine_chained, combine_split_normal
 
 
@@ -82,50 +81,3 @@ def test_without_a_chain_it_is_the_independent_combination_with_tau_in_quadratur
     assert v2[0] == pytest.approx(1.0) and iv2[0][1][0] - 1.0 == pytest.approx(0.5, rel=1e-6) and n2[0] == 1
     with pytest.raises(InvalidInputError, match="cycle"):
         combine_chained(mu[:, :2], s1[:, :2], s2[:, :2], tau[:, :2], [1, 0])
-
-
-def test_propagate_is_its_blocks_and_returns_the_noise_alone():
-    rng = np.random.default_rng(2)
-    n, k = 1000, 2
-    mu = rng.normal(size=(n, k))
-    s = np.full((n, k), 0.2)
-    tau = np.full(n, 0.3)
-    shift = (np.zeros(n), np.zeros((n, k)))
-    full = propagate(
-        None,
-        None,
-        0,
-        mu,
-        s,
-        s,
-        None,
-        tau,
-        np.random.default_rng(7),
-        chunk_size=300,
-        n_draws=200,
-        shift=shift,
-        return_noise=True,
-    )
-    seed = int(np.random.default_rng(7).integers(2**62))
-    blocks = [
-        propagate_block(
-            None,
-            None,
-            0,
-            mu[a : a + 300],
-            s[a : a + 300],
-            s[a : a + 300],
-            None,
-            tau[a : a + 300],
-            [seed, b],
-            n_draws=200,
-            shift=(shift[0][a : a + 300], shift[1][a : a + 300]),
-        )
-        for b, a in reversed(list(enumerate(range(0, n, 300))))
-    ]  # any order
-    got = np.concatenate(blocks[::-1], axis=1)
-    np.testing.assert_allclose(full[0], got[1])
-    np.testing.assert_allclose(full[3], got[4])
-    # stratified draws: the noise-only half width is sigma, with tau sqrt(sigma² + tau²) (MC error ~2 %)
-    np.testing.assert_allclose(np.median(full[4] + full[5]) / 2, 0.2, rtol=0.03)
-    np.testing.assert_allclose(np.median(full[1] + full[2]) / 2, np.hypot(0.2, 0.3), rtol=0.03)

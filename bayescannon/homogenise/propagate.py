@@ -64,17 +64,26 @@ def _normal_table(n: int) -> np.ndarray:
     return z / np.percentile(z, PERCENTILES[2]) if n > 2 else z
 
 
+@functools.lru_cache(maxsize=16)
+def _half_normal_table(n: int = 8192) -> np.ndarray:
+    """Quantiles of ``|Z|`` at the midpoints of ``n`` equal strata (the split-normal draws
+    read them instead of evaluating the normal quantile function per draw)."""
+    return special.ndtri(0.5 + 0.5 * (np.arange(n) + 0.5) / n)
+
+
 def lattice_index(rng, m: int, dims: int, n_draws: int) -> np.ndarray:
     """Stratum of every draw, (m, dims, n_draws) int32: a randomly shifted rank-1 lattice
     per star, ``(t g_i + c_i) mod n_draws`` with the Korobov vector ``g`` and a random
     shift ``c`` per star and dimension. Each dimension takes every stratum once (a Latin
     hypercube in each margin, far less Monte Carlo noise in the percentiles than plain
-    draws) and the dimensions are spread like a lattice rule, at the cost of integer
-    arithmetic: no random permutation, no normal quantile per draw."""
+    draws) and the dimensions are spread like a lattice rule, at the cost of one integer
+    addition per draw: no random permutation, no normal quantile per draw."""
     g = np.asarray(_korobov(n_draws, dims), dtype=np.int64)
-    c = rng.integers(0, n_draws, size=(m, dims))
-    t = np.arange(n_draws, dtype=np.int64)
-    return ((t[None, None, :] * g[None, :, None] + c[:, :, None]) % n_draws).astype(np.int32)
+    base = (np.arange(n_draws)[None, :] * g[:, None] % n_draws).astype(np.int32)  # (dims, n_draws)
+    c = rng.integers(0, n_draws, size=(m, dims), dtype=np.int32)
+    idx = base[None] + c[:, :, None]
+    np.subtract(idx, n_draws, out=idx, where=idx >= n_draws)
+    return idx
 
 
 def draw_inputs(rng, mu, s1, s2, cov, n_draws: int, index=None) -> np.ndarray:
@@ -90,14 +99,20 @@ def draw_inputs(rng, mu, s1, s2, cov, n_draws: int, index=None) -> np.ndarray:
     z = _normal_table(n_draws)[index]  # stratified standard normals
     delta = z * s1z[..., None]  # symmetric labels: exact quantiles of the stratum midpoints
     asym = ok & ~np.isclose(s1z, s2z)
-    if asym.any():  # split normals: the quantile function on the same strata (one ndtri per draw)
-        u = (index[asym] + rng.random(index[asym].shape)) / n_draws  # uniform within each stratum
-        a1, a2 = s1z[asym][:, None], s2z[asym][:, None]
+    table = _half_normal_table()
+    for i in np.flatnonzero(asym.any(axis=0)):  # a handful of labels
+        # split normals on the same strata: mass r = s1/(s1+s2) below the mode; a draw at
+        # level u < r is -s1 |Z| at the |Z| level 1 - u/r, one at u >= r is s2 |Z| at level
+        # (u - r)/(1 - r), read from a fine table of |Z| quantiles
+        rows = np.flatnonzero(asym[:, i])
+        u = index[rows, i, :] + rng.random((len(rows), n_draws))
+        u *= 1.0 / n_draws  # uniform within each stratum
+        a1, a2 = s1z[rows, i][:, None], s2z[rows, i][:, None]
         r = a1 / (a1 + a2)
-        low = u <= r
-        arg = np.where(low, u / (2.0 * r), 1.0 - (1.0 - u) / (2.0 * (1.0 - r)))
-        med = split_normal_ppf(0.5, 0.0, a1, a2)
-        delta[asym] = np.where(low, a1, a2) * special.ndtri(arg) - med
+        low = u < r
+        level = np.where(low, 1.0 - u / r, (u - r) / (1.0 - r))
+        h = table[np.minimum((level * len(table)).astype(np.int32), len(table) - 1)]
+        delta[rows, i, :] = np.where(low, -a1, a2) * h - split_normal_ppf(0.5, 0.0, a1, a2)
     if cov is not None:
         c = np.where(ok[:, :, None] & ok[:, None, :], cov, 0.0)
         c = c + np.eye(k)[None] * np.where(ok, 0.0, 1.0)[:, None, :]  # missing labels: unit variance, zeroed below
