@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance
 from bayescannon.homogenise.propagate import draw_inputs, lattice_index, propagate, propagate_block
 from bayescannon.homogenise.splitnormal import split_normal_ppf
 
@@ -93,3 +94,30 @@ def test_propagate_is_its_blocks_and_returns_the_noise_alone():
     # stratified draws: the noise-only half width is sigma, with tau sqrt(sigma² + tau²) (MC error ~2 %)
     np.testing.assert_allclose(np.median(full[4] + full[5]) / 2, 0.2, rtol=0.03)
     np.testing.assert_allclose(np.median(full[1] + full[2]) / 2, np.hypot(0.2, 0.3), rtol=0.03)
+
+
+def test_analytic_shrinkage_jacobian_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    n = 3000
+    two = rng.random((n, 1)) < 0.5  # a two-component population, correlated noise, a missing label
+    x = np.where(
+        two, rng.normal([5000, 2.5, -0.3], [300, 0.5, 0.2], (n, 3)), rng.normal([6000, 4.3, 0], [300, 0.2, 0.3], (n, 3))
+    )
+    sig = np.array([100, 0.2, 0.1]) * rng.uniform(0.5, 1.5, (n, 3))
+    v = x + sig * rng.standard_normal((n, 3))
+    v[:20, 1] = np.nan
+    cov = noise_covariance(sig, sig)
+    cov[:, 0, 1] = cov[:, 1, 0] = 0.3 * sig[:, 0] * sig[:, 1]
+    dec = Deconvolution(n_components=4, n_iter=15, random_state=0).fit(v, cov)
+    d0, jac = dec.shrinkage_and_slope(v, cov)
+    np.testing.assert_array_equal(d0, dec.shrinkage(v, cov))
+    h = 1e-4 * np.nanstd(v, axis=0)
+    ok = np.isfinite(v).all(axis=1)
+    for i in range(3):
+        up, dn = v.copy(), v.copy()
+        up[:, i] += h[i]
+        dn[:, i] -= h[i]
+        fd = (dec.shrinkage(up, cov) - dec.shrinkage(dn, cov)) / (2 * h[i])
+        scale = np.abs(fd[ok]).max(axis=0) + 1e-12  # per output label
+        assert np.all(np.abs(jac[ok, :, i] - fd[ok]) <= 1e-5 * scale), i
+    assert (jac[:20, :, 1] == 0).all() and (jac[:20, 1, :] == 0).all() and np.isnan(d0[:20, 1]).all()
