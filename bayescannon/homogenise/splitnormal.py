@@ -127,7 +127,7 @@ def _total_nll(x, mu, s1, s2, use):
     return np.where(use, 0.5 * (d / np.where(use, s, 1.0)) ** 2, 0.0).sum(axis=1)
 
 
-def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), n_iter: int = 60):
+def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), n_iter: int = 42):
     """Combine several split-normal measurements per star by minimising their summed NLL.
 
     Parameters
@@ -154,7 +154,8 @@ def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), 
     The summed NLL is convex and piecewise quadratic with breaks at the modes: on each of
     the ``n + 1`` segments the minimum of the quadratic is computed in closed form and the
     one inside its segment is the global minimum. The interval ends are found by
-    bisection (vectorised over stars).
+    bisection (vectorised over stars), from 10 widest scales away: 42 halvings reach
+    2e-12 of that span, far below any catalogue precision.
     """
     mu, s1, s2 = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (mu, s1, s2))
     use = np.isfinite(mu) & np.isfinite(s1) & np.isfinite(s2) & (s1 > 0) & (s2 > 0)
