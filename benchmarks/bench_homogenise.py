@@ -156,7 +156,9 @@ def main(argv=None):
     p.add_argument("--no-deconvolve", action="store_true", help="the model of the observed labels as it is")
     p.add_argument("--no-tables", action="store_true", help="skip the bias tables")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
+    if args.large:  # progress (one line per offset model) with the time since the start
+        logging.getLogger("bayescannon.homogenise").setLevel(logging.INFO)
     if args.large:
         # the smallest survey (LAMOST_MRS) sees ~14 % of the population: draw enough, then
         # keep args.per_survey random rows of every survey (overlaps thin out proportionally)
