@@ -32,6 +32,13 @@ def add_arguments(p):
     p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
     p.add_argument("--propagation", choices=["linear", "exact"], default="linear",
                    help="propagation of input errors through the offset models")  # fmt: skip
+    p.add_argument(
+        "--combination",
+        choices=["independent", "chained"],
+        default="independent",
+        help="combine a star's measurements as independent, or seeing the calibration-link errors that chained "
+        "surveys share (conservative)",
+    )
     add_dask_argument(p)
 
 
@@ -80,6 +87,7 @@ def run(args) -> int:
         n_estimators=args.n_estimators,
         n_draws=args.n_draws,
         propagation=args.propagation,
+        combination=args.combination,
         n_jobs=args.n_jobs,
         random_state=args.seed,
     )

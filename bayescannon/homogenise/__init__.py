@@ -19,8 +19,9 @@ from bayescannon.homogenise.graph import REF, edge_costs, robust_scatter, survey
 from bayescannon.homogenise.homogeniser import Homogeniser, stack_surveys
 from bayescannon.homogenise.offsets import DEFAULT_QUANTILES, LEVELS, OffsetModel, pinball_loss
 from bayescannon.homogenise.output import HomogFlag, package_versions, unified_table
-from bayescannon.homogenise.propagate import propagate
+from bayescannon.homogenise.propagate import propagate, propagate_block
 from bayescannon.homogenise.splitnormal import (
+    combine_chained,
     combine_split_normal,
     fit_split_normal,
     split_normal_nll,
@@ -38,6 +39,7 @@ __all__ = [
     "OffsetModel",
     "SurveyConfig",
     "SurveyData",
+    "combine_chained",
     "combine_split_normal",
     "config_from_dict",
     "edge_costs",
@@ -47,6 +49,7 @@ __all__ = [
     "pinball_loss",
     "prepare_survey",
     "propagate",
+    "propagate_block",
     "robust_scatter",
     "select_rows",
     "split_normal_nll",

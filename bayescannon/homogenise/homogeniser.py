@@ -21,6 +21,7 @@ into the unified table (:func:`~bayescannon.homogenise.output.unified_table`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,17 @@ from bayescannon.pipeline.atomic import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["Homogeniser", "stack_surveys"]
+
+
+def _blas_threads(n_jobs):
+    """A context that caps BLAS/OpenMP threads at ``n_jobs`` (the many tiny linear-algebra
+    calls of the deconvolution ran several times slower with threads fighting over busy
+    cores); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits  # lazy: optional third-party import
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=max(1, int(n_jobs)))
 
 
 def stack_surveys(data: Mapping[str, SurveyData]):
@@ -81,6 +93,13 @@ class Homogeniser(ParamsMixin):
         Monte Carlo draws per measurement.
     propagation : {"linear", "exact"}
         How draws go through the offset models (see :mod:`~bayescannon.homogenise.propagate`).
+    combination : {"independent", "chained"}
+        How a star's measurements are combined: as independent split normals, or
+        ``"chained"``, seeing the calibration-link uncertainty that surveys chained through
+        another survey share (generalised least squares over the calibration tree,
+        :func:`~bayescannon.homogenise.splitnormal.combine_chained`). "chained" is
+        conservative: it treats all of a link's model uncertainty as shared, and on the
+        mock it over-covers for stars of chained surveys (``docs/guides/homogenise.md``).
     chunk_size : int
         Stars per Monte Carlo chunk.
     n_jobs : int
@@ -108,6 +127,7 @@ class Homogeniser(ParamsMixin):
         split=(0.6, 0.15, 0.15, 0.1),
         n_draws: int = 200,
         propagation: str = "linear",
+        combination: str = "independent",
         chunk_size: int = 20000,
         n_jobs: int = 1,
         deconvolve: bool = True,
@@ -126,6 +146,7 @@ class Homogeniser(ParamsMixin):
         self.split = split
         self.n_draws = n_draws
         self.propagation = propagation
+        self.combination = combination
         self.chunk_size = chunk_size
         self.n_jobs = n_jobs
         self.deconvolve = deconvolve
@@ -147,6 +168,8 @@ class Homogeniser(ParamsMixin):
             raise InvalidInputError("reference is required: {label: [survey, ...]}")
         if self.propagation not in ("linear", "exact"):
             raise InvalidInputError(f"propagation must be 'linear' or 'exact'; got {self.propagation!r}")
+        if self.combination not in ("independent", "chained"):
+            raise InvalidInputError(f"combination must be 'independent' or 'chained'; got {self.combination!r}")
         if len(self.split) != 4 or not np.isclose(sum(self.split), 1.0) or min(self.split) <= 0:
             raise InvalidInputError(f"split must be four positive fractions summing to 1; got {self.split}")
         if not isinstance(catalogues, Mapping) or not catalogues:
@@ -188,7 +211,8 @@ class Homogeniser(ParamsMixin):
         """
         self._executor = executor
         try:
-            return self._fit(catalogues)
+            with _blas_threads(self.n_jobs):
+                return self._fit(catalogues)
         finally:
             self._executor = None
 
@@ -201,13 +225,14 @@ class Homogeniser(ParamsMixin):
         self.counts_ = {s: d.counts for s, d in data.items()}
         self.models_, self.paths_, self.tau_, self.overlaps_ = {}, {}, {}, {}
         self.training_, self.deconvolution_, self._shifts = {}, {}, {}
+        self._noise = {}
         cal = {}
         for j, lab in enumerate(labels):
             cal[lab] = self._fit_label(j, lab, data, rows, len(ids), rng)
         self.validation_ = pair_validation(
             data, rows, len(ids), labels, cal, self.training_, list(self.features), self.paths_
         )
-        self._fit_cache = (data, ids, rows, cal)
+        self._fit_cache = (data, ids, rows, cal, self._noise)
         self._shifts = {}
         return self
 
@@ -307,16 +332,22 @@ class Homogeniser(ParamsMixin):
         return self._shifts[key]
 
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
+        """The calibrated (median, lower, upper) of survey ``s`` on the union index, with
+        the model uncertainty accumulated along its path; the same without any model
+        uncertainty and the survey's own link uncertainty per star go to
+        ``self._noise[lab][s]`` for the combination (:func:`combine_chained`)."""
         j = list(self.labels).index(lab)
         model = self.models_[lab].get(s)
         shift = self._shift(s, d) if model is not None else None
-        tau = self.tau_[lab].get(s, 0.0)
+        X = self._inputs(d)
+        tau = own = self.tau_[lab].get(s, 0.0)
         if model is not None:  # the model's own uncertainty per star, the parent's accumulated one in quadrature
             parent = self.tau_[lab].get(model.parent_, 0.0)
-            tau = np.sqrt(model.predict_tau(self._inputs(d)) ** 2 + parent**2)
-        mode, s1, s2 = propagate(
+            own = model.predict_tau(X)
+            tau = np.sqrt(own**2 + parent**2)
+        res = propagate(
             model,
-            self._inputs(d),
+            X,
             j,
             d.value,
             d.s1,
@@ -329,24 +360,43 @@ class Homogeniser(ParamsMixin):
             propagation=self.propagation,
             shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
             executor=getattr(self, "_executor", None),
+            return_noise=True,
         )
-        return tuple(self._dense(n, rows, a) for a in (mode, s1, s2))
+        # the link's own uncertainty where the survey has no measurement (a chained survey's
+        # star seen through this survey): its model's single tau
+        link = np.full(n, float(model.tau_) if model is not None else 0.0)
+        link[rows] = own
+        self._noise.setdefault(lab, {})[s] = (*(self._dense(n, rows, a) for a in res[3:]), link)
+        return tuple(self._dense(n, rows, a) for a in res[:3])
+
+    def _parents(self, lab) -> dict:
+        """Each survey's parent in the calibration tree of ``lab`` (None: the root level,
+        i.e. the anchor and the surveys calibrated on the joint reference)."""
+        anchor = list(self.reference[lab])[0]
+        out = {}
+        for s in self.paths_[lab]:
+            m = self.models_[lab].get(s)
+            par = None if m is None else m.parent_
+            out[s] = par if par in self.paths_[lab] and par != REF else None
+        out[anchor] = None
+        return out
 
     # ------------------------------------------------------------------ apply
     def transform(self, catalogues: Mapping, *, executor=None) -> Table:
         """The unified table of ``catalogues`` with the fitted models (fresh Monte Carlo draws
         from ``random_state + 1``; ``executor`` as for :meth:`fit`)."""
+        self._check_fitted()
         self._executor = executor
         try:
-            return self._transform(catalogues)
+            with _blas_threads(self.n_jobs):
+                return self._transform(catalogues)
         finally:
             self._executor = None
 
     def _transform(self, catalogues: Mapping) -> Table:
-        self._check_fitted()
         data = self._validate(catalogues)
         rng = np.random.default_rng(self.random_state + 1)
-        self._shifts = {}
+        self._shifts, self._noise = {}, {}
         ids, rows = stack_surveys(data)
         cal = {}
         for lab, paths in self.paths_.items():
@@ -355,15 +405,17 @@ class Homogeniser(ParamsMixin):
                 if s not in data:
                     continue
                 cal[lab][s] = self._calibrate(lab, s, data[s], rows[s], len(ids), rng)
-        return self._table(data, ids, rows, cal)
+        return self._table(data, ids, rows, cal, self._noise)
 
     def fit_transform(self, catalogues: Mapping, *, executor=None) -> Table:
         """:meth:`fit`, then the unified table of the same catalogues from the calibration
         computed while fitting."""
         self.fit(catalogues, executor=executor)
-        return self._table(*self._fit_cache)
+        with _blas_threads(self.n_jobs):
+            return self._table(*self._fit_cache)
 
-    def _table(self, data, ids, rows, cal) -> Table:
+    def _table(self, data, ids, rows, cal, noise) -> Table:
+        chain = {lab: {"noise": noise.get(lab, {}), "parent": self._parents(lab)} for lab in self.labels}
         return unified_table(
             ids,
             data,
@@ -374,6 +426,7 @@ class Homogeniser(ParamsMixin):
             models=self.models_,
             inputs=self._inputs,
             id_column=self.id_column,
+            chain=chain if self.combination == "chained" else None,
         )
 
     # ------------------------------------------------------------------ files

@@ -20,7 +20,7 @@ from astropy.table import MaskedColumn, Table
 from scipy import stats
 
 from bayescannon._version import __version__
-from bayescannon.homogenise.splitnormal import combine_split_normal
+from bayescannon.homogenise.splitnormal import combine_chained, combine_split_normal
 from bayescannon.results import label_description, label_unit
 
 __all__ = ["HomogFlag", "unified_table", "package_versions", "DISCREPANT_P"]
@@ -60,8 +60,13 @@ def _masked(values, **kw):
     return MaskedColumn(values, mask=~np.isfinite(values), **kw)
 
 
-def unified_table(ids, data, rows, labels, cal, *, paths, models, inputs, id_column="ID") -> Table:
-    """Build the unified table (see the module docstring)."""
+def unified_table(ids, data, rows, labels, cal, *, paths, models, inputs, id_column="ID", chain=None) -> Table:
+    """Build the unified table (see the module docstring).
+
+    ``chain`` (label → ``{"noise": {survey: (median, lower, upper, link_tau)}, "parent":
+    {survey: parent or None}}``) makes the combination see the link errors that chained
+    surveys share (:func:`~bayescannon.homogenise.splitnormal.combine_chained`); without it
+    the calibrated values ``cal`` are combined as independent."""
     n = len(ids)
     t = Table()
     t[id_column] = ids
@@ -70,7 +75,12 @@ def unified_table(ids, data, rows, labels, cal, *, paths, models, inputs, id_col
         unit = label_unit(lab)
         desc = label_description(lab)
         surveys = [s for s in names if s in cal[lab]]
-        if surveys:
+        if surveys and chain is not None and all(s in chain[lab]["noise"] for s in surveys):
+            noise, par = chain[lab]["noise"], chain[lab]["parent"]
+            mu, s1, s2, tau = (np.column_stack([noise[s][i] for s in surveys]) for i in range(4))
+            parent = [surveys.index(par[s]) if par.get(s) in surveys else -1 for s in surveys]
+            value, ivs, n_used, chi2 = combine_chained(mu, s1, s2, tau, parent)
+        elif surveys:
             mu, s1, s2 = (np.column_stack([cal[lab][s][i] for s in surveys]) for i in range(3))
             value, ivs, n_used, chi2 = combine_split_normal(mu, s1, s2)
         else:

@@ -19,12 +19,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from bayescannon.errors import InvalidInputError
+
 __all__ = [
     "split_normal_sample",
     "split_normal_ppf",
     "split_normal_nll",
     "fit_split_normal",
     "combine_split_normal",
+    "combine_chained",
     "DELTA_NLL_68",
     "DELTA_NLL_95",
 ]
@@ -124,7 +127,7 @@ def _total_nll(x, mu, s1, s2, use):
     return np.where(use, 0.5 * (d / np.where(use, s, 1.0)) ** 2, 0.0).sum(axis=1)
 
 
-def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), n_iter: int = 60):
+def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), n_iter: int = 42):
     """Combine several split-normal measurements per star by minimising their summed NLL.
 
     Parameters
@@ -151,7 +154,8 @@ def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), 
     The summed NLL is convex and piecewise quadratic with breaks at the modes: on each of
     the ``n + 1`` segments the minimum of the quadratic is computed in closed form and the
     one inside its segment is the global minimum. The interval ends are found by
-    bisection (vectorised over stars).
+    bisection (vectorised over stars), from 10 widest scales away: 42 halvings reach
+    2e-12 of that span, far below any catalogue precision.
     """
     mu, s1, s2 = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (mu, s1, s2))
     use = np.isfinite(mu) & np.isfinite(s1) & np.isfinite(s2) & (s1 > 0) & (s2 > 0)
@@ -204,3 +208,79 @@ def combine_split_normal(mu, s1, s2, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95), 
             ends.append(np.where(ok, 0.5 * (a + b), np.nan))
         intervals.append((ends[0], ends[1]))
     return np.where(ok, best, np.nan), intervals, n, np.where(ok, 2.0 * fmin, np.nan)
+
+
+def combine_chained(mu, s1, s2, tau, parent, *, delta_nll=(DELTA_NLL_68, DELTA_NLL_95)):
+    """Combine measurements that share the errors of the links of a calibration tree.
+
+    Measurement ``i`` of a star is ``x + e_i + sum of d_l`` over the links ``l`` on the path
+    from survey ``i`` to the reference: ``e_i`` its own noise (split normal ``mu, s1, s2``,
+    *without* any model uncertainty) and ``d_l ~ N(0, tau_l²)`` the error of link ``l``'s
+    offset model at that star, the *same* draw for every measurement whose path holds the
+    link (a survey chained through ``B`` inherits ``B``'s calibration error). Combining them
+    as independent counts each shared ``d_l`` once per measurement and under-covers.
+
+    The tree is combined from the leaves: at node ``i`` the survey's own measurement and the
+    combined estimates passed up by its children (each with its own link error added) all
+    measure ``x + sum of d_l`` above ``i`` with independent errors, so they are combined
+    with :func:`combine_split_normal`; the result, its 68 % interval read as a split normal
+    and ``tau_i`` added in quadrature to both scales, is passed up to the parent. Exact for
+    normal errors; with no chain (every parent the root) it is :func:`combine_split_normal`
+    of the measurements with ``tau`` added in quadrature.
+
+    Parameters
+    ----------
+    mu, s1, s2 : arrays (n_stars, m)
+        Noise-only split normals of the ``m`` surveys' calibrated values (NaN: absent).
+    tau : array (n_stars, m) or (m,)
+        Each survey's own link error (0 for the reference anchor).
+    parent : sequence of int, length m
+        Column of each survey's parent in the tree, ``-1`` for the root level.
+    delta_nll : sequence of float
+        Interval levels of the final combination.
+
+    Returns
+    -------
+    value, intervals, n, chi2
+        As :func:`combine_split_normal`; ``chi2`` is the sum of the node combinations' χ²
+        (``N - 1`` degrees of freedom in all).
+    """
+    mu, s1, s2 = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (mu, s1, s2))
+    n_stars, m = mu.shape
+    tau = np.broadcast_to(np.asarray(tau, dtype=float), (n_stars, m))
+    parent = [int(p) for p in parent]
+    if len(parent) != m or any(p < -1 or p >= m or p == i for i, p in enumerate(parent)):
+        raise InvalidInputError(f"parent must give, for each of the {m} columns, another column or -1; got {parent}")
+
+    def depth(i, seen=()):
+        if parent[i] < 0:
+            return 0
+        if i in seen:
+            raise InvalidInputError(f"parent {parent} has a cycle through column {i}")
+        return 1 + depth(parent[i], (*seen, i))
+
+    order = sorted(range(m), key=depth, reverse=True)  # leaves first
+    up: dict = {}
+    chi2 = np.zeros(n_stars)
+    count = np.zeros(n_stars, dtype=int)
+    for i in order:  # a handful of surveys
+        kids = [c for c in range(m) if parent[c] == i]
+        cols = [(mu[:, i], s1[:, i], s2[:, i])] + [up[c] for c in kids]
+        if kids:
+            v, (iv,), nn, c2 = combine_split_normal(
+                *(np.column_stack([c[k] for c in cols]) for k in range(3)), delta_nll=(DELTA_NLL_68,)
+            )
+            chi2 += np.where(nn >= 2, c2, 0.0)
+            own = (v, v - iv[0], iv[1] - v)
+        else:
+            own = cols[0]
+        ok = np.isfinite(mu[:, i]) & np.isfinite(s1[:, i]) & np.isfinite(s2[:, i]) & (s1[:, i] > 0) & (s2[:, i] > 0)
+        count += ok
+        t2 = np.nan_to_num(tau[:, i]) ** 2
+        up[i] = (own[0], np.sqrt(own[1] ** 2 + t2), np.sqrt(own[2] ** 2 + t2))
+    roots = [i for i in range(m) if parent[i] < 0]
+    value, intervals, n_root, c2 = combine_split_normal(
+        *(np.column_stack([up[i][k] for i in roots]) for k in range(3)), delta_nll=delta_nll
+    )
+    chi2 = np.where(n_root > 0, chi2 + np.where(n_root >= 2, c2, 0.0), np.nan)
+    return value, intervals, count, chi2
