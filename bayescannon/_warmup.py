@@ -4,7 +4,8 @@
 applies a tiny model through the public API: training, the test step, calibration and
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
-continuum normalisation (single and double precision). Each kernel is thereby compiled
+continuum normalisation (single and double precision), and the label posterior's NUTS
+kernel (:mod:`bayescannon.bayes.labelkernel`). Each kernel is thereby compiled
 for the argument types real data give it and stored in numba's on-disk cache
 (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the first ``fit`` and
 ``infer`` of a later process load machine code instead of spending ~20 s each compiling
@@ -25,7 +26,7 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 
 from bayescannon import preprocess
-from bayescannon.bayes import calibrate
+from bayescannon.bayes import LabelPosterior, calibrate
 from bayescannon.model import CannonModel
 from bayescannon.spectra import make_spectra
 
@@ -97,6 +98,8 @@ def warm_up(seed: int = 0):
     CannonModel(_LABELS, order=3, regularization=10.0, random_state=seed).fit(train).infer(held)
     # latent labels (errors-in-variables training)
     CannonModel(_LABELS, order=2, random_state=seed).fit(train, label_errors=np.full((60, 3), [30.0, 0.05, 0.02]))
+    # the NUTS label posterior's kernel (bayes.labelkernel), as `bayescannon sample` runs it
+    LabelPosterior(model).compile()
     # preprocessing: resampling with and without a Doppler shift and a mask, normalisation
     masked = make_spectra(
         wavelength, train["flux"].values, train["ivar"].values, mask=np.zeros((60, p), dtype=np.uint32)

@@ -187,12 +187,20 @@ def test_bad_label_errors_in_fit(bad, exc):
 def test_nuts_with_theta_marginalised_mixes():
     from bayescannon.bayes import sample_latent_labels  # lazy: PyMC stack only for this slow test
 
+    # 60 stars x 40 pixels, 4 x (1000 tune + 1500 draws): 183 s wall, 128 s CPU (17 s of it the
+    # nutpie compile) at load 4-5 on 2 cores; 100 x 50 x (1000 + 1000) did not finish in 25 min
+    # wall on the loaded machine. 800 + 800 left max R-hat(s) at 1.011: s needs the longer run
     rng = np.random.default_rng(3)
-    vec, theta, x, flux, ivar, obs, err = _data(rng, n=100, p=50, label_noise=0.1)
+    vec, theta, x, flux, ivar, obs, err = _data(rng, n=60, p=40, label_noise=0.1)
     model = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err)
-    tree = sample_latent_labels(model, flux, ivar, obs, err, draws=1000, tune=1000, chains=4)
+    tree = sample_latent_labels(model, flux, ivar, obs, err, draws=1500, tune=1000, chains=4)
     diag = tree["diagnostics"].to_dataset()
     assert float(diag["r_hat_labels"].max()) < 1.01 and float(diag["r_hat_s"].max()) < 1.01
+    assert float(diag["ess_bulk_labels"].min()) > 400 and float(diag["ess_bulk_s"].min()) > 400
     assert int(diag["n_divergent"]) == 0
     mean = tree["posterior"]["labels"].mean(("chain", "draw")).values
-    assert np.sqrt(np.mean((mean - x) ** 2)) < np.sqrt(np.mean((obs - x) ** 2))
+    # the observed labels are off by 0.1 (rms; known to 0.1/√360 ≈ 0.005 over 180 values); the
+    # spectra (40 pixels, |θ| ~ 0.05, noise 0.005) pin each label to a few 0.01: the posterior
+    # mean must be much closer to the truth than the observed labels (measured: 0.04 vs 0.10)
+    rms_post, rms_obs = np.sqrt(np.mean((mean - x) ** 2)), np.sqrt(np.mean((obs - x) ** 2))
+    assert rms_post < 0.6 * rms_obs, (rms_post, rms_obs)

@@ -34,6 +34,7 @@ CALLEES = {
     "_adjusted_ivar",
     "_kappa_sums",
     "_kappa_ratio",
+    "_softplus",
 }
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.

@@ -19,6 +19,17 @@ So a (T×T) matrix per star is all the model sees: one compiled model serves any
 (data swapped with ``nutpie``'s ``with_data``, never recompiled) and a batch of stars
 is one model with a ``star`` dimension.
 
+Backend (measured on 2 shared cores, Nov 2026): the default ``sampler="nutpie"`` runs
+nutpie's NUTS on the numba kernel :func:`bayescannon.bayes.labelkernel.logp_grad` through
+:func:`nutpie.compiled_pyfunc.from_pyfunc`. The kernel is cached on disk by numba, so a
+fresh process loads it in < 1 s (first run on a machine: one ~5 s compile, announced by a
+log line). nutpie's PyMC path (``compile_pymc_model``) was the earlier choice: it wraps the
+PyTensor function in a ``numba.cfunc`` that numba refuses to cache ("dynamic globals"),
+so every process recompiled for 30–130 s of CPU; PyTensor's own compile cache does not
+cover that wrapper. The Python call costs ~15 µs per gradient (~0.4 s of a star's ~1 s of
+CPU for 4 × 2,000 draws). ``sampler="pymc"`` samples the PyMC model below (same density,
+checked by ``tests/test_bayes.py``).
+
 Parameterisation: the sampler moves ``z`` with ``u = u_MAP + L z`` where ``u`` are the
 unconstrained labels (``x = lo + (hi − lo) σ(u)`` for the default uniform prior, ``x = u``
 for a normal prior) and ``L`` the Cholesky factor of the Laplace covariance at the MAP
@@ -39,6 +50,7 @@ import time
 import numpy as np
 import xarray as xr
 
+from bayescannon.bayes import labelkernel
 from bayescannon.bayes.diagnostics import summarize
 from bayescannon.bayes.sampling import collect_sample_stats, stack_sample_stats
 from bayescannon.core import scaling
@@ -147,9 +159,29 @@ class LabelPosterior:
         self.propagate_theta = bool(propagate_theta)
         self.sampler = sampler
         self.lower, self.upper = prior_bounds(model, prior if prior != "normal" else "uniform", prior_margin)
-        self.pymc_model = self._build()
+        self._pymc_model = None
         self._compiled = None
         self.compile_time = 0.0
+        g0inv, _ = theta_state(model)
+        k, t = len(model.label_names), model.vectorizer.n_terms
+        self._constants = {
+            "g0inv": g0inv if (self.propagate_theta and g0inv is not None) else np.zeros((t, t)),
+            "lower": self.lower if self.prior_kind == "uniform" else np.zeros(k),
+            "upper": self.upper if self.prior_kind == "uniform" else np.full(k, self.prior_width),
+            "label_offset": np.asarray(model.label_offset_, dtype=np.float64),
+            "label_scale": np.asarray(model.label_scale_, dtype=np.float64),
+        }
+
+    @property
+    def pymc_model(self):
+        """The PyMC model of the same density (built on first use: it imports PyMC, ~5 s).
+
+        Sampled by ``sampler="pymc"``; the default ``"nutpie"`` sampler evaluates the
+        compiled kernel :func:`bayescannon.bayes.labelkernel.logp_grad` instead.
+        """
+        if self._pymc_model is None:
+            self._pymc_model = self._build()
+        return self._pymc_model
 
     # ----------------------------------------------------------------- model
     def _build(self):
@@ -160,9 +192,6 @@ class LabelPosterior:
         s = self.batch_size
         k = len(m.label_names)
         t = m.vectorizer.n_terms
-        g0inv, _ = theta_state(m)
-        if g0inv is None:
-            g0inv = np.zeros((t, t))
         coords = {"star": np.arange(s), "label_name": list(m.label_names), "label_name2": list(m.label_names)}
         # every array is pm.Data (never a graph constant): the compiled graph then depends
         # only on (K, order, batch size, prior kind), so numba's disk cache serves other
@@ -193,26 +222,76 @@ class LabelPosterior:
             eps = kap * (v * (v @ g0)).sum(axis=-1)
             pm.Potential("likelihood", label_log_likelihood(A, b, c, v, n_pix, eps, xp=pt).sum())
             pm.Deterministic("labels", x * scale_ + offset, dims=("star", "label_name"))
-        self._constants = {
-            "g0inv": g0inv if self.propagate_theta else np.zeros((t, t)),
-            "lower": self.lower if self.prior_kind == "uniform" else np.zeros(k),
-            "upper": self.upper if self.prior_kind == "uniform" else np.full(k, self.prior_width),
-            "label_offset": m.label_offset_,
-            "label_scale": m.label_scale_,
-        }
         return pmm
 
     def compile(self):
-        """Compile the model once (nutpie); later calls reuse it."""
-        if self.sampler == "nutpie" and self._compiled is None:
-            import nutpie
+        """Prepare the sampler once; later calls reuse it.
 
-            logger.info("compiling the label posterior (batch of %d) for nutpie ...", self.batch_size)
+        ``"nutpie"``: a :func:`nutpie.from_pyfunc` model around the numba kernel
+        :func:`bayescannon.bayes.labelkernel.logp_grad` (compiled once per machine, then
+        loaded from numba's disk cache: a fresh process pays well under a second here).
+        ``"pymc"``: nothing to do (PyMC compiles inside each ``pm.sample`` call).
+        """
+        if self.sampler == "nutpie" and self._compiled is None:
             t0 = time.perf_counter()
-            self._compiled = nutpie.compile_pymc_model(self.pymc_model, var_names=["labels"])
+            self._compiled = self._pyfunc_model()
             self.compile_time = time.perf_counter() - t0
-            logger.info("compiled the label posterior (batch of %d) in %.1f s", self.batch_size, self.compile_time)
+            logger.info("prepared the label posterior (batch of %d) in %.2f s", self.batch_size, self.compile_time)
         return self
+
+    def _pyfunc_model(self):
+        from nutpie.compiled_pyfunc import from_pyfunc  # lazy: the sampler only when sampling (imports arviz)
+
+        m = self.model
+        s, k = self.batch_size, len(m.label_names)
+        vec = m.vectorizer
+        parent = np.ascontiguousarray(vec.parent, dtype=np.int64)
+        last = np.ascontiguousarray(vec.last, dtype=np.int64)
+        uniform = self.prior_kind == "uniform"
+        t = vec.n_terms
+        shared = {
+            "A": np.tile(np.eye(t), (s, 1, 1)),
+            "b": np.zeros((s, t)),
+            "c": np.zeros(s),
+            "n_pix": np.ones(s),
+            "kappa": np.zeros(s),
+            "u_map": np.zeros((s, k)),
+            "chol": np.tile(np.eye(k), (s, 1, 1)),
+        } | self._constants
+        # compile (or load from the disk cache) now, with the argument types of sampling
+        z0 = np.zeros(s * k)
+        labelkernel.logp_grad(z0, *_kernel_args(shared), parent, last, uniform)
+        labelkernel.labels_from_z(z0, *_expand_args(shared), uniform)
+
+        def make_logp_fn():
+            def logp(x, **d):
+                value, grad = labelkernel.logp_grad(x, *_kernel_args(d), parent, last, uniform)
+                return float(value), grad
+
+            return logp
+
+        def make_expand_fn(seed1, seed2, chain):
+            def expand(x, **d):
+                return {"labels": labelkernel.labels_from_z(x, *_expand_args(d), uniform)}
+
+            return expand
+
+        def make_initial_point(seed):
+            # the PyMC model's start: z = 0 (the MAP) jittered by U(−1, 1), i.e. within ~1σ
+            return np.random.default_rng(seed).uniform(-1.0, 1.0, s * k)
+
+        return from_pyfunc(
+            s * k,
+            make_logp_fn,
+            make_expand_fn,
+            [np.dtype("float64")],
+            [(s, k)],
+            ["labels"],
+            coords={"star": np.arange(s), "label_name": list(m.label_names)},
+            dims={"labels": ("star", "label_name")},
+            shared_data={key: np.ascontiguousarray(val, dtype=np.float64) for key, val in shared.items()},
+            make_initial_point_fn=make_initial_point,
+        )
 
     # ----------------------------------------------------------------- data
     def _to_u(self, x):
@@ -393,7 +472,9 @@ class LabelPosterior:
         if self.sampler == "nutpie":
             import nutpie
 
-            cm = self._compiled.with_data(**batch)
+            cm = self._compiled.with_data(
+                **{key: np.ascontiguousarray(val, dtype=np.float64) for key, val in batch.items()}
+            )
             return nutpie.sample(
                 cm,
                 draws=draws,
@@ -419,6 +500,16 @@ class LabelPosterior:
                 var_names=["labels"],
                 compute_convergence_checks=False,
             )
+
+
+def _kernel_args(d):
+    """Arguments of :func:`labelkernel.logp_grad` after ``z``, from the named data."""
+    return (d["A"], d["b"], d["c"], d["n_pix"], d["kappa"], d["g0inv"], d["u_map"], d["chol"], d["lower"], d["upper"])
+
+
+def _expand_args(d):
+    """Arguments of :func:`labelkernel.labels_from_z` after ``z``, from the named data."""
+    return (d["u_map"], d["chol"], d["lower"], d["upper"], d["label_offset"], d["label_scale"])
 
 
 def _cache(model) -> dict:

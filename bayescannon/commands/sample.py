@@ -59,9 +59,10 @@ def run(args) -> int:
     elif len(set(select)) != len(select):
         raise InvalidInputError("star ids to sample are duplicated")
     n = len(select) if select else ds.sizes.get("star", 0)
-    # the library only logs; the CLI tells the user why nothing seems to happen for a while
+    # the library only logs; the CLI says what it is doing before the first output. A cold
+    # numba cache (the first run on a machine) is announced by its own log line
     print(
-        f"sampling {n} stars: compiling the NUTS sampler first (once per process, ~20-60 s on 2 cores) ...",
+        f"sampling {n} stars (NUTS, {args.chains} chains x {args.tune}+{args.draws} steps) ...",
         file=sys.stderr,
         flush=True,
     )
