@@ -12,6 +12,7 @@ from astropy.table import Table
 
 from bayescannon.bayes.compare import canonical_label, compare_with_pipeline, outlier_table
 from bayescannon.errors import CrossMatchError, InvalidInputError
+from bayescannon.results import label_axis_text
 
 NAMES = ["TEFF", "LOGG", "FE_H"]
 SD = np.array([50.0, 0.05, 0.03])  # our posterior sd
@@ -127,7 +128,7 @@ def test_plot_and_cli(tmp_path):
     res = compare_with_pipeline(tree, pipe, label_map={"FE_H": "M_H"})
     fig = pipeline_comparison(res)
     labels = {ax.get_xlabel() for ax in fig.axes}
-    assert {"S/N", "TEFF [K]", "LOGG [dex]", "FE_H [dex]"} <= labels, labels
+    assert {"S/N", label_axis_text("TEFF"), label_axis_text("LOGG"), label_axis_text("FE_H")} <= labels, labels
     assert all(ax.get_ylabel() for ax in fig.axes)  # the quantile histograms too
     from matplotlib.ticker import NullFormatter
 

@@ -81,6 +81,7 @@ FILE_CASES = {
     "sample": (lambda f, o: ["sample", str(f["m.nc"]), str(f["s.nc"]), "-o", str(o)], "post.nc"),
     "simulate": (lambda f, o: ["simulate", "-o", str(o), "-n", "5"], "sim.nc"),
     "compare": (lambda f, o: ["compare", str(f["cat.fits"]), str(f["spec.fits"]), "-o", str(o)], "cmp.csv"),
+    "to-zarr": (lambda f, o: ["to-zarr", str(f["s.nc"]), "-o", str(o)], "store.zarr"),
 }
 DIR_CASES = {
     "clusters": (lambda f, d: ["clusters", str(f["cat.fits"]), str(f["members.csv"]), "-o", str(d)], "report.html"),
