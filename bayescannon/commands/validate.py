@@ -114,24 +114,10 @@ def _run(args, executor) -> int:
         random_state=args.seed,
     )
     snr = ds[args.snr_column].values if args.snr_column in ds else None
-    cv = cross_validate(
-        model,
-        ds,
-        labels=labels,
-        n_folds=args.n_folds,
-        random_state=args.seed,
-        snr=snr,
-        n_jobs=args.n_jobs,
-        progressbar=not args.no_progress,
-        executor=executor,
-    )
-    cv_summary = cv.summary
-    if censors:
-        # the same folds without censoring: the scatter of censored labels is reported beside
-        # the uncensored one (Nandakumar+2022 §3.4)
-        plain = CannonModel(args.labels, args.order, regularization=args.regularization, random_state=args.seed)
-        cv_unc = cross_validate(
-            plain,
+
+    def run_cv(m):
+        return cross_validate(
+            m,
             ds,
             labels=labels,
             n_folds=args.n_folds,
@@ -140,6 +126,15 @@ def _run(args, executor) -> int:
             n_jobs=args.n_jobs,
             progressbar=not args.no_progress,
             executor=executor,
+        )
+
+    cv = run_cv(model)
+    cv_summary = cv.summary
+    if censors:
+        # the same folds without censoring: the scatter of censored labels is reported beside
+        # the uncensored one (Nandakumar+2022 §3.4)
+        cv_unc = run_cv(
+            CannonModel(args.labels, args.order, regularization=args.regularization, random_state=args.seed)
         )
         cv_summary = _with_uncensored(cv.summary, cv_unc.summary, model)
     files = [

@@ -33,6 +33,7 @@ from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
 from bayescannon.flags import StarFlag
+from bayescannon.validate.bootstrap import resample_draws
 from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
 from bayescannon.validate.quality import label_distance
 
@@ -148,20 +149,6 @@ class BootstrapCV:
         return t
 
 
-def _draws(rng, y, n, t, n_models):
-    out = []
-    for _ in range(n_models):
-        draw = np.sort(rng.integers(0, n, size=n))
-        # a resample with too few distinct stars or a constant label is redrawn
-        for _ in range(100):
-            uniq = np.unique(draw)
-            if uniq.size >= t + 1 and np.all(np.ptp(y[uniq], axis=0) > 0):
-                break
-            draw = np.sort(rng.integers(0, n, size=n))
-        out.append(draw)
-    return out
-
-
 def bootstrap_cross_validated(
     model,
     flux,
@@ -224,7 +211,7 @@ def bootstrap_cross_validated(
     if n < t + 1:
         raise InsufficientDataError(f"{n} reference stars are too few for {t} model terms (need {t + 1})")
     rng = np.random.default_rng(random_state)
-    draws = _draws(rng, y, n, t, int(n_models))
+    draws = resample_draws(rng, y, t, int(n_models))
     base = {"params": params, "wavelength": wavelength, "chunk_size": chunk_size, "test_flux": None, "test_ivar": None}
     full = [{**base, "key": b, "train": d, "test": None} for b, d in enumerate(draws)]
     cv_tasks, cv_tests = [], {}

@@ -21,7 +21,7 @@ from bayescannon.validate.parallel import n_model_terms, prepare_data, run_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BootstrapResult", "bootstrap"]
+__all__ = ["BootstrapResult", "bootstrap", "resample_draws"]
 
 
 @dataclass
@@ -69,6 +69,37 @@ class BootstrapResult:
                 t[f"BOOT_{name}"] = np.ma.masked_invalid(mean[:, k])
             t[f"e_BOOT_{name}"] = np.ma.masked_invalid(self.std[:, k])
         return t
+
+
+def resample_draws(rng, y, n_terms: int, n_models: int) -> list[np.ndarray]:
+    """Bootstrap resamples of the rows of ``y`` (sorted indices, with replacement), one per
+    model; a resample with fewer than ``n_terms + 1`` distinct stars or a constant label is
+    redrawn (up to 100 times), so every model can be fitted.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    y : ndarray (N, K)
+        Training labels.
+    n_terms : int
+        Terms of the model (distinct stars needed: ``n_terms + 1``).
+    n_models : int
+
+    Returns
+    -------
+    list of ndarray
+    """
+    n = len(y)
+    out = []
+    for _ in range(n_models):
+        draw = np.sort(rng.integers(0, n, size=n))
+        for _ in range(100):
+            uniq = np.unique(draw)
+            if uniq.size >= n_terms + 1 and np.all(np.ptp(y[uniq], axis=0) > 0):
+                break
+            draw = np.sort(rng.integers(0, n, size=n))
+        out.append(draw)
+    return out
 
 
 def bootstrap(
@@ -136,14 +167,7 @@ def bootstrap(
         tids = default_ids(tf.shape[0]) if tids is None else np.asarray(tids).astype(str)
     rng = np.random.default_rng(random_state)
     tasks = []
-    for b in range(int(n_boot)):
-        draw = np.sort(rng.integers(0, n, size=n))
-        # a resample with too few distinct stars or a constant label is redrawn
-        for _ in range(100):
-            uniq = np.unique(draw)
-            if uniq.size >= t + 1 and np.all(np.ptp(y[uniq], axis=0) > 0):
-                break
-            draw = np.sort(rng.integers(0, n, size=n))
+    for b, draw in enumerate(resample_draws(rng, y, t, int(n_boot))):
         tasks.append(
             {
                 "key": b,
