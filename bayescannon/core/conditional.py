@@ -268,7 +268,7 @@ def bin_index(values, edges):
 
 # --------------------------------------------------------------------------- Mondrian widths
 def _scale_stat(z, statistic, level, cap):
-    """Scale statistic of |z| in a bin and the sampling variance of its log."""
+    """Scale statistic of ``|z|`` in a bin and the sampling variance of its log."""
     m = z.size
     if statistic == "quantile":
         q = np.quantile(z, level)
@@ -281,7 +281,7 @@ def _scale_stat(z, statistic, level, cap):
 
 
 def fit_mondrian_scales(z, x_scaled, noise_fraction, label_names, *, level=0.68, statistic="quantile"):
-    """Raked per-bin width factors that equalise the scale of |z| in every bin.
+    """Raked per-bin width factors that equalise the scale of ``|z|`` in every bin.
 
     Parameters
     ----------
@@ -295,7 +295,7 @@ def fit_mondrian_scales(z, x_scaled, noise_fraction, label_names, *, level=0.68,
     level : float
         Coverage level of the ``"quantile"`` statistic.
     statistic : {"quantile", "mean"}
-        Scale of |z| in a bin: the ``level`` quantile (default), or the mean of |z|
+        Scale of ``|z|`` in a bin: the ``level`` quantile (default), or the mean of ``|z|``
         winsorised at 4× the global ``level`` quantile (~1.6× less sampling variance for
         near-Gaussian residuals, but it equalises the ``level`` coverage only where the
         residuals have the same shape in every bin; on the benchmark neither wins).
