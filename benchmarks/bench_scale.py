@@ -3,7 +3,7 @@
 (a) Throughput (default): a model trained on 2,000 emulator spectra (the data generator of
     ``bench_core.py``: The Payne's APOGEE emulator, 7,214 px, 4 labels) infers >= 20,000
     emulator test stars, written once as chunk files that every setting reads
-    (:class:`bayescannon.survey.batch.FileChunk`): in this process (the engine's numba
+    (:class:`bayescannon.survey.batch.ChunkSource` reading a file): in this process (the engine's numba
     threads use every core), on Dask with 1 worker x 1 thread, and on Dask with 2 workers
     x 1 thread. Prints stars/s and the ratios (targets: 2 workers / 1 worker >= 1.7;
     Dask 2 x 1 / in-process >= 0.9).
@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,9 @@ def throughput(n_test: int, n_train: int, chunk: int, max_workers: int) -> None:
     from bench_core import make_data  # the data generator of the core benchmark
 
     from bayescannon import CannonModel
-    from bayescannon.io import write_spectra
+    from bayescannon.io import read_spectra, write_spectra
     from bayescannon.pipeline.cluster import DaskExecutor
-    from bayescannon.survey.batch import FileChunk, infer_sources
+    from bayescannon.survey.batch import ChunkSource, infer_sources
 
     t0 = time.perf_counter()
     emu, train, _ = make_data(n_train, 1, seed=0)
@@ -77,7 +78,7 @@ def throughput(n_test: int, n_train: int, chunk: int, max_workers: int) -> None:
         part = part.assign_coords(star=[f"t{a + j:07d}" for j in range(m)])
         path = tmp / f"chunk_{i:05d}.nc"
         write_spectra(part, path, format="nc", overwrite=True)
-        sources.append(FileChunk(f"r{i:05d}.nc", path))
+        sources.append(ChunkSource(f"r{i:05d}", partial(read_spectra, path)))
     print(f"data: {n_train} train, {n_test} test stars x {train.sizes['pixel']} px in {len(sources)} chunk files "
           f"({time.perf_counter() - t0:.0f} s to make)")  # fmt: skip
     infer_sources(model, sources[:1])  # warm the kernels of this process

@@ -168,8 +168,10 @@ def result_store(workdir, *, pattern: str = "result_{}.nc"):
 
 def _infer_task(task, model):
     """Worker side: load a chunk, key it, and infer it unless the key is the recorded one."""
-    source, recorded, infer_kwargs = task
+    source, recorded, infer_kwargs, keyed = task
     spectra = source.load()
+    if not keyed:  # results kept in memory only: no key to record (the digest reads every byte)
+        return None, model.infer(spectra, **infer_kwargs)
     key = _key(model, spectra, infer_kwargs)
     if recorded is not None and _key_text(key) == recorded:
         return key, None
@@ -252,7 +254,9 @@ def infer_sources(
                 logger.warning("%s: %s was made from other inputs or options; recomputing it", workdir, name)
             results.write(name, key, result)
 
-        tasks = [(src, recorded[name], infer_kwargs) for src, name in zip(sources, names, strict=True)]
+        tasks = [
+            (src, recorded[name], infer_kwargs, results is not None) for src, name in zip(sources, names, strict=True)
+        ]
         out = executor.map_chunks(
             _infer_task,
             tasks,
