@@ -329,3 +329,49 @@ def test_killed_client_run_resumes_from_finished_chunks(trained, tmp_path):
     assert len(resumed) == len(clean) == 6000
     for col in clean.colnames:
         np.testing.assert_array_equal(np.asarray(resumed[col]), np.asarray(clean[col]), err_msg=col)
+
+
+def test_preprocess_on_dask_writes_the_same_chunks(client, tmp_path):
+    """The workers read, preprocess and write the chunk files; the client records them: the
+    same files (names, stars, values) and the same skipped list as in this process."""
+    import functools
+
+    from test_preprocess import lamost_files, loglin
+
+    from bayescannon import io as bio
+    from bayescannon import preprocess as pp
+
+    paths = lamost_files(tmp_path, 7, bad=(2,))
+    steps = [
+        functools.partial(pp.to_rest_frame, new_wavelength=loglin(3750, 4100)),
+        (pp.normalise_ho2017, {"L": 30.0}),
+        pp.add_snr,
+    ]
+    here, skipped_here = pp.process_in_chunks(paths, steps, 3, tmp_path / "here", return_skipped=True)
+    there, skipped_there = pp.process_in_chunks(
+        paths, steps, 3, tmp_path / "there", return_skipped=True, executor=DaskExecutor(client)
+    )
+    assert [f.name for f in there] == [f.name for f in here] and len(here) == 3
+    assert list(skipped_there["path"]) == list(skipped_here["path"]) == [str(paths[2])]
+    for a, b in zip(here, there, strict=True):
+        da, db = bio.read_spectra(a), bio.read_spectra(b)
+        assert list(db["star"].values) == list(da["star"].values)
+        np.testing.assert_array_equal(db["flux"].values, da["flux"].values)
+        np.testing.assert_array_equal(db["ivar"].values, da["ivar"].values)
+
+
+def test_bootstrap_on_dask_equals_in_process(client, trained):
+    from bayescannon import CannonModel
+    from bayescannon.validate import bootstrap
+
+    _, model = trained
+    ds, y = _spectra(trained, 60, seed=4)
+    settings = CannonModel(model.label_names, 2, random_state=0)
+    flux, ivar = ds["flux"].values, ds["ivar"].values
+    kw = dict(test_flux=flux[:10], test_ivar=ivar[:10], n_boot=3, random_state=1)
+    here = bootstrap(settings, flux, ivar, y, n_jobs=1, **kw)
+    there = bootstrap(settings, flux, ivar, y, executor=DaskExecutor(client), **kw)
+    assert np.isfinite(here.labels.values).all()
+    np.testing.assert_allclose(there.labels.values, here.labels.values, rtol=1e-10)
+    # three resamples give three different models: the spread is not zero
+    assert (here.std > 0).all()
