@@ -275,12 +275,13 @@ def test_infer_with_a_killed_worker_gives_every_star_once(client, trained, tmp_p
 
 
 def _finished(work: Path) -> list[str]:
-    """Chunks recorded (written and checksummed) in a work folder's manifest."""
+    """Chunks recorded (written and checksummed) in a work folder's manifest, by chunk name
+    (the run log's names: the result file's name without ``.nc``)."""
     try:
         manifest = json.loads((work / "chunks.json").read_text())
     except (OSError, ValueError):
         return []
-    return sorted(name for name, e in manifest["chunks"].items() if e.get("checksum"))
+    return sorted(name.removesuffix(".nc") for name, e in manifest["chunks"].items() if e.get("checksum"))
 
 
 @pytest.mark.slow
@@ -310,14 +311,14 @@ def test_killed_client_run_resumes_from_finished_chunks(trained, tmp_path):
         proc.wait(60)
     finished = _finished(work)
     assert 3 <= len(finished) < 60
-    mtimes = {name: (work / name).stat().st_mtime_ns for name in finished}
+    mtimes = {name: (work / f"{name}.nc").stat().st_mtime_ns for name in finished}
     rc = subprocess.run(args + ["-o", str(tmp_path / "resumed.fits"), "--dask", "local:2"] + opts, env=env).returncode
     assert rc == 0
     events = read_run_log(work / RUN_LOG)
     last = [e for e in events if e["run"] == events[-1]["run"]]
     reused = sorted(e["chunk"] for e in last if e["event"] == "reused")
     assert set(finished) <= set(reused)
-    assert all((work / name).stat().st_mtime_ns == t for name, t in mtimes.items())
+    assert all((work / f"{name}.nc").stat().st_mtime_ns == t for name, t in mtimes.items())
     from astropy.table import Table
     from threadpoolctl import threadpool_limits
 
