@@ -177,3 +177,13 @@ def check_outputs(outputs: Iterable[Output], inputs: Iterable = (), *, overwrite
             raise OutputPathError(f"{out.option} and {seen[key].option} both name {out.path}")
         seen[key] = out
         _check_one(out, inputs, overwrite)
+
+
+def add_outdir_argument(p) -> None:
+    """The positional ``outdir`` of the commands that write a whole new folder (the mocks)."""
+    p.add_argument("outdir", help="folder to write (absent or empty unless --overwrite)")
+
+
+def outdir_outputs(args) -> list[Output]:
+    """The command's folder ``args.outdir``: absent or empty unless ``--overwrite``."""
+    return [Output(Path(args.outdir), "outdir", kind="empty-dir")]

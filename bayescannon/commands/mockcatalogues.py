@@ -3,9 +3,7 @@ ready homogenisation config."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bayescannon.commands._outputs import Output
+from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
 from bayescannon.simulate.mockcatalogues import write_mock_catalogues
 
 NAME = "mock-catalogues"
@@ -13,16 +11,14 @@ HELP = "write six mock survey label catalogues (known truth and offsets) and a C
 
 
 def add_arguments(p):
-    p.add_argument("outdir", help="folder to write (absent or empty unless --overwrite)")
+    add_outdir_argument(p)
     p.add_argument("--n-stars", type=int, default=20000, help="stars in the population (default 20000)")
     p.add_argument("--min-overlap", type=int, default=200, help="fewest stars each survey shares with the reference")
     p.add_argument("--corruptions", action="store_true", help="add bad rows (NaN, P16 > value, a duplicate)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def outputs(args):
-    """The mock's folder."""
-    return [Output(Path(args.outdir), "outdir", kind="empty-dir")]
+outputs = outdir_outputs
 
 
 def run(args) -> int:

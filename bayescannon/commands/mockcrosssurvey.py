@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bayescannon.commands._outputs import Output
+from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
 from bayescannon.simulate.crosssurveymock import write_mock_cross_survey
 
 NAME = "mock-cross-survey"
@@ -13,7 +11,7 @@ HELP = "write two mock surveys (spectra, labels, repeats, cross-match, cluster m
 
 
 def add_arguments(p):
-    p.add_argument("outdir", help="folder to write (absent or empty unless --overwrite)")
+    add_outdir_argument(p)
     p.add_argument("--n-common", type=int, default=400, help="stars in both surveys (default 400)")
     p.add_argument("--n-only", type=int, default=150, help="stars in one survey only, per survey (default 150)")
     p.add_argument("--n-repeat", type=int, default=60, help="stars of each survey with two extra visits (default 60)")
@@ -22,9 +20,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-def outputs(args):
-    """The mock's folder."""
-    return [Output(Path(args.outdir), "outdir", kind="empty-dir")]
+outputs = outdir_outputs
 
 
 def run(args) -> int:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bayescannon.commands._outputs import Output
+from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, make_mock_survey
 
 NAME = "mock-survey"
@@ -12,7 +10,7 @@ HELP = "write a two-survey mock (APOGEE apStar/aspcapStar + LAMOST files, catalo
 
 
 def add_arguments(p):
-    p.add_argument("outdir", help="folder to write (must be empty or absent unless --overwrite)")
+    add_outdir_argument(p)
     p.add_argument("--n-both", type=int, default=2000, help="stars in both surveys (default 2000)")
     p.add_argument("--n-lamost-only", type=int, default=600, help="stars only in LAMOST (default 600)")
     p.add_argument("--n-apogee-only", type=int, default=200, help="stars only in APOGEE (default 200)")
@@ -30,9 +28,7 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true")
 
 
-def outputs(args):
-    """The mock's folder: absent or empty unless ``--overwrite``."""
-    return [Output(Path(args.outdir), "outdir", kind="empty-dir")]
+outputs = outdir_outputs
 
 
 def run(args) -> int:
