@@ -12,7 +12,7 @@ from bayescannon.errors import CrossMatchError, InvalidInputError
 from bayescannon.simulate import mock_quadratic_survey
 from bayescannon.simulate.crosssurveymock import OFFSET_B as OFFSET_B_MOCK
 from bayescannon.survey.catalogue import read_catalogue
-from bayescannon.survey.crosssurvey import SurveyData, common_stars, run_cross_survey
+from bayescannon.survey.crosssurvey import RunSettings, SurveyData, common_stars, run_cross_survey
 from bayescannon.survey.crosssurveyconfig import load_cross_survey_config
 
 NAMES = ["TEFF", "LOGG", "FE_H"]
@@ -196,3 +196,10 @@ def test_cross_survey_config_errors(tmp_path, command_run):
     bad.write_text(text.replace('"apogee.nc"', '"missing.nc"'))
     with pytest.raises(InvalidInputError, match=r"\[surveys.A\] spectra .*missing.nc does not exist"):
         load_cross_survey_config(bad)
+
+
+def test_run_settings_repeat_combine_is_checked():
+    assert RunSettings().repeat_combine == "max"  # the paper's rule stays the default
+    assert RunSettings(repeat_combine="quadrature").repeat_combine == "quadrature"
+    with pytest.raises(InvalidInputError, match="repeat_combine must be one of"):
+        RunSettings(repeat_combine="sum")

@@ -11,7 +11,7 @@ from bayescannon.plots import precision_vs_snr
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
 from bayescannon.validate.crossval import BAD_FIT_FLAGS
-from bayescannon.validate.repeats import RECIPES, calibrate_from_repeats, compare_errors
+from bayescannon.validate.repeats import COMBINES, RECIPES, calibrate_from_repeats, compare_errors
 
 NAME = "repeats"
 HELP = "calibrate label errors from repeat spectra of the same stars (Nandakumar+2022 §3.7)"
@@ -46,6 +46,13 @@ def add_arguments(p):
         "precision from the best-S/N visit against each other visit (no sqrt 2; the best visit's own "
         "scaled variance subtracted); robust: half 16-84th percentile widths of all pairs, precision "
         "divided by sqrt 2",
+    )
+    p.add_argument(
+        "--combine",
+        choices=list(COMBINES),
+        default=COMBINES[0],
+        help="max (default, the paper): max(scale x formal, precision(S/N)), over-covers where formal errors "
+        "vary from star to star at one S/N; quadrature: sqrt((scale x formal)^2 + excess floor(S/N)^2)",
     )
     p.add_argument(
         "--keep-best-variance",
@@ -112,6 +119,7 @@ def run(args) -> int:
         groups,
         names,
         recipe=args.recipe,
+        combine=args.combine,
         snr_bins=args.snr_bins,
         min_pairs=args.min_pairs,
         per_measurement=False if args.pair_width else None,

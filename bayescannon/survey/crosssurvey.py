@@ -36,7 +36,7 @@ from bayescannon.model import CannonModel
 from bayescannon.survey.catalogue import build_catalogue, join_ids, spectra_snr
 from bayescannon.validate.crossval import cross_validate
 from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess
-from bayescannon.validate.repeats import RECIPES, RepeatCalibration, calibrate_from_repeats
+from bayescannon.validate.repeats import COMBINES, RECIPES, RepeatCalibration, calibrate_from_repeats
 from bayescannon.validate.stats import summary_statistics
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,11 @@ class RunSettings:
         Recipe of the repeat-based error calibration
         (:func:`bayescannon.validate.repeats.calibrate_from_repeats`, default the paper's
         eq. 6); None skips it. It runs only where the spectra hold repeats.
+    repeat_combine : {"max", "quadrature"}
+        How the scaled formal errors and the precision floor combine: ``"max"`` (the
+        paper, default) over-covers where formal errors vary from star to star at one
+        S/N; ``"quadrature"`` adds the excess floor in quadrature (see
+        :mod:`bayescannon.validate.repeats`).
     compare_uncensored : bool
         With censoring windows, also cross-validate the same model without them and
         report both CV scatters side by side.
@@ -249,12 +254,15 @@ class RunSettings:
     distance_threshold: float | str = DEFAULT_DISTANCE_THRESHOLD
     repeats: str | None = "nandakumar2022"
     compare_uncensored: bool = True
+    repeat_combine: str = "max"
 
     def __post_init__(self):
         if int(self.folds) != self.folds or self.folds == 1 or self.folds < 0:
             raise InvalidInputError(f"folds must be 0 (no cross-validation) or an integer >= 2; got {self.folds!r}")
         if self.repeats is not None and self.repeats not in RECIPES:
             raise InvalidInputError(f"repeats must be one of {RECIPES} or None; got {self.repeats!r}")
+        if self.repeat_combine not in COMBINES:
+            raise InvalidInputError(f"repeat_combine must be one of {COMBINES}; got {self.repeat_combine!r}")
         for name, bounds in self.cuts.items():
             if np.shape(bounds) != (2,):
                 raise InvalidInputError(f"cut {name!r} must be (lo, hi); got {bounds!r}")
@@ -381,12 +389,15 @@ def _repeat_errors(settings, spec, res, snr, names, code):
         return None, None, f"no star of {spec.name} has two spectra: formal errors"
     labels, errors = res["labels"].values, res["errors"].values
     try:
-        cal = calibrate_from_repeats(labels, errors, snr, groups, names, recipe=settings.repeats, ids=spec.ids)
+        cal = calibrate_from_repeats(
+            labels, errors, snr, groups, names, recipe=settings.repeats, combine=settings.repeat_combine, ids=spec.ids
+        )
     except InsufficientDataError as exc:
         logger.warning("%s: repeat calibration not possible (%s): formal errors kept", code, exc)
         return None, None, f"not possible ({exc}): formal errors"
     scale = ", ".join(f"{n} x{s:.3g}" for n, s in zip(names, cal.scale))
-    return cal.apply(errors, snr), cal, f"calibrated ({settings.repeats}, {len(cal.pairs)} pairs; {scale})"
+    how = settings.repeats if settings.repeat_combine == "max" else f"{settings.repeats}, {settings.repeat_combine}"
+    return cal.apply(errors, snr), cal, f"calibrated ({how}, {len(cal.pairs)} pairs; {scale})"
 
 
 def _one_run(spec, lab, code, settings, train_rows, y_train, names, n_jobs, progressbar):

@@ -68,7 +68,17 @@ _SURVEY = {
     "flag_mask",
     "passthrough",
 }
-_RUN = {"labels", "model", "censors", "cuts", "folds", "distance_threshold", "repeats", "compare_uncensored"}
+_RUN = {
+    "labels",
+    "model",
+    "censors",
+    "cuts",
+    "folds",
+    "distance_threshold",
+    "repeats",
+    "repeat_combine",
+    "compare_uncensored",
+}
 _CLUSTERS = {
     "membership",
     "id_column",

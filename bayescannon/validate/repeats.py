@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "RECIPES",
+    "COMBINES",
     "repeat_pairs",
     "RepeatPairs",
     "RepeatCalibration",
@@ -58,6 +59,9 @@ __all__ = [
 
 #: Recipes of :func:`calibrate_from_repeats`; the first is the default.
 RECIPES = ("nandakumar2022", "robust")
+
+#: How scaled formal errors and the precision floor combine; the first is the default.
+COMBINES = ("max", "quadrature")
 
 
 @dataclass
@@ -168,6 +172,9 @@ class RepeatCalibration:
         Whether the widths were divided by √2 (precision of one spectrum).
     recipe : str
         ``"nandakumar2022"`` or ``"robust"`` (see the module docstring).
+    combine : str
+        ``"max"`` (the paper) or ``"quadrature"`` (see the module docstring); with
+        ``"quadrature"`` the precision parameters describe the excess floor.
     """
 
     label_names: list
@@ -180,6 +187,7 @@ class RepeatCalibration:
     per_measurement: bool = True
     meta: dict = field(default_factory=dict)
     recipe: str = "nandakumar2022"
+    combine: str = "max"
 
     def precision(self, snr) -> np.ndarray:
         """Precision of every label at the given S/N: (N, K)."""
@@ -188,13 +196,17 @@ class RepeatCalibration:
         return precision_model(s, p[:, 0], p[:, 1], p[:, 2])
 
     def apply(self, errors, snr) -> np.ndarray:
-        """Calibrated errors ``max(scale × errors, precision(snr))`` (N, K)."""
+        """Calibrated errors (N, K): ``max(scale × errors, precision(snr))``, or with
+        ``combine="quadrature"`` ``sqrt((scale × errors)² + precision(snr)²)``; a label
+        without a precision fit keeps the scaled errors."""
         e = np.asarray(errors, dtype=float)
         if e.ndim != 2 or e.shape[1] != len(self.label_names):
             raise ShapeMismatchError(f"errors must be (N, {len(self.label_names)}); got {e.shape}")
         s = np.asarray(snr, dtype=float)
         if s.shape != (e.shape[0],):
             raise ShapeMismatchError(f"snr has shape {s.shape}; expected ({e.shape[0]},)")
+        if self.combine == "quadrature":
+            return np.hypot(e * self.scale[None, :], np.nan_to_num(self.precision(s), nan=0.0))
         return np.fmax(e * self.scale[None, :], self.precision(s))
 
     @property
@@ -213,6 +225,7 @@ class RepeatCalibration:
         t.meta["PREC_MODEL"] = "precision(snr) = A * exp(-snr / B) + C"
         t.meta["PERMEAS"] = bool(self.per_measurement)
         t.meta["RECIPE"] = self.recipe
+        t.meta["COMBINE"] = self.combine
         return t
 
 
@@ -252,6 +265,38 @@ def _fit_precision(x, w, n, per_measurement, w_total=None):
     return popt, "exponential"
 
 
+def _bin_mean(member, values) -> np.ndarray:
+    """Mean of ``values`` (pairs) over the finite members of each bin (0 for an empty bin)."""
+    ok = member & np.isfinite(values)[None, :]
+    total = np.where(ok, values[None, :], 0.0).sum(axis=1)
+    return total / np.maximum(ok.sum(axis=1), 1)
+
+
+def _quadrature_floor(stats, n_bin, member, centre, dq, fv, ref_snr, scale, *, opts):
+    """Excess precision floor of one label (``combine="quadrature"``).
+
+    ``stats``: summary statistics of ``dq`` (the precision pairs' differences) per bin;
+    ``fv``: the formal variance of each precision pair (both visits), times ``scale²``
+    the variance the scaled formal errors explain; ``ref_snr``: S/N of the reference
+    (best) visit, whose own floor is also in ``dq`` (None: the robust recipe, whose
+    per-measurement √2 splits it; else a few passes, the best visit's floor being
+    small). Returns (params, status, excess width per bin)."""
+    min_pairs, per_measurement, passes = opts
+    var_b = np.where(n_bin >= min_pairs, stats["rms"] ** 2, np.nan)
+    has = np.isfinite(dq)
+    fv_b = _bin_mean(member, np.where(has, fv, np.nan))
+    ref_b = np.zeros(var_b.shape)
+    params, why, width = None, "no bin with enough pairs", var_b
+    for _ in range(passes if ref_snr is not None else 1):
+        width = np.sqrt(np.maximum(var_b - scale**2 * fv_b - ref_b, 0.0))
+        params, why = _fit_precision(centre, width, n_bin.astype(float), per_measurement, np.sqrt(var_b))
+        if ref_snr is None:
+            break
+        ref = np.nan_to_num(precision_model(ref_snr, *params), nan=0.0) ** 2
+        ref_b = _bin_mean(member, np.where(has, ref, np.nan))
+    return params, why, width
+
+
 def _best_visit(groups, snr) -> np.ndarray:
     """Row of the highest-S/N spectrum of each row's group (−1 for rows without a group);
     ties go to the first row, a NaN S/N counts as the lowest."""
@@ -280,6 +325,7 @@ def calibrate_from_repeats(
     label_names,
     *,
     recipe: str = "nandakumar2022",
+    combine: str = "max",
     snr_bins=8,
     min_pairs: int = 10,
     per_measurement: bool | None = None,
@@ -303,6 +349,13 @@ def calibrate_from_repeats(
         standard deviation of (other − best-S/N spectrum) of each star, binned by the
         S/N of the other spectrum. ``"robust"``: half 16–84th percentile widths of all
         pairs, binned by the lower S/N of each pair (see the module docstring).
+    combine : {"max", "quadrature"}
+        ``"max"`` (default, the paper): calibrated error ``max(scale × formal,
+        precision(S/N))``; it over-covers where formal errors vary from star to star at
+        one S/N. ``"quadrature"``: ``sqrt((scale × formal)² + floor(S/N)²)`` with the
+        floor fitted to the excess variance of the differences (standard deviations, in
+        either recipe) over the eq.-6-scaled formal variance (see the module docstring);
+        ``subtract_best`` does not apply (both visits' variances are in the model).
     snr_bins : int or array_like
         S/N bin edges, or a number of bins with equal numbers of pairs.
     min_pairs : int
@@ -335,6 +388,9 @@ def calibrate_from_repeats(
     """
     if recipe not in RECIPES:
         raise InvalidInputError(f"recipe must be one of {RECIPES}; got {recipe!r}")
+    if combine not in COMBINES:
+        raise InvalidInputError(f"combine must be one of {COMBINES}; got {combine!r}")
+    quad = combine == "quadrature"
     paper = recipe == "nandakumar2022"
     if per_measurement is None:
         per_measurement = not paper
@@ -358,7 +414,7 @@ def calibrate_from_repeats(
         z = np.where(ecomb > 0, d / ecomb, np.nan)
     zstats = summary_statistics(z, axis=0)
     # eq. 6: the variance of the normalised differences -> 1; robust: their half 16-84 width
-    scale = zstats["rms"] if paper else zstats["half_p16_84"]
+    scale = np.array(zstats["rms"] if paper else zstats["half_p16_84"], dtype=float)
     if np.any(zstats["n"] < min_pairs):
         bad = [label_names[q] for q in np.flatnonzero(zstats["n"] < min_pairs)]
         raise InsufficientDataError(f"fewer than {min_pairs} usable pairs for label(s) {bad}")
@@ -373,9 +429,11 @@ def calibrate_from_repeats(
         # subtracted, so that the precision is that of the other visit alone. Without this (the
         # paper read literally) visits of similar S/N give √2 too wide a precision floor.
         vbest = np.where(use[:, None], (scale[None, :] * e[best]) ** 2, np.nan) if subtract_best else None
+        fv_pairs, ref_snr = e[other] ** 2 + e[best] ** 2, np.where(use, s[best], np.nan)
     else:
         use = np.ones(i.size, dtype=bool)
         dp, xs, width_key = d, slow, "half_p16_84"
+        fv_pairs, ref_snr = e[i] ** 2 + e[j] ** 2, None
     fin = np.isfinite(xs)
     if not fin.any():
         raise InsufficientDataError("no repeat pair has a finite S/N: the precision vs S/N needs S/N values")
@@ -403,12 +461,25 @@ def calibrate_from_repeats(
         st = summary_statistics(dq, axis=1)
         width = np.where(st["n"] >= min_pairs, st[width_key], np.nan)
         width_total = width
-        if paper and subtract_best:
+        if quad:
+            p, why, width = _quadrature_floor(
+                st,
+                st["n"],
+                member,
+                centre,
+                dp[:, q],
+                fv_pairs[:, q],
+                ref_snr,
+                scale[q],
+                opts=(min_pairs, per_measurement, 3),
+            )
+        elif paper and subtract_best:
             vb = np.where(member & np.isfinite(dp[None, :, q]), vbest[None, :, q], np.nan)
             n_vb = np.isfinite(vb).sum(axis=1)
             mean_vb = np.where(n_vb > 0, np.nansum(vb, axis=1) / np.maximum(n_vb, 1), 0.0)
             width = np.sqrt(np.maximum(width**2 - mean_vb, 0.0))
-        p, why = _fit_precision(centre, width, st["n"].astype(float), per_measurement, width_total)
+        if not quad:
+            p, why = _fit_precision(centre, width, st["n"].astype(float), per_measurement, width_total)
         params[q] = p
         status.append(why)
         prec = width / np.sqrt(2.0) if per_measurement else width
@@ -434,8 +505,12 @@ def calibrate_from_repeats(
     for col in ("SNR_MEDIAN", "WIDTH", "PRECISION"):
         bt[col] = np.ma.masked_invalid(bt[col])
     bt.meta["RECIPE"] = recipe
-    bt.meta["SUBBEST"] = bool(paper and subtract_best)
-    bt.meta["WIDTH"] = "standard deviation" if paper else "half 16-84th percentile range"
+    bt.meta["SUBBEST"] = bool(paper and subtract_best and not quad)
+    bt.meta["COMBINE"] = combine
+    if quad:
+        bt.meta["WIDTH"] = "excess standard deviation (not explained by the scaled formal errors)"
+    else:
+        bt.meta["WIDTH"] = "standard deviation" if paper else "half 16-84th percentile range"
     bt.meta["SNR_OF"] = "the other spectrum (vs the best-S/N one)" if paper else "the lower S/N of the pair"
     pt = Table()
     pt["GROUP"] = pairs.group
@@ -449,7 +524,7 @@ def calibrate_from_repeats(
         pt[f"D_{name}"] = d[:, q]
         pt[f"e_D_{name}"] = ecomb[:, q]
     for q, name in enumerate(label_names):
-        logger.info("%s: formal errors x %.3g (%s); precision fit %s", name, scale[q], recipe, status[q])
+        logger.info("%s: formal errors x %.3g (%s, %s); precision fit %s", name, scale[q], recipe, combine, status[q])
     return RepeatCalibration(
         list(label_names),
         np.asarray(scale, float),
@@ -460,6 +535,7 @@ def calibrate_from_repeats(
         pairs.skipped,
         per_measurement,
         recipe=recipe,
+        combine=combine,
     )
 
 
