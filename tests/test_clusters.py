@@ -195,16 +195,22 @@ def test_shipped_literature_table_covers_the_dr10_clusters_with_a_source_per_val
     assert np.all((t["FE_H"][has] > -2.5) & (t["FE_H"][has] < 0.5))
     assert LITERATURE_FE_H == {str(r["CLUSTER"]): float(r["FE_H"]) for r in t[has]}
     assert LITERATURE_FE_H["M92"] == -2.31 and LITERATURE_FE_H["M5"] == -1.29
+    # open clusters: only values read in a source (issue 14); the rest stay blank
+    assert LITERATURE_FE_H["M67"] == 0.03 and LITERATURE_FE_H["N6791"] == 0.47
+    src = {str(r["CLUSTER"]): str(r["SOURCE"]) for r in t}
+    assert src["M67"] == "Pace2008" and "A&A 489, 403" in refs["Pace2008"]
+    assert src["N6791"] == "Gratton2006" and "ApJ 642, 462" in refs["Gratton2006"]
+    assert {"N188", "N2158", "N2420", "N6819", "N7789"} == set(t["CLUSTER"][~has])
 
 
 def test_cluster_statistics_name_the_literature_source():
     rng = np.random.default_rng(0)
     ids = np.array([f"s{i}" for i in range(20)])
-    members = membership_table(ids, ["M92"] * 10 + ["N6791"] * 10)
+    members = membership_table(ids, ["M92"] * 10 + ["N2158"] * 10)
     y = np.column_stack([rng.normal(-2.3, 0.05, 20)])
     s = cluster_statistics(ids, y, members, ["FE_H"])
     row = {str(r["CLUSTER"]): r for r in s}
     assert "Harris" in row["M92"]["LIT_SOURCE"] and row["M92"]["LIT_FE_H"] == -2.31
     assert np.isclose(row["M92"]["OFFSET_FE_H"], row["M92"]["MEDIAN_FE_H"] + 2.31)
     # no sourced literature value: masked offset and no source, not a default number
-    assert row["N6791"]["LIT_SOURCE"] == "" and np.ma.is_masked(row["N6791"]["OFFSET_FE_H"])
+    assert row["N2158"]["LIT_SOURCE"] == "" and np.ma.is_masked(row["N2158"]["OFFSET_FE_H"])
