@@ -51,8 +51,8 @@ __all__ = [
 
 #: Package-data table of literature [Fe/H] for the clusters of the APOGEE DR10 member list,
 #: with a source per row (:func:`literature_table`). Globular clusters: Harris (1996; 2010
-#: edition); Pleiades: Soderblom+2009; the other open clusters are left blank (no checked
-#: reference at hand; see the table's notes). ``LITERATURE_FE_H`` is its ``{cluster: [Fe/H]}``.
+#: edition); Pleiades: Soderblom+2009; M67: Pace+2008; NGC 6791: Gratton+2006; the other open
+#: clusters are left blank (no checked reference at hand; see the table's notes). ``LITERATURE_FE_H`` is its ``{cluster: [Fe/H]}``.
 LITERATURE_TABLE = "apogee_dr10_cluster_literature.ecsv"
 
 #: Membership-probability columns looked for (case-insensitive, in this order) when
