@@ -14,6 +14,15 @@ excess (first minus second call, in seconds) is what every CLI command pays on t
 steady state; the fresh process is run ``--first-call-repeats`` times (median shown, with
 the range: on a shared machine single runs vary by more than the excess).
 
+What the first call pays (Nov 2026, cProfile and CPU time of fresh processes): the first
+numba kernel of a process initialises numba's CPU target (its lowering registries, which
+import ``scipy.linalg`` through ``numba.np.arraymath``: together ~0.35-0.4 s idle) and
+each kernel is loaded from the disk cache (~10-20 ms each; training uses 7, the test
+step 2); the first ``infer`` also used to import ``dask.array`` (~0.5 s idle, with
+scipy.fft and scipy.sparse) through xarray's duck-array probe, which the result builders of
+:mod:`bayescannon.results` now avoid. The numba target initialisation is numba's own,
+per process, and is not moved into ``import bayescannon``.
+
 Run: ``make bench`` (or ``python benchmarks/bench_core.py [--quick] [--cold]``).
 """
 
