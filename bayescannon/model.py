@@ -41,7 +41,7 @@ from bayescannon.errors import (
 )
 from bayescannon.flags import PixelFlag, StarFlag, flag_doc
 from bayescannon.modelfile import load_model, model_to_dataset, save_model
-from bayescannon.results import set_label_units
+from bayescannon.results import result_dataset, set_label_units
 from bayescannon.spectra import (
     BAD_PIXEL_KINDS,
     as_flux_ivar_arrays,
@@ -710,7 +710,7 @@ class CannonModel(ParamsMixin):
                 ids[np.flatnonzero(nopix)[0]],
             )
         errors = np.sqrt(np.einsum("nkk->nk", cov_phys))
-        ds = xr.Dataset(
+        ds = result_dataset(  # numpy-backed: no dask import on the first infer of a process
             {
                 "labels": (("star", "label_name"), y),
                 "errors": (("star", "label_name"), errors),
@@ -722,7 +722,7 @@ class CannonModel(ParamsMixin):
                 "flags": ("star", flags),
                 "n_iter": ("star", niter),
             },
-            coords={"star": ids, "label_name": list(self.label_names), "label_name_2": list(self.label_names)},
+            {"star": ids, "label_name": list(self.label_names), "label_name_2": list(self.label_names)},
             attrs={
                 "model_training_hash": self.training_hash_,
                 "uncertainty": "formal (inverse Fisher matrix, model scatter s² included)",

@@ -8,7 +8,12 @@ posteriors) uses the dimension ``label_name`` and carries ``units`` attributes f
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import xarray as xr
 
 __all__ = [
     "LabelInfo",
@@ -24,6 +29,9 @@ __all__ = [
     "set_label_units",
     "LABEL_DIM",
     "LABEL_DIM2",
+    "numpy_variable",
+    "index_coordinates",
+    "result_dataset",
 ]
 
 
@@ -175,7 +183,7 @@ def set_label_units(ds, variables=None):
         return ds
     names = [str(n) for n in ds[LABEL_DIM].values]
     units = [label_units_text(n) for n in names]
-    ds.coords["label_unit"] = (LABEL_DIM, units)
+    ds.coords["label_unit"] = numpy_variable(LABEL_DIM, np.array(units))
     for v in variables or list(ds.data_vars):
         dims = ds[v].dims
         if LABEL_DIM not in dims:
@@ -185,3 +193,94 @@ def set_label_units(ds, variables=None):
         else:
             ds[v].attrs["units"] = ", ".join(u or "1" for u in units)
     return ds
+
+
+# --------------------------------------------------------------------------- builders
+# xarray asks, for every array it wraps without ``fastpath``, whether it is a dask array, and
+# the first such question imports dask.array when dask is installed (~0.5 s idle, with
+# scipy.fft and scipy.sparse behind it: xarray.namedarray.pycompat.array_type("dask") in
+# Variable's as_compatible_data, and is_dask_collection in safe_cast_to_index for index
+# coordinates). A result made only of numpy arrays needs no such question: these builders
+# wrap numpy arrays directly and give the same Dataset (``identical``, same dtypes and
+# indexes), so that the first ``infer`` of a process does not pay for dask.
+
+
+def numpy_variable(dims: str | Sequence[str], data: Any, attrs: Mapping[str, Any] | None = None) -> xr.Variable:
+    """An :class:`xarray.Variable` of a numpy array, built without xarray's duck-array probes.
+
+    Parameters
+    ----------
+    dims : str or sequence of str
+        Dimension names.
+    data : array_like
+        Values; turned into a numpy array (``np.asarray``).
+    attrs : mapping, optional
+        Attributes.
+
+    Returns
+    -------
+    xarray.Variable
+        The same Variable ``xarray.Variable(dims, data, attrs)`` gives. Object, datetime
+        and timedelta arrays (which xarray converts) take xarray's ordinary path.
+    """
+    arr = np.asarray(data)
+    if arr.dtype.kind in "OMm":
+        return xr.Variable(dims, arr, attrs)
+    return xr.Variable(dims, arr, attrs, fastpath=True)
+
+
+def index_coordinates(coords: Mapping[str, Any]) -> xr.Coordinates:
+    """Dimension coordinates with their pandas indexes, built without xarray's dask probe.
+
+    Parameters
+    ----------
+    coords : mapping
+        ``{dim: values}``; each becomes the coordinate of dimension ``dim`` with a
+        :class:`xarray.indexes.PandasIndex` (the index ``xr.Dataset(coords=...)`` makes).
+
+    Returns
+    -------
+    xarray.Coordinates
+        Coordinates whose variables keep the dtype of ``values`` (``<U8`` stays ``<U8``).
+    """
+    variables: dict[str, xr.Variable] = {}
+    indexes: dict[str, xr.indexes.Index] = {}
+    for dim, values in coords.items():
+        arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise ValueError(f"index coordinate {dim!r} must be one-dimensional; got shape {arr.shape}")
+        if arr.dtype.kind in "OMm":  # xarray's own conversions apply
+            coord = xr.Coordinates({dim: arr})
+            variables[dim], indexes[dim] = coord.variables[dim], coord.xindexes[dim]
+            continue
+        index = xr.indexes.PandasIndex(pd.Index(arr), dim, coord_dtype=arr.dtype)
+        variables.update(index.create_variables())
+        indexes[dim] = index
+    out = xr.Coordinates(variables, indexes=indexes)
+    return out
+
+
+def result_dataset(
+    data_vars: Mapping[str, tuple],
+    index_coords: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """A result Dataset of numpy arrays, built without importing dask.
+
+    Parameters
+    ----------
+    data_vars : mapping
+        ``{name: (dims, values)}`` or ``{name: (dims, values, attrs)}``, as for
+        :class:`xarray.Dataset`.
+    index_coords : mapping
+        ``{dim: values}``: dimension coordinates (see :func:`index_coordinates`).
+    attrs : mapping, optional
+        Dataset attributes.
+
+    Returns
+    -------
+    xarray.Dataset
+        Identical to ``xr.Dataset(data_vars, coords=index_coords, attrs=attrs)``.
+    """
+    variables = {name: numpy_variable(*spec) for name, spec in data_vars.items()}
+    return xr.Dataset(variables, coords=index_coordinates(index_coords), attrs=attrs)

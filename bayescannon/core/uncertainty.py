@@ -74,7 +74,7 @@ from bayescannon.errors import (
     ShapeMismatchError,
 )
 from bayescannon.flags import PixelFlag
-from bayescannon.results import set_label_units
+from bayescannon.results import numpy_variable, set_label_units
 
 logger = logging.getLogger(__name__)
 
@@ -521,15 +521,15 @@ def apply_calibration(model, ds: xr.Dataset, ivar, kappa=None) -> xr.Dataset:
     cov, sd, h68, h95 = calibrated_errors(model, ds["covariance"].values, x, eps)
     bias = calibration_bias(model.calibration_, x)
     out = ds.copy()
-    out["labels"] = (("star", "label_name"), labels - bias)
-    out["labels_uncorrected"] = (("star", "label_name"), labels)
-    out["label_bias"] = (("star", "label_name"), bias)
-    out["errors_formal"] = (("star", "label_name"), ds["errors"].values)
-    out["covariance"] = (("star", "label_name", "label_name_2"), cov)
-    out["errors"] = (("star", "label_name"), sd)
-    out["half_width_68"] = (("star", "label_name"), h68)
-    out["half_width_95"] = (("star", "label_name"), h95)
-    out["theta_variance"] = ("star", 1.0 + eps)
+    out["labels"] = numpy_variable(("star", "label_name"), labels - bias)
+    out["labels_uncorrected"] = numpy_variable(("star", "label_name"), labels)
+    out["label_bias"] = numpy_variable(("star", "label_name"), bias)
+    out["errors_formal"] = numpy_variable(("star", "label_name"), ds["errors"].values)
+    out["covariance"] = numpy_variable(("star", "label_name", "label_name_2"), cov)
+    out["errors"] = numpy_variable(("star", "label_name"), sd)
+    out["half_width_68"] = numpy_variable(("star", "label_name"), h68)
+    out["half_width_95"] = numpy_variable(("star", "label_name"), h95)
+    out["theta_variance"] = numpy_variable("star", 1.0 + eps)
     out["labels"].attrs["description"] = "calibrated estimate: the maximum-likelihood labels minus label_bias"
     out["labels_uncorrected"].attrs["description"] = "maximum-likelihood labels before the bias correction"
     out["label_bias"].attrs["description"] = "learned bias of the maximum-likelihood labels (subtracted in labels)"
