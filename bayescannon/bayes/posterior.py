@@ -25,9 +25,10 @@ disk-cached ``numba.cfunc`` (:func:`bayescannon.bayes.labelkernel.c_callbacks`) 
 nutpie's PyMC-model interface: the gradient is called from nutpie's threads without the
 GIL and without Python, and a batch's data is one packed buffer swapped per call. A fresh
 process loads the callbacks from numba's cache (first run on a machine: one compile,
-announced by a log line). Warm, a star (4 labels, 4 × (1000 + 1000) steps) costs ~0.15 s
-of CPU, of which sampling ~0.07 s; the rest is the MAP start, the statistics and ArviZ's
-R-hat/ESS. Earlier choices: nutpie's ``compile_pymc_model`` (an uncached ``numba.cfunc``:
+announced by a log line). Warm, a star (4 labels, 3,000 pixels, 4 × (1000 + 1000) steps)
+costs ~0.15 s of CPU (``benchmarks/bench_posterior.py``; it was ~1–2 s). nutpie's
+``CompiledPyMCModel`` is built directly from the two callbacks (its fields are nutpie's,
+≥ 0.15): ``tests/test_bayes.py`` samples through it, so a change there fails loudly. Earlier choices: nutpie's ``compile_pymc_model`` (an uncached ``numba.cfunc``:
 30–130 s of compilation per process) and nutpie's ``from_pyfunc`` (a Python call holding
 the GIL per gradient: ~1–2 s per star). The draws are read from nutpie's raw Arrow trace
 (:func:`bayescannon.bayes.sampling.raw_trace_arrays`), not converted by ArviZ per star.
