@@ -204,6 +204,15 @@ def test_nuts_with_theta_marginalised_mixes():
     # mean must be much closer to the truth than the observed labels (measured: 0.04 vs 0.10)
     rms_post, rms_obs = np.sqrt(np.mean((mean - x) ** 2)), np.sqrt(np.mean((obs - x) ** 2))
     assert rms_post < 0.6 * rms_obs, (rms_post, rms_obs)
+    # coverage of the 180 true labels (issue 15: 0.49/0.87 with the flat label prior, which
+    # stretched the label scale by √(1 + E²/var ℓ); measured with the population prior
+    # 0.79/1.00, rms error 0.022 vs posterior sd 0.031: conservative). Binomial sd 0.035 (68 %)
+    # and 0.016 (95 %): the intervals must not be too narrow (3σ)
+    lab = tree["posterior"]["labels"].transpose("chain", "draw", "training_star", "label_name").values
+    lab = lab.reshape(-1, *lab.shape[2:])
+    lo68, hi68, lo95, hi95 = np.quantile(lab, [0.16, 0.84, 0.025, 0.975], axis=0)
+    cov68, cov95 = np.mean((x > lo68) & (x < hi68)), np.mean((x > lo95) & (x < hi95))
+    assert cov68 > 0.68 - 3 * 0.035 and cov95 > 0.95 - 3 * 0.016, (cov68, cov95)
 
 
 def test_latent_population_prior_is_the_gaussian_product_with_the_deconvolved_population():
