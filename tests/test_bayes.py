@@ -284,3 +284,89 @@ def test_compiled_kernel_equals_numpy_core_and_its_gradient_is_exact(setup, prio
         z, u0, l_, const["lower"], const["upper"], const["label_offset"], const["label_scale"], prior == "uniform"
     )
     np.testing.assert_allclose(phys, x * model.label_scale_ + model.label_offset_, rtol=1e-12)
+
+
+def test_c_callbacks_equal_the_kernel_on_the_packed_buffer(setup):
+    """nutpie's C callbacks read the packed buffer in the layout ``pack`` writes: the same
+    value and gradient as the kernel called on the arrays (bit for bit), and the labels."""
+    import ctypes
+
+    from bayescannon.bayes import labelkernel
+
+    model, _, theta, rng = setup
+    post = LabelPosterior(model, batch_size=2)
+    flux, ivar, _ = _simulate(rng, theta, 2)
+    A, b, c, n_pix, kap = star_statistics(model, flux, ivar)
+    k = len(NAMES)
+    d = post._constants | {
+        "A": A,
+        "b": b,
+        "c": c,
+        "n_pix": n_pix.astype(float),
+        "kappa": kap + 0.05,
+        "u_map": rng.normal(scale=0.5, size=(2, k)),
+        "chol": np.tril(rng.normal(scale=0.3, size=(2, k, k))) + 0.5 * np.eye(k),
+    }
+    buf = post._pack(d)
+    logp_c, expand_c = labelkernel.c_callbacks()
+    parent, last = model.vectorizer.parent, model.vectorizer.last
+    dbl = ctypes.POINTER(ctypes.c_double)
+    for _ in range(3):
+        z = rng.normal(size=2 * k)
+        want, want_grad = labelkernel.logp_grad(
+            z,
+            d["A"],
+            d["b"],
+            d["c"],
+            d["n_pix"],
+            d["kappa"],
+            d["g0inv"],
+            d["u_map"],
+            d["chol"],
+            d["lower"],
+            d["upper"],
+            parent,
+            last,
+            True,
+        )
+        grad, value = np.zeros(2 * k), np.zeros(1)
+        rc = logp_c.ctypes(
+            2 * k, z.ctypes.data_as(dbl), grad.ctypes.data_as(dbl), value.ctypes.data_as(dbl), buf.ctypes.data
+        )
+        assert rc == 0
+        assert value[0] == want and np.array_equal(grad, want_grad)
+        labels = np.zeros(2 * k)
+        assert expand_c.ctypes(2 * k, 2 * k, z.ctypes.data_as(dbl), labels.ctypes.data_as(dbl), buf.ctypes.data) == 0
+        phys = labelkernel.labels_from_z(
+            z, d["u_map"], d["chol"], d["lower"], d["upper"], d["label_offset"], d["label_scale"], True
+        )
+        np.testing.assert_array_equal(labels.reshape(2, k), phys)
+    # a wrong dimension is refused, not read past the buffer
+    assert (
+        logp_c.ctypes(3, z.ctypes.data_as(dbl), grad.ctypes.data_as(dbl), value.ctypes.data_as(dbl), buf.ctypes.data)
+        == -1
+    )
+
+
+def test_fast_sampler_agrees_with_laplace_on_a_high_snr_star(setup):
+    """At high S/N, θ fixed (no θ term) and a flat prior, the posterior is the Gaussian of
+    the Laplace approximation: posterior means within Monte-Carlo error of the MAP, posterior
+    sd within Monte-Carlo error of the Laplace sd, R-hat ≤ 1.01."""
+    model, _, theta, rng = setup
+    vec = PolynomialVectorizer(NAMES, 2)
+    x = rng.uniform(-0.3, 0.3, (3, len(NAMES)))
+    noise = NOISE / 5  # S/N 500: the curvature of v(ℓ) over ±1σ is ~1e-3 of σ
+    flux = vec(x) @ theta.T + noise * rng.standard_normal((3, theta.shape[0]))
+    ivar = np.full(flux.shape, noise**-2)
+    post = LabelPosterior(model, propagate_theta=False)
+    tree = post.sample(flux, ivar, draws=1000, tune=1000, chains=4, seed=7)
+    diag = tree["diagnostics"].to_dataset()
+    assert np.all(diag["r_hat"].values <= 1.01), diag["r_hat"].values
+    # NUTS's bulk ESS exceeds the draws for means (antithetic steps) but not for second
+    # moments: the conservative ESS is the smallest of bulk, tail and the number of draws
+    ess = np.minimum(np.minimum(diag["ess_bulk"].values, diag["ess_tail"].values), 4000)
+    # MC error of a mean: sd/√ESS; of an sd: ≈ sd/√(2 ESS) (Gaussian); 4σ over 9 numbers each
+    z_mean = (diag["mean"].values - diag["map"].values) / (diag["sd"].values / np.sqrt(ess))
+    assert np.all(np.abs(z_mean) < 4.0), z_mean
+    z_sd = (diag["sd_ratio"].values - 1.0) * np.sqrt(2 * ess)
+    assert np.all(np.abs(z_sd) < 4.0), z_sd

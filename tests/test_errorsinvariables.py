@@ -204,3 +204,38 @@ def test_nuts_with_theta_marginalised_mixes():
     # mean must be much closer to the truth than the observed labels (measured: 0.04 vs 0.10)
     rms_post, rms_obs = np.sqrt(np.mean((mean - x) ** 2)), np.sqrt(np.mean((obs - x) ** 2))
     assert rms_post < 0.6 * rms_obs, (rms_post, rms_obs)
+    # coverage of the 180 true labels (issue 15: 0.49/0.87 with the flat label prior, which
+    # stretched the label scale by √(1 + E²/var ℓ); measured with the population prior
+    # 0.79/1.00, rms error 0.022 vs posterior sd 0.031: conservative). Binomial sd 0.035 (68 %)
+    # and 0.016 (95 %): the intervals must not be too narrow (3σ)
+    lab = tree["posterior"]["labels"].transpose("chain", "draw", "training_star", "label_name").values
+    lab = lab.reshape(-1, *lab.shape[2:])
+    lo68, hi68, lo95, hi95 = np.quantile(lab, [0.16, 0.84, 0.025, 0.975], axis=0)
+    cov68, cov95 = np.mean((x > lo68) & (x < hi68)), np.mean((x > lo95) & (x < hi95))
+    assert cov68 > 0.68 - 3 * 0.035 and cov95 > 0.95 - 3 * 0.016, (cov68, cov95)
+
+
+def test_latent_population_prior_is_the_gaussian_product_with_the_deconvolved_population():
+    """The latent-label prior of the NUTS model: population N(μ, Σ) with Σ = cov(obs) − E²
+    (deconvolved), times the observation N(ℓ_obs, E²): mean and covariance of the product."""
+    from bayescannon.bayes.latent import population_prior
+
+    rng = np.random.default_rng(12)
+    n, e = 20000, np.array([0.1, 0.05])
+    cov_true = np.array([[0.04, 0.01], [0.01, 0.02]])
+    x = rng.multivariate_normal([0.3, -0.2], cov_true, n)
+    err = np.broadcast_to(e, (n, 2)) * rng.uniform(0.5, 1.5, (n, 1))
+    obs = x + err * rng.standard_normal((n, 2))
+    rows = np.array([0, 5, 7])
+    m, chol = population_prior(obs, err, rows)
+    sigma = np.cov(obs, rowvar=False) - np.diag(np.mean(err**2, axis=0))
+    # the deconvolution recovers the population covariance (sampling sd ~ 0.04/√n·√2 ≈ 4e-4)
+    np.testing.assert_allclose(sigma, cov_true, atol=2e-3)
+    for i, r in enumerate(rows):
+        prec = np.linalg.inv(sigma) + np.diag(err[r] ** -2)
+        v = np.linalg.inv(prec)
+        np.testing.assert_allclose(chol[i] @ chol[i].T, v, rtol=1e-10)
+        want = v @ (np.linalg.solve(sigma, obs.mean(axis=0)) + obs[r] / err[r] ** 2)
+        np.testing.assert_allclose(m[i], want, rtol=1e-10)
+    # shrinkage: the prior mean lies between the observation and the population mean
+    assert np.all(np.abs(m - obs.mean(axis=0)) < np.abs(obs[rows] - obs.mean(axis=0)) + 1e-12)

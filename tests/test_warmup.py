@@ -35,6 +35,10 @@ CALLEES = {
     "_kappa_sums",
     "_kappa_ratio",
     "_softplus",
+    # the label posterior's kernels, called only from its C callbacks (bayes.labelkernel)
+    "logp_grad",
+    "labels_from_z",
+    "_unpack",
 }
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.

@@ -20,15 +20,20 @@ So a (T×T) matrix per star is all the model sees: one compiled model serves any
 is one model with a ``star`` dimension.
 
 Backend (measured on 2 shared cores, Nov 2026): the default ``sampler="nutpie"`` runs
-nutpie's NUTS on the numba kernel :func:`bayescannon.bayes.labelkernel.logp_grad` through
-:func:`nutpie.compiled_pyfunc.from_pyfunc`. The kernel is cached on disk by numba, so a
-fresh process loads it in < 1 s (first run on a machine: one ~5 s compile, announced by a
-log line). nutpie's PyMC path (``compile_pymc_model``) was the earlier choice: it wraps the
-PyTensor function in a ``numba.cfunc`` that numba refuses to cache ("dynamic globals"),
-so every process recompiled for 30–130 s of CPU; PyTensor's own compile cache does not
-cover that wrapper. The Python call costs ~15 µs per gradient (~0.4 s of a star's ~1 s of
-CPU for 4 × 2,000 draws). ``sampler="pymc"`` samples the PyMC model below (same density,
-checked by ``tests/test_bayes.py``).
+nutpie's NUTS on the numba kernel :func:`bayescannon.bayes.labelkernel.logp_grad` behind a
+disk-cached ``numba.cfunc`` (:func:`bayescannon.bayes.labelkernel.c_callbacks`) given to
+nutpie's PyMC-model interface: the gradient is called from nutpie's threads without the
+GIL and without Python, and a batch's data is one packed buffer swapped per call. A fresh
+process loads the callbacks from numba's cache (first run on a machine: one compile,
+announced by a log line). Warm, a star (4 labels, 3,000 pixels, 4 × (1000 + 1000) steps)
+costs ~0.15 s of CPU (``benchmarks/bench_posterior.py``; it was ~1–2 s). nutpie's
+``CompiledPyMCModel`` is built directly from the two callbacks (its fields are nutpie's,
+≥ 0.15): ``tests/test_bayes.py`` samples through it, so a change there fails loudly. Earlier choices: nutpie's ``compile_pymc_model`` (an uncached ``numba.cfunc``:
+30–130 s of compilation per process) and nutpie's ``from_pyfunc`` (a Python call holding
+the GIL per gradient: ~1–2 s per star). The draws are read from nutpie's raw Arrow trace
+(:func:`bayescannon.bayes.sampling.raw_trace_arrays`), not converted by ArviZ per star.
+``sampler="pymc"`` samples the PyMC model below (same density, checked by
+``tests/test_bayes.py``).
 
 Parameterisation: the sampler moves ``z`` with ``u = u_MAP + L z`` where ``u`` are the
 unconstrained labels (``x = lo + (hi − lo) σ(u)`` for the default uniform prior, ``x = u``
@@ -44,6 +49,7 @@ dimensions (never ``label``: arviz 1.3 breaks on it); see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -52,7 +58,7 @@ import xarray as xr
 
 from bayescannon.bayes import labelkernel
 from bayescannon.bayes.diagnostics import summarize
-from bayescannon.bayes.sampling import collect_sample_stats, stack_sample_stats
+from bayescannon.bayes.sampling import collect_sample_stats, raw_trace_arrays, stack_sample_stats
 from bayescannon.core import scaling
 from bayescannon.core.labelfit import spectrum_statistics
 from bayescannon.core.likelihood import label_log_likelihood
@@ -227,29 +233,34 @@ class LabelPosterior:
     def compile(self):
         """Prepare the sampler once; later calls reuse it.
 
-        ``"nutpie"``: a :func:`nutpie.from_pyfunc` model around the numba kernel
-        :func:`bayescannon.bayes.labelkernel.logp_grad` (compiled once per machine, then
-        loaded from numba's disk cache: a fresh process pays well under a second here).
+        ``"nutpie"``: nutpie's PyMC-model interface around the C callbacks of
+        :func:`bayescannon.bayes.labelkernel.c_callbacks` (the numba kernel
+        :func:`~bayescannon.bayes.labelkernel.logp_grad` behind a ``numba.cfunc``, compiled
+        once per machine, then loaded from numba's disk cache). The star's data is one
+        packed buffer (:func:`~bayescannon.bayes.labelkernel.pack`) swapped per batch.
         ``"pymc"``: nothing to do (PyMC compiles inside each ``pm.sample`` call).
         """
         if self.sampler == "nutpie" and self._compiled is None:
             t0 = time.perf_counter()
-            self._compiled = self._pyfunc_model()
+            self._compiled = self._cfunc_model()
             self.compile_time = time.perf_counter() - t0
             logger.info("prepared the label posterior (batch of %d) in %.2f s", self.batch_size, self.compile_time)
         return self
 
-    def _pyfunc_model(self):
-        from nutpie.compiled_pyfunc import from_pyfunc  # lazy: the sampler only when sampling (imports arviz)
+    def _cfunc_model(self):
+        # lazy: nutpie imports arviz (seconds); only when sampling
+        from nutpie.compile_pymc import CompiledPyMCModel
 
         m = self.model
         s, k = self.batch_size, len(m.label_names)
-        vec = m.vectorizer
-        parent = np.ascontiguousarray(vec.parent, dtype=np.int64)
-        last = np.ascontiguousarray(vec.last, dtype=np.int64)
-        uniform = self.prior_kind == "uniform"
-        t = vec.n_terms
-        shared = {
+        logp_c, expand_c = labelkernel.c_callbacks()
+
+        def initial_point(seed):
+            # the PyMC model's start: z = 0 (the MAP) jittered by U(−1, 1), i.e. within ~1σ
+            return np.random.default_rng(seed).uniform(-1.0, 1.0, s * k)
+
+        t = m.vectorizer.n_terms
+        empty = {
             "A": np.tile(np.eye(t), (s, 1, 1)),
             "b": np.zeros((s, t)),
             "c": np.zeros(s),
@@ -258,39 +269,30 @@ class LabelPosterior:
             "u_map": np.zeros((s, k)),
             "chol": np.tile(np.eye(k), (s, 1, 1)),
         } | self._constants
-        # compile (or load from the disk cache) now, with the argument types of sampling
-        z0 = np.zeros(s * k)
-        labelkernel.logp_grad(z0, *_kernel_args(shared), parent, last, uniform)
-        labelkernel.labels_from_z(z0, *_expand_args(shared), uniform)
-
-        def make_logp_fn():
-            def logp(x, **d):
-                value, grad = labelkernel.logp_grad(x, *_kernel_args(d), parent, last, uniform)
-                return float(value), grad
-
-            return logp
-
-        def make_expand_fn(seed1, seed2, chain):
-            def expand(x, **d):
-                return {"labels": labelkernel.labels_from_z(x, *_expand_args(d), uniform)}
-
-            return expand
-
-        def make_initial_point(seed):
-            # the PyMC model's start: z = 0 (the MAP) jittered by U(−1, 1), i.e. within ~1σ
-            return np.random.default_rng(seed).uniform(-1.0, 1.0, s * k)
-
-        return from_pyfunc(
-            s * k,
-            make_logp_fn,
-            make_expand_fn,
-            [np.dtype("float64")],
-            [(s, k)],
-            ["labels"],
-            coords={"star": np.arange(s), "label_name": list(m.label_names)},
+        # nutpie's CompiledPyMCModel takes any C callbacks of its signature: the field names
+        # are nutpie's (≥ 0.15); ``user_data`` is the pointer handed to both callbacks
+        return CompiledPyMCModel(
             dims={"labels": ("star", "label_name")},
-            shared_data={key: np.ascontiguousarray(val, dtype=np.float64) for key, val in shared.items()},
-            make_initial_point_fn=make_initial_point,
+            _coords={"star": np.arange(s), "label_name": list(m.label_names)},
+            _n_dim=s * k,
+            _shapes={"labels": (s, k)},
+            compiled_logp_func=logp_c,
+            compiled_expand_func=expand_c,
+            initial_point_func=initial_point,
+            shared_data={},
+            shared_var_keys={},
+            user_data=self._pack(empty),
+            n_expanded=s * k,
+            shape_info=(["labels"], [slice(0, s * k)], [(s, k)]),
+            logp_func=None,
+            expand_func=None,
+        )
+
+    def _pack(self, d):
+        """The packed float64 buffer of one batch's named data (see :func:`labelkernel.pack`)."""
+        vec = self.model.vectorizer
+        return labelkernel.pack(
+            *_kernel_args(d), d["label_offset"], d["label_scale"], vec.parent, vec.last, self.prior_kind == "uniform"
         )
 
     # ----------------------------------------------------------------- data
@@ -413,10 +415,10 @@ class LabelPosterior:
             sl = slice(j * s, (j + 1) * s)
             batch = {key: val[sl] for key, val in data.items()} | self._constants
             bseed = int(rng.integers(2**31))
-            trace = self._sample_batch(batch, draws, tune, chains, cores, bseed)
+            labels_b, stats_b = self._sample_batch(batch, draws, tune, chains, cores, bseed)
             keep = min(s, n - j * s)
-            post.append(np.asarray(trace["posterior"]["labels"].values)[:, :, :keep])
-            stats_list.append(collect_sample_stats(trace["sample_stats"].to_dataset()))
+            post.append(labels_b[:, :, :keep])
+            stats_list.append(stats_b)
             counts.append(keep)
         elapsed = time.perf_counter() - t0
         labels = np.concatenate(post, axis=2)
@@ -469,13 +471,13 @@ class LabelPosterior:
         return tree
 
     def _sample_batch(self, batch, draws, tune, chains, cores, seed):
+        """Labels (chain, draw, star, label_name) and per-draw statistics of one batch."""
+        shape = (self.batch_size, len(self.model.label_names))
         if self.sampler == "nutpie":
-            import nutpie
+            import nutpie  # lazy: imports arviz
 
-            cm = self._compiled.with_data(
-                **{key: np.ascontiguousarray(val, dtype=np.float64) for key, val in batch.items()}
-            )
-            return nutpie.sample(
+            cm = dataclasses.replace(self._compiled, user_data=self._pack(batch))
+            raw = nutpie.sample(
                 cm,
                 draws=draws,
                 tune=tune,
@@ -484,12 +486,14 @@ class LabelPosterior:
                 seed=seed,
                 progress_bar=False,
                 save_warmup=False,
+                return_raw_trace=True,
             )
-        import pymc as pm
+            return raw_trace_arrays(raw, shape)
+        import pymc as pm  # lazy: the fallback sampler only
 
         with self.pymc_model:
             pm.set_data(batch)
-            return pm.sample(
+            trace = pm.sample(
                 draws=draws,
                 tune=tune,
                 chains=chains,
@@ -500,16 +504,12 @@ class LabelPosterior:
                 var_names=["labels"],
                 compute_convergence_checks=False,
             )
+        return np.asarray(trace["posterior"]["labels"].values), collect_sample_stats(trace["sample_stats"].to_dataset())
 
 
 def _kernel_args(d):
     """Arguments of :func:`labelkernel.logp_grad` after ``z``, from the named data."""
     return (d["A"], d["b"], d["c"], d["n_pix"], d["kappa"], d["g0inv"], d["u_map"], d["chol"], d["lower"], d["upper"])
-
-
-def _expand_args(d):
-    """Arguments of :func:`labelkernel.labels_from_z` after ``z``, from the named data."""
-    return (d["u_map"], d["chol"], d["lower"], d["upper"], d["label_offset"], d["label_scale"])
 
 
 def _cache(model) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-__all__ = ["collect_sample_stats", "stack_sample_stats", "RENAME"]
+__all__ = ["collect_sample_stats", "stack_sample_stats", "raw_trace_arrays", "RENAME"]
 
 # nutpie name -> PyMC / ArviZ name
 RENAME = {
@@ -67,3 +67,57 @@ def stack_sample_stats(per_star: list[xr.Dataset], counts: list[int], star_ids) 
     first = per_star[0]
     coords = {"chain": first["chain"].values, "draw": first["draw"].values, "star": np.asarray(star_ids)}
     return xr.Dataset(data, coords=coords)
+
+
+# bookkeeping columns of nutpie's raw statistics, not per-draw statistics
+_NOT_STATS = ("chain", "draw", "tuning")
+
+
+def raw_trace_arrays(raw, shape: tuple[int, ...], name: str = "labels") -> tuple[np.ndarray, xr.Dataset]:
+    """Draws and per-draw statistics of a raw nutpie trace (``return_raw_trace=True``).
+
+    nutpie's own conversion (``arviz.from_dict`` of every column, warm-up included) costs
+    ~0.2 s per call, more than sampling one star; this reads only what is kept: the
+    post-warm-up draws of ``name`` and every scalar statistic.
+
+    Parameters
+    ----------
+    raw : nutpie raw trace
+        With ``get_arrow_trace()`` → (draw batches, statistic batches), one per chain.
+    shape : tuple of int
+        Shape of one draw of ``name``.
+    name : str
+        The stored variable.
+
+    Returns
+    -------
+    draws : ndarray, shape (chain, draw, *shape)
+    stats : xarray.Dataset
+        As :func:`collect_sample_stats` (PyMC names, dims (chain, draw)); nullable
+        statistics (e.g. ``divergence_energy_error``) are NaN where absent.
+    """
+    import pyarrow as pa  # lazy: nutpie's dependency, only after sampling
+
+    draw_batches, stat_batches = raw.get_arrow_trace()
+    draws, cols = [], {}
+    for d, st in zip(draw_batches, stat_batches, strict=True):
+        d, st = pa.record_batch(d), pa.record_batch(st)
+        keep = ~np.asarray(st.column("tuning").to_numpy(zero_copy_only=False), dtype=bool)
+        values = d.column(name).flatten().to_numpy(zero_copy_only=False)
+        draws.append(values.reshape((d.num_rows, *shape))[keep])
+        for field in st.schema:
+            if field.name in _NOT_STATS or not (
+                pa.types.is_floating(field.type) or pa.types.is_integer(field.type) or pa.types.is_boolean(field.type)
+            ):
+                continue
+            col = st.column(field.name)
+            if col.null_count and not pa.types.is_floating(field.type):
+                col = col.cast(pa.float64())
+            arr = col.to_numpy(zero_copy_only=False)
+            if col.null_count:
+                arr = np.where(np.asarray(col.is_null().to_numpy(zero_copy_only=False)), np.nan, arr)
+            cols.setdefault(field.name, []).append(np.asarray(arr)[keep])
+    n_draw = min(len(x) for x in draws)
+    data = {k: (("chain", "draw"), np.stack([a[:n_draw] for a in v])) for k, v in cols.items() if len(v) == len(draws)}
+    stats = xr.Dataset(data, coords={"chain": np.arange(len(draws)), "draw": np.arange(n_draw)})
+    return np.stack([x[:n_draw] for x in draws]), collect_sample_stats(stats)
