@@ -13,7 +13,7 @@ from bayescannon.commands._outputs import Output
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
-from bayescannon.plots import corner_posterior
+from bayescannon.plots import corner_from_tree
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
@@ -95,17 +95,15 @@ def run(args) -> int:
 
 
 def corner_figures(tree, ds, names, limit: int) -> dict:
-    """A corner plot of the posterior of each of the first ``limit`` sampled stars, with the
-    spectra file's labels marked as the truth when it has them."""
-    post = tree.posterior["labels"]
+    """A corner plot of the posterior of each of the first ``limit`` sampled stars (MAP and
+    Laplace errors marked), with the spectra file's labels marked as the truth when it has them."""
     star_ids = [str(s) for s in ds["star"].values] if "star" in ds.coords else []
     has_truth = all(n in ds for n in names)
     figs = {}
-    for i, sid in enumerate([str(s) for s in post["star"].values][:limit]):
-        draws = post.isel(star=i).stack(sample=("chain", "draw")).transpose("sample", ...).values
+    for i, sid in enumerate([str(s) for s in tree.posterior["star"].values][:limit]):
         truth = None
         if has_truth and sid in star_ids:
             j = star_ids.index(sid)
             truth = [float(ds[n].values[j]) for n in names]
-        figs[f"corner_{sid}"] = corner_posterior(draws, names, truth=truth, title=f"star {sid}")
+        figs[f"corner_{sid}"] = corner_from_tree(tree, i, truth=truth)
     return figs

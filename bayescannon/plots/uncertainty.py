@@ -6,6 +6,8 @@
 * :func:`errors_vs_snr` — the quoted error of each label against S/N.
 * :func:`corner_posterior` — a corner plot of posterior draws, truth and a Gaussian
   (Laplace) approximation marked when given.
+* :func:`corner_from_tree` — the same for one star of a posterior ``DataTree`` of
+  :func:`bayescannon.bayes.sample_labels` (its MAP and Laplace errors marked).
 * :func:`survey_one_to_one` — transferred labels against the survey's own.
 """
 
@@ -24,6 +26,7 @@ __all__ = [
     "zscore_histogram",
     "errors_vs_snr",
     "corner_posterior",
+    "corner_from_tree",
     "survey_one_to_one",
 ]
 
@@ -259,6 +262,54 @@ def corner_posterior(draws, label_names, *, truth=None, laplace=None, bins: int 
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def corner_from_tree(tree, star, *, truth=None, laplace: bool = True, **kwargs):
+    """Corner plot of one star of a posterior ``DataTree`` (:func:`corner_posterior`).
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        Posterior of :func:`bayescannon.bayes.sample_labels` (``posterior/labels`` with dims
+        ``chain``, ``draw``, ``star``, ``label_name``; ``constant_data`` with ``map_labels``
+        and ``map_errors``).
+    star : str or int
+        Star id, or position along ``star``.
+    truth : array_like (K,), optional
+        True (or reference) labels, marked.
+    laplace : bool
+        Draw the Laplace approximation of the MAP (``map_labels`` ± ``map_errors``, a diagonal
+        covariance) when the tree has finite ones.
+    **kwargs
+        Passed to :func:`corner_posterior` (``bins``, ``title``; the title defaults to the star id).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    post = tree["posterior"].to_dataset()["labels"]
+    ids = [str(s) for s in post["star"].values]
+    if isinstance(star, str):
+        if star not in ids:
+            raise InvalidInputError(f"star {star!r} is not in the posterior (stars: {', '.join(ids[:5])} ...)")
+        pos = ids.index(star)
+    else:
+        pos = int(star)
+        if not -len(ids) <= pos < len(ids):
+            raise InvalidInputError(f"star position {pos} is outside the posterior's {len(ids)} stars")
+    one = post.isel(star=pos)
+    names = [str(n) for n in one["label_name"].values]
+    draws = one.stack(sample=("chain", "draw")).transpose("sample", "label_name").values
+    gauss = None
+    if laplace and "constant_data" in tree.children:
+        const = tree["constant_data"].to_dataset()
+        if "map_labels" in const and "map_errors" in const:
+            mu = const["map_labels"].isel(star=pos).sel(label_name=names).values.astype(float)
+            sd = const["map_errors"].isel(star=pos).sel(label_name=names).values.astype(float)
+            if np.all(np.isfinite(mu)) and np.all(np.isfinite(sd)) and np.all(sd > 0):
+                gauss = (mu, np.diag(sd**2))
+    kwargs.setdefault("title", f"star {ids[pos]}")
+    return corner_posterior(draws, names, truth=truth, laplace=gauss, **kwargs)
 
 
 def survey_one_to_one(survey, transferred, label_names, *, survey_name: str = "survey", **kwargs):
