@@ -80,11 +80,14 @@ def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
                 "e_LOGG",
                 "e_FE_H",
                 "--no-progress",
+                "--json",
             ]
         )
         == 0
     )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: one JSON object, nothing else on stdout
+    summary = json.loads(out[0])
     assert summary["latent_labels"]["converged"] and summary["latent_labels"]["calibrated"]
     m = CannonModel.load(model)
     assert int(m.latent_converged_) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
-from bayescannon.commands._figures import add_figures_argument, write_figures
+from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
@@ -130,7 +130,9 @@ def calibration_figures(model, ds, labels, report) -> dict:
     if model.calibration_ is not None:
         kinds["calibrated"] = model.infer(ds["flux"].values, ds["ivar"].values, uncertainty="calibrated")
     z = {k: (r["labels"].values - labels) / r["errors"].values for k, r in kinds.items()}
-    figs = {"coverage_curve": coverage_curve(z, names), "zscores": zscore_histogram(z, names)}
+    # calibrated intervals are conformal/Student t, not Gaussian: their levels from the calibration
+    levels = coverage_levels(z, model.calibration_, calibrated_kinds=("calibrated",))
+    figs = {"coverage_curve": coverage_curve(levels, names, kind="level"), "zscores": zscore_histogram(z, names)}
     if "snr" in ds:
         figs["errors_vs_snr"] = errors_vs_snr(
             ds["snr"].values, {k: r["errors"].values for k, r in kinds.items()}, names

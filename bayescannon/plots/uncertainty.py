@@ -47,9 +47,11 @@ def interval_levels(scores, *, kind: str = "z") -> np.ndarray:
     ----------
     scores : ndarray
         ``kind="z"``: standardised residuals (estimate − truth) / σ of Gaussian intervals;
-        ``kind="quantile"``: the posterior quantile of the truth (0…1).
+        ``kind="quantile"``: the posterior quantile of the truth (0…1);
+        ``kind="level"``: the levels themselves, already computed for intervals that are not
+        Gaussian (e.g. calibrated intervals with conformal half-widths).
     kind : str
-        ``"z"`` or ``"quantile"``.
+        ``"z"``, ``"quantile"`` or ``"level"``.
 
     Returns
     -------
@@ -62,7 +64,9 @@ def interval_levels(scores, *, kind: str = "z") -> np.ndarray:
         return special.erf(np.abs(s) / np.sqrt(2.0))
     if kind == "quantile":
         return np.abs(2.0 * s - 1.0)
-    raise InvalidInputError(f"kind must be 'z' or 'quantile'; got {kind!r}")
+    if kind == "level":
+        return np.clip(s, 0.0, 1.0)
+    raise InvalidInputError(f"kind must be 'z', 'quantile' or 'level'; got {kind!r}")
 
 
 def coverage_curve(scores, label_names, *, kind: str = "z", levels=None):
@@ -72,12 +76,12 @@ def coverage_curve(scores, label_names, *, kind: str = "z", levels=None):
     ----------
     scores : ndarray (N, K) or dict of str to ndarray (N, K)
         Per interval kind (e.g. ``{"formal": z_formal, "calibrated": z_cal}``) the
-        standardised residuals (``kind="z"``) or posterior quantiles of the truth
-        (``kind="quantile"``).
+        standardised residuals (``kind="z"``), posterior quantiles of the truth
+        (``kind="quantile"``) or interval levels (``kind="level"``).
     label_names : list of str
         The K labels.
     kind : str
-        ``"z"`` or ``"quantile"`` (see :func:`interval_levels`).
+        ``"z"``, ``"quantile"`` or ``"level"`` (see :func:`interval_levels`).
     levels : array_like, optional
         Nominal levels drawn (default 0.02…0.98).
 
