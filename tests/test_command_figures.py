@@ -102,9 +102,9 @@ def test_homogenise_report_figures_name_their_axes():
 def test_calibrated_levels_follow_the_calibrated_intervals_not_a_gaussian(cv_setup):
     """A star lies inside the calibrated 68 % (95 %) interval iff its level is ≤ 0.68 (0.95):
     the coverage curve of calibrated errors uses the calibration's (conformal) half-widths."""
-    from bayescannon.commands._figures import calibrated_levels
     from bayescannon.core import scaling
     from bayescannon.core.uncertainty import calibrated_errors, calibration_bias, epsilon
+    from bayescannon.plots import calibrated_interval_levels
 
     ds, cv, full = cv_setup
     validate_cmd._calibrate_on_cv(full, cv, ds, ds["snr"].values)
@@ -113,7 +113,7 @@ def test_calibrated_levels_follow_the_calibrated_intervals_not_a_gaussian(cv_set
     x = scaling.scale(np.nan_to_num(est), full.label_offset_, full.label_scale_)
     _, sd, h68, h95 = calibrated_errors(full, cov, x, epsilon(full, x, ds["ivar"].values))
     resid = est - calibration_bias(full.calibration_, x) - ref
-    lv = calibrated_levels(full.calibration_, resid / sd)
+    lv = calibrated_interval_levels(full.calibration_, resid / sd)
     ok = np.isfinite(lv)
     assert ok.all()
     for level, half in ((0.68, h68), (0.95, h95)):

@@ -10,6 +10,7 @@ from bayescannon.bayes.diagnostics import save_posterior, summary_table
 from bayescannon.commands._common import load_spectra
 from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -36,6 +37,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     add_figures_argument(p)  # a corner plot per star (truth marked when SPECTRA has label columns)
     p.add_argument("--max-figures", type=int, default=10, help="corner plots of at most this many stars")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -85,12 +87,19 @@ def run(args) -> int:
     diag = tree["diagnostics"].to_dataset()
     bad = [str(s) for s in diag["star"].values[~diag["converged"].values]]
     cols = ["star", "label_name", "mean", "sd", "laplace_sd", "r_hat", "ess_bulk", "n_divergent", "converged"]
-    print(table[[c for c in cols if c in table]].to_string(index=False))
-    print(
+    say(args, table[[c for c in cols if c in table]].to_string(index=False))
+    figures = write_figures(args, corner_figures(tree, ds, model.label_names, args.max_figures) if args.figures else {})
+    summary = {"posterior": str(args.output), "n_stars": int(diag.sizes["star"]), "not_converged": bad}
+    if args.summary:
+        summary["summary_table"] = str(args.summary)
+    if figures:
+        summary["figures"] = [str(f) for f in figures]
+    print_summary(
+        args,
+        summary,
         f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
-        f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}"
+        f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}",
     )
-    write_figures(args, corner_figures(tree, ds, model.label_names, args.max_figures) if args.figures else {})
     return 3 if bad else 0
 
 

@@ -19,7 +19,8 @@ write it with :func:`save_figure`.
   quantile histograms (uniform when consistent), z against S/N and against each label.
 * :func:`coverage_map` — coverage of the calibrated intervals per S/N quintile and per
   quintile of each label, with the target band shaded.
-* :func:`coverage_curve` — empirical against nominal coverage (calibration curve).
+* :func:`coverage_curve` — empirical against nominal coverage (calibration curve);
+  :func:`calibrated_interval_levels` gives it the levels of calibrated (non-Gaussian) intervals.
 * :func:`zscore_histogram` — standardised residuals with N(0, 1) drawn.
 * :func:`errors_vs_snr` — quoted errors against S/N.
 * :func:`corner_posterior` — corner plot of one star's posterior, truth and Laplace marked.
@@ -47,6 +48,7 @@ from bayescannon.plots.labels import (
     scatter_vs_snr,
 )
 from bayescannon.plots.uncertainty import (
+    calibrated_interval_levels,
     corner_from_tree,
     corner_posterior,
     coverage_curve,
@@ -75,6 +77,7 @@ __all__ = [
     "survey_one_to_one",
     "label_distributions",
     "interval_levels",
+    "calibrated_interval_levels",
     "new_figure",
     "save_figure",
     "APOGEE_LINES",

@@ -2,6 +2,8 @@
 
 * :func:`coverage_curve` — empirical against nominal coverage of central intervals
   (a calibration curve: on the diagonal when the intervals are honest).
+* :func:`calibrated_interval_levels` — levels of calibrated (conformal) intervals for the
+  coverage curve.
 * :func:`zscore_histogram` — histogram of (estimate − truth) / error with N(0, 1) drawn.
 * :func:`errors_vs_snr` — the quoted error of each label against S/N.
 * :func:`corner_posterior` — a corner plot of posterior draws, truth and a Gaussian
@@ -16,12 +18,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from bayescannon.core.uncertainty import interval_factor
 from bayescannon.errors import InvalidInputError, ShapeMismatchError
 from bayescannon.plots.labels import _as_2d, _log_snr_axis, new_figure, one_to_one
 from bayescannon.results import label_axis_text, label_display_name, label_units_text
 
 __all__ = [
     "interval_levels",
+    "calibrated_interval_levels",
     "coverage_curve",
     "zscore_histogram",
     "errors_vs_snr",
@@ -67,6 +71,42 @@ def interval_levels(scores, *, kind: str = "z") -> np.ndarray:
     if kind == "level":
         return np.clip(s, 0.0, 1.0)
     raise InvalidInputError(f"kind must be 'z', 'quantile' or 'level'; got {kind!r}")
+
+
+def calibrated_interval_levels(cal: dict, z) -> np.ndarray:
+    """The smallest central *calibrated* interval level that contains the truth, per star and label.
+
+    Calibrated intervals are ``sd × interval_factor(cal, level)`` (conformal quantiles or a
+    Student t), not Gaussian: reading ``z = (estimate − truth) / sd`` as a Gaussian z would
+    misstate their coverage. ``|z|`` is mapped through the calibration's half-width factors
+    instead (NaN stays NaN; beyond the widest calibrated interval the level is 1).
+
+    Parameters
+    ----------
+    cal : dict
+        A model's ``calibration_``.
+    z : ndarray (N, K)
+        Bias-corrected residuals over the calibrated sd (``(labels − truth) / errors`` of a
+        calibrated ``infer`` result).
+
+    Returns
+    -------
+    ndarray (N, K)
+        For :func:`coverage_curve` with ``kind="level"``.
+    """
+    z = np.abs(np.asarray(z, dtype=float))
+    lo, hi = 0.005, 0.995
+    if cal.get("z_quantiles"):
+        lv = np.asarray(cal["quantile_levels"], dtype=float)
+        lo, hi = max(lo, float(lv[0])), min(hi, float(lv[-1]))
+    grid = np.linspace(lo, hi, 199)
+    factors = np.maximum.accumulate(np.array([interval_factor(cal, p) for p in grid]), axis=0)  # (G, K)
+    out = np.full(z.shape, np.nan)
+    for k in range(z.shape[1]):  # labels, not stars
+        f = np.concatenate([[0.0], factors[:, k]])
+        out[:, k] = np.interp(z[:, k], f, np.concatenate([[0.0], grid]), right=1.0)
+    out[~np.isfinite(z)] = np.nan
+    return out
 
 
 def coverage_curve(scores, label_names, *, kind: str = "z", levels=None):
