@@ -133,14 +133,21 @@ def test_plots(setup):
 
     matplotlib.use("Agg")
     from bayescannon.bayes.diagnostics import plot_corner, plot_coverage, plot_posterior_vs_laplace
+    from bayescannon.plots import corner_from_tree
 
     model, post, theta, rng = setup
     flux, ivar, x = _simulate(rng, theta, 2)
     tree = post.sample(flux, ivar, draws=200, tune=200, chains=2, seed=4)
     fig = plot_posterior_vs_laplace(tree, 0)
     assert len(fig.axes) == 3
-    pc = plot_corner(tree, "star000001")
-    assert pc is not None
+    with pytest.warns(FutureWarning, match="corner_from_tree"):  # deprecated: the plots one replaces it
+        pc = plot_corner(tree, "star000001")
+    assert hasattr(pc, "savefig")
+    fig = corner_from_tree(tree, "star000001", truth=x[1])
+    axes = np.array(fig.axes).reshape(3, 3)
+    ndraw = tree.posterior.sizes["chain"] * tree.posterior.sizes["draw"]
+    assert axes[1, 0].collections[0].get_offsets().shape == (ndraw, 2)
+    assert any(ln.get_label() == "Laplace" for ln in axes[0, 0].lines)
     d = rng.standard_normal((500, 3))
     fig2 = plot_coverage(d, np.ones((500, 3)), NAMES)
     assert len(fig2.axes[0].lines) >= 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -249,3 +251,16 @@ def test_catalogue_command(tmp_path, catalogue_inputs, capsys):
     report = (tmp_path / "cat_report.md").read_text()
     assert "kiel.png" in report and (tmp_path / "cat_flags.ecsv").is_file()
     assert "wrote 40 stars" in capsys.readouterr().out
+    # --figures: errors vs S/N, label distributions, Kiel diagram; --json: one JSON object only
+    figs = tmp_path / "figs"
+    argv = ["catalogue", str(mpath), str(spath), "-o", str(out), "--min-snr", "60", "--no-progress"]
+    assert main([*argv, "--report-format", "md", "--overwrite", "--json", "--figures", str(figs)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1
+    summary = json.loads(printed[0])
+    t2 = read_catalogue(out)  # without --training-labels: no label-distance flags this time
+    assert summary["n_stars"] == 40 and summary["n_flagged"] == int((t2["FLAGS"] != 0).sum()) > 0
+    assert summary["flag_counts"]["LOW_SNR"] == int((t2["SNR"] < 60).sum()) > 0
+    names = sorted(p.name for p in figs.iterdir())
+    assert names == ["errors_vs_snr.png", "kiel.png", "label_distributions.png"]
+    assert sorted(summary["figures"]) == sorted(str(figs / n) for n in names)

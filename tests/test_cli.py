@@ -80,11 +80,14 @@ def test_train_with_label_errors_makes_the_labels_latent(tmp_path, capsys):
                 "e_LOGG",
                 "e_FE_H",
                 "--no-progress",
+                "--json",
             ]
         )
         == 0
     )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # --json: one JSON object, nothing else on stdout
+    summary = json.loads(out[0])
     assert summary["latent_labels"]["converged"] and summary["latent_labels"]["calibrated"]
     m = CannonModel.load(model)
     assert int(m.latent_converged_) == 1
@@ -343,3 +346,15 @@ def test_calibrate_writes_its_figures_with_proper_axis_labels(tmp_path, capsys):
     assert "wrote 4 figures" in capsys.readouterr().out
     # a second run does not replace them without --overwrite
     assert main(["calibrate", str(model), str(test), "--figures", str(figs), "-o", str(tmp_path / "m2.nc")]) == 1
+    # --json: one JSON object only, with the coverage the text table shows
+    import json
+
+    capsys.readouterr()
+    argv = ["calibrate", str(model), str(test), "--report-only", "--json", "--figures", str(tmp_path / "f2")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    summary = json.loads(out[0])
+    assert summary["model"] is None and summary["n_stars"] == 120 and len(summary["figures"]) >= 3
+    formal = summary["coverage"]["formal"]
+    assert set(formal) == {"TEFF", "LOGG", "FE_H"} and all(0 <= v["0.68"] <= v["0.95"] <= 1 for v in formal.values())

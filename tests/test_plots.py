@@ -214,3 +214,67 @@ def test_errors_vs_snr_and_corner_and_survey_one_to_one():
     fig = survey_one_to_one(draws, draws + 1, ["TEFF", "LOGG"], survey_name="LAMOST")
     assert fig.axes[0].get_xlabel() == r"LAMOST $T_\mathrm{eff}$ [K]"
     assert fig.axes[0].get_ylabel() == r"transferred $T_\mathrm{eff}$ [K]"
+
+
+def _posterior_tree(rng, ids=("a", "b"), names=("TEFF", "LOGG")):
+    """A posterior DataTree of the layout of ``bayes.sample_labels`` (2 chains x 300 draws)."""
+    import xarray as xr
+
+    mean = np.array([[4800.0, 2.5], [5100.0, 3.1]])
+    sd = np.array([[80.0, 0.1], [120.0, 0.2]])
+    draws = mean[None, None] + sd[None, None] * rng.standard_normal((2, 300, len(ids), len(names)))
+    post = xr.Dataset(
+        {"labels": (("chain", "draw", "star", "label_name"), draws)},
+        coords={"star": list(ids), "label_name": list(names)},
+    )
+    const = xr.Dataset(
+        {"map_labels": (("star", "label_name"), mean), "map_errors": (("star", "label_name"), sd)},
+        coords={"star": list(ids), "label_name": list(names)},
+    )
+    return xr.DataTree.from_dict({"posterior": post, "constant_data": const}), draws, mean, sd
+
+
+def test_corner_from_tree_draws_the_star_its_truth_and_laplace():
+    from bayescannon.plots import corner_from_tree
+
+    rng = np.random.default_rng(11)
+    tree, draws, mean, sd = _posterior_tree(rng)
+    fig = corner_from_tree(tree, "b", truth=[5000.0, 3.0])
+    axes = np.array(fig.axes).reshape(2, 2)
+    assert fig._suptitle.get_text() == "star b"
+    assert axes[1, 0].get_xlabel() == r"$T_\mathrm{eff}$ [K]" and axes[1, 0].get_ylabel() == r"$\log g$ [dex]"
+    # the scatter is star b's draws (chains stacked), not star a's
+    np.testing.assert_allclose(
+        np.sort(axes[1, 0].collections[0].get_offsets()[:, 0]), np.sort(draws[:, :, 1, 0].ravel())
+    )
+    # the Laplace density on the diagonal peaks at star b's MAP with its error as width
+    lap = [ln for ln in axes[0, 0].lines if ln.get_label() == "Laplace"][0]
+    x, y = lap.get_xdata(), lap.get_ydata()
+    assert abs(x[np.argmax(y)] - mean[1, 0]) < 0.02 * (x.max() - x.min())
+    np.testing.assert_allclose(y.max(), 1 / (sd[1, 0] * np.sqrt(2 * np.pi)), rtol=1e-3)
+    assert axes[0, 0].lines[-1].get_xdata()[0] == 5000.0
+    # by position, and without Laplace
+    fig = corner_from_tree(tree, 0, laplace=False)
+    assert not [ln for ln in fig.axes[0].lines if ln.get_label() == "Laplace"]
+    with pytest.raises(InvalidInputError, match="'zz' is not in the posterior"):
+        corner_from_tree(tree, "zz")
+    with pytest.raises(InvalidInputError, match="outside"):
+        corner_from_tree(tree, 5)
+
+
+def test_label_distributions_bins_each_label_with_units():
+    from bayescannon.plots import label_distributions
+
+    rng = np.random.default_rng(12)
+    y = np.column_stack([rng.normal(4800, 300, 400), rng.normal(2.5, 0.5, 400), rng.normal(-0.2, 0.3, 400)])
+    y[:7, 2] = np.nan
+    fig = label_distributions({"all": y, "unflagged": y[:200]}, ["TEFF", "LOGG", "FE_H"], bins=20)
+    axes = fig.axes
+    assert [ax.get_xlabel() for ax in axes] == [r"$T_\mathrm{eff}$ [K]", r"$\log g$ [dex]", "[Fe/H]"]
+    # the step outline of the 'all' set is its histogram on 20 bins of its own range
+    top = axes[0].patches[0].get_xy()[:, 1]
+    assert top.max() == np.histogram(y[:, 0], bins=20)[0].max()
+    legend = [t.get_text() for t in axes[2].get_legend().get_texts()]
+    assert legend == ["all: 393 stars (7 without value)", "unflagged: 193 stars (7 without value)"]
+    with pytest.raises(Exception, match=r"\(N, 3\)"):
+        label_distributions(y[:, :2], ["TEFF", "LOGG", "FE_H"])

@@ -204,15 +204,30 @@ def test_validate_command_writes_tables_and_report(tmp_path, survey, capsys):
     assert "one_to_one.png" in report and (out / "one_to_one.png").stat().st_size > 0
     assert "Bootstrap" in report and "coefficients.png" in report and "residuals.png" in report
     printed = capsys.readouterr().out
-    assert '"n_folds": 3' in printed
+    # human-readable by default: the per-label lines and the closing line, no JSON
+    assert "3-fold cross-validation of 120 stars" in printed and not any(
+        line.lstrip().startswith("{") for line in printed.splitlines()
+    )
+    assert all(f"{name:>10}  bias" in printed for name in LABELS)
     # the uncertainties calibrated on the CV residuals: coverage per quintile printed and drawn
     assert "coverage_map.png" in report and (out / "coverage_map.png").stat().st_size > 0
     assert "coverage per quintile" in printed
-    summary = json.loads(printed.strip().splitlines()[-1])
+    # --json: one JSON object and nothing else; --figures: the uncertainty figures
+    figs = tmp_path / "figs"
+    argv = ["validate", str(spectra), "--labels", *LABELS, "--n-folds", "3", "--bootstrap", "0", "--n-jobs", "1"]
+    argv += ["-o", str(out), "--no-progress", "--report-format", "md", "--overwrite", "--json", "--figures", str(figs)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1
+    summary = json.loads(printed[0])
+    assert summary["n_folds"] == 3 and summary["n_stars"] == 120
     cov = summary["calibration_coverage_68"]
     assert set(cov) == {"snr", *LABELS} and all(np.shape(v) == (5, len(LABELS)) for v in cov.values())
     # 120 stars, 24 per bin: each bin's coverage is a fraction of 24 stars near 0.68
     assert all(0.3 < np.mean(v) < 0.95 for v in cov.values())
+    names = sorted(p.name for p in figs.iterdir())
+    assert names == ["coverage_curve.png", "errors_vs_snr.png", "one_to_one.png", "zscores.png"]
+    assert sorted(summary["figures"]) == sorted(str(figs / n) for n in names)
 
 
 @pytest.mark.parametrize("command", ["validate", "catalogue", "clusters", "repeats"])

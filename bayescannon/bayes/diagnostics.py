@@ -1,5 +1,6 @@
 """ArviZ-1 diagnostics of label posteriors: convergence per star, posterior vs Laplace
-summary tables, plots (posterior vs Laplace, coverage curve, corner plot), file I/O.
+summary tables, plots (posterior vs Laplace, coverage curve), file I/O. Corner plots are
+:func:`bayescannon.plots.corner_from_tree` (``plot_corner`` here is deprecated).
 
 Everything here takes the ``xarray.DataTree`` returned by
 :func:`bayescannon.bayes.sample_labels` (dims ``chain``, ``draw``, ``star``,
@@ -9,6 +10,7 @@ Everything here takes the ``xarray.DataTree`` returned by
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -282,14 +284,23 @@ def plot_coverage(residuals, sd, label_names, *, dof=None, calibration=None, ax_
 
 
 def plot_corner(tree: xr.DataTree, star):
-    """Corner (pair) plot of one star's labels with ArviZ's ``plot_pair``.
+    """Deprecated: use :func:`bayescannon.plots.corner_from_tree` (truth and Laplace marked).
+
+    Corner (pair) plot of one star's labels with ArviZ's ``plot_pair``; emits a
+    ``FutureWarning`` and will be removed in a future release.
 
     Returns
     -------
     arviz_plots.PlotMatrix
         Save with ``.savefig(path)``.
     """
-    import arviz as az
+    warnings.warn(
+        "bayescannon.bayes.diagnostics.plot_corner is deprecated and will be removed; use "
+        "bayescannon.plots.corner_from_tree(tree, star) (a matplotlib Figure with truth and Laplace marked)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    import arviz as az  # heavy: imported only when plotting
 
     post = tree["posterior"].to_dataset()
     ids = list(post["star"].values)

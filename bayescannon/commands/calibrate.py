@@ -7,8 +7,9 @@ from pathlib import Path
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
-from bayescannon.commands._figures import add_figures_argument, write_figures
+from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
+from bayescannon.commands._summary import add_json_argument, json_mode, print_summary, say
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -46,6 +47,7 @@ def add_arguments(p):
     )
     p.add_argument("--report", help="write the coverage report (.nc)")
     add_figures_argument(p)  # coverage curve, z-score histogram, errors vs S/N, coverage map
+    add_json_argument(p)
 
 
 def model_output(args) -> Path:
@@ -90,7 +92,7 @@ def run(args) -> int:
         calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
         out = model_output(args)
         model.save(out, overwrite=args.overwrite)
-        print(f"calibration ({model.calibration_['source']}) written to {out}")
+        say(args, f"calibration ({model.calibration_['source']}) written to {out}")
     if args.holdout:
         hd = load_spectra(args.holdout)
         hl, he = _labels_and_errors(hd, None, model.label_names, args.id_column, args.error_prefix)
@@ -103,22 +105,40 @@ def run(args) -> int:
         if args.holdout
         else "the calibration stars themselves (in-sample; --holdout for held-out stars)"
     )
-    print(f"coverage on {int(report['n_stars'])} stars, {where} (target 0.68 / 0.95):")
-    print(f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
+    say(args, f"coverage on {int(report['n_stars'])} stars, {where} (target 0.68 / 0.95):")
+    say(args, f"{'label':>10} " + " ".join(f"{k[:5]}68 {k[:5]}95" for k in report["kind"].values))
     for name in model.label_names:
         vals = " ".join(
             f"{float(cov.sel(kind=k, level=lv, label_name=name)):>7.3f}"
             for k in report["kind"].values
             for lv in (0.68, 0.95)
         )
-        print(f"{name:>10} {vals}")
-    if "calibrated" in report["kind"].values:
+        say(args, f"{name:>10} {vals}")
+    if "calibrated" in report["kind"].values and not json_mode(args):
         print_binned_coverage(_report_bins(report), model.label_names)
     if args.report:
         write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
+    figures = []
     if args.figures:
         fd = hd if args.holdout else ds
-        write_figures(args, calibration_figures(model, fd, hl if args.holdout else labels, report))
+        figures = write_figures(args, calibration_figures(model, fd, hl if args.holdout else labels, report))
+    summary = {
+        "model": None if args.report_only else str(model_output(args)),
+        "n_stars": int(report["n_stars"]),
+        "coverage_on": "holdout" if args.holdout else "calibration stars (in-sample)",
+        "coverage": {
+            str(k): {
+                name: {str(lv): float(cov.sel(kind=k, level=lv, label_name=name)) for lv in (0.68, 0.95)}
+                for name in model.label_names
+            }
+            for k in report["kind"].values
+        },
+    }
+    if args.report:
+        summary["report"] = str(args.report)
+    if figures:
+        summary["figures"] = [str(f) for f in figures]
+    print_summary(args, summary)
     return 0
 
 
@@ -130,7 +150,9 @@ def calibration_figures(model, ds, labels, report) -> dict:
     if model.calibration_ is not None:
         kinds["calibrated"] = model.infer(ds["flux"].values, ds["ivar"].values, uncertainty="calibrated")
     z = {k: (r["labels"].values - labels) / r["errors"].values for k, r in kinds.items()}
-    figs = {"coverage_curve": coverage_curve(z, names), "zscores": zscore_histogram(z, names)}
+    # calibrated intervals are conformal/Student t, not Gaussian: their levels from the calibration
+    levels = coverage_levels(z, model.calibration_, calibrated_kinds=("calibrated",))
+    figs = {"coverage_curve": coverage_curve(levels, names, kind="level"), "zscores": zscore_histogram(z, names)}
     if "snr" in ds:
         figs["errors_vs_snr"] = errors_vs_snr(
             ds["snr"].values, {k: r["errors"].values for k, r in kinds.items()}, names

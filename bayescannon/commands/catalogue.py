@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon.commands._common import load_spectra
+from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import InvalidInputError
 from bayescannon.flags import StarFlag
 from bayescannon.io import read_labels
 from bayescannon.model import CannonModel
-from bayescannon.plots import alpha_vs_feh, kiel_diagram
+from bayescannon.plots import alpha_vs_feh, errors_vs_snr, kiel_diagram, label_distributions
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import build_catalogue, join_ids, resolve_uncertainty, spectra_snr, write_table
 from bayescannon.validate.quality import DEFAULT_DISTANCE_THRESHOLD, assess, flag_table, training_labels
@@ -59,6 +61,9 @@ def add_arguments(p):
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
     p.add_argument("--no-progress", action="store_true")
+    # errors vs S/N, label distributions, Kiel diagram
+    add_figures_argument(p, formats=False)
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -176,6 +181,7 @@ def run(args) -> int:
     # plots show the unflagged stars, or every star with labels when few are unflagged
     show = good if good.sum() >= 10 else finite
     which = "unflagged stars" if show is good else "all stars with labels"
+    figures = {}
     if "TEFF" in names and "LOGG" in names:
         fe = y[:, names.index("FE_H")] if "FE_H" in names else None
         if (
@@ -198,6 +204,7 @@ def run(args) -> int:
                 y[show, names.index("TEFF")], y[show, names.index("LOGG")], color=None if fe is None else fe[show]
             )
         rep.add_figure(fig, "kiel", caption=f"Kiel diagram ({which})")
+        figures["kiel"] = fig
     alpha = next((n for n in ("ALPHA_M", "ALPHA_FE") if n in names), None)
     if alpha and "FE_H" in names:
         rep.add_figure(
@@ -207,5 +214,29 @@ def run(args) -> int:
         )
     rep.add_files([out.name, ft.name])
     rp = rep.write(out.with_name(out.stem + f"_report.{args.report_format}"))
-    print(f"wrote {len(cat)} stars to {out} ({int((~good).sum())} flagged); report {rp}")
+    written = write_figures(
+        args, catalogue_figures(result, names, snr, good, uncertainty) | figures if args.figures else {}
+    )
+    summary = {
+        "catalogue": str(out),
+        "flags_table": str(ft),
+        "report": str(rp),
+        "n_stars": len(cat),
+        "n_flagged": int((~good).sum()),
+        "uncertainty": uncertainty,
+        "flag_counts": {c["FLAG"]: c["N"] for c in counts},
+    }
+    if written:
+        summary["figures"] = [str(f) for f in written]
+    print_summary(args, summary, f"wrote {len(cat)} stars to {out} ({int((~good).sum())} flagged); report {rp}")
     return 0
+
+
+def catalogue_figures(result, names, snr, good, uncertainty: str) -> dict:
+    """Figures of a catalogue: the quoted errors against S/N and the distribution of each
+    label (all stars with a value, and the unflagged ones)."""
+    y = result["labels"].values
+    return {
+        "errors_vs_snr": errors_vs_snr(snr, {uncertainty: result["errors"].values}, names),
+        "label_distributions": label_distributions({"all": y, "unflagged": y[good]}, names),
+    }

@@ -10,6 +10,7 @@ import numpy as np
 
 from bayescannon.commands._common import add_dask_argument, check_dask_argument
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.homogenise import Homogeniser, load_config
 from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import kiel_diagram, new_figure
@@ -40,6 +41,7 @@ def add_arguments(p):
         "surveys share (conservative)",
     )
     add_dask_argument(p)
+    add_json_argument(p)
 
 
 def _paths(args):
@@ -100,7 +102,8 @@ def run(args) -> int:
     rep = build_report(h, unified, catalogues, cfg)
     rep.add_files([str(out), str(models_dir)])
     rp = rep.write(report_dir / f"homogenise_report.{args.report_format}")
-    print(f"wrote {len(unified)} stars to {out}; offset models in {models_dir}; report {rp}")
+    summary = {"catalogue": str(out), "n_stars": len(unified), "models": str(models_dir), "report": str(rp)}
+    print_summary(args, summary, f"wrote {len(unified)} stars to {out}; offset models in {models_dir}; report {rp}")
     return 0
 
 

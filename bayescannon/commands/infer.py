@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bayescannon.commands._common import add_dask_argument, check_dask_argument, load_spectra
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.io.zarrstore import SpectraStore, is_spectra_store
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.cluster import open_executor
@@ -46,6 +47,7 @@ def add_arguments(p):
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dask_argument(p)
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -106,5 +108,6 @@ def run(args) -> int:
     )
     write_table(table, args.output, overwrite=args.overwrite)
     nflag = int((table["FLAGS"] != 0).sum())
-    print(f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")
+    summary = {"catalogue": str(args.output), "n_stars": len(table), "n_flagged": nflag, "uncertainty": uncertainty}
+    print_summary(args, summary, f"wrote {len(table)} stars to {args.output} ({nflag} flagged)")
     return 0

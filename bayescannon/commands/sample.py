@@ -10,10 +10,11 @@ from bayescannon.bayes.diagnostics import save_posterior, summary_table
 from bayescannon.commands._common import load_spectra
 from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
-from bayescannon.plots import corner_posterior
+from bayescannon.plots import corner_from_tree
 
 NAME = "sample"
 HELP = "sample label posteriors (NUTS) of selected stars; write a DataTree and a diagnostics table"
@@ -36,6 +37,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     add_figures_argument(p)  # a corner plot per star (truth marked when SPECTRA has label columns)
     p.add_argument("--max-figures", type=int, default=10, help="corner plots of at most this many stars")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -85,27 +87,32 @@ def run(args) -> int:
     diag = tree["diagnostics"].to_dataset()
     bad = [str(s) for s in diag["star"].values[~diag["converged"].values]]
     cols = ["star", "label_name", "mean", "sd", "laplace_sd", "r_hat", "ess_bulk", "n_divergent", "converged"]
-    print(table[[c for c in cols if c in table]].to_string(index=False))
-    print(
+    say(args, table[[c for c in cols if c in table]].to_string(index=False))
+    figures = write_figures(args, corner_figures(tree, ds, model.label_names, args.max_figures) if args.figures else {})
+    summary = {"posterior": str(args.output), "n_stars": int(diag.sizes["star"]), "not_converged": bad}
+    if args.summary:
+        summary["summary_table"] = str(args.summary)
+    if figures:
+        summary["figures"] = [str(f) for f in figures]
+    print_summary(
+        args,
+        summary,
         f"wrote posteriors of {diag.sizes['star']} stars to {args.output}; "
-        f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}"
+        f"{len(bad)} not converged{': ' + ', '.join(bad[:10]) if bad else ''}",
     )
-    write_figures(args, corner_figures(tree, ds, model.label_names, args.max_figures) if args.figures else {})
     return 3 if bad else 0
 
 
 def corner_figures(tree, ds, names, limit: int) -> dict:
-    """A corner plot of the posterior of each of the first ``limit`` sampled stars, with the
-    spectra file's labels marked as the truth when it has them."""
-    post = tree.posterior["labels"]
+    """A corner plot of the posterior of each of the first ``limit`` sampled stars (MAP and
+    Laplace errors marked), with the spectra file's labels marked as the truth when it has them."""
     star_ids = [str(s) for s in ds["star"].values] if "star" in ds.coords else []
     has_truth = all(n in ds for n in names)
     figs = {}
-    for i, sid in enumerate([str(s) for s in post["star"].values][:limit]):
-        draws = post.isel(star=i).stack(sample=("chain", "draw")).transpose("sample", ...).values
+    for i, sid in enumerate([str(s) for s in tree.posterior["star"].values][:limit]):
         truth = None
         if has_truth and sid in star_ids:
             j = star_ids.index(sid)
             truth = [float(ds[n].values[j]) for n in names]
-        figs[f"corner_{sid}"] = corner_posterior(draws, names, truth=truth, title=f"star {sid}")
+        figs[f"corner_{sid}"] = corner_from_tree(tree, i, truth=truth)
     return figs

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.commands._outputs import SPECTRA_SUFFIXES, TABLE_SUFFIXES, Output
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.io import write_spectra
 from bayescannon.simulate.synthesis import simulate_survey
 from bayescannon.survey.catalogue import write_table
@@ -23,6 +24,7 @@ def add_arguments(p):
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--labels-out", help="also write the true labels as a table (FITS/CSV) with an ID column")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -47,5 +49,6 @@ def run(args) -> int:
             if name in ds:
                 t[name.upper()] = ds[name].values
         write_table(t, args.labels_out, overwrite=args.overwrite)
-    print(f"wrote {ds.sizes['star']} spectra x {ds.sizes['pixel']} pixels to {args.output}")
+    summary = {"spectra": str(args.output), "n_stars": int(ds.sizes["star"]), "n_pixels": int(ds.sizes["pixel"])}
+    print_summary(args, summary, f"wrote {ds.sizes['star']} spectra x {ds.sizes['pixel']} pixels to {args.output}")
     return 0

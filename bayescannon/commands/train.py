@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from bayescannon.commands._common import add_training_arguments, join_labels, load_spectra, parse_censors
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -38,6 +38,7 @@ def add_arguments(p):
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (start candidates)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -138,8 +139,30 @@ def run(args) -> int:
             "converged": bool(model.latent_converged_),
             "calibrated": bool(model.latent_calibrated_),
         }
-    print(json.dumps(summary))
+    print_summary(args, summary, _summary_text(summary, model))
     return 0
+
+
+def _summary_text(summary: dict, model) -> list[str]:
+    """The human-readable form of ``train``'s summary."""
+    lines = [
+        f"trained an order-{model.order} model of {' '.join(model.label_names)} on {summary['stars']} stars x "
+        f"{summary['pixels']} pixels ({summary['flagged_pixels']} pixels flagged); wrote {summary['model']}"
+    ]
+    if "cv_table" in summary:
+        lines.append(
+            f"order {summary['order']} and L1 strength {summary['regularization']:g} chosen by cross-validation "
+            f"(table {summary['cv_table']})"
+        )
+    if "latent_labels" in summary:
+        lat = summary["latent_labels"]
+        lines.append(
+            f"latent reference labels: {lat['iterations']} iterations, "
+            f"{'converged' if lat['converged'] else 'NOT converged'}, "
+            f"label errors {'calibrated' if lat['calibrated'] else 'not calibrated'}"
+        )
+    lines.append(f"training hash {summary['training_hash'][:16]}…")
+    return lines
 
 
 def cv_table_path(model_path) -> Path:

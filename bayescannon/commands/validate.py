@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bayescannon.bayes.calibration import calibrate_from_predictions
@@ -15,20 +14,25 @@ from bayescannon.commands._common import (
     load_spectra,
     parse_censors,
 )
+from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output, report_outputs
+from bayescannon.commands._summary import add_json_argument, json_mode, print_summary
 from bayescannon.commands.calibrate import print_binned_coverage
 from bayescannon.core import scaling
-from bayescannon.core.uncertainty import epsilon
+from bayescannon.core.uncertainty import calibrated_errors, calibration_bias, epsilon
 from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import (
     binned_statistics_plot,
     coefficient_spectra,
+    coverage_curve,
     coverage_map,
+    errors_vs_snr,
     one_to_one,
     residual_band,
     scatter_vs_snr,
+    zscore_histogram,
 )
 from bayescannon.report import Report
 from bayescannon.survey.catalogue import write_table
@@ -68,6 +72,9 @@ def add_arguments(p):
         action="store_true",
         help="skip calibrating the uncertainties on the cross-validated residuals (and its coverage per bin)",
     )
+    # one-to-one of the CV labels, coverage curve, z-score histogram, errors vs S/N
+    add_figures_argument(p, formats=False)
+    add_json_argument(p)
 
 
 #: Tables written to ``--outdir``; figures of its report.
@@ -154,13 +161,9 @@ def _run(args, executor) -> int:
         caption="cross-validated labels − reference labels"
         + ("; *_UNCENSORED: the same folds without censoring; CENSORED: the label is censored" if censors else ""),
     )
-    units = {"TEFF": "K"}
     ref, inf = cv.predictions["reference"].values, cv.predictions["labels"].values
-    rep.add_figure(
-        one_to_one(ref, inf, args.labels, color=snr, color_label="S/N" if snr is not None else None, units=units),
-        "one_to_one",
-        caption="cross-validated vs reference labels",
-    )
+    o2o = one_to_one(ref, inf, args.labels, color=snr, color_label="S/N" if snr is not None else None)
+    rep.add_figure(o2o, "one_to_one", caption="cross-validated vs reference labels")
     if snr is not None:
         files.append(write_table(cv.by_snr, out / "cv_by_snr.ecsv", overwrite=args.overwrite))
         rep.add_heading("In S/N bins")
@@ -246,19 +249,62 @@ def _run(args, executor) -> int:
         summary["bootstrap_median_sigma"] = {r["LABEL"]: float(r["MEDIAN_SIGMA"]) for r in boot.summary}
     rep.add_files([Path(f).name for f in files])
     path = rep.write(out / f"report.{args.report_format}")
-    for row in cv.summary:
-        print(
-            f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
-            f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
-        )
-    if coverage is not None:
-        print_binned_coverage(full.calibration_["coverage_by_bin"], args.labels)
-    print(
-        json.dumps(
-            {"report": str(path), "n_stars": int(ds.sizes["star"]), "n_folds": args.n_folds, **summary}, default=float
-        )
+    figures = write_figures(
+        args, {"one_to_one": o2o, **_uncertainty_figures(full, cv, ds, snr)} if args.figures else {}
+    )
+    if not json_mode(args):
+        for row in cv.summary:
+            print(
+                f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
+                f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
+            )
+        if coverage is not None:
+            print_binned_coverage(full.calibration_["coverage_by_bin"], args.labels)
+    summary = {"report": str(path), "n_stars": int(ds.sizes["star"]), "n_folds": args.n_folds, **summary}
+    if figures:
+        summary["figures"] = [str(f) for f in figures]
+    print_summary(
+        args,
+        summary,
+        f"{args.n_folds}-fold cross-validation of {ds.sizes['star']} stars; tables and report {path}",
     )
     return 0 if np.isfinite(cv.summary["RMS"]).all() else 1
+
+
+def _cv_estimates(pred):
+    """Cross-validated estimates with the unusable stars (no pixels, not converged, singular
+    covariance) set to NaN."""
+    import numpy as np
+
+    est = np.array(pred["labels"].values, dtype=float)
+    bad = StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED | StarFlag.SINGULAR_COVARIANCE
+    est[(np.asarray(pred["flags"].values) & int(bad)) != 0] = np.nan
+    return est
+
+
+def _uncertainty_figures(model, cv, ds, snr) -> dict:
+    """Coverage curve and z-score histogram of the cross-validated labels' formal errors and,
+    when ``model`` was calibrated on these residuals, of the calibrated errors (in-sample:
+    the calibration saw these residuals); errors vs S/N when the S/N is known."""
+    import numpy as np
+
+    pred = cv.predictions
+    names = [str(n) for n in pred["label_name"].values]
+    est, ref = _cv_estimates(pred), pred["reference"].values
+    cov = pred["covariance"].values
+    errors = {"formal": np.sqrt(np.einsum("nkk->nk", cov))}
+    z = {"formal": (est - ref) / errors["formal"]}
+    if model.calibration_ is not None:
+        x = scaling.scale(np.nan_to_num(est), model.label_offset_, model.label_scale_)
+        _, sd, _, _ = calibrated_errors(model, cov, x, epsilon(model, x, ds["ivar"].values))
+        kind = "calibrated (in-sample)"
+        errors[kind] = sd
+        z[kind] = (est - calibration_bias(model.calibration_, x) - ref) / sd
+    levels = coverage_levels(z, model.calibration_, calibrated_kinds=("calibrated (in-sample)",))
+    figs = {"coverage_curve": coverage_curve(levels, names, kind="level"), "zscores": zscore_histogram(z, names)}
+    if snr is not None:
+        figs["errors_vs_snr"] = errors_vs_snr(snr, errors, names)
+    return figs
 
 
 def _with_uncensored(censored, uncensored, model):
@@ -283,9 +329,7 @@ def _calibrate_on_cv(model, cv, ds, snr):
     import numpy as np
 
     pred = cv.predictions
-    est = np.array(pred["labels"].values, dtype=float)
-    bad = StarFlag.NO_PIXELS | StarFlag.NOT_CONVERGED | StarFlag.SINGULAR_COVARIANCE
-    est[(np.asarray(pred["flags"].values) & int(bad)) != 0] = np.nan
+    est = _cv_estimates(pred)
     fvar = np.einsum("nkk->nk", pred["covariance"].values)
     x = scaling.scale(np.nan_to_num(est), model.label_offset_, model.label_scale_)
     eps = epsilon(model, x, ds["ivar"].values)

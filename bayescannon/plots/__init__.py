@@ -19,10 +19,13 @@ write it with :func:`save_figure`.
   quantile histograms (uniform when consistent), z against S/N and against each label.
 * :func:`coverage_map` — coverage of the calibrated intervals per S/N quintile and per
   quintile of each label, with the target band shaded.
-* :func:`coverage_curve` — empirical against nominal coverage (calibration curve).
+* :func:`coverage_curve` — empirical against nominal coverage (calibration curve);
+  :func:`calibrated_interval_levels` gives it the levels of calibrated (non-Gaussian) intervals.
 * :func:`zscore_histogram` — standardised residuals with N(0, 1) drawn.
 * :func:`errors_vs_snr` — quoted errors against S/N.
 * :func:`corner_posterior` — corner plot of one star's posterior, truth and Laplace marked.
+* :func:`corner_from_tree` — the same for one star of a posterior ``DataTree``.
+* :func:`label_distributions` — histograms of labels (a catalogue's), axes with units.
 * :func:`survey_one_to_one` — transferred labels against the survey's own.
 
 Axis labels come from the one label-metadata table, :data:`bayescannon.results.LABEL_METADATA`.
@@ -35,6 +38,7 @@ from bayescannon.plots.labels import (
     coefficient_spectra,
     coverage_map,
     kiel_diagram,
+    label_distributions,
     new_figure,
     one_to_one,
     pipeline_comparison,
@@ -44,6 +48,8 @@ from bayescannon.plots.labels import (
     scatter_vs_snr,
 )
 from bayescannon.plots.uncertainty import (
+    calibrated_interval_levels,
+    corner_from_tree,
     corner_posterior,
     coverage_curve,
     errors_vs_snr,
@@ -67,8 +73,11 @@ __all__ = [
     "zscore_histogram",
     "errors_vs_snr",
     "corner_posterior",
+    "corner_from_tree",
     "survey_one_to_one",
+    "label_distributions",
     "interval_levels",
+    "calibrated_interval_levels",
     "new_figure",
     "save_figure",
     "APOGEE_LINES",

@@ -16,6 +16,7 @@ __all__ = [
     "scatter_vs_snr",
     "binned_statistics_plot",
     "kiel_diagram",
+    "label_distributions",
     "coefficient_spectra",
     "residual_band",
     "alpha_vs_feh",
@@ -317,6 +318,47 @@ def kiel_diagram(
     axes[0].invert_yaxis()
     if finite.size and sc is not None:
         fig.colorbar(sc, ax=list(axes), label=color_label)
+    return fig
+
+
+def label_distributions(labels, label_names, *, bins: int = 40):
+    """Histogram of each label (e.g. of a catalogue), one panel per label, axes with units.
+
+    Parameters
+    ----------
+    labels : ndarray (N, K) or dict of str to ndarray (N, K)
+        Label values in their units; several sets (e.g. ``{"all": y, "unflagged": y[good]}``)
+        are drawn over each other on the same bins. Non-finite values are left out (their
+        number is in the legend).
+    label_names : list of str
+        The K labels.
+    bins : int
+        Number of bins over the finite range of the first set.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    names = [str(n) for n in label_names]
+    sets = labels if isinstance(labels, dict) else {"": labels}
+    if not sets:
+        raise InvalidInputError("no labels given")
+    sets = {str(k): _as_2d(v, f"labels[{k!r}]", len(names)) for k, v in sets.items()}
+    fig, axes = new_figure(len(names), ncols=min(len(names), 4), panel=(3.0, 2.6))
+    for j, (ax, name) in enumerate(zip(axes, names)):
+        first = next(iter(sets.values()))[:, j]
+        finite = first[np.isfinite(first)]
+        edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else bins
+        for kname, y in sets.items():
+            v = y[:, j]
+            ok = np.isfinite(v)
+            text = f"{kname + ': ' if kname else ''}{int(ok.sum())} stars"
+            if (~ok).any():
+                text += f" ({int((~ok).sum())} without value)"
+            ax.hist(v[ok], bins=edges, histtype="step", label=text)
+        ax.set_xlabel(label_axis_text(name))
+        ax.set_ylabel("stars per bin")
+        ax.legend(fontsize=6)
     return fig
 
 

@@ -2,10 +2,14 @@
 
 * :func:`coverage_curve` — empirical against nominal coverage of central intervals
   (a calibration curve: on the diagonal when the intervals are honest).
+* :func:`calibrated_interval_levels` — levels of calibrated (conformal) intervals for the
+  coverage curve.
 * :func:`zscore_histogram` — histogram of (estimate − truth) / error with N(0, 1) drawn.
 * :func:`errors_vs_snr` — the quoted error of each label against S/N.
 * :func:`corner_posterior` — a corner plot of posterior draws, truth and a Gaussian
   (Laplace) approximation marked when given.
+* :func:`corner_from_tree` — the same for one star of a posterior ``DataTree`` of
+  :func:`bayescannon.bayes.sample_labels` (its MAP and Laplace errors marked).
 * :func:`survey_one_to_one` — transferred labels against the survey's own.
 """
 
@@ -14,16 +18,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from bayescannon.core.uncertainty import interval_factor
 from bayescannon.errors import InvalidInputError, ShapeMismatchError
 from bayescannon.plots.labels import _as_2d, _log_snr_axis, new_figure, one_to_one
 from bayescannon.results import label_axis_text, label_display_name, label_units_text
 
 __all__ = [
     "interval_levels",
+    "calibrated_interval_levels",
     "coverage_curve",
     "zscore_histogram",
     "errors_vs_snr",
     "corner_posterior",
+    "corner_from_tree",
     "survey_one_to_one",
 ]
 
@@ -44,9 +51,11 @@ def interval_levels(scores, *, kind: str = "z") -> np.ndarray:
     ----------
     scores : ndarray
         ``kind="z"``: standardised residuals (estimate − truth) / σ of Gaussian intervals;
-        ``kind="quantile"``: the posterior quantile of the truth (0…1).
+        ``kind="quantile"``: the posterior quantile of the truth (0…1);
+        ``kind="level"``: the levels themselves, already computed for intervals that are not
+        Gaussian (e.g. calibrated intervals with conformal half-widths).
     kind : str
-        ``"z"`` or ``"quantile"``.
+        ``"z"``, ``"quantile"`` or ``"level"``.
 
     Returns
     -------
@@ -59,7 +68,45 @@ def interval_levels(scores, *, kind: str = "z") -> np.ndarray:
         return special.erf(np.abs(s) / np.sqrt(2.0))
     if kind == "quantile":
         return np.abs(2.0 * s - 1.0)
-    raise InvalidInputError(f"kind must be 'z' or 'quantile'; got {kind!r}")
+    if kind == "level":
+        return np.clip(s, 0.0, 1.0)
+    raise InvalidInputError(f"kind must be 'z', 'quantile' or 'level'; got {kind!r}")
+
+
+def calibrated_interval_levels(cal: dict, z) -> np.ndarray:
+    """The smallest central *calibrated* interval level that contains the truth, per star and label.
+
+    Calibrated intervals are ``sd × interval_factor(cal, level)`` (conformal quantiles or a
+    Student t), not Gaussian: reading ``z = (estimate − truth) / sd`` as a Gaussian z would
+    misstate their coverage. ``|z|`` is mapped through the calibration's half-width factors
+    instead (NaN stays NaN; beyond the widest calibrated interval the level is 1).
+
+    Parameters
+    ----------
+    cal : dict
+        A model's ``calibration_``.
+    z : ndarray (N, K)
+        Bias-corrected residuals over the calibrated sd (``(labels − truth) / errors`` of a
+        calibrated ``infer`` result).
+
+    Returns
+    -------
+    ndarray (N, K)
+        For :func:`coverage_curve` with ``kind="level"``.
+    """
+    z = np.abs(np.asarray(z, dtype=float))
+    lo, hi = 0.005, 0.995
+    if cal.get("z_quantiles"):
+        lv = np.asarray(cal["quantile_levels"], dtype=float)
+        lo, hi = max(lo, float(lv[0])), min(hi, float(lv[-1]))
+    grid = np.linspace(lo, hi, 199)
+    factors = np.maximum.accumulate(np.array([interval_factor(cal, p) for p in grid]), axis=0)  # (G, K)
+    out = np.full(z.shape, np.nan)
+    for k in range(z.shape[1]):  # labels, not stars
+        f = np.concatenate([[0.0], factors[:, k]])
+        out[:, k] = np.interp(z[:, k], f, np.concatenate([[0.0], grid]), right=1.0)
+    out[~np.isfinite(z)] = np.nan
+    return out
 
 
 def coverage_curve(scores, label_names, *, kind: str = "z", levels=None):
@@ -69,12 +116,12 @@ def coverage_curve(scores, label_names, *, kind: str = "z", levels=None):
     ----------
     scores : ndarray (N, K) or dict of str to ndarray (N, K)
         Per interval kind (e.g. ``{"formal": z_formal, "calibrated": z_cal}``) the
-        standardised residuals (``kind="z"``) or posterior quantiles of the truth
-        (``kind="quantile"``).
+        standardised residuals (``kind="z"``), posterior quantiles of the truth
+        (``kind="quantile"``) or interval levels (``kind="level"``).
     label_names : list of str
         The K labels.
     kind : str
-        ``"z"`` or ``"quantile"`` (see :func:`interval_levels`).
+        ``"z"``, ``"quantile"`` or ``"level"`` (see :func:`interval_levels`).
     levels : array_like, optional
         Nominal levels drawn (default 0.02…0.98).
 
@@ -259,6 +306,54 @@ def corner_posterior(draws, label_names, *, truth=None, laplace=None, bins: int 
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def corner_from_tree(tree, star, *, truth=None, laplace: bool = True, **kwargs):
+    """Corner plot of one star of a posterior ``DataTree`` (:func:`corner_posterior`).
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        Posterior of :func:`bayescannon.bayes.sample_labels` (``posterior/labels`` with dims
+        ``chain``, ``draw``, ``star``, ``label_name``; ``constant_data`` with ``map_labels``
+        and ``map_errors``).
+    star : str or int
+        Star id, or position along ``star``.
+    truth : array_like (K,), optional
+        True (or reference) labels, marked.
+    laplace : bool
+        Draw the Laplace approximation of the MAP (``map_labels`` ± ``map_errors``, a diagonal
+        covariance) when the tree has finite ones.
+    **kwargs
+        Passed to :func:`corner_posterior` (``bins``, ``title``; the title defaults to the star id).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    post = tree["posterior"].to_dataset()["labels"]
+    ids = [str(s) for s in post["star"].values]
+    if isinstance(star, str):
+        if star not in ids:
+            raise InvalidInputError(f"star {star!r} is not in the posterior (stars: {', '.join(ids[:5])} ...)")
+        pos = ids.index(star)
+    else:
+        pos = int(star)
+        if not -len(ids) <= pos < len(ids):
+            raise InvalidInputError(f"star position {pos} is outside the posterior's {len(ids)} stars")
+    one = post.isel(star=pos)
+    names = [str(n) for n in one["label_name"].values]
+    draws = one.stack(sample=("chain", "draw")).transpose("sample", "label_name").values
+    gauss = None
+    if laplace and "constant_data" in tree.children:
+        const = tree["constant_data"].to_dataset()
+        if "map_labels" in const and "map_errors" in const:
+            mu = const["map_labels"].isel(star=pos).sel(label_name=names).values.astype(float)
+            sd = const["map_errors"].isel(star=pos).sel(label_name=names).values.astype(float)
+            if np.all(np.isfinite(mu)) and np.all(np.isfinite(sd)) and np.all(sd > 0):
+                gauss = (mu, np.diag(sd**2))
+    kwargs.setdefault("title", f"star {ids[pos]}")
+    return corner_posterior(draws, names, truth=truth, laplace=gauss, **kwargs)
 
 
 def survey_one_to_one(survey, transferred, label_names, *, survey_name: str = "survey", **kwargs):
