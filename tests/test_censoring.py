@@ -118,7 +118,7 @@ def test_validate_reports_censored_scatter_beside_the_uncensored_one(tmp_path, c
     spectra = write_spectra(ds, tmp_path / "ref.nc", overwrite=True)
     out = tmp_path / "val"
     argv = ["validate", str(spectra), "--labels", *names, "--censor", f"ALPHA_FE:{PRESET}", "--n-folds", "3"]
-    argv += ["--bootstrap", "0", "--n-jobs", "1", "--no-calibration", "--no-progress", "--report-format", "md"]
+    argv += ["--bootstrap", "0", "--n-jobs", "1", "--no-calibration", "--no-progress", "--report-format", "md", "--json"]
     argv += ["--model-out", str(tmp_path / "m.nc"), "-o", str(out)]
     assert main(argv) == 0
     model = CannonModel.load(tmp_path / "m.nc")
@@ -138,6 +138,6 @@ def test_validate_reports_censored_scatter_beside_the_uncensored_one(tmp_path, c
     assert rms[3] != rms_unc[3] and 0.2 < rms[3] / rms_unc[3] < 5
     report = (out / "report.md").read_text()
     assert "RMS_UNCENSORED" in report and "without censoring" in report
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = json.loads(capsys.readouterr().out)  # --json: exactly one object on stdout
     assert printed["cv_uncensored"]["ALPHA_FE"]["censored"] is True
     assert np.isclose(printed["cv_uncensored"]["ALPHA_FE"]["rms"], rms_unc[3])
