@@ -341,10 +341,13 @@ class Homogeniser(ParamsMixin):
         shift = self._shift(s, d) if model is not None else None
         X = self._inputs(d)
         tau = own = self.tau_[lab].get(s, 0.0)
+        center = None
         if model is not None:  # the model's own uncertainty per star, the parent's accumulated one in quadrature
             parent = self.tau_[lab].get(model.parent_, 0.0)
-            own = model.predict_tau(X)
+            q = model.predict_quantiles(X)  # once: for tau and the centre of the draws
+            own = model.predict_tau(X, quantiles=q)
             tau = np.sqrt(own**2 + parent**2)
+            center = q[:, model.quantiles.index(0.5)]
         res = propagate(
             model,
             X,
@@ -361,6 +364,7 @@ class Homogeniser(ParamsMixin):
             shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
             executor=getattr(self, "_executor", None),
             return_noise=True,
+            center=center,
         )
         # the link's own uncertainty where the survey has no measurement (a chained survey's
         # star seen through this survey): its model's single tau

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bayescannon.errors import InsufficientDataError, ModelFileError, NotFittedError
+from bayescannon.homogenise.trees import TreeArrays, median_secants
 from bayescannon.pipeline.atomic import write_atomic, write_json
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class OffsetModel:
         self.best_iteration_ = int(reg.best_iteration)
         self.booster_ = reg.get_booster()[: self.best_iteration_ + 1]
         self.booster_.set_param({"nthread": self.n_jobs})
+        self._trees = None  # the compiled walker's arrays of the booster, built at first use
         self.n_features_in_ = X.shape[1]
         lo_x, hi_x = np.nanpercentile(X[tr], [1, 99], axis=0) if len(tr) else (None, None)
         self.feature_range_ = np.vstack([lo_x, hi_x])
@@ -187,12 +189,15 @@ class OffsetModel:
         q = self.predict_quantiles(X)
         return 0.5 * (q[:, self.quantiles.index(0.84)] - q[:, self.quantiles.index(0.16)])
 
-    def predict_tau(self, X) -> np.ndarray:
+    def predict_tau(self, X, *, quantiles=None) -> np.ndarray:
         """The model uncertainty of every row: :attr:`tau_bins_` interpolated at the
-        predicted 68 % half-width (constant beyond the outer bins)."""
+        predicted 68 % half-width (constant beyond the outer bins). ``quantiles``: the
+        rows' :meth:`predict_quantiles`, when already at hand (not predicted again)."""
         self._check()
         cent, tau = getattr(self, "tau_bins_", [[0.0], [self.tau_]])
-        return np.interp(self._half_width(X), cent, tau)
+        q = self.predict_quantiles(X) if quantiles is None else np.asarray(quantiles, dtype=float)
+        half = 0.5 * (q[:, self.quantiles.index(0.84)] - q[:, self.quantiles.index(0.16)])
+        return np.interp(half, cent, tau)
 
     def _conformalise(self, Xc, yc) -> dict:
         from mapie.regression import ConformalizedQuantileRegressor  # lazy: optional dependency
@@ -235,6 +240,26 @@ class OffsetModel:
     def predict_median(self, X) -> np.ndarray:
         """The median offset (the correction added to the survey's value)."""
         return self.predict_quantiles(X)[:, self.quantiles.index(0.5)]
+
+    def median_secants(self, X, steps) -> np.ndarray:
+        """Change of the median tree output when input ``i < k`` moves by ``steps[:, i, 0]``
+        (below) and ``steps[:, i, 1]`` (above): (2k, n), in the order (input 0 below, input 0
+        above, input 1 below, ...).
+
+        Evaluated by the compiled walker of :mod:`~bayescannon.homogenise.trees`, which
+        walks again only the trees whose path tests the moved input. The difference is of
+        the median quantile's own trees (before XGBoost's sorting of crossing quantiles:
+        a slope, not a level; the level is :meth:`predict_median`).
+        """
+        self._check()
+        trees = getattr(self, "_trees", None)
+        if trees is None:
+            trees = self._trees = TreeArrays.from_booster(self.booster_)
+        X = np.asarray(X, dtype=float)
+        if X.shape[0] == 0:
+            return np.zeros((2 * np.shape(steps)[1], 0))
+        out = median_secants(trees, X, steps, self.quantiles.index(0.5))
+        return out[1:] - out[0][None, :]
 
     def predict_interval(self, X, level: float = 0.68):
         """Conformalised interval ``(lower, upper)`` of the offset at ``level``."""

@@ -141,11 +141,13 @@ def propagate_block(
     n_draws: int = 200,
     propagation: str = "linear",
     shift=None,
+    center=None,
 ) -> np.ndarray:
     """The Monte Carlo of one block of stars: the task unit of :func:`propagate`.
 
     Takes the block's rows of every input of :func:`propagate` (``tau`` as an (m,) array,
-    ``shift`` as a pair of arrays or None) and the block's own ``seed`` (anything
+    ``shift`` as a pair of arrays or None, ``center`` as an (m,) array or None) and the
+    block's own ``seed`` (anything
     :func:`numpy.random.default_rng` takes), so that a block's result depends only on its
     inputs, not on which worker or in which order it runs.
 
@@ -169,7 +171,7 @@ def propagate_block(
             xd[:, :, :k] += np.moveaxis(delta, 2, 1)
             off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
         else:
-            off = _linear_offset(model, x0, s1, s2, delta)
+            off = _linear_offset(model, x0, s1, s2, delta, center)
         value = value + off
     if shift is not None:
         value = value + shift[0][:, None] + np.einsum("mi,mid->md", shift[1], delta)
@@ -183,23 +185,21 @@ def propagate_block(
     return out
 
 
-def _linear_offset(model, x0, s1, s2, delta) -> np.ndarray:
+def _linear_offset(model, x0, s1, s2, delta, center=None) -> np.ndarray:
     """The offset of every draw from one-sided secants along each input label (see the
-    module docstring): (m, n_draws)."""
+    module docstring): (m, n_draws). ``center``: the model's median at ``x0`` when known."""
     m, k, n_draws = delta.shape
-    batch = [x0]
-    for i in range(k):
-        for sgn, s in ((-1.0, s1[:, i]), (1.0, s2[:, i])):
-            xi = x0.copy()
-            xi[:, i] += sgn * np.where(np.isfinite(s), s, 0.0)
-            batch.append(xi)
-    pred = model.predict_median(np.concatenate(batch)).reshape(len(batch), m)
-    off = np.repeat(pred[0][:, None], n_draws, axis=1)
-    for i in range(k):
-        lo_s, hi_s = s1[:, i], s2[:, i]
-        good = np.isfinite(lo_s) & np.isfinite(hi_s) & (lo_s > 0) & (hi_s > 0)
-        g_lo = np.where(good, (pred[0] - pred[1 + 2 * i]) / np.where(good, lo_s, 1.0), 0.0)
-        g_hi = np.where(good, (pred[2 + 2 * i] - pred[0]) / np.where(good, hi_s, 1.0), 0.0)
+    lo_s = np.where(np.isfinite(s1) & (s1 > 0), s1, 0.0)
+    hi_s = np.where(np.isfinite(s2) & (s2 > 0), s2, 0.0)
+    good = (lo_s > 0) & (hi_s > 0)
+    steps = np.stack([np.where(good, -lo_s, 0.0), np.where(good, hi_s, 0.0)], axis=2)  # (m, k, 2)
+    diff = model.median_secants(x0, steps)  # (2k, m): median at the moved inputs minus at x0
+    if center is None:
+        center = model.predict_median(x0)
+    off = np.repeat(np.asarray(center, dtype=float)[:, None], n_draws, axis=1)
+    for i in range(k):  # a handful of labels
+        g_lo = np.where(good[:, i], -diff[2 * i] / np.where(good[:, i], lo_s[:, i], 1.0), 0.0)
+        g_hi = np.where(good[:, i], diff[2 * i + 1] / np.where(good[:, i], hi_s[:, i], 1.0), 0.0)
         d = delta[:, i, :]
         off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
     return off
@@ -222,6 +222,7 @@ def propagate(
     shift=None,
     executor=None,
     return_noise: bool = False,
+    center=None,
 ):
     """Calibrated split normal of one label for every star (rows of ``X``).
 
@@ -254,6 +255,9 @@ def propagate(
         the same wherever the blocks run.
     return_noise : bool
         Also return the percentiles of the draws without ``tau``.
+    center : array (n,), optional
+        ``model.predict_median(X)`` when the caller has it already (the linear propagation
+        then does not predict it again).
 
     Returns
     -------
@@ -287,6 +291,7 @@ def propagate(
                 "n_draws": n_draws,
                 "propagation": propagation,
                 "shift": None if shift is None else (shift[0][sl], shift[1][sl]),
+                "center": None if center is None else np.asarray(center[sl], dtype=float),
             }
         )
     if executor is None:
