@@ -4,8 +4,9 @@
 applies a tiny model through the public API: training, the test step, calibration and
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
-continuum normalisation (single and double precision), and the label posterior's NUTS
-kernel (:mod:`bayescannon.bayes.labelkernel`). Each kernel is thereby compiled
+continuum normalisation (single and double precision), the label posterior's NUTS
+kernel (:mod:`bayescannon.bayes.labelkernel`) and the homogenisation's tree walker
+(:mod:`bayescannon.homogenise.trees`). Each kernel is thereby compiled
 for the argument types real data give it and stored in numba's on-disk cache
 (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the first ``fit`` and
 ``infer`` of a later process load machine code instead of spending ~20 s each compiling
@@ -27,6 +28,7 @@ from numba.core.dispatcher import Dispatcher
 
 from bayescannon import preprocess
 from bayescannon.bayes import LabelPosterior, calibrate
+from bayescannon.homogenise.trees import TreeArrays, median_secants, predict_trees
 from bayescannon.model import CannonModel
 from bayescannon.spectra import make_spectra
 
@@ -108,7 +110,21 @@ def warm_up(seed: int = 0):
     preprocess.shift_and_resample(masked, wavelength[4:-4], rv=rng.normal(0.0, 20.0, size=60))
     for precision in ("single", "double"):
         preprocess.normalise_ho2017(train, L=5.0, precision=precision, return_continuum=precision == "double")
+    _warm_trees(rng)
     return kernel_stats()
+
+
+def _warm_trees(rng):
+    """The homogenisation offset models' tree walker (:mod:`bayescannon.homogenise.trees`)."""
+    import xgboost as xgb  # heavy import (~0.5 s): only the warm-up and the homogenisation need it
+
+    x = rng.normal(size=(200, 3))
+    reg = xgb.XGBRegressor(
+        objective="reg:quantileerror", quantile_alpha=np.array([0.16, 0.5, 0.84]), n_estimators=5, max_depth=3, n_jobs=1
+    )
+    trees = TreeArrays.from_booster(reg.fit(x, x[:, 0] + 0.1 * rng.normal(size=200)).get_booster())
+    predict_trees(trees, x)
+    median_secants(trees, x, np.full((200, 2, 2), [-0.1, 0.1]), 1)
 
 
 def main() -> int:

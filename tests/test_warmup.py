@@ -39,6 +39,9 @@ CALLEES = {
     "logp_grad",
     "labels_from_z",
     "_unpack",
+    # the homogenisation tree walker's inlined steps (homogenise.trees)
+    "_leaf",
+    "_path_mask",
 }
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.
