@@ -19,8 +19,10 @@ from bayescannon.core.conditional import (
     binned_coverage,
     fit_bias_model,
     fit_mondrian_scales,
-    mondrian_scales,
+    fit_smooth_width,
+    smooth_log_scales,
     spectrum_snr,
+    width_factors,
 )
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
@@ -249,6 +251,7 @@ def fit_calibration(
     random_state=0,
     bias=True,
     mondrian=True,
+    smooth=True,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -308,8 +311,10 @@ def fit_calibration(
         u = 1.0 - floor / var
     ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
     z = np.where(ok, z, np.nan)
-    mondrian = fit_mondrian_scales(z, x, u, names) if mondrian else None
-    s = mondrian_scales(mondrian, x, u)
+    width = fit_smooth_width(z, x, u, names, random_state=random_state) if smooth else None
+    z1 = z / np.exp(smooth_log_scales(width, x, u))
+    mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
+    s = width_factors(width, mondrian, x, u)
     zq = []
     for j in range(len(names)):
         zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
@@ -328,6 +333,7 @@ def fit_calibration(
         **params,
         "bias": bias,
         "mondrian": mondrian,
+        "width": width,
     }, oof
 
 
