@@ -313,7 +313,7 @@ def conditional_coverage(args):
             print(
                 f"{what}, order {order}: fit {t_fit:.1f} s, {args.n_folds}-fold CV calibration {t_cal:.1f} s; "
                 f"{int(rep['n_stars'])} held-out stars, >= {int(rep['bin_count'].min())} per bin; bias degrees "
-                f"{cal['bias']['degree']}"
+                f"{cal['bias']['degree']}, width degrees {cal['width']['degree']}"
             )
             for lv in (0.68, 0.95):
                 vals = "  ".join(f"{n}={float(c.sel(level=lv, label_name=n)):.3f}" for n in LABELS)
@@ -327,7 +327,7 @@ def conditional_coverage(args):
             )
             print(f"  per-bin 68% range {lo:.3f}-{hi:.3f}; targets met: {ok}")
             # the version-2 calibration (widths only) on the same CV residuals, for comparison
-            old, _ = fit_calibration(resid, fvar, eps, x, model.label_names, bias=False, mondrian=False)
+            old, _ = fit_calibration(resid, fvar, eps, x, model.label_names, bias=False, mondrian=False, smooth=False)
             model.calibration_ = old | {"source": f"cv-{args.n_folds} (version-2 behaviour)"}
             orep = coverage_report(model, fte, ite, lte, snr=ste)
             model.calibration_ = cal

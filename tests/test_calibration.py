@@ -474,3 +474,13 @@ def test_calibration_version_4_without_a_smooth_width_model_is_read():
         calibration_ = v4
 
     assert check_calibrated(M)["version"] == 4
+
+
+def test_repeated_residual_rows_of_one_star_share_a_cross_validation_fold():
+    from bayescannon.core.conditional import _fold_of
+
+    groups = np.tile(np.arange(500), 3)  # three residual draws of each of 500 stars
+    fold = _fold_of(groups, 5, np.random.default_rng(0))
+    per_star = fold.reshape(3, 500)
+    assert np.all(per_star == per_star[0])  # a star's rows are never on both sides of a split
+    assert np.bincount(per_star[0], minlength=5).tolist() == [100] * 5

@@ -98,6 +98,13 @@ def _hat_basis(v, knots):
     return out
 
 
+def _fold_of(groups, n_folds, rng):
+    """Cross-validation fold of each row; rows of one group (e.g. repeated residual draws of
+    one star) share a fold, so that no star is on both sides of a split."""
+    inv = np.unique(np.asarray(groups), return_inverse=True)[1]
+    return (rng.permutation(inv.max() + 1) % n_folds)[inv] if inv.size else inv
+
+
 def _ridge(phi, r, w, alpha):
     """Weighted ridge: minimise Σ w (r − φc)² + α n Σ_{t≥1} c_t² (constant unpenalised)."""
     pen = np.full(phi.shape[1], alpha * phi.shape[0])
@@ -125,6 +132,7 @@ def fit_bias_model(
     degrees=None,
     alphas=None,
     splines=(False, True),
+    groups=None,
 ):
     """Smooth label-dependent bias of the estimates, with its form and ridge chosen by CV.
 
@@ -146,6 +154,9 @@ def fit_bias_model(
         Candidates for adding the additive piecewise-linear terms (:data:`SPLINE_KNOTS`
         knots at quantiles of each scaled label) to the polynomial: they follow a bias that
         changes sign several times along one label, which a cubic cannot.
+    groups : ndarray, shape (N,), optional
+        Star of each row when a star has several rows (repeated cross-validation): the
+        folds of this cross-validation keep a star's rows together.
 
     Returns
     -------
@@ -193,7 +204,7 @@ def fit_bias_model(
             raise InsufficientDataError(f"the bias model of {label_names[j]} needs >= {4 * n_folds} stars; got {m}")
         w = weights[good, j] / np.mean(weights[good, j])
         r = _winsorise(r_all[good, j], w)
-        fold = rng.permutation(m) % n_folds
+        fold = _fold_of(np.arange(n) if groups is None else groups, n_folds, rng)[good]
         sw = np.sum(w)
         best = (np.sum(w * r * r) / sw, None, 0.0)  # no correction
         none_mse = best[0]
@@ -430,7 +441,9 @@ def _fit_log_width(phi, z2, alpha, n_iter=50):
     return c
 
 
-def fit_smooth_width(z, x_scaled, noise_fraction, label_names, *, n_folds=5, random_state=0, degrees=None, alphas=None):
+def fit_smooth_width(
+    z, x_scaled, noise_fraction, label_names, *, n_folds=5, random_state=0, degrees=None, alphas=None, groups=None
+):
     """Smooth log-width model of standardised residuals, its form and ridge chosen by CV.
 
     ``log s_nk = c_k · φ(x̂_n, u_nk)`` with φ an additive polynomial (no cross terms) of
@@ -453,6 +466,8 @@ def fit_smooth_width(z, x_scaled, noise_fraction, label_names, *, n_folds=5, ran
         Folds and seed of the cross-validation.
     degrees, alphas : sequence, optional
         Candidates (default :data:`WIDTH_DEGREES`, :data:`WIDTH_ALPHAS`).
+    groups : ndarray, shape (N,), optional
+        Star of each row (repeated cross-validation): a star's rows share a fold.
 
     Returns
     -------
@@ -480,7 +495,7 @@ def fit_smooth_width(z, x_scaled, noise_fraction, label_names, *, n_folds=5, ran
         zz = z[good, j]
         zz = np.minimum(zz, _WINSOR_Z * np.quantile(zz, 0.68)) if m else zz
         z2 = zz * zz
-        fold = rng.permutation(m) % n_folds
+        fold = _fold_of(np.arange(n) if groups is None else groups, n_folds, rng)[good]
 
         def cv_nll(d, a, z2=z2, fold=fold, pred=pred, center=center, spread=spread):
             phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread)
