@@ -331,7 +331,7 @@ def test_calibration_version_3_without_spline_terms_is_read():
     rng = np.random.default_rng(33)
     r, fv, x, _, _ = _injected(rng, 1500)
     cal, _ = fit_calibration(r, fv, np.zeros(1500), x, ["a", "b"], random_state=0)
-    assert cal["version"] == CALIBRATION_VERSION == 4
+    assert cal["version"] == CALIBRATION_VERSION == 5
     # a version-3 bias has no "splines"/"knots": the same polynomial coefficients give the same bias
     poly = {"degree": [2, 1], "coefficients": [[0.1, 0.2, 0.0, 0.3, 0.0, 0.0], [0.05, 0.0, -0.2]]}
     want = np.column_stack([0.1 + 0.2 * x[:, 0] + 0.3 * x[:, 0] ** 2, 0.05 - 0.2 * x[:, 1]])
@@ -388,3 +388,99 @@ def test_empty_coverage_bins_are_stored_as_json_null_and_read_back_as_nan(capsys
     np.testing.assert_allclose(binned_coverage_arrays(back["a"])["95"], np.asarray(cb["a"]["95"]))
     print_binned_coverage(back, ["a", "b"])  # NaN bins print as nan, not a TypeError
     assert "nan" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- smooth width model (version 5)
+def _curved_widths(rng, n):
+    """Residuals whose width is *not* log-linear in the labels: U-shaped in x̂_b (×2.2 at
+    the edges), a noise scale that grows towards low S/N beyond the formal error, and a
+    cubic bias. Returns residuals, formal variances, x̂, bias, noise sd."""
+    x = rng.uniform(-0.5, 0.5, (n, 2))
+    bias = np.column_stack([0.6 * x[:, 0] ** 3 - 0.2 * x[:, 1], 0.5 * x[:, 0] * x[:, 1] + 0.05])
+    noise_sd = 0.02 * np.exp(rng.uniform(0.0, np.log(15.0), (n, 1))) * np.ones((1, 2))
+    snr_excess = 1.0 + 0.6 * (noise_sd / 0.3) ** 2  # the formal error understates low-S/N noise
+    model_sd = 0.04 * np.exp(3.2 * x[:, 1:2] ** 2) * np.ones((1, 2))
+    sd = np.sqrt(snr_excess * noise_sd**2 + model_sd**2)
+    return bias + sd * rng.standard_normal((n, 2)), noise_sd**2, x, bias, noise_sd[:, 0]
+
+
+def test_smooth_width_model_covers_every_bin_of_curved_label_and_snr_dependent_widths():
+    """Known label- and S/N-dependent width and bias: the calibrated 68 % intervals cover
+    0.68 ± tol in every quintile of each label and of the noise, tol from binomial noise;
+    the widths-only (version-2) calibration on the same residuals does not."""
+    from bayescannon.bayes.calibration import fit_calibration
+    from bayescannon.core.conditional import predict_bias
+
+    rng = np.random.default_rng(41)
+    n_cal, n_test = 4000, 6000
+    r, fv, x, _, _ = _curved_widths(rng, n_cal)
+    cal, _ = fit_calibration(r, fv, np.zeros(n_cal), x, ["a", "b"], random_state=0)
+    assert cal["width"]["degree"][0] >= 2 and cal["width"]["degree"][1] >= 2  # the curvature is seen by CV
+    r2, fv2, x2, _, nsd2 = _curved_widths(rng, n_test)
+    # per bin: binomial noise of the 1,200-star test bin and of a factor fitted on the 800
+    # calibration stars of the bin (an upper bound: the smooth model pools all stars); 3.5σ
+    # because the worst of 30 bins is taken
+    tol = 3.5 * np.sqrt(0.68 * 0.32 * (1 / 1200 + 1 / 800))
+    worst, overall = _bins_outside(cal, r2 - predict_bias(cal["bias"], x2), fv2, x2, nsd2, tol)
+    assert np.all(worst < tol), (worst, tol)
+    assert np.all(np.abs(overall - 0.68) < 3 * np.sqrt(0.68 * 0.32 * (1 / n_test + 1 / n_cal))), overall
+    old, _ = fit_calibration(r, fv, np.zeros(n_cal), x, ["a", "b"], bias=False, mondrian=False, smooth=False)
+    worst_old, _ = _bins_outside(old, r2, fv2, x2, nsd2, tol)
+    assert worst_old.max() > tol, worst_old  # the check above can fail
+
+
+def test_fit_smooth_width_recovers_a_known_log_width_and_stays_flat_without_one():
+    from bayescannon.core.conditional import fit_smooth_width, smooth_log_scales
+
+    rng = np.random.default_rng(42)
+    n = 4000
+    x = rng.uniform(-0.5, 0.5, (n, 2))
+    u = rng.uniform(0.0, 1.0, (n, 2))
+    true = np.column_stack([0.8 * x[:, 0] + 2.0 * x[:, 1] ** 2, 0.5 * u[:, 1] - 0.25])
+    z = np.abs(rng.standard_normal((n, 2))) * np.exp(true)
+    params = fit_smooth_width(z, x, u, ["a", "b"])
+    got = smooth_log_scales(params, x, u)
+    # the model has unit geometric mean on the calibration stars: compare centred log widths;
+    # ML log-sd error of p ≈ 10 coefficients from n stars: sqrt(p / (2n)) ≈ 0.035 rms; allow 2×
+    err = np.sqrt(np.mean(((got - got.mean(0)) - (true - true.mean(0))) ** 2, axis=0))
+    assert np.all(err < 0.07), err
+    assert np.all(np.std(true, axis=0) > 4 * err)
+    flat = smooth_log_scales(fit_smooth_width(np.abs(rng.standard_normal((n, 2))), x, u, ["a", "b"]), x, u)
+    # without structure CV keeps no (or a negligible) factor: well below the ~0.02 rms noise
+    # of a single 800-star bin's log-sd
+    assert np.sqrt(np.mean(flat**2)) < 0.02, np.sqrt(np.mean(flat**2))
+
+
+def test_calibration_version_4_without_a_smooth_width_model_is_read():
+    from bayescannon.bayes.calibration import fit_calibration
+    from bayescannon.core.uncertainty import calibrated_intervals, check_calibrated
+
+    rng = np.random.default_rng(43)
+    r, fv, x, _, _ = _injected(rng, 1500)
+    v5, _ = fit_calibration(r, fv, np.zeros(1500), x, ["a", "b"], random_state=0)
+    v4 = {k: v for k, v in v5.items() if k != "width"} | {"version": 4}
+    cov = np.zeros((1500, 2, 2))
+    cov[:, [0, 1], [0, 1]] = fv
+    # a version-4 calibration: the Mondrian factors alone (floored at √u), as that release gave
+    from bayescannon.core.conditional import mondrian_scales
+
+    var = np.einsum("nkk->nk", calibrated_intervals(v5 | {"mondrian": None, "width": None}, cov, x, None)[0])
+    floor = np.exp(np.column_stack([np.ones(1500), x]) @ np.asarray(v4["floor_coefficients"]).T)
+    s = mondrian_scales(v4["mondrian"], x, 1.0 - floor / var)
+    np.testing.assert_allclose(calibrated_intervals(v4, cov, x, None)[1], np.sqrt(var) * s, rtol=1e-12)
+
+    class M:
+        label_names = ["a", "b"]
+        calibration_ = v4
+
+    assert check_calibrated(M)["version"] == 4
+
+
+def test_repeated_residual_rows_of_one_star_share_a_cross_validation_fold():
+    from bayescannon.core.conditional import _fold_of
+
+    groups = np.tile(np.arange(500), 3)  # three residual draws of each of 500 stars
+    fold = _fold_of(groups, 5, np.random.default_rng(0))
+    per_star = fold.reshape(3, 500)
+    assert np.all(per_star == per_star[0])  # a star's rows are never on both sides of a split
+    assert np.bincount(per_star[0], minlength=5).tolist() == [100] * 5

@@ -19,8 +19,10 @@ from bayescannon.core.conditional import (
     binned_coverage,
     fit_bias_model,
     fit_mondrian_scales,
-    mondrian_scales,
+    fit_smooth_width,
+    smooth_log_scales,
     spectrum_snr,
+    width_factors,
 )
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
@@ -249,6 +251,8 @@ def fit_calibration(
     random_state=0,
     bias=True,
     mondrian=True,
+    smooth=True,
+    groups=None,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -268,9 +272,12 @@ def fit_calibration(
         Reference-label variances.
     random_state : int
         Seed of the bias model's cross-validation folds.
-    bias, mondrian : bool
-        Fit the bias model / the Mondrian width factors (both False: the version-2
-        calibration, which covers only on average).
+    bias, mondrian, smooth : bool
+        Fit the bias model / the Mondrian width factors / the smooth width model (all False:
+        the version-2 calibration, which covers only on average; ``smooth=False``: version 4).
+    groups : ndarray, shape (N,), optional
+        Star of each row when stars have several residual rows (repeated cross-validation):
+        the internal cross-validations keep a star's rows in one fold.
 
     Returns
     -------
@@ -289,7 +296,7 @@ def fit_calibration(
         )
         weights = 1.0 / (noise + excess[None, :] + (0.0 if ref_var is None else ref_var))
     if bias:
-        bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state)
+        bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state, groups=groups)
     else:
         bias, oof = None, np.zeros_like(resid)
     rc = resid - oof
@@ -308,8 +315,10 @@ def fit_calibration(
         u = 1.0 - floor / var
     ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
     z = np.where(ok, z, np.nan)
-    mondrian = fit_mondrian_scales(z, x, u, names) if mondrian else None
-    s = mondrian_scales(mondrian, x, u)
+    width = fit_smooth_width(z, x, u, names, random_state=random_state, groups=groups) if smooth else None
+    z1 = z / np.exp(smooth_log_scales(width, x, u))
+    mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
+    s = width_factors(width, mondrian, x, u)
     zq = []
     for j in range(len(names)):
         zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
@@ -328,6 +337,7 @@ def fit_calibration(
         **params,
         "bias": bias,
         "mondrian": mondrian,
+        "width": width,
     }, oof
 
 

@@ -64,7 +64,7 @@ import xarray as xr
 
 from bayescannon.core import scaling
 from bayescannon.core._kernels import kappa_kernel, weight_sums
-from bayescannon.core.conditional import mondrian_scales, predict_bias
+from bayescannon.core.conditional import predict_bias, width_factors
 from bayescannon.core.likelihood import adjusted_ivar
 from bayescannon.errors import (
     InsufficientDataError,
@@ -103,8 +103,8 @@ CALIBRATION_KIND = "bayescannon.core.uncertainty"
 #: add per-label piecewise-linear terms (``splines``, ``knots``) and the Mondrian effects are
 #: shrunk by empirical Bayes (``statistic``). Versions 2 (zero bias, unit factors) and 3
 #: (same storage, less accurate) are still read.
-CALIBRATION_VERSION = 4
-_READABLE_VERSIONS = (2, 3, 4)
+CALIBRATION_VERSION = 5
+_READABLE_VERSIONS = (2, 3, 4, 5)
 _Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
@@ -492,14 +492,14 @@ def calibrated_intervals(cal, noise_cov, x_scaled, eps):
     68 %/95 % half-widths, (N, K, K), (N, K), (N, K), (N, K)."""
     cov = error_model_covariance(noise_cov, x_scaled, cal["noise_scale"], cal["floor_coefficients"], eps)
     var = np.einsum("nkk->nk", cov)
-    if cal.get("mondrian"):
+    if cal.get("mondrian") or cal.get("width"):
         floor = np.exp(
             np.column_stack([np.ones(var.shape[0]), np.atleast_2d(x_scaled)])
             @ np.asarray(cal["floor_coefficients"], dtype=np.float64).T
         )
         with np.errstate(invalid="ignore", divide="ignore"):
             u = 1.0 - floor / var
-        s = mondrian_scales(cal["mondrian"], x_scaled, u)
+        s = width_factors(cal.get("width"), cal.get("mondrian"), x_scaled, u)
         cov = cov * s[:, :, None] * s[:, None, :]
         var = var * s * s
     sd = np.sqrt(var)
