@@ -85,6 +85,19 @@ def container():
     return ds
 
 
+def test_make_spectra_matches_xarray_construction(container):
+    """``make_spectra`` builds the Dataset xarray's constructor builds from the same arrays."""
+    data = {k: (v.dims, v.values, dict(v.attrs)) for k, v in container.data_vars.items()}
+    ref = xr.Dataset(
+        data,
+        coords={"star": container["star"].values, "wavelength": ("pixel", container["wavelength"].values)},
+        attrs=container.attrs,
+    )
+    ref["wavelength"].attrs["units"] = "Angstrom"
+    _assert_same(container, ref)
+    assert list(container.variables) == list(ref.variables)
+
+
 def test_model_file_is_the_file_xarray_writes(tmp_path):
     """A model file has the same groups, dimension scales, dtypes, fill values, attributes and
     values as ``Dataset.to_netcdf(engine="h5netcdf")`` writes, and reads back identical."""
@@ -143,7 +156,9 @@ def test_unreadable_file_raises_oserror(tmp_path):
 _CLI_CHILD = """
 import json, sys
 from bayescannon.cli import main
+from bayescannon.spectra import make_spectra
 before = "dask" in sys.modules
+make_spectra([1.0, 2.0], [[1.0, 1.0]], [[1.0, 1.0]], mask=[[0, 1]], snr=[10.0])
 codes = [main(["train", {train!r}, "--labels", "TEFF", "LOGG", "FE_H", "-o", {model!r}, "--no-progress"]),
          main(["infer", {model!r}, {test!r}, "-o", {out!r}, "--no-progress"])]
 print(json.dumps(dict(before=before, codes=codes, after=sorted(m for m in sys.modules if m.startswith("dask")))))
