@@ -35,7 +35,9 @@ from bayescannon._version import __version__
 from bayescannon.core.uncertainty import CALIBRATION_KIND
 from bayescannon.errors import ModelFileError
 from bayescannon.flags import PixelFlag, flag_doc
+from bayescannon.io.netcdf import read_netcdf, write_netcdf
 from bayescannon.pipeline.atomic import atomic_path
+from bayescannon.results import numpy_variable, result_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -196,30 +198,28 @@ def _verify_checksums(ds, source) -> None:
 def model_to_dataset(model) -> xr.Dataset:
     """The fitted state of ``model`` as an xarray Dataset."""
     vec = model.vectorizer
-    coords = {"label": list(model.label_names), "term": vec.term_names}
+    data = {
+        "theta": (("pixel", "term"), model.theta_),
+        "s2": ("pixel", model.s2_),
+        "pixel_flags": ("pixel", np.asarray(model.pixel_flags_, dtype=np.int64)),
+        "log_likelihood": ("pixel", model.log_likelihood_),
+        "n_stars_used": ("pixel", np.asarray(model.n_stars_used_, dtype=np.int64)),
+        "label_offset": ("label", model.label_offset_),
+        "label_scale": ("label", model.label_scale_),
+        "label_min": ("label", model.label_min_),
+        "label_max": ("label", model.label_max_),
+        "term_exponents": (("term", "label"), vec.exponents),
+        "censor_mask": (("pixel", "label"), model.censor_mask_.astype(np.int8)),
+        "start_candidates": (("candidate", "label"), model.start_candidates_),
+    }
+    # built from numpy arrays without xarray's dask probe (bayescannon.results)
+    ds = result_dataset(data, {"label": np.asarray(list(model.label_names)), "term": np.asarray(vec.term_names)})
     if model.wavelength_ is not None:
-        coords["wavelength"] = ("pixel", np.asarray(model.wavelength_, dtype=np.float64))
-    ds = xr.Dataset(
-        {
-            "theta": (("pixel", "term"), model.theta_),
-            "s2": ("pixel", model.s2_),
-            "pixel_flags": ("pixel", np.asarray(model.pixel_flags_, dtype=np.int64)),
-            "log_likelihood": ("pixel", model.log_likelihood_),
-            "n_stars_used": ("pixel", np.asarray(model.n_stars_used_, dtype=np.int64)),
-            "label_offset": ("label", model.label_offset_),
-            "label_scale": ("label", model.label_scale_),
-            "label_min": ("label", model.label_min_),
-            "label_max": ("label", model.label_max_),
-            "term_exponents": (("term", "label"), vec.exponents),
-            "censor_mask": (("pixel", "label"), model.censor_mask_.astype(np.int8)),
-            "start_candidates": (("candidate", "label"), model.start_candidates_),
-        },
-        coords=coords,
-    )
+        ds.coords["wavelength"] = numpy_variable("pixel", np.asarray(model.wavelength_, dtype=np.float64))
     for attr, (name, dims) in _STATE.items():
         value = getattr(model, attr, None)
         if value is not None:
-            ds[name] = (dims, np.asarray(value))
+            ds[name] = numpy_variable(dims, np.asarray(value))
     ds.attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -257,7 +257,7 @@ def save_model(model, path, *, overwrite: bool = False) -> Path:
         if zarr:
             ds.to_zarr(tmp, mode="w", consolidated=False)
         else:
-            ds.to_netcdf(tmp, engine="h5netcdf")
+            write_netcdf(ds, tmp)
     logger.info("saved model to %s", path)
     return path
 
@@ -278,8 +278,7 @@ def load_model(path, cls=None):
         if engine == "zarr":
             ds = xr.open_zarr(path, consolidated=False).load()
         else:
-            with xr.open_dataset(path, engine="h5netcdf") as f:
-                ds = f.load()
+            ds = read_netcdf(path)
     except Exception as exc:  # any reader failure means the file is not usable
         raise ModelFileError(f"{path} is not a readable netCDF/zarr file: {exc}") from exc
     return model_from_dataset(ds, cls=cls, source=str(path))

@@ -20,6 +20,7 @@ from bayescannon.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
+from bayescannon.results import numpy_variable, result_dataset
 
 __all__ = [
     "BAD_PIXEL_KINDS",
@@ -415,16 +416,13 @@ def make_spectra(wavelength, flux, ivar, ids=None, mask=None, attrs=None, **extr
     if ids is None:
         ids = default_ids(n)
     ids = np.asarray(ids).astype(str)
-    ds = xr.Dataset(
-        {"flux": (("star", "pixel"), flux), "ivar": (("star", "pixel"), ivar)},
-        coords={"star": ids, "wavelength": ("pixel", wavelength)},
-        attrs=dict(attrs or {}),
-    )
-    ds["wavelength"].attrs.setdefault("units", "Angstrom")
+    data = {"flux": (("star", "pixel"), flux), "ivar": (("star", "pixel"), ivar)}
     if mask is not None:
-        ds["mask"] = (("star", "pixel"), np.asarray(mask, dtype=np.uint32))
-    for key, value in extras.items():
-        ds[key] = ("star", np.asarray(value))
+        data["mask"] = (("star", "pixel"), np.asarray(mask, dtype=np.uint32))
+    data.update({key: ("star", np.asarray(value)) for key, value in extras.items()})
+    # numpy arrays without xarray's dask probe (bayescannon.results)
+    ds = result_dataset(data, {"star": ids}, attrs=dict(attrs or {}))
+    ds.coords["wavelength"] = numpy_variable("pixel", wavelength, {"units": "Angstrom"})
     check_spectra(ds)
     return ds
 

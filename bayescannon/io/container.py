@@ -33,8 +33,10 @@ from bayescannon.errors import InvalidInputError, SurveyFormatError
 from bayescannon.io.backend import FitsProbe, SpectraFormat
 from bayescannon.io.common import format_error, wavelength_unit_factor
 from bayescannon.io.fits import table_hdu
+from bayescannon.io.netcdf import read_netcdf, write_netcdf
 from bayescannon.io.records import _build_dataset
 from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.results import index_coordinates, numpy_variable
 from bayescannon.spectra import check_spectra
 
 logger = logging.getLogger(__name__)
@@ -124,10 +126,9 @@ def _write_nc(ds: xr.Dataset, path: Path) -> None:
         if out[k].dtype == bool:
             attrs = dict(out[k].attrs)
             attrs[_BOOL_TAG] = "bool"
-            out[k] = out[k].astype(np.int8)
-            out[k].attrs = attrs
+            out[k] = numpy_variable(out[k].dims, np.asarray(out[k].values).astype(np.int8), attrs)
     out.attrs = {k: _netcdf_attr(v) for k, v in out.attrs.items()}
-    out.to_netcdf(path, engine="h5netcdf")
+    write_netcdf(out, path)
 
 
 def decode_container(ds: xr.Dataset, path=None) -> xr.Dataset:
@@ -137,13 +138,13 @@ def decode_container(ds: xr.Dataset, path=None) -> xr.Dataset:
     for k in list(ds.data_vars):
         if ds[k].attrs.get(_BOOL_TAG) == "bool":
             attrs = {a: b for a, b in ds[k].attrs.items() if a != _BOOL_TAG}
-            ds[k] = ds[k].astype(bool)
-            ds[k].attrs = attrs
-    if "star" in ds.coords:
-        ds = ds.assign_coords(star=np.asarray(ds["star"].values).astype(str))
+            ds[k] = numpy_variable(ds[k].dims, np.asarray(ds[k].values).astype(bool), attrs)
+    # numpy in, numpy out: built without xarray's dask probe (bayescannon.results)
+    if "star" in ds.coords and (ds["star"].dtype.kind != "U" or ds["star"].attrs):  # ids as str, no attributes
+        ds = ds.assign_coords(index_coordinates({"star": np.asarray(ds["star"].values).astype(str)}))
     for k in _per_star_vars(ds):
         if ds[k].dtype == object:
-            ds[k] = ("star", np.asarray(ds[k].values).astype(str))
+            ds[k] = numpy_variable("star", np.asarray(ds[k].values).astype(str))
     if isinstance(ds.attrs.get("normalised"), (int, np.integer)):
         ds.attrs["normalised"] = bool(ds.attrs["normalised"])
     return ds
@@ -156,8 +157,7 @@ def _read_nc(path, **kwargs) -> xr.Dataset:
     path = _check_exists(path)
     _ignore_options("nc", path, kwargs)
     try:
-        with xr.open_dataset(path, engine="h5netcdf") as src:
-            ds = src.load()
+        ds = read_netcdf(path)
     except (OSError, ValueError) as exc:
         raise format_error(path, f"not a readable netCDF/HDF5 file ({exc})") from exc
     for var in ("flux", "ivar"):

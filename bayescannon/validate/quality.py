@@ -31,6 +31,7 @@ from astropy.table import MaskedColumn, Table
 from bayescannon.core import scaling
 from bayescannon.errors import InsufficientDataError, InvalidInputError, ShapeMismatchError
 from bayescannon.flags import StarFlag, flag_doc, flag_header
+from bayescannon.results import result_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -427,19 +428,19 @@ def assess(
         attrs["max_reduced_chi2"] = float(max_reduced_chi2)
     if min_pixels is not None:
         attrs["min_pixels"] = int(min_pixels)
-    out = xr.Dataset(
-        {
-            "flags": ("star", flags),
-            "label_distance": ("star", dist),
-            "in_hull": ("star", inside if hull else np.ones(n, dtype=bool)),
-            "snr": ("star", snr_arr),
-            "survey_flags": ("star", sflags),
-        },
-        coords={"star": result["star"].values},
+    data = {
+        "flags": ("star", flags),
+        "label_distance": ("star", dist),
+        "in_hull": ("star", inside if hull else np.ones(n, dtype=bool)),
+        "snr": ("star", snr_arr),
+        "survey_flags": ("star", sflags),
+    }
+    data.update({f"flag_{f.name}": ("star", (flags & int(f)) != 0) for f in StarFlag})
+    out = result_dataset(  # numpy arrays without xarray's dask probe (bayescannon.results)
+        data,
+        {"star": result["star"].values},
         attrs={**attrs, **{f"flag_{name}": doc for name, doc in flag_doc(StarFlag).items()}},
     )
-    for f in StarFlag:
-        out[f"flag_{f.name}"] = ("star", (flags & int(f)) != 0)
     out["label_distance"].attrs["description"] = (
         f"mean distance to the {n_neighbours} nearest training stars in units of the CV scatter"
     )
