@@ -181,3 +181,19 @@ def test_swapped_arguments_get_an_actionable_message(tmp_path, capsys):
         main(["compare", str(tmp_path / "ours.fits"), str(tmp_path / "aspcap.fits"), "-o", str(tmp_path / "c.csv")])
         == 0
     )
+    text = capsys.readouterr().out
+    assert "compared 20 stars" in text and not text.lstrip().startswith("{")
+    # --json: the per-label statistics of the text table as one object (NaN → null)
+    import json
+
+    argv = ["compare", str(tmp_path / "ours.fits"), str(tmp_path / "aspcap.fits"), "-o", str(tmp_path / "c2.csv")]
+    assert main([*argv, "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    import pandas as pd
+
+    compared = set(pd.read_csv(tmp_path / "c2.csv")["label_name"])  # FE_H needs --map FE_H=M_H: not compared
+    assert summary["n_stars"] == 20 and set(summary["per_label"]) == compared and compared <= set(NAMES)
+    assert all(v["n"] == 20 and 0 <= v["frac_within_68"] <= 1 for v in summary["per_label"].values())
+    assert len(summary["outliers"]) == sum(v["n_outliers"] for v in summary["per_label"].values())

@@ -297,6 +297,17 @@ def test_repeats_command(tmp_path, capsys):
     )
     summary = Table.read(out / "repeat_calibration.ecsv")
     n_pairs = len(Table.read(out / "repeat_pairs.fits"))
+    text = capsys.readouterr().out
+    assert "errors x" in text and f"report {out / 'report.html'}" in text
+    # --json: the same numbers as one object
+    import json
+
+    assert main(["repeats", str(path), "--group-column", "STAR", "-o", str(tmp_path / "rep_json"), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    js = json.loads(lines[0])
+    assert js["n_pairs"] == n_pairs and set(js["labels"]) == {"TEFF", "FE_H"}
+    np.testing.assert_allclose([js["labels"][n]["ERROR_SCALE"] for n in ("TEFF", "FE_H")], summary["ERROR_SCALE"])
     np.testing.assert_allclose(summary["ERROR_SCALE"], TRUE_SCALE, rtol=5 * 1.2 / np.sqrt(n_pairs))
     cal = Table.read(out / "catalogue_calibrated.fits")
     assert "e_CAL_TEFF" in cal.colnames and np.all(
@@ -305,7 +316,6 @@ def test_repeats_command(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert (out / "error_comparison.ecsv").is_file() and "<img src='precision_vs_snr.png'" in html
     assert html.count("<table>") == 4 and (out / "precision_vs_snr.png").stat().st_size > 0
-    assert "errors x" in capsys.readouterr().out
     # the paper read literally keeps the best visit's variance in the floor: wider errors
     out2 = tmp_path / "rep_literal"
     argv = ["repeats", str(path), "--group-column", "STAR", "--keep-best-variance", "-o", str(out2)]

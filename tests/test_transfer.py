@@ -264,7 +264,17 @@ def test_resume_reuses_only_verified_matching_steps(run, tmp_path, caplog, capsy
     assert {p: p.stat().st_mtime_ns for p in pipe.output.rglob("*") if p.is_file()} == files  # nothing rewritten
     capsys.readouterr()
     assert main(["transfer", str(copy / "test.toml"), "--no-log-file"]) == 0  # the CLI resumes the same way
-    assert capsys.readouterr().out.count("saved output reused") == len(steps)
+    text = capsys.readouterr().out
+    assert text.count("saved output reused") == len(steps)
+    assert f"{len(steps)} step(s) done ({len(steps)} reused from saved output)" in text
+    # --json: one object, every step named with its saved summary
+    import json
+
+    assert main(["transfer", str(copy / "test.toml"), "--no-log-file", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    ran = json.loads(lines[0])["steps"]
+    assert list(ran) == list(steps) and all(d["reused"] and d["files"] for d in ran.values())
 
     # a saved file damaged: that step and every later one are recomputed, the earlier reused
     model = pipe.step_dir("train") / "model.nc"

@@ -3,18 +3,21 @@
 
 A command builds its summary as a dict and its text as lines; :func:`say` prints the text
 (silent under ``--json``), :func:`print_summary` prints the closing text or the JSON object.
-Progress bars and log lines go to stderr in both styles.
+Progress bars, log lines and :func:`note` (what a long command is doing before its first
+output) go to stderr in both styles. This module is the only place in
+:mod:`bayescannon.commands` that prints (a test reads the sources).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_json_argument", "json_mode", "say", "print_summary", "to_json"]
+__all__ = ["add_json_argument", "json_mode", "say", "note", "print_summary", "to_json"]
 
 
 def add_json_argument(p) -> None:
@@ -36,6 +39,12 @@ def say(args, *lines: str) -> None:
     if not json_mode(args):
         for line in lines:
             print(line)
+
+
+def note(*lines: str) -> None:
+    """Print progress notes on stderr (in both styles: stdout stays the summary's)."""
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _plain(v):

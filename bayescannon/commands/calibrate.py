@@ -9,7 +9,7 @@ from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
-from bayescannon.commands._summary import add_json_argument, json_mode, print_summary, say
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -114,8 +114,8 @@ def run(args) -> int:
             for lv in (0.68, 0.95)
         )
         say(args, f"{name:>10} {vals}")
-    if "calibrated" in report["kind"].values and not json_mode(args):
-        print_binned_coverage(_report_bins(report), model.label_names)
+    if "calibrated" in report["kind"].values:
+        print_binned_coverage(_report_bins(report), model.label_names, args=args)
     if args.report:
         write_atomic(args.report, lambda tmp: report.to_netcdf(tmp, engine="h5netcdf"), overwrite=args.overwrite)
     figures = []
@@ -175,13 +175,22 @@ def _report_bins(report) -> dict:
     }
 
 
-def print_binned_coverage(binned, label_names, level: str = "68") -> None:
+def print_binned_coverage(binned, label_names, level: str = "68", args=None) -> None:
     """Print 68 % coverage per quintile of S/N and of each label (a calibration's
-    ``coverage_by_bin`` or the same layout from a coverage report)."""
-    print(f"calibrated {level}% coverage per quintile (target {int(level) / 100:.2f} +- 0.05):")
-    print(f"{'by':>10} {'range':>22} {'n':>6} " + " ".join(f"{n[:8]:>8}" for n in label_names))
+    ``coverage_by_bin`` or the same layout from a coverage report); nothing under ``--json``
+    (``args``: the command's arguments)."""
+    say(args, *binned_coverage_lines(binned, label_names, level))
+
+
+def binned_coverage_lines(binned, label_names, level: str = "68") -> list[str]:
+    """The text table of :func:`print_binned_coverage`."""
+    lines = [
+        f"calibrated {level}% coverage per quintile (target {int(level) / 100:.2f} +- 0.05):",
+        f"{'by':>10} {'range':>22} {'n':>6} " + " ".join(f"{n[:8]:>8}" for n in label_names),
+    ]
     for by, entry in binned.items():
         d = binned_coverage_arrays(entry)  # an empty bin's None (JSON null) → NaN
         for i, row in enumerate(d[level]):
             rng = f"{d['lo'][i]:.4g}..{d['hi'][i]:.4g}"
-            print(f"{by if i == 0 else '':>10} {rng:>22} {d['n'][i]:>6} " + " ".join(f"{v:>8.3f}" for v in row))
+            lines.append(f"{by if i == 0 else '':>10} {rng:>22} {d['n'][i]:>6} " + " ".join(f"{v:>8.3f}" for v in row))
+    return lines

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bayescannon.commands._common import catalogue_labels
 from bayescannon.commands._outputs import Output, report_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import InvalidInputError
 from bayescannon.io import read_labels
 from bayescannon.plots import new_figure
@@ -57,6 +58,7 @@ def add_arguments(p):
     p.add_argument("-o", "--outdir", default="clusters")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -150,7 +152,14 @@ def run(args) -> int:
         )
     rep.add_files([f.name for f in files])
     rp = rep.write(out / f"report.{args.report_format}")
-    print(f"{n_ok} of {len(stats)} clusters validated; report {rp}")
+    summary = {
+        "report": str(rp),
+        "n_clusters": len(stats),
+        "n_validated": n_ok,
+        "clusters": {str(r["CLUSTER"]): str(r["STATUS"]) for r in stats},
+        "files": [str(f) for f in files],
+    }
+    print_summary(args, summary, f"{n_ok} of {len(stats)} clusters validated; report {rp}")
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from bayescannon.bayes.compare import compare_with_pipeline, outlier_table
 from bayescannon.bayes.diagnostics import load_posterior
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.errors import InvalidInputError
 from bayescannon.io.labels import read_labels
 from bayescannon.pipeline.atomic import write_atomic
@@ -27,6 +28,7 @@ def add_arguments(p):
     p.add_argument("--snr-column", help="S/N column of the pipeline table (default: auto)")
     p.add_argument("--outlier-z", type=float, default=3.0, help="|z| above which a star is listed as an outlier")
     p.add_argument("--ignore-pipeline-errors", action="store_true", help="do not convolve with the pipeline's errors")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -64,10 +66,20 @@ def run(args) -> int:
         fig = pipeline_comparison(result)
         write_atomic(args.plot, lambda tmp: fig.savefig(tmp, dpi=110), overwrite=args.overwrite)
     per_label = result[["n", "z_mean", "z_sd", "frac_within_68", "frac_within_95", "ks_pvalue", "n_outliers"]]
-    print(per_label.to_dataframe().to_string(float_format=lambda v: f"{v:.3g}"))
+    per_label_df = per_label.to_dataframe()
+    say(args, per_label_df.to_string(float_format=lambda v: f"{v:.3g}"))
     outl = outlier_table(result)
     if len(outl):
-        print(f"outliers (|z| > {args.outlier_z:g}):")
-        print(outl.head(20).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"compared {result.sizes['star']} stars; wrote {args.output}")
+        say(args, f"outliers (|z| > {args.outlier_z:g}):")
+        say(args, outl.head(20).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    summary = {
+        "output": str(args.output),
+        "n_stars": int(result.sizes["star"]),
+        "per_label": {str(name): row.to_dict() for name, row in per_label_df.iterrows()},
+        "outlier_z": args.outlier_z,
+        "outliers": outl.to_dict(orient="records"),
+    }
+    if args.plot:
+        summary["plot"] = str(args.plot)
+    print_summary(args, summary, f"compared {result.sizes['star']} stars; wrote {args.output}")
     return 0

@@ -17,6 +17,7 @@ import numpy as np
 from astropy.table import Table
 
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.flags import StarFlag
 from bayescannon.pipeline.atomic import write_json
 from bayescannon.plots import kiel_diagram, one_to_one, precision_vs_snr
@@ -45,6 +46,7 @@ def add_arguments(p):
     p.add_argument("--n-jobs", type=int, help="worker processes of the cross-validation (default: config or cores)")
     p.add_argument("--report-format", choices=["md", "html"], default="md")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -173,10 +175,22 @@ def run(args) -> int:
     rep.add_files([f.name for f in files])
     path = rep.write(out / f"report.{args.report_format}")
     files.append(write_json(out / "config.json", json.loads(json.dumps(res.config, default=str)), overwrite=True))
-    print(f"wrote {len(files)} tables and catalogues and {path}")
-    for r in rows:
-        print(
-            f"  {r['RUN']}: {r['N_TRAINING']} training stars, FAR_FROM_TRAINING {r['FAR_TRAINING']} training / "
-            f"{r['FAR_OTHER']} other; errors {r['ERRORS']}"
-        )
+    summary = {
+        "report": str(path),
+        "files": [str(f) for f in files],
+        "runs": {
+            str(r["RUN"]): {
+                "n_training": r["N_TRAINING"],
+                "far_from_training": {"training": r["FAR_TRAINING"], "other": r["FAR_OTHER"]},
+                "errors": r["ERRORS"],
+            }
+            for r in rows
+        },
+    }
+    text = [f"wrote {len(files)} tables and catalogues and {path}"] + [
+        f"  {r['RUN']}: {r['N_TRAINING']} training stars, FAR_FROM_TRAINING {r['FAR_TRAINING']} training / "
+        f"{r['FAR_OTHER']} other; errors {r['ERRORS']}"
+        for r in rows
+    ]
+    print_summary(args, summary, text)
     return 0

@@ -9,6 +9,7 @@ import numpy as np
 
 from bayescannon.bayes import calibrate
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.core.conditional import binned_coverage
 from bayescannon.flags import StarFlag
 from bayescannon.model import CannonModel
@@ -38,6 +39,7 @@ def add_arguments(p):
     )
     p.add_argument("--instrument", default="apogee", help="simulated instrument: apogee, lamost or galah")
     p.add_argument("--seed", type=int, default=1)
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -62,19 +64,21 @@ def run(args) -> int:
     train = simulate_survey(args.n_train, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed)
     test = simulate_survey(args.n_test, instrument=args.instrument, snr=(30.0, 250.0), rng=args.seed + 1000)
     t1 = time.perf_counter()
-    print(
+    say(
+        args,
         f"simulated {args.n_train} training + {args.n_test} test {args.instrument} spectra "
-        f"({train.sizes['pixel']} pixels) in {t1 - t0:.1f} s"
+        f"({train.sizes['pixel']} pixels) in {t1 - t0:.1f} s",
     )
     model = CannonModel(LABELS, order=2, random_state=args.seed).fit(train, progressbar=True)
     t2 = time.perf_counter()
-    print(
+    say(
+        args,
         f"trained on {model.n_training_stars_} stars in {t2 - t1:.1f} s "
-        f"({int((model.pixel_flags_ != 0).sum())} pixels flagged)"
+        f"({int((model.pixel_flags_ != 0).sum())} pixels flagged)",
     )
     result = model.infer(test, progressbar=True)
     t3 = time.perf_counter()
-    print(f"inferred labels of {args.n_test} stars in {t3 - t2:.2f} s ({args.n_test / (t3 - t2):.0f} stars/s)")
+    say(args, f"inferred labels of {args.n_test} stars in {t3 - t2:.2f} s ({args.n_test / (t3 - t2):.0f} stars/s)")
     # honest uncertainties: calibrate the error model on held-out stars with known labels
     # (split conformal; docs/guides/calibration.md). Not by K-fold CV on the training set:
     # the fold models see 4/5 of the stars and this model's Teff residuals shrink with the
@@ -85,7 +89,7 @@ def run(args) -> int:
     calibrate(model, calset["flux"].values, calset["ivar"].values, ycal, n_folds=0)
     calibrated = model.infer(test, uncertainty="calibrated")
     t4 = time.perf_counter()
-    print(f"simulated {n_calib} held-out stars and calibrated the uncertainties on them in {t4 - t3:.1f} s")
+    say(args, f"simulated {n_calib} held-out stars and calibrated the uncertainties on them in {t4 - t3:.1f} s")
     model.save(out / "model.nc", overwrite=True)
     table = build_catalogue(model, calibrated, spectra=test, config={"command": "demo", "seed": args.seed})
     for name in LABELS:
@@ -99,43 +103,71 @@ def run(args) -> int:
     cal_err = calibrated["errors"].values
     hw68 = calibrated["half_width_68"].values
     hw95 = calibrated["half_width_95"].values
-    print()
-    print(
+    say(
+        args,
+        "",
         f"{'label':>9} {'bias':>10} {'scatter':>10} {'formal err':>11} {'68% cover':>10}"
-        f" {'calib. err':>11} {'68% cover':>10} {'95% cover':>10}"
+        f" {'calib. err':>11} {'68% cover':>10} {'95% cover':>10}",
     )
+    stats = {}
     for k, name in enumerate(LABELS):
         d = inferred[good, k] - truth[good, k]
         cover = np.mean(np.abs(d) < err[good, k])
         dc = calibrated["labels"].values[good, k] - truth[good, k]
         c68 = np.mean(np.abs(dc) <= hw68[good, k])
         c95 = np.mean(np.abs(dc) <= hw95[good, k])
-        print(
+        stats[name] = {
+            "bias": np.mean(d),
+            "scatter": np.std(d),
+            "formal_error": np.median(err[good, k]),
+            "formal_coverage_68": cover,
+            "calibrated_error": np.median(cal_err[good, k]),
+            "calibrated_coverage_68": c68,
+            "calibrated_coverage_95": c95,
+        }
+        say(
+            args,
             f"{name:>9} {np.mean(d):>10.4g} {np.std(d):>10.4g} {np.median(err[good, k]):>11.4g} {cover:>10.2f}"
-            f" {np.median(cal_err[good, k]):>11.4g} {c68:>10.2f} {c95:>10.2f}"
+            f" {np.median(cal_err[good, k]):>11.4g} {c68:>10.2f} {c95:>10.2f}",
         )
-    _print_binned(calibrated, truth, test["snr"].values, good)
-    print(f"\n{int((~good).sum())} of {len(good)} stars flagged as not converged / no pixels")
+    binned = _binned_range(calibrated, truth, test["snr"].values, good)
+    n_bin = int(good.sum()) // 5
+    say(args, f"\ncalibrated 68% coverage, lowest-highest over the 5 quintiles (~{n_bin} stars per bin):")
+    say(args, f"{'by':>9} " + " ".join(f"{n:>11}" for n in LABELS))
+    for by, ranges in binned.items():
+        say(args, f"{by:>9} " + " ".join(f"{lo:>6.2f}-{hi:.2f}" for lo, hi in ranges.values()))
+    say(args, f"\n{int((~good).sum())} of {len(good)} stars flagged as not converged / no pixels")
     fig = one_to_one(
         truth,
         inferred,
         LABELS,
         color=test["snr"].values,
         color_label="S/N",
-        units={"TEFF": "K", "LOGG": "dex", "FE_H": "dex", "ALPHA_FE": "dex"},
     )
     fig.savefig(out / "one_to_one.png", dpi=110, bbox_inches="tight")
-    print(f"wrote {out / 'model.nc'}, {out / 'catalogue.fits'} and {out / 'one_to_one.png'}")
+    summary = {
+        "outdir": str(out),
+        "products": [str(out / name) for name in PRODUCTS],
+        "instrument": args.instrument,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "n_calib": n_calib,
+        "n_flagged": int((~good).sum()),
+        "seconds": {"simulate": t1 - t0, "train": t2 - t1, "infer": t3 - t2, "calibrate": t4 - t3},
+        "labels": stats,
+        "calibrated_coverage_68_range_by_quintile": binned,
+    }
+    print_summary(args, summary, f"wrote {out / 'model.nc'}, {out / 'catalogue.fits'} and {out / 'one_to_one.png'}")
     return 0
 
 
-def _print_binned(calibrated, truth, snr, good):
-    """Calibrated 68 % coverage per quintile of S/N and of each true label: the range over
-    the five bins for each label's interval (the target is 0.68 in every bin)."""
+def _binned_range(calibrated, truth, snr, good) -> dict:
+    """Calibrated 68 % coverage per quintile of S/N and of each true label: the range
+    (lowest, highest) over the five bins for each label's interval (the target is 0.68 in
+    every bin), as ``{by: {label: (lo, hi)}}``."""
     inside = np.abs(calibrated["labels"].values - truth) <= calibrated["half_width_68"].values
-    n_bin = int(good.sum()) // 5
-    print(f"\ncalibrated 68% coverage, lowest-highest over the 5 quintiles (~{n_bin} stars per bin):")
-    print(f"{'by':>9} " + " ".join(f"{n:>11}" for n in LABELS))
+    out = {}
     for by, values in [("S/N", snr)] + [(n, truth[:, k]) for k, n in enumerate(LABELS)]:
         cov = binned_coverage(inside[good][:, None, :], values[good])[0][:, 0, :]  # (bin, label)
-        print(f"{by:>9} " + " ".join(f"{lo:>6.2f}-{hi:.2f}" for lo, hi in zip(cov.min(axis=0), cov.max(axis=0))))
+        out[by] = {n: (lo, hi) for n, lo, hi in zip(LABELS, cov.min(axis=0), cov.max(axis=0))}
+    return out

@@ -4,6 +4,7 @@ ready homogenisation config."""
 from __future__ import annotations
 
 from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.simulate.mockcatalogues import write_mock_catalogues
 
 NAME = "mock-catalogues"
@@ -16,6 +17,7 @@ def add_arguments(p):
     p.add_argument("--min-overlap", type=int, default=200, help="fewest stars each survey shares with the reference")
     p.add_argument("--corruptions", action="store_true", help="add bad rows (NaN, P16 > value, a duplicate)")
     p.add_argument("--seed", type=int, default=0)
+    add_json_argument(p)
 
 
 outputs = outdir_outputs
@@ -30,5 +32,6 @@ def run(args) -> int:
         corruptions=args.corruptions,
         overwrite=args.overwrite,
     )
-    print(f"wrote the mock to {cfg.parent}; run: bayescannon homogenise {cfg} -o unified.fits")
+    summary = {"outdir": str(cfg.parent), "config": str(cfg), "next": f"bayescannon homogenise {cfg} -o unified.fits"}
+    print_summary(args, summary, f"wrote the mock to {cfg.parent}; run: {summary['next']}")
     return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.simulate.crosssurveymock import write_mock_cross_survey
 
 NAME = "mock-cross-survey"
@@ -18,6 +19,7 @@ def add_arguments(p):
     p.add_argument("--n-pixels", type=int, default=60, help="pixels of survey A (default 60)")
     p.add_argument("--folds", type=int, default=12, help="folds written into the config (default 12)")
     p.add_argument("--seed", type=int, default=0)
+    add_json_argument(p)
 
 
 outputs = outdir_outputs
@@ -34,5 +36,6 @@ def run(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    print(f"wrote the mock to {cfg.parent}; run: bayescannon cross-survey {cfg} -o OUTDIR")
+    summary = {"outdir": str(cfg.parent), "config": str(cfg), "next": f"bayescannon cross-survey {cfg} -o OUTDIR"}
+    print_summary(args, summary, f"wrote the mock to {cfg.parent}; run: {summary['next']}")
     return 0

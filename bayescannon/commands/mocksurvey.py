@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.simulate.mocksurvey import CORRUPTIONS, make_mock_survey
 
 NAME = "mock-survey"
@@ -26,6 +27,7 @@ def add_arguments(p):
     p.add_argument("--no-corruptions", action="store_true", help="write no corrupted LAMOST files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_json_argument(p)
 
 
 outputs = outdir_outputs
@@ -46,11 +48,22 @@ def run(args) -> int:
         overwrite=args.overwrite,
         progressbar=not args.no_progress,
     )
-    print(
+    summary = {
+        "outdir": str(mock.outdir),
+        "n_lamost_files": len(mock.lamost_files),
+        "n_corrupted": len(mock.corrupted),
+        "n_apogee_files": len(mock.apogee_files),
+        "apogee_catalogue": str(mock.apogee_catalogue),
+        "lamost_catalogue": str(mock.lamost_catalogue),
+        "truth": str(mock.truth_path),
+        "config": None if mock.config_path is None else str(mock.config_path),
+    }
+    text = [
         f"wrote {len(mock.lamost_files)} LAMOST files ({len(mock.corrupted)} corrupted) and "
-        f"{len(mock.apogee_files)} APOGEE files to {mock.outdir}"
-    )
-    print(f"catalogues: {mock.apogee_catalogue.name}, {mock.lamost_catalogue.name}; truth: {mock.truth_path.name}")
+        f"{len(mock.apogee_files)} APOGEE files to {mock.outdir}",
+        f"catalogues: {mock.apogee_catalogue.name}, {mock.lamost_catalogue.name}; truth: {mock.truth_path.name}",
+    ]
     if mock.config_path is not None:
-        print(f"run the label transfer with: bayescannon transfer {mock.config_path}")
+        text.append(f"run the label transfer with: bayescannon transfer {mock.config_path}")
+    print_summary(args, summary, text)
     return 0

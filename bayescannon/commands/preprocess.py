@@ -18,6 +18,7 @@ import numpy as np
 from bayescannon import preprocess as pp
 from bayescannon.commands._common import add_dask_argument, check_dask_argument
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.cluster import open_executor
@@ -79,6 +80,7 @@ def add_arguments(p):
     p.add_argument("--chunk-format", choices=["nc", "npz"], default="nc", help="chunk file format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dask_argument(p)
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -183,8 +185,17 @@ def run(args) -> int:
             executor=executor,
         )
     write_table(skipped, work / "skipped.ecsv", overwrite=True)  # part of the resumable folder: every run rewrites it
-    summary = f"{len(paths)} files -> {len(files)} chunk file(s) in {work} on a {len(grid)}-pixel grid"
-    print(f"{summary}; {len(skipped)} file(s) skipped (see {work / 'skipped.ecsv'})")
+    done = f"{len(paths)} files -> {len(files)} chunk file(s) in {work} on a {len(grid)}-pixel grid"
+    say(args, f"{done}; {len(skipped)} file(s) skipped (see {work / 'skipped.ecsv'})")
+    summary = {
+        "output": str(args.output),
+        "n_files": len(paths),
+        "n_chunks": len(files),
+        "chunk_folder": str(work),
+        "n_pixels": len(grid),
+        "n_skipped": len(skipped),
+        "skipped_table": str(work / "skipped.ecsv"),
+    }
     if _is_store(args):
         store = spectra_store_from_chunks(
             work,
@@ -193,6 +204,8 @@ def run(args) -> int:
             overwrite=args.overwrite,
             provenance={"command": "bayescannon preprocess", "options": options, "n_files": len(paths)},
         )
-        print(f"wrote {store.n_stars} spectra to the store {args.output} ({work} can be removed)")
-    print(f"infer labels with: bayescannon infer MODEL {args.output} -o catalogue.fits")
+        say(args, f"wrote {store.n_stars} spectra to the store {args.output} ({work} can be removed)")
+        summary["store_stars"] = int(store.n_stars)
+    summary["next"] = f"bayescannon infer MODEL {args.output} -o catalogue.fits"
+    print_summary(args, summary, f"infer labels with: {summary['next']}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bayescannon.commands._common import catalogue_labels
 from bayescannon.commands._outputs import Output, report_outputs
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import InvalidInputError
 from bayescannon.plots import precision_vs_snr
 from bayescannon.report import Report
@@ -69,6 +70,7 @@ def add_arguments(p):
     p.add_argument("-o", "--outdir", default="repeats")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
+    add_json_argument(p)
 
 
 #: Tables written to ``--outdir``.
@@ -164,7 +166,16 @@ def run(args) -> int:
         rep.add_table(cmp2, caption=f"errors in {args.compare_prefix}<LABEL> vs repeat-calibrated errors")
     rep.add_files([Path(f).name for f in files])
     rp = rep.write(out / f"report.{args.report_format}")
-    for row in cal.summary:
-        print(f"{row['LABEL']:>10}  errors x {row['ERROR_SCALE']:.3g}  precision fit: {row['FIT']}")
-    print(f"report {rp}")
+    summary = {
+        "report": str(rp),
+        "recipe": cal.recipe,
+        "n_pairs": len(cal.pairs),
+        "n_single": len(cal.skipped),
+        "labels": {str(row["LABEL"]): {c: row[c] for c in cal.summary.colnames if c != "LABEL"} for row in cal.summary},
+        "files": [str(f) for f in files],
+    }
+    text = [
+        f"{row['LABEL']:>10}  errors x {row['ERROR_SCALE']:.3g}  precision fit: {row['FIT']}" for row in cal.summary
+    ]
+    print_summary(args, summary, [*text, f"report {rp}"])
     return 0

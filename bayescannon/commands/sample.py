@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from bayescannon.bayes import sample_labels
@@ -10,7 +9,7 @@ from bayescannon.bayes.diagnostics import save_posterior, summary_table
 from bayescannon.commands._common import load_spectra
 from bayescannon.commands._figures import add_figures_argument, write_figures
 from bayescannon.commands._outputs import Output
-from bayescannon.commands._summary import add_json_argument, print_summary, say
+from bayescannon.commands._summary import add_json_argument, note, print_summary, say
 from bayescannon.errors import InvalidInputError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -63,11 +62,7 @@ def run(args) -> int:
     n = len(select) if select else ds.sizes.get("star", 0)
     # the library only logs; the CLI says what it is doing before the first output. A cold
     # numba cache (the first run on a machine) is announced by its own log line
-    print(
-        f"sampling {n} stars (NUTS, {args.chains} chains x {args.tune}+{args.draws} steps) ...",
-        file=sys.stderr,
-        flush=True,
-    )
+    note(f"sampling {n} stars (NUTS, {args.chains} chains x {args.tune}+{args.draws} steps) ...")
     tree = sample_labels(
         model,
         ds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bayescannon.commands._outputs import Output
+from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import InvalidInputError
 from bayescannon.pipeline.chunks import MANIFEST
 from bayescannon.survey.stores import spectra_store_from_chunks, spectra_store_from_files
@@ -22,6 +23,7 @@ def add_arguments(p):
     )
     p.add_argument("-o", "--output", required=True, help="the store to write (.zarr)")
     p.add_argument("--stars-per-chunk", type=int, default=1000, help="stars per zarr chunk (default 1000)")
+    add_json_argument(p)
 
 
 def outputs(args):
@@ -53,8 +55,17 @@ def run(args) -> int:
             inputs, args.output, stars_per_chunk=args.stars_per_chunk, overwrite=args.overwrite
         )
         what = f"{len(inputs)} files"
-    print(
+    summary = {
+        "store": str(args.output),
+        "source": what,
+        "n_stars": int(store.n_stars),
+        "n_pixels": int(store.n_pixels),
+        "n_chunks": len(store.chunk_bounds()),
+    }
+    print_summary(
+        args,
+        summary,
         f"wrote {store.n_stars} spectra ({store.n_pixels} pixels) from {what} to {args.output} "
-        f"in {len(store.chunk_bounds())} chunk(s)"
+        f"in {summary['n_chunks']} chunk(s)",
     )
     return 0

@@ -16,7 +16,7 @@ from bayescannon.commands._common import (
 )
 from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output, report_outputs
-from bayescannon.commands._summary import add_json_argument, json_mode, print_summary
+from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.commands.calibrate import print_binned_coverage
 from bayescannon.core import scaling
 from bayescannon.core.uncertainty import calibrated_errors, calibration_bias, epsilon
@@ -252,14 +252,16 @@ def _run(args, executor) -> int:
     figures = write_figures(
         args, {"one_to_one": o2o, **_uncertainty_figures(full, cv, ds, snr)} if args.figures else {}
     )
-    if not json_mode(args):
-        for row in cv.summary:
-            print(
-                f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
-                f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
-            )
-        if coverage is not None:
-            print_binned_coverage(full.calibration_["coverage_by_bin"], args.labels)
+    say(
+        args,
+        *(
+            f"{row['LABEL']:>10}  bias {row['BIAS']:+.4g}  rms {row['RMS']:.4g}  "
+            f"(p84-p16)/2 {row['HALF_P16_84']:.4g}  n={row['N']}"
+            for row in cv.summary
+        ),
+    )
+    if coverage is not None:
+        print_binned_coverage(full.calibration_["coverage_by_bin"], args.labels, args=args)
     summary = {"report": str(path), "n_stars": int(ds.sizes["star"]), "n_folds": args.n_folds, **summary}
     if figures:
         summary["figures"] = [str(f) for f in figures]
