@@ -14,11 +14,14 @@ from bayescannon.errors import InvalidInputError, LabelError, ShapeMismatchError
 NAMES = ["A", "B", "C"]
 
 
-def _data(rng, n=1500, p=120, label_noise=0.15, noise=0.005):
+def _data(rng, n=1500, p=120, label_noise=0.15, noise=0.005, population="uniform"):
     vec = PolynomialVectorizer(NAMES, 2)
     theta = rng.normal(scale=0.05, size=(p, vec.n_terms))
     theta[:, 0] = 1.0
-    x = rng.uniform(-0.5, 0.5, (n, 3))
+    if population == "uniform":
+        x = rng.uniform(-0.5, 0.5, (n, 3))
+    else:  # a Gaussian population with the uniform's variance (1/12)
+        x = rng.normal(scale=np.sqrt(1 / 12), size=(n, 3))
     flux = vec(x) @ theta.T + noise * rng.standard_normal((n, p))
     err = np.full((n, 3), label_noise)
     obs = x + err * rng.standard_normal((n, 3))
@@ -184,14 +187,16 @@ def test_bad_label_errors_in_fit(bad, exc):
 
 
 @pytest.mark.slow
-def test_nuts_with_theta_marginalised_mixes():
+def test_nuts_with_theta_marginalised_mixes_and_covers_the_true_labels():
     from bayescannon.bayes import sample_latent_labels  # lazy: PyMC stack only for this slow test
 
-    # 60 stars x 40 pixels, 4 x (1000 tune + 1500 draws): 183 s wall, 128 s CPU (17 s of it the
-    # nutpie compile) at load 4-5 on 2 cores; 100 x 50 x (1000 + 1000) did not finish in 25 min
-    # wall on the loaded machine. 800 + 800 left max R-hat(s) at 1.011: s needs the longer run
+    # 60 stars x 40 pixels, 4 x (1000 tune + 1500 draws): 148 s CPU (17 s of it the nutpie compile;
+    # 190 s wall at load ~3, 10 min at load 8-13 on 2 cores); 100 x 50 x (1000 + 1000) did not finish in 25 min
+    # wall on the loaded machine. 800 + 800 left max R-hat(s) at 1.011: s needs the longer run.
+    # The true labels are drawn from a Gaussian population, the model's own label prior, so that
+    # the intervals must be calibrated (a uniform population, a platykurtic one, gives wider ones)
     rng = np.random.default_rng(3)
-    vec, theta, x, flux, ivar, obs, err = _data(rng, n=60, p=40, label_noise=0.1)
+    vec, theta, x, flux, ivar, obs, err = _data(rng, n=60, p=40, label_noise=0.1, population="gaussian")
     model = CannonModel(NAMES).fit(flux, ivar, obs, label_errors=err)
     tree = sample_latent_labels(model, flux, ivar, obs, err, draws=1500, tune=1000, chains=4)
     diag = tree["diagnostics"].to_dataset()
@@ -201,18 +206,24 @@ def test_nuts_with_theta_marginalised_mixes():
     mean = tree["posterior"]["labels"].mean(("chain", "draw")).values
     # the observed labels are off by 0.1 (rms; known to 0.1/√360 ≈ 0.005 over 180 values); the
     # spectra (40 pixels, |θ| ~ 0.05, noise 0.005) pin each label to a few 0.01: the posterior
-    # mean must be much closer to the truth than the observed labels (measured: 0.04 vs 0.10)
+    # mean must be much closer to the truth than the observed labels (measured: 0.031 vs 0.104)
     rms_post, rms_obs = np.sqrt(np.mean((mean - x) ** 2)), np.sqrt(np.mean((obs - x) ** 2))
     assert rms_post < 0.6 * rms_obs, (rms_post, rms_obs)
-    # coverage of the 180 true labels (issue 15: 0.49/0.87 with the flat label prior, which
-    # stretched the label scale by √(1 + E²/var ℓ); measured with the population prior
-    # 0.79/1.00, rms error 0.022 vs posterior sd 0.031: conservative). Binomial sd 0.035 (68 %)
-    # and 0.016 (95 %): the intervals must not be too narrow (3σ)
+    # coverage of the 180 true labels, both sides. The 180 are not independent: the spectra fix
+    # the labels only up to an affine map whose 12 coefficients come from the reference labels,
+    # and their error is shared by all stars. The sd of the coverage under the model is that of
+    # the coverage of a posterior draw taken as the truth (0.063 / 0.030 here, about twice
+    # the binomial 0.035 / 0.016): the tolerance is 3 x the larger of the two. Measured 0.76 / 0.95
+    # (model sd 0.063 / 0.030); a uniform population gives 0.82-0.84 / 1.00 (two sets)
     lab = tree["posterior"]["labels"].transpose("chain", "draw", "training_star", "label_name").values
     lab = lab.reshape(-1, *lab.shape[2:])
-    lo68, hi68, lo95, hi95 = np.quantile(lab, [0.16, 0.84, 0.025, 0.975], axis=0)
-    cov68, cov95 = np.mean((x > lo68) & (x < hi68)), np.mean((x > lo95) & (x < hi95))
-    assert cov68 > 0.68 - 3 * 0.035 and cov95 > 0.95 - 3 * 0.016, (cov68, cov95)
+    for level in (0.68, 0.95):
+        lo, hi = np.quantile(lab, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        cover = np.mean((x > lo) & (x < hi))
+        draws = lab[:: max(1, len(lab) // 500)]
+        sd_model = np.std(np.mean((draws > lo) & (draws < hi), axis=(1, 2)))
+        sd = max(sd_model, np.sqrt(level * (1 - level) / x.size))
+        assert abs(cover - level) < 3 * sd, (level, cover, sd_model, sd)
 
 
 def test_latent_population_prior_is_the_gaussian_product_with_the_deconvolved_population():

@@ -138,6 +138,10 @@ def sample_latent_labels(
         covariance are estimated from the observed labels of all N stars
         (:func:`population_prior`); ``"flat"``: ``ℓ ~ N(ℓ_obs, E²)`` alone, whose intervals
         are too narrow for the truth (the label scale is the observed labels', too wide).
+        With a Gaussian population of true labels the population prior's intervals cover
+        nominally; a platykurtic one (e.g. uniform) gives wider, conservative intervals. The
+        coverage of one set's labels is not binomial: the affine map that the spectra leave
+        free is shared by all stars (docs/guides/bayes.md, §4).
 
     Returns
     -------
