@@ -181,3 +181,17 @@ def test_fused_block_without_tau_or_shift_matches_and_has_no_tau():
     ref = _block_reference(None, None, 1, mu, s1, s2, None, tau, 5, n_draws=50)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(got[:3], got[3:])
+
+
+def test_percentiles_by_selection_equal_numpy_on_ties_and_edges():
+    from bayescannon.homogenise.kernels import _percentiles
+
+    rng = np.random.default_rng(9)
+    q = np.array([0.0, 15.865525393145708, 50.0, 84.13447460685429, 100.0])
+    for n in (1, 2, 3, 50, 200):
+        for a in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(float), np.sort(rng.normal(size=n))[::-1]):
+            v = n * q / 100 + (1.0 + (q / 100) * -1.0) - 1.0
+            vidx = np.floor(v).astype(np.int64)
+            out = np.empty((5, 1))
+            _percentiles(a.copy(), vidx, v - vidx, out, 0, 0)
+            np.testing.assert_allclose(out[:, 0], np.percentile(a, q), rtol=1e-14, atol=1e-14)

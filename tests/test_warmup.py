@@ -45,6 +45,7 @@ CALLEES = {
     # the homogenisation's Monte Carlo and combination steps (homogenise.kernels)
     "_walk_up",
     "_percentiles",
+    "_select",
 }
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.

@@ -148,20 +148,53 @@ def combine_stars(mu, s1, s2, levels):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
+def _select(a, lo, hi, kth):
+    """Reorder ``a[lo:hi]`` so that ``a[kth]`` is its order statistic of rank ``kth - lo``,
+    with no larger value before it and no smaller one after (Hoare quickselect)."""
+    while hi - lo > 1:
+        x, y, z = a[lo], a[(lo + hi - 1) // 2], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three
+        i, j = lo, hi - 1
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            hi = j + 1
+        elif kth >= i:
+            lo = i
+        else:
+            return
+
+
+@numba.njit(cache=True, inline="always")
 def _percentiles(buf, vidx, gamma, out, row, col):
-    """``numpy.percentile`` (linear) of ``buf`` at the virtual indexes ``vidx`` (floors)
-    and fractions ``gamma`` into ``out[row + p, col]``; NaN if any draw is NaN. Sorts ``buf``."""
-    for t in range(buf.shape[0]):
+    """``numpy.percentile`` (linear) of ``buf`` at the virtual indexes ``vidx`` (floors,
+    ascending) and fractions ``gamma`` into ``out[row + p, col]``; NaN if any draw is NaN.
+    Reorders ``buf`` (only the order statistics needed are selected, no full sort)."""
+    nb = buf.shape[0]
+    for t in range(nb):
         if np.isnan(buf[t]):
             for p in range(vidx.shape[0]):
                 out[row + p, col] = np.nan
             return
-    buf.sort()
-    nb = buf.shape[0]
+    lo = 0
     for p in range(vidx.shape[0]):
         i0 = vidx[p]
+        if i0 >= lo:  # else a[i0] is in place already
+            _select(buf, lo, nb, i0)
         a = buf[i0]
-        b = buf[min(i0 + 1, nb - 1)]
+        b = a
+        if i0 + 1 < nb:  # the next order statistic: the smallest value after a[i0]
+            b = buf[i0 + 1]
+            for t in range(i0 + 2, nb):
+                b = min(b, buf[t])
+        lo = max(lo, i0 + 1)
         g = gamma[p]
         diff = b - a
         out[row + p, col] = b - diff * (1.0 - g) if g >= 0.5 else a + diff * g
