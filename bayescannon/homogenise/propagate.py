@@ -318,8 +318,10 @@ def propagate(
     rng : numpy.random.Generator
         Gives one seed; block ``b`` draws from ``default_rng([seed, b])``.
     chunk_size : int
-        Stars per block (:func:`propagate_block`): memory is ~``chunk_size × n_draws ×
-        (k + 3)`` floats, whatever the number of stars.
+        Stars per block (:func:`propagate_block`): memory is bounded by the block, whatever
+        the number of stars: ~``chunk_size × n_draws`` floats per split-normal label (their
+        uniforms) with the linear propagation, whose compiled pass keeps each star's draws
+        in a scratch array; ~``chunk_size × n_draws × (k + 3)`` with ``"exact"``.
     shift : (array (n,), array (n, k)) or None
         A smooth correction added to every draw, linear in the draw's deviations: its value
         at the catalogue values and its gradient along the input labels (the
