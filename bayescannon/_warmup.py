@@ -5,8 +5,9 @@ applies a tiny model through the public API: training, the test step, calibratio
 the calibrated test step (also on read-only arrays, as ``np.load(..., mmap_mode="r")``
 gives), a latent-label fit, resampling (with and without a Doppler shift and a mask) and
 continuum normalisation (single and double precision), the label posterior's NUTS
-kernel (:mod:`bayescannon.bayes.labelkernel`) and the homogenisation's tree walker
-(:mod:`bayescannon.homogenise.trees`). Each kernel is thereby compiled
+kernel (:mod:`bayescannon.bayes.labelkernel`), the homogenisation's tree walker
+(:mod:`bayescannon.homogenise.trees`), Monte Carlo block and combination
+(:mod:`bayescannon.homogenise.kernels`). Each kernel is thereby compiled
 for the argument types real data give it and stored in numba's on-disk cache
 (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): the first ``fit`` and
 ``infer`` of a later process load machine code instead of spending ~20 s each compiling
@@ -28,6 +29,8 @@ from numba.core.dispatcher import Dispatcher
 
 from bayescannon import preprocess
 from bayescannon.bayes import LabelPosterior, calibrate
+from bayescannon.homogenise.propagate import propagate
+from bayescannon.homogenise.splitnormal import combine_split_normal
 from bayescannon.homogenise.trees import TreeArrays, median_secants, predict_trees
 from bayescannon.model import CannonModel
 from bayescannon.spectra import make_spectra
@@ -111,6 +114,7 @@ def warm_up(seed: int = 0):
     for precision in ("single", "double"):
         preprocess.normalise_ho2017(train, L=5.0, precision=precision, return_continuum=precision == "double")
     _warm_trees(rng)
+    _warm_homogenise(rng)
     return kernel_stats()
 
 
@@ -125,6 +129,19 @@ def _warm_trees(rng):
     trees = TreeArrays.from_booster(reg.fit(x, x[:, 0] + 0.1 * rng.normal(size=200)).get_booster())
     predict_trees(trees, x)
     median_secants(trees, x, np.full((200, 2, 2), [-0.1, 0.1]), 1)
+
+
+def _warm_homogenise(rng):
+    """The homogenisation's Monte Carlo block and combination (:mod:`bayescannon.homogenise.kernels`)."""
+    n = 50
+    mu = rng.normal(size=(n, 3))
+    s1 = np.full((n, 3), 0.2)
+    s2 = s1 * np.array([1.0, 1.5, 1.0])  # one split-normal label
+    for cov in (None, np.broadcast_to(np.diag([0.04, 0.04, 0.04]), (n, 3, 3))):
+        v, lo, hi = propagate(None, None, 0, mu, s1, s2, cov, 0.1, rng, n_draws=20)
+    combine_split_normal(
+        np.column_stack([v, mu[:, 0]]), np.column_stack([lo, s1[:, 0]]), np.column_stack([hi, s2[:, 0]])
+    )
 
 
 def main() -> int:

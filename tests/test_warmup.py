@@ -42,6 +42,10 @@ CALLEES = {
     # the homogenisation tree walker's inlined steps (homogenise.trees)
     "_leaf",
     "_path_mask",
+    # the homogenisation's Monte Carlo and combination steps (homogenise.kernels)
+    "_walk_up",
+    "_percentiles",
+    "_select",
 }
 #: Kernels with two specialisations by design: float32 and float64 smoothing; writable
 #: and read-only spectra.

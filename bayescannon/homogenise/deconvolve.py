@@ -99,22 +99,27 @@ class Deconvolution:
         w, m, c = gm.weights_, gm.means_, gm.covariances_
         eye = np.eye(k)[None, None]
         for _ in range(self.n_iter):  # EM of extreme deconvolution, vectorised over stars
+            # batched matrix products (matmul) rather than many-operand einsums: the same sums
             t = c[None] + s[:, None]  # (n, K, k, k)
             tinv = np.linalg.inv(t)
             d = z[:, None, :] - m[None]
-            maha = np.einsum("nki,nkij,nkj->nk", d, tinv, d)
+            tinv_d = (tinv @ d[..., None])[..., 0]
+            maha = (d * tinv_d).sum(axis=-1)
             logdet = np.linalg.slogdet(t)[1]
             logp = np.log(w)[None] - 0.5 * (maha + logdet)
             r = np.exp(logp - logp.max(axis=1, keepdims=True))
             r /= r.sum(axis=1, keepdims=True)
-            gain = np.einsum("kij,nkjl->nkil", c, tinv)  # C_k T^-1
-            b = m[None] + np.einsum("nkij,nkj->nki", gain, d)
-            bcov = c[None] - np.einsum("nkij,kjl->nkil", gain, c)
+            gain = c[None] @ tinv  # C_k T^-1
+            b = m[None] + (c[None] @ tinv_d[..., None])[..., 0]
+            bcov = c[None] - gain @ c[None]
             rs = r.sum(axis=0) + 1e-300
             w = rs / n
-            m = np.einsum("nk,nki->ki", r, b) / rs[:, None]
-            db = b - m[None]
-            c = (np.einsum("nk,nki,nkj->kij", r, db, db) + np.einsum("nk,nkij->kij", r, bcov)) / rs[:, None, None]
+            rt = np.ascontiguousarray(r.T)[:, None, :]  # (K, 1, n)
+            m = (rt @ b.transpose(1, 0, 2))[:, 0, :] / rs[:, None]
+            db = (b - m[None]).transpose(1, 0, 2)  # (K, n, k)
+            scat = (db * rt.transpose(0, 2, 1)).transpose(0, 2, 1) @ db
+            pcov = (rt @ bcov.reshape(n, kk, k * k).transpose(1, 0, 2)).reshape(kk, k, k)
+            c = (scat + pcov) / rs[:, None, None]
             c = c + 1e-6 * eye[0]
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)

@@ -26,6 +26,7 @@ import math
 import numpy as np
 from scipy import special
 
+from bayescannon.homogenise.kernels import mc_block
 from bayescannon.homogenise.splitnormal import split_normal_ppf
 
 __all__ = ["draw_inputs", "lattice_index", "propagate", "propagate_block", "PERCENTILES"]
@@ -159,20 +160,17 @@ def propagate_block(
         :func:`~bayescannon.homogenise.splitnormal.combine_chained`).
     """
     rng = np.random.default_rng(seed)
+    if propagation != "exact" or model is None:
+        return _fused_block(rng, model, X, label_index, mu, s1, s2, cov, tau, n_draws, shift, center)
     m, k = mu.shape
     j = label_index
     index = lattice_index(rng, m, k + 1, n_draws)  # the labels' strata, then tau's
     delta = draw_inputs(rng, mu, s1, s2, cov, n_draws, index=index[:, :k])
     value = mu[:, j][:, None] + delta[:, j, :]
-    if model is not None:
-        x0 = np.asarray(X, dtype=float)
-        if propagation == "exact":
-            xd = np.repeat(x0[:, None, :], n_draws, axis=1)
-            xd[:, :, :k] += np.moveaxis(delta, 2, 1)
-            off = model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
-        else:
-            off = _linear_offset(model, x0, s1, s2, delta, center)
-        value = value + off
+    x0 = np.asarray(X, dtype=float)
+    xd = np.repeat(x0[:, None, :], n_draws, axis=1)
+    xd[:, :, :k] += np.moveaxis(delta, 2, 1)
+    value = value + model.predict_median(xd.reshape(m * n_draws, -1)).reshape(m, n_draws)
     if shift is not None:
         value = value + shift[0][:, None] + np.einsum("mi,mid->md", shift[1], delta)
     out = np.empty((6, m))
@@ -185,10 +183,92 @@ def propagate_block(
     return out
 
 
-def _linear_offset(model, x0, s1, s2, delta, center=None) -> np.ndarray:
-    """The offset of every draw from one-sided secants along each input label (see the
-    module docstring): (m, n_draws). ``center``: the model's median at ``x0`` when known."""
-    m, k, n_draws = delta.shape
+@functools.lru_cache(maxsize=16)
+def _virtual_index(n: int) -> tuple:
+    """Floors and fractions of the virtual indexes of :data:`PERCENTILES` among ``n``
+    sorted draws, as ``numpy.percentile`` (linear) computes them."""
+    q = np.asarray(PERCENTILES) / 100.0
+    v = n * q + (1.0 + q * (1.0 - 1.0 - 1.0)) - 1.0
+    v = np.clip(v, 0, n - 1)
+    floor = np.floor(v)
+    return floor.astype(np.int64), v - floor
+
+
+def _fused_block(rng, model, X, j, mu, s1, s2, cov, tau, n_draws, shift, center) -> np.ndarray:
+    """:func:`propagate_block` with the linear propagation (or no model) in one compiled
+    pass (:func:`~bayescannon.homogenise.kernels.mc_block`): the random numbers are drawn
+    here in the order of :func:`lattice_index` and :func:`draw_inputs`, the draws
+    themselves never exist as an (m, k, n_draws) array."""
+    m, k = mu.shape
+    shifts = rng.integers(0, n_draws, size=(m, k + 1), dtype=np.int32)  # as lattice_index
+    g = np.asarray(_korobov(n_draws, k + 1), dtype=np.int64)
+    base = (np.arange(n_draws)[None, :] * g[:, None] % n_draws).astype(np.int64)
+    ok = np.isfinite(mu) & np.isfinite(s1) & np.isfinite(s2)
+    s1z, s2z = np.where(ok, s1, 1.0), np.where(ok, s2, 1.0)
+    asym = ok & ~np.isclose(s1z, s2z)
+    jit_row = np.full((m, k), -1, dtype=np.int64)
+    medshift = np.zeros((m, k))
+    parts, start = [], 0
+    for i in np.flatnonzero(asym.any(axis=0)):  # a handful of labels, in the order of draw_inputs
+        rows = np.flatnonzero(asym[:, i])
+        parts.append(rng.random((len(rows), n_draws)))
+        jit_row[rows, i] = start + np.arange(len(rows))
+        start += len(rows)
+        medshift[rows, i] = split_normal_ppf(0.5, 0.0, s1z[rows, i], s2z[rows, i])
+    jitter = np.concatenate(parts) if parts else np.zeros((0, n_draws))
+    use_chol = np.zeros(m, dtype=bool)
+    chol = np.zeros((m, k, k))
+    if cov is not None:
+        c = np.where(ok[:, :, None] & ok[:, None, :], cov, 0.0)
+        c = c + np.eye(k)[None] * np.where(ok, 0.0, 1.0)[:, None, :]
+        try:
+            chol = np.ascontiguousarray(np.linalg.cholesky(c))
+            use_chol = ~asym.any(axis=1)
+        except np.linalg.LinAlgError:
+            pass  # a covariance that is not positive definite: the margins are used
+    if model is not None:
+        x0 = np.asarray(X, dtype=float)
+        g_lo, g_hi, center = _secant_slopes(model, x0, s1, s2, center)
+    else:
+        g_lo = g_hi = np.zeros((m, k))
+        center = np.zeros(m)
+    if shift is None:
+        sh0, sh1 = np.zeros(m), np.zeros((m, k))
+    else:
+        sh0, sh1 = (np.ascontiguousarray(a, dtype=float) for a in shift)
+    vidx, gamma = _virtual_index(n_draws)
+    tau = np.ascontiguousarray(tau, dtype=float)
+    return mc_block(
+        int(j),
+        np.ascontiguousarray(mu[:, j], dtype=float),
+        np.ascontiguousarray(s1z, dtype=float),
+        np.ascontiguousarray(s2z, dtype=float),
+        np.ascontiguousarray(ok),
+        np.ascontiguousarray(asym),
+        medshift,
+        jit_row,
+        jitter,
+        use_chol,
+        chol,
+        base,
+        shifts.astype(np.int64),
+        _normal_table(n_draws),
+        _half_normal_table(),
+        np.ascontiguousarray(center, dtype=float),
+        g_lo,
+        g_hi,
+        sh0,
+        sh1,
+        tau,
+        bool(np.any(tau > 0)),
+        vidx,
+        gamma,
+    )
+
+
+def _secant_slopes(model, x0, s1, s2, center=None):
+    """One-sided secant slopes (m, k) below and above the catalogue values along each input
+    label, and the offset at them (see the module docstring)."""
     lo_s = np.where(np.isfinite(s1) & (s1 > 0), s1, 0.0)
     hi_s = np.where(np.isfinite(s2) & (s2 > 0), s2, 0.0)
     good = (lo_s > 0) & (hi_s > 0)
@@ -196,13 +276,9 @@ def _linear_offset(model, x0, s1, s2, delta, center=None) -> np.ndarray:
     diff = model.median_secants(x0, steps)  # (2k, m): median at the moved inputs minus at x0
     if center is None:
         center = model.predict_median(x0)
-    off = np.repeat(np.asarray(center, dtype=float)[:, None], n_draws, axis=1)
-    for i in range(k):  # a handful of labels
-        g_lo = np.where(good[:, i], -diff[2 * i] / np.where(good[:, i], lo_s[:, i], 1.0), 0.0)
-        g_hi = np.where(good[:, i], diff[2 * i + 1] / np.where(good[:, i], hi_s[:, i], 1.0), 0.0)
-        d = delta[:, i, :]
-        off += np.where(d < 0, g_lo[:, None], g_hi[:, None]) * d
-    return off
+    g_lo = np.where(good, -diff[0::2].T / np.where(good, lo_s, 1.0), 0.0)
+    g_hi = np.where(good, diff[1::2].T / np.where(good, hi_s, 1.0), 0.0)
+    return np.ascontiguousarray(g_lo), np.ascontiguousarray(g_hi), np.asarray(center, dtype=float)
 
 
 def propagate(
@@ -242,8 +318,10 @@ def propagate(
     rng : numpy.random.Generator
         Gives one seed; block ``b`` draws from ``default_rng([seed, b])``.
     chunk_size : int
-        Stars per block (:func:`propagate_block`): memory is ~``chunk_size × n_draws ×
-        (k + 3)`` floats, whatever the number of stars.
+        Stars per block (:func:`propagate_block`): memory is bounded by the block, whatever
+        the number of stars: ~``chunk_size × n_draws`` floats per split-normal label (their
+        uniforms) with the linear propagation, whose compiled pass keeps each star's draws
+        in a scratch array; ~``chunk_size × n_draws × (k + 3)`` with ``"exact"``.
     shift : (array (n,), array (n, k)) or None
         A smooth correction added to every draw, linear in the draw's deviations: its value
         at the catalogue values and its gradient along the input labels (the
