@@ -35,8 +35,8 @@ from bayescannon._version import __version__
 from bayescannon.core.uncertainty import CALIBRATION_KIND
 from bayescannon.errors import ModelFileError
 from bayescannon.flags import PixelFlag, flag_doc
-from bayescannon.io.netcdf import read_netcdf, write_netcdf
 from bayescannon.pipeline.atomic import atomic_path
+from bayescannon.pipeline.netcdf import read_netcdf, write_netcdf
 from bayescannon.results import numpy_variable, result_dataset
 
 logger = logging.getLogger(__name__)

@@ -118,7 +118,17 @@ def test_validate_reports_censored_scatter_beside_the_uncensored_one(tmp_path, c
     spectra = write_spectra(ds, tmp_path / "ref.nc", overwrite=True)
     out = tmp_path / "val"
     argv = ["validate", str(spectra), "--labels", *names, "--censor", f"ALPHA_FE:{PRESET}", "--n-folds", "3"]
-    argv += ["--bootstrap", "0", "--n-jobs", "1", "--no-calibration", "--no-progress", "--report-format", "md", "--json"]
+    argv += [
+        "--bootstrap",
+        "0",
+        "--n-jobs",
+        "1",
+        "--no-calibration",
+        "--no-progress",
+        "--report-format",
+        "md",
+        "--json",
+    ]
     argv += ["--model-out", str(tmp_path / "m.nc"), "-o", str(out)]
     assert main(argv) == 0
     model = CannonModel.load(tmp_path / "m.nc")

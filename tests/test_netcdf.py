@@ -1,4 +1,4 @@
-"""netCDF files read and written through h5netcdf (:mod:`bayescannon.io.netcdf`): the same
+"""netCDF files read and written through h5netcdf (:mod:`bayescannon.pipeline.netcdf`): the same
 files and Datasets as xarray's netCDF layer, and CLI commands that never import dask."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from astropy.table import Table
 
 from bayescannon import CannonModel
 from bayescannon.io import read_spectra, write_spectra
-from bayescannon.io.netcdf import read_netcdf, write_netcdf
+from bayescannon.pipeline.netcdf import read_netcdf, write_netcdf
 from bayescannon.spectra import make_spectra
 
 ROOT = Path(__file__).resolve().parents[1]

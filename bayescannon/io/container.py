@@ -33,9 +33,9 @@ from bayescannon.errors import InvalidInputError, SurveyFormatError
 from bayescannon.io.backend import FitsProbe, SpectraFormat
 from bayescannon.io.common import format_error, wavelength_unit_factor
 from bayescannon.io.fits import table_hdu
-from bayescannon.io.netcdf import read_netcdf, write_netcdf
 from bayescannon.io.records import _build_dataset
 from bayescannon.pipeline.atomic import write_atomic
+from bayescannon.pipeline.netcdf import read_netcdf, write_netcdf
 from bayescannon.results import index_coordinates, numpy_variable
 from bayescannon.spectra import check_spectra
 

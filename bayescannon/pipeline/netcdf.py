@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import os
 
-import h5netcdf
-import h5py
 import numpy as np
 import xarray as xr
 
@@ -91,6 +89,8 @@ def read_netcdf(path) -> xr.Dataset:
         The file is not a readable netCDF4/HDF5 file (as xarray raises them).
     """
     path = os.fspath(path)
+    import h5netcdf  # h5py/h5netcdf (~0.1 s): imported when a file is read or written, not with the package
+
     with h5netcdf.File(path, "r") as f:
         if f.groups or not all(_plain_variable(v) for v in f.variables.values()):
             logger.debug("%s: encodings beyond numbers and strings; read through xarray", path)
@@ -144,6 +144,9 @@ def write_netcdf(ds: xr.Dataset, path) -> None:
         return
     index = set(ds.xindexes)
     other_coords = [str(c) for c in ds.coords if c not in index]
+    import h5netcdf  # see read_netcdf
+    import h5py
+
     with h5netcdf.File(path, "w") as f:
         f.dimensions = {str(d): int(n) for d, n in ds.sizes.items()}
         attached: set[str] = set()
