@@ -36,6 +36,7 @@ extensions = [
     "numpydoc",
     "myst_nb",
     "cli_reference",
+    "catalogue_schema",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
