@@ -51,6 +51,19 @@ class TreeArrays:
         Base score of every output.
     """
 
+    def walk_arrays(self) -> tuple:
+        """The arrays the compiled walkers take, in their argument order."""
+        return (
+            self.left,
+            self.right,
+            self.feature,
+            self.threshold,
+            self.default_left,
+            self.roots,
+            self.group,
+            self.base,
+        )
+
     @classmethod
     def from_booster(cls, booster) -> TreeArrays:
         """Pack the trees of an ``xgboost.Booster`` (numerical splits only)."""
@@ -161,17 +174,7 @@ def _secants(x, steps, k, left, right, feature, threshold, default_left, roots, 
 def predict_trees(trees: TreeArrays, X) -> np.ndarray:
     """Raw outputs (n, n_groups) of the packed trees at ``X`` (float32 inputs, as XGBoost)."""
     x = np.ascontiguousarray(X, dtype=np.float32)
-    return _predict(
-        x,
-        trees.left,
-        trees.right,
-        trees.feature,
-        trees.threshold,
-        trees.default_left,
-        trees.roots,
-        trees.group,
-        trees.base,
-    )
+    return _predict(x, *trees.walk_arrays())
 
 
 def median_secants(trees: TreeArrays, X, steps, group: int) -> np.ndarray:
@@ -199,14 +202,7 @@ def median_secants(trees: TreeArrays, X, steps, group: int) -> np.ndarray:
         x,
         steps,
         k,
-        trees.left,
-        trees.right,
-        trees.feature,
-        trees.threshold,
-        trees.default_left,
-        trees.roots,
-        trees.group,
-        trees.base,
+        *trees.walk_arrays(),
         int(group),
     )
     return out.T
