@@ -16,7 +16,9 @@ noise covariance ``S`` Tweedie's formula is then exact for the mixture,
 .. math:: E[x \\mid v, S] = \\sum_k r_k(v) \\left(m_k + C_k (C_k + S)^{-1} (v - m_k)\\right),
 
 with ``r_k`` the responsibilities of the components convolved with ``S``. The homogeniser
-subtracts ``D`` from the model's correction. Missing labels get a very large noise
+subtracts ``D`` from the offsets of the common stars before the offset model is fitted, so
+that the trees learn the smooth offset alone and ``D``, which grows with a star's noise,
+is computed exactly for every star, also beyond the S/N range of the common stars. Missing labels get a very large noise
 variance (they do not inform the others).
 """
 

@@ -107,7 +107,11 @@ class Homogeniser(ParamsMixin):
     deconvolve : bool
         Remove the regression towards the population mean that a model of the survey's
         noisy labels learns (:mod:`~bayescannon.homogenise.deconvolve`), so that calibrated
-        values are unbiased against the true labels, not shrinkage estimates.
+        values are unbiased against the true labels, not shrinkage estimates. The term is
+        taken out of the offsets *before* the trees are fitted (they learn ``target - survey
+        - D``): ``D`` grows with each star's noise, and trees learn it only over the S/N
+        range of the common stars (flat beyond), which pushed the faint stars of a survey
+        away from the mean when ``D`` was subtracted after the fit.
     random_state : int
     """
 
@@ -296,6 +300,8 @@ class Homogeniser(ParamsMixin):
             ncov = noise_covariance(d.s1, d.s2, d.cov)
             self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
         shift = self._shift(s, d)
+        if shift is not None:  # the model learns the correction itself: y minus the regression to the mean D
+            y = y + shift[common, j]
         model = OffsetModel(
             self.quantiles,
             n_estimators=self.n_estimators,
@@ -309,7 +315,6 @@ class Homogeniser(ParamsMixin):
             y,
             splits,
             sigma_pair=sig,
-            shift=None if shift is None else shift[0][common, j],
             name=f"{s}→{parent} {lab}",
         )
         self.models_[lab][s] = model
@@ -320,15 +325,14 @@ class Homogeniser(ParamsMixin):
         model.parent_ = parent
 
     def _shift(self, s, d: SurveyData):
-        """``-D`` (n, k) and its Jacobian (n, k, k) for survey ``s`` (None without a
-        deconvolution), computed once per survey and catalogue."""
+        """``-D`` (n, k) for survey ``s`` (None without a deconvolution), computed once per
+        survey while fitting."""
         if s not in self.deconvolution_:
             return None
         key = (s, id(d))
         if key not in self._shifts:
             ncov = noise_covariance(d.s1, d.s2, d.cov)
-            d0, jac = self.deconvolution_[s].shrinkage_and_slope(d.value, ncov)
-            self._shifts[key] = (-np.nan_to_num(d0), -np.nan_to_num(jac))
+            self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].shrinkage(d.value, ncov))
         return self._shifts[key]
 
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
@@ -338,7 +342,6 @@ class Homogeniser(ParamsMixin):
         ``self._noise[lab][s]`` for the combination (:func:`combine_chained`)."""
         j = list(self.labels).index(lab)
         model = self.models_[lab].get(s)
-        shift = self._shift(s, d) if model is not None else None
         X = self._inputs(d)
         tau = own = self.tau_[lab].get(s, 0.0)
         center = None
@@ -361,7 +364,6 @@ class Homogeniser(ParamsMixin):
             n_draws=self.n_draws,
             chunk_size=self.chunk_size,
             propagation=self.propagation,
-            shift=None if shift is None else (shift[0][:, j], shift[1][:, j, :]),
             executor=getattr(self, "_executor", None),
             return_noise=True,
             center=center,

@@ -1,0 +1,78 @@
+"""Bias of calibrated labels at a fixed true label (issue 13's bias target), on small mocks
+where the cause of a failure is known.
+
+The regression towards the population mean that an offset model of a survey's noisy labels
+learns grows with the noise, i.e. falls with S/N. When the offset model had to learn it
+(and the deconvolution term ``D`` was subtracted afterwards), the trees learnt it only over
+the S/N range of the common stars and extended it flat beyond, while ``D`` was computed
+for every star with its own noise: for the survey's faint stars, which the reference does
+not observe, far more was subtracted than the trees had added, and their calibrated values
+were pushed away from the mean (low true labels too low, high ones too high; the
+six-survey mock's LAMOST, 18 % of whose stars lie below the common stars' S/N, showed
+it in its [Fe/H] edge bins). The model now learns ``target - survey - D`` (the smooth
+offset alone) and ``D`` is computed per star, wherever the star lies in S/N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+pytest.importorskip("xgboost")
+pytest.importorskip("mapie")
+
+from bayescannon.homogenise import Homogeniser, robust_scatter
+
+
+def _extrapolation_mock(n_bright=5000, n_faint=5000, seed=3):
+    """One label (FE_H) of a Gaussian population: a precise reference REF observing the
+    bright stars, and a survey S observing the bright ones (S/N 60-200) and fainter ones
+    (S/N 12-20, noise 4x-10x larger) with an offset ``0.1 + 0.1 x``."""
+    rng = np.random.default_rng(seed)
+    n = n_bright + n_faint
+    x = rng.normal(-0.25, 0.35, n)
+    ids = np.array([f"s{i:06d}" for i in range(n)])
+    snr = np.concatenate([rng.uniform(60, 200, n_bright), rng.uniform(12, 20, n_faint)])
+    sig = 4.0 / snr
+    off = 0.1 + 0.1 * x
+    s_val = x + off + sig * rng.standard_normal(n)
+    b = slice(0, n_bright)
+    ref_sig = np.full(n_bright, 0.03)
+    ref = Table({"ID": ids[b], "FE_H": x[b] + ref_sig * rng.standard_normal(n_bright), "E_FE_H": ref_sig})
+    ref["SNR"] = snr[b]
+    surv = Table({"ID": ids, "FE_H": s_val, "E_FE_H": sig, "SNR": snr})
+    return {"REF": ref, "S": surv}, x, off, sig
+
+
+def test_faint_stars_beyond_the_common_snr_range_are_unbiased_at_fixed_truth():
+    cats, x, off, sig = _extrapolation_mock()
+    h = Homogeniser(
+        ["FE_H"],
+        {"FE_H": ["REF"]},
+        features=["SNR"],
+        n_estimators=60,
+        max_depth=3,
+        learning_rate=0.2,
+        n_draws=60,
+        min_overlap=100,
+        random_state=0,
+    )
+    u = h.fit_transform(cats)
+    pos = {i: k for k, i in enumerate(cats["S"]["ID"])}
+    r = np.array([pos[i] for i in u["ID"]])
+    cal = np.ma.filled(u["S_FE_H_CAL"], np.nan)
+    faint = sig[r] > 0.15
+    d, t = (cal - x[r])[faint], x[r][faint]
+    edges = np.quantile(t, np.linspace(0, 1, 6))
+    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, 4)
+    for b in range(5):  # quintiles of the true label, as the benchmark reads the target
+        sel = which == b
+        bias = float(np.median(d[sel]))
+        se = 1.2533 * robust_scatter(d[sel]) / np.sqrt(sel.sum())
+        # the issue's allowance (0.1 of the survey's noise here: the offset is ~0.1) plus
+        # 3 standard errors of the median (~0.03 with 1000 stars per bin). Measured: before
+        # the fix -0.133/-0.044/+0.001/+0.082/+0.137 (se 0.012), after it +0.008/+0.003/
+        # -0.001/+0.024/+0.003 (se 0.009); the bright stars within 0.007 both ways
+        allow = max(0.1 * float(np.median(np.abs(off[r][faint][sel]))), 0.1 * float(np.median(sig[r][faint][sel])))
+        assert abs(bias) <= allow + 3 * se, (b, bias, allow, se)
