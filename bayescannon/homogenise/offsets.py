@@ -6,7 +6,12 @@ the survey it is chained to) as a function of the survey's own labels and featur
 
 1. XGBoost with ``objective="reg:quantileerror"`` fits all ``quantiles`` in one model,
    with early stopping on a validation split (pinball loss on train, validation and a
-   held-out test split reported);
+   held-out test split reported). The trees start from a linear least-squares fit of the
+   offset on the standardised inputs (XGBoost's per-row ``base_margin``), not from a
+   constant: early stopping on noisy offsets stops the boosting before it has built a
+   trend out of piecewise-constant steps, and what it leaves unfitted is then the
+   departure from the linear trend, not a fraction of the trend itself (which biased the
+   calibrated values at both ends of every label range, low ones low and high ones high);
 2. MAPIE's :class:`~mapie.regression.ConformalizedQuantileRegressor` (prefit, one per
    confidence level, 68 % and 95 %) computes on a conformalisation split the constant that
    widens (or narrows) the quantile interval so that it covers; its coverage is measured on
@@ -130,7 +135,16 @@ class OffsetModel:
             n_jobs=self.n_jobs,
             random_state=self.random_state,
         )
-        reg.fit(X[tr], y[tr], eval_set=[(X[va], y[va])], verbose=False)
+        self.linear_ = _linear_fit(X[tr], y[tr])
+        nq = len(self.quantiles)
+        reg.fit(
+            X[tr],
+            y[tr],
+            base_margin=self._margin(X[tr], nq),
+            eval_set=[(X[va], y[va])],
+            base_margin_eval_set=[self._margin(X[va], nq)],
+            verbose=False,
+        )
         self.best_iteration_ = int(reg.best_iteration)
         self.booster_ = reg.get_booster()[: self.best_iteration_ + 1]
         self.booster_.set_param({"nthread": self.n_jobs})
@@ -234,8 +248,21 @@ class OffsetModel:
         X = np.asarray(X, dtype=np.float32)
         if X.shape[0] == 0:
             return np.zeros((0, len(self.quantiles)))
-        p = np.asarray(self.booster_.inplace_predict(X), dtype=float).reshape(len(X), -1)
-        return np.sort(p, axis=1)
+        nq = len(self.quantiles)
+        p = self.booster_.inplace_predict(X, base_margin=self._margin(X, nq))
+        return np.sort(np.asarray(p, dtype=float).reshape(len(X), -1), axis=1)
+
+    def _linear(self, X) -> np.ndarray:
+        """The linear base of the trees at ``X`` (n,): 0 for a model without one."""
+        lin = getattr(self, "linear_", None)
+        if lin is None:
+            return np.zeros(len(X))
+        z = (np.asarray(X, dtype=float) - lin["center"]) / lin["scale"]
+        return lin["intercept"] + np.where(np.isfinite(z), z, 0.0) @ lin["coef"]
+
+    def _margin(self, X, n_outputs: int) -> np.ndarray:
+        """XGBoost's ``base_margin`` of every row and output: the linear base, for each quantile."""
+        return np.repeat(self._linear(X)[:, None], n_outputs, axis=1).astype(np.float32)
 
     def predict_median(self, X) -> np.ndarray:
         """The median offset (the correction added to the survey's value)."""
@@ -259,7 +286,14 @@ class OffsetModel:
         if X.shape[0] == 0:
             return np.zeros((2 * np.shape(steps)[1], 0))
         out = median_secants(trees, X, steps, self.quantiles.index(0.5))
-        return out[1:] - out[0][None, :]
+        diff = out[1:] - out[0][None, :]
+        lin = getattr(self, "linear_", None)
+        if lin is not None:  # the linear base moves by its slope times the step (0 where the input is missing)
+            k = np.shape(steps)[1]
+            slope = (lin["coef"] / lin["scale"])[:k]
+            moved = np.where(np.isfinite(X[:, :k])[:, :, None], steps * slope[None, :, None], 0.0)  # (n, k, 2)
+            diff = diff + moved.reshape(len(X), 2 * k).T
+        return diff
 
     def predict_interval(self, X, level: float = 0.68):
         """Conformalised interval ``(lower, upper)`` of the offset at ``level``."""
@@ -304,6 +338,9 @@ class OffsetModel:
             "tau_bins": self.tau_bins_,
             "n_stars": self.n_train_,
             "residual_trends": self.residual_trends_,
+            "linear": None
+            if getattr(self, "linear_", None) is None
+            else {k: np.asarray(v).tolist() for k, v in self.linear_.items()},
         }
 
     def save(self, stem, *, overwrite: bool = False) -> tuple[Path, Path]:
@@ -343,7 +380,27 @@ class OffsetModel:
         self.tau_bins_ = meta.get("tau_bins", [[0.0], [self.tau_]])
         self.n_train_ = meta["n_stars"]
         self.residual_trends_ = meta["residual_trends"]
+        lin = meta.get("linear")  # absent in models saved before the linear base: none
+        self.linear_ = None if lin is None else {k: np.asarray(v, dtype=float) for k, v in lin.items()}
         return self
+
+
+def _linear_fit(X, y, ridge: float = 1e-6):
+    """Least-squares linear fit of ``y`` on the standardised columns of ``X`` (missing inputs
+    at their centre, a tiny ridge for constant or collinear columns): ``{center, scale,
+    coef, intercept}``, the base the trees start from."""
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    center = np.nanmedian(X, axis=0) if len(X) else np.zeros(X.shape[1])
+    center = np.where(np.isfinite(center), center, 0.0)
+    scale = 1.4826 * np.nanmedian(np.abs(X - center), axis=0) if len(X) else np.ones(X.shape[1])
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    z = (X - center) / scale
+    z = np.where(np.isfinite(z), z, 0.0)
+    ok = np.isfinite(y)
+    a = np.column_stack([np.ones(ok.sum()), z[ok]])
+    coef = np.linalg.solve(a.T @ a + ridge * len(a) * np.diag([0.0] + [1.0] * z.shape[1]), a.T @ y[ok])
+    return {"center": center, "scale": scale, "coef": coef[1:], "intercept": float(coef[0])}
 
 
 def model_scatter(residual, sigma, level: float = 0.6827, n_iter: int = 60) -> float:
