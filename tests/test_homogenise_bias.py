@@ -21,6 +21,8 @@ The trees now start from a linear fit of the offset (XGBoost's ``base_margin``).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -142,3 +144,15 @@ def test_secants_include_the_linear_base(trend_model):
         assert ok.sum() > 0.5 * n
         np.testing.assert_allclose(got[side][ok], want[ok], atol=1e-4)
     np.testing.assert_array_equal(got[:, :20], 0.0)  # a missing input does not move
+
+
+def test_a_model_without_a_linear_base_predicts_with_the_boosters_base_scores(trend_model):
+    """Models saved before the linear base have none: they must not get a zero margin,
+    which would replace XGBoost's base scores."""
+    model, rng = trend_model
+    old = copy.copy(model)
+    old.linear_ = None
+    X = np.column_stack([rng.normal(size=50), rng.uniform(size=50)]).astype(np.float32)
+    want = np.sort(np.asarray(model.booster_.inplace_predict(X), dtype=float).reshape(50, -1), axis=1)
+    np.testing.assert_allclose(old.predict_quantiles(X), want, rtol=1e-6)
+    assert not np.allclose(model.predict_quantiles(X), want)  # with the base: a different model

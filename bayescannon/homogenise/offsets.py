@@ -248,8 +248,9 @@ class OffsetModel:
         X = np.asarray(X, dtype=np.float32)
         if X.shape[0] == 0:
             return np.zeros((0, len(self.quantiles)))
-        nq = len(self.quantiles)
-        p = self.booster_.inplace_predict(X, base_margin=self._margin(X, nq))
+        # a model saved before the linear base has none: XGBoost's own base scores, not a zero margin
+        margin = None if getattr(self, "linear_", None) is None else self._margin(X, len(self.quantiles))
+        p = self.booster_.inplace_predict(X, base_margin=margin)
         return np.sort(np.asarray(p, dtype=float).reshape(len(X), -1), axis=1)
 
     def _linear(self, X) -> np.ndarray:
