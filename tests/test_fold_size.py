@@ -92,10 +92,10 @@ def test_calibration_with_the_correction_covers_the_full_model_residuals():
 
 def test_version_5_calibration_is_still_read_and_gives_the_same_intervals():
     rng = np.random.default_rng(3)
-    n = 1500
+    n = 800
     r1, _, _, noise, _ = _size_effect(rng, n, 0.0)
     x = rng.uniform(-0.5, 0.5, (n, 2))
-    v6, _ = fit_calibration(r1, noise, np.zeros(n), x, ["a", "b"], random_state=0)
+    v6, _ = fit_calibration(r1, noise, np.zeros(n), x, ["a", "b"], random_state=0, bias=False)
     v5 = {k: v for k, v in v6.items() if k != "fold_size"} | {"version": 5}
     cov = np.zeros((n, 2, 2))
     cov[:, [0, 1], [0, 1]] = noise
@@ -113,7 +113,7 @@ def test_calibrate_cli_fold_size_correction_is_recorded_and_off_by_default(tmp_p
     from bayescannon.model import CannonModel
 
     train = tmp_path / "train.nc"
-    assert main(["simulate", "-o", str(train), "-n", "240", "--seed", "3"]) == 0
+    assert main(["simulate", "-o", str(train), "-n", "150", "--seed", "3"]) == 0
     model = tmp_path / "model.nc"
     argv = ["train", str(train), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H", "--no-progress"]
     assert main(argv) == 0
@@ -122,9 +122,9 @@ def test_calibrate_cli_fold_size_correction_is_recorded_and_off_by_default(tmp_p
         main(["calibrate", str(model), str(train), "--n-folds", "3", "--fold-size-correction", "-o", str(out_on)]) == 0
     )
     text = capsys.readouterr().out
-    assert "fold-size correction (rms r/sd on 160 and 120 stars -> 240" in text
+    assert "fold-size correction (rms r/sd on 100 and 75 stars -> 150" in text
     fs = CannonModel.load(out_on).calibration_["fold_size"]
-    assert fs["sizes"] == [160.0, 120.0, 240.0] and abs(fs["lever"] - 1.0) < 1e-12  # (1/160 − 1/240) / (1/120 − 1/160)
+    assert fs["sizes"] == [100.0, 75.0, 150.0] and abs(fs["lever"] - 1.0) < 1e-12  # (1/100 − 1/150) / (1/75 − 1/100)
     assert len(fs["significant"]) == 3 and all(0.8 <= f <= 1.0 for f in fs["median_factor"])
     argv = ["calibrate", str(model), str(train), "--n-folds", "3", "--no-fold-size-correction", "-o", str(out_off)]
     assert main(argv) == 0
