@@ -18,6 +18,7 @@ from bayescannon.core import scaling
 from bayescannon.core.conditional import (
     binned_coverage,
     fit_bias_model,
+    fit_fold_size_correction,
     fit_mondrian_scales,
     fit_smooth_width,
     smooth_log_scales,
@@ -75,6 +76,7 @@ def calibrate(
     random_state=0,
     fit_kwargs=None,
     fit_label_errors: bool = False,
+    fold_size_correction: bool = False,
     progressbar: bool = False,
 ) -> dict:
     """Fit the calibrated error model and store it in ``model.calibration_``.
@@ -101,6 +103,16 @@ def calibrate(
         Extra keyword arguments of ``fit`` in cross-validation.
     fit_label_errors : bool
         In cross-validation, train each fold with ``label_errors`` (errors-in-variables).
+    fold_size_correction : bool
+        With ``n_folds >= 3``: also run a 2-fold cross-validation (models on N/2 stars;
+        20–40 % more calibration time) and extrapolate the residual variances, as
+        ``A + B/m`` in the training-set size m, from the fold models' (K−1)/K·N stars to
+        the final model's N where the difference is significant
+        (:func:`bayescannon.core.conditional.fit_fold_size_correction`); recorded as the
+        calibration's ``fold_size``. Off by default: the ``1/m`` law does not hold on every
+        data set (on simulator spectra it over-corrects into under-coverage; see
+        ``docs/guides/calibration.md``); a held-out calibration set (``n_folds = 0``) has no
+        fold-size effect at all. Ignored for ``n_folds = 0`` and ``n_folds = 2``.
     progressbar : bool
 
     Returns
@@ -112,7 +124,8 @@ def calibrate(
         ``coverage_in_sample`` (68/95 → per label) and ``coverage_by_bin``: for ``snr``
         and each label, the quintile ranges (``lo``, ``hi``), counts ``n`` and coverage
         ``"68"``/``"95"`` (bin × label) of the calibrated intervals on the held-out
-        (cross-fitted, bias-corrected) residuals.
+        (cross-fitted, bias-corrected, fold-size-corrected) residuals; ``fold_size`` (None
+        without the correction).
     """
     model._check_fitted()
 
@@ -129,6 +142,7 @@ def calibrate(
     fvar = np.full((n, k), np.nan)
     eps = np.zeros(n)
     est = np.full((n, k), np.nan)
+    fold_size = None
     if n_folds == 0:
         res = model.infer(flux, ivar)
         ok = _usable(res)
@@ -149,20 +163,21 @@ def calibrate(
 
             folds = tqdm(folds, desc="cross-validation", unit="fold")
         kw = dict(fit_kwargs or {})
+        fit = dict(kw=kw, label_errors=label_errors if fit_label_errors else None)
         for f in folds:
-            tr, te = fold != f, fold == f
-            sub = model.clone()
-            if fit_label_errors and label_errors is not None:
-                kw["label_errors"] = np.asarray(label_errors)[tr]
-            sub.fit(flux[tr], ivar[tr], y[tr], wavelength=model.wavelength_, **kw)
-            res = sub.infer(flux[te], ivar[te])
-            ok = _usable(res)
-            rows = np.flatnonzero(te)[ok]
-            est[rows] = res["labels"].values[ok]
-            fvar[rows] = np.einsum("nkk->nk", res["covariance"].values)[ok]
-            xs = scaling.scale(np.nan_to_num(res["labels"].values), sub.label_offset_, sub.label_scale_)
-            eps[np.flatnonzero(te)] = epsilon(sub, xs, ivar[te])
+            _cv_fold(model, flux, ivar, y, fold == f, fit, est, fvar, eps)
         source = f"cv-{n_folds}"
+        if fold_size_correction and n_folds >= 3:
+            # a cheaper second cross-validation on half the stars: the slope of the residual
+            # variance with the training-set size (fold-size correction)
+            fold2 = rng.permutation(n) % 2
+            est2, fvar2, eps2 = np.full((n, k), np.nan), np.full((n, k), np.nan), np.zeros(n)
+            for f in range(2):
+                _cv_fold(model, flux, ivar, y, fold2 == f, fit, est2, fvar2, eps2)
+            sizes = (n - np.bincount(fold).mean(), n - np.bincount(fold2).mean(), n)
+            fold_size = {"estimates": est2, "sizes": sizes}
+        elif fold_size_correction:
+            logger.warning("fold-size correction needs n_folds >= 3 (a second, 2-fold CV); none applied")
     else:
         raise InvalidInputError(f"n_folds must be 0 (held-out set) or >= 2; got {n_folds}")
     return calibrate_from_predictions(
@@ -175,11 +190,40 @@ def calibrate(
         ref_var=ref_var,
         random_state=random_state,
         source=source,
+        fold_size=fold_size,
     )
 
 
+def _cv_fold(model, flux, ivar, y, te, fit, est, fvar, eps):
+    """Refit ``model`` without the rows ``te`` and fill their estimates, formal variances
+    and ε (in place; unusable stars keep NaN)."""
+    tr = ~te
+    sub = model.clone()
+    kw = dict(fit["kw"])
+    if fit["label_errors"] is not None:
+        kw["label_errors"] = np.asarray(fit["label_errors"])[tr]
+    sub.fit(flux[tr], ivar[tr], y[tr], wavelength=model.wavelength_, **kw)
+    res = sub.infer(flux[te], ivar[te])
+    ok = _usable(res)
+    rows = np.flatnonzero(te)[ok]
+    est[rows] = res["labels"].values[ok]
+    fvar[rows] = np.einsum("nkk->nk", res["covariance"].values)[ok]
+    xs = scaling.scale(np.nan_to_num(res["labels"].values), sub.label_offset_, sub.label_scale_)
+    eps[np.flatnonzero(te)] = epsilon(sub, xs, ivar[te])
+
+
 def calibrate_from_predictions(
-    model, estimates, formal_var, labels, *, eps=None, snr=None, ref_var=None, random_state=0, source="predictions"
+    model,
+    estimates,
+    formal_var,
+    labels,
+    *,
+    eps=None,
+    snr=None,
+    ref_var=None,
+    random_state=0,
+    source="predictions",
+    fold_size=None,
 ) -> dict:
     """:func:`calibrate` from held-out or cross-validated estimates already at hand.
 
@@ -202,6 +246,11 @@ def calibrate_from_predictions(
     random_state : int
     source : str
         Recorded as the calibration's ``source``.
+    fold_size : dict, optional
+        Fold-size correction of cross-validated estimates: ``estimates`` (N, K), held-out
+        estimates of the same stars from models trained on fewer stars, and ``sizes`` =
+        (m₁, m₂, N): the training-set sizes behind ``estimates``, behind those, and of
+        ``model`` (see :func:`calibrate`).
 
     Returns
     -------
@@ -214,11 +263,27 @@ def calibrate_from_predictions(
     eps = np.zeros(len(est)) if eps is None else np.asarray(eps, dtype=np.float64)
     resid = est - y
     x = scaling.scale(est, model.label_offset_, model.label_scale_)
-    cal, oof = fit_calibration(resid, fvar, eps, x, model.label_names, ref_var=ref_var, random_state=random_state)
+    fs = None
+    if fold_size is not None:
+        fs = {"residuals": np.asarray(fold_size["estimates"], dtype=np.float64) - y, "sizes": fold_size["sizes"]}
+    cal, oof, factors = _fit_calibration(
+        resid,
+        fvar,
+        eps,
+        x,
+        model.label_names,
+        ref_var=ref_var,
+        random_state=random_state,
+        bias=True,
+        mondrian=True,
+        smooth=True,
+        groups=None,
+        fold_size=fs,
+    )
     cal["source"] = source
     model.calibration_ = cal
-    # coverage of the calibrated intervals on the (cross-fitted, bias-corrected) residuals
-    rc = resid - oof
+    # coverage of the calibrated intervals on the (cross-fitted, bias-corrected, fold-size-corrected) residuals
+    rc = (resid - oof) * np.sqrt(factors)
     inside = interval_inside(cal, rc, fvar, x, eps, ref_var)
     ok = np.all(np.isfinite(rc), axis=1)
     cal["coverage_in_sample"] = {
@@ -253,6 +318,7 @@ def fit_calibration(
     mondrian=True,
     smooth=True,
     groups=None,
+    fold_size=None,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -278,6 +344,13 @@ def fit_calibration(
     groups : ndarray, shape (N,), optional
         Star of each row when stars have several residual rows (repeated cross-validation):
         the internal cross-validations keep a star's rows in one fold.
+    fold_size : dict, optional
+        Fold-size correction of cross-validated residuals: ``residuals`` (N, K), held-out
+        residuals of the same stars from models on fewer stars, and ``sizes`` = (m₁, m₂, N),
+        the training-set sizes behind ``residuals``, behind those and of the final model
+        (:func:`bayescannon.core.conditional.fit_fold_size_correction`). The residuals are
+        rescaled to the full size where the size effect is significant, before the error
+        model, width factors and conformal quantiles are fitted; None: no correction.
 
     Returns
     -------
@@ -286,7 +359,28 @@ def fit_calibration(
     oof_bias : ndarray, shape (N, K)
         Cross-fitted bias of each star (zeros without a bias model).
     """
-    resid, fvar, x = residuals, formal_var, x_scaled
+    cal, oof, _ = _fit_calibration(
+        residuals,
+        formal_var,
+        eps,
+        x_scaled,
+        label_names,
+        ref_var=ref_var,
+        random_state=random_state,
+        bias=bias,
+        mondrian=mondrian,
+        smooth=smooth,
+        groups=groups,
+        fold_size=fold_size,
+    )
+    return cal, oof
+
+
+def _fit_calibration(
+    resid, fvar, eps, x, label_names, *, ref_var, random_state, bias, mondrian, smooth, groups, fold_size
+):
+    """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
+    without the correction) by which the returned calibration's residuals were rescaled (√g)."""
     eps = np.zeros(len(resid)) if eps is None else np.asarray(eps, dtype=np.float64)
     names = list(label_names)
     noise = (1.0 + eps)[:, None] * fvar
@@ -301,18 +395,21 @@ def fit_calibration(
         bias, oof = None, np.zeros_like(resid)
     rc = resid - oof
     params = fit_error_model(rc, fvar, eps, np.nan_to_num(x), names, ref_var=ref_var)
-    cov = np.zeros(fvar.shape + (fvar.shape[1],))
-    idx = np.arange(fvar.shape[1])
-    cov[:, idx, idx] = np.nan_to_num(fvar)
-    var = np.einsum(
-        "nkk->nk",
-        error_model_covariance(cov, np.nan_to_num(x), params["noise_scale"], params["floor_coefficients"], eps),
-    )
-    floor = np.exp(np.column_stack([np.ones(len(x)), np.nan_to_num(x)]) @ np.asarray(params["floor_coefficients"]).T)
+    var, floor, u = _model_variance(params, fvar, x, eps)
+    fold_record, factors = None, np.ones_like(rc)
+    if fold_size is not None:
+        # residuals of fold models extrapolated to the full training set, then the error model refitted
+        small = np.asarray(fold_size["residuals"], dtype=np.float64) - oof
+        fold_record, factors = fit_fold_size_correction(
+            rc, small, var, floor, u, fold_size["sizes"], names, random_state=random_state
+        )
+        if any(fold_record["significant"]):
+            rc = rc * np.sqrt(factors)
+            params = fit_error_model(rc, fvar, eps, np.nan_to_num(x), names, ref_var=ref_var)
+            var, floor, u = _model_variance(params, fvar, x, eps)
     rv = np.zeros_like(var) if ref_var is None else ref_var
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.abs(rc) / np.sqrt(var + rv)
-        u = 1.0 - floor / var
     ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
     z = np.where(ok, z, np.nan)
     width = fit_smooth_width(z, x, u, names, random_state=random_state, groups=groups) if smooth else None
@@ -324,21 +421,41 @@ def fit_calibration(
         zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
         zq.append([float(v) for v in conformal_quantiles(zs, params["quantile_levels"])])
     params["z_quantiles"] = zq
-    return {
-        "kind": CALIBRATION_KIND,
-        "version": CALIBRATION_VERSION,
-        "error_model": "estimate corrected by a CV-selected ridge bias b(x_scaled) (polynomial + per-label "
-        "piecewise-linear terms); "
-        "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
-        "per quintile of each scaled label and of the noise fraction (empirical-Bayes shrunk); intervals q(level) * sd with "
-        "split-conformal quantiles q of |residual| / sd",
-        "label_names": names,
-        "levels": list(LEVELS),
-        **params,
-        "bias": bias,
-        "mondrian": mondrian,
-        "width": width,
-    }, oof
+    return (
+        {
+            "kind": CALIBRATION_KIND,
+            "version": CALIBRATION_VERSION,
+            "error_model": "estimate corrected by a CV-selected ridge bias b(x_scaled) (polynomial + per-label "
+            "piecewise-linear terms); "
+            "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
+            "per quintile of each scaled label and of the noise fraction (empirical-Bayes shrunk); intervals q(level) * sd with "
+            "split-conformal quantiles q of |residual| / sd",
+            "label_names": names,
+            "levels": list(LEVELS),
+            **params,
+            "bias": bias,
+            "mondrian": mondrian,
+            "width": width,
+            "fold_size": fold_record,
+        },
+        oof,
+        factors,
+    )
+
+
+def _model_variance(params, fvar, x, eps):
+    """Error-model variance σ², its model-error floor f and noise fraction u = 1 − f/σ² (N, K)."""
+    cov = np.zeros(fvar.shape + (fvar.shape[1],))
+    idx = np.arange(fvar.shape[1])
+    cov[:, idx, idx] = np.nan_to_num(fvar)
+    var = np.einsum(
+        "nkk->nk",
+        error_model_covariance(cov, np.nan_to_num(x), params["noise_scale"], params["floor_coefficients"], eps),
+    )
+    floor = np.exp(np.column_stack([np.ones(len(x)), np.nan_to_num(x)]) @ np.asarray(params["floor_coefficients"]).T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = 1.0 - floor / var
+    return var, floor, u
 
 
 def interval_inside(cal, resid, formal_var, x_scaled, eps, ref_var=None):

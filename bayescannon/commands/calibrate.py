@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from bayescannon.bayes import calibrate, coverage_report
@@ -34,6 +35,14 @@ def add_arguments(p):
         type=int,
         default=0,
         help="0: the spectra are held out from training; >= 2: K-fold cross-validation (refits the model)",
+    )
+    p.add_argument(
+        "--fold-size-correction",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with --n-folds >= 3: a second, 2-fold CV extrapolates the residual scale to the full training set "
+        "(A + B/m; applied where significant). Off by default: the 1/m law does not hold everywhere "
+        "(docs/guides/calibration.md); a held-out set (--n-folds 0) needs no correction",
     )
     p.add_argument(
         "--report-only", action="store_true", help="only report coverage with the model's current calibration"
@@ -89,10 +98,28 @@ def run(args) -> int:
     ds = load_spectra(args.spectra)
     labels, errors = _labels_and_errors(ds, args.labels_table, model.label_names, args.id_column, args.error_prefix)
     if not args.report_only:
-        calibrate(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors, n_folds=args.n_folds)
+        calibrate(
+            model,
+            ds["flux"].values,
+            ds["ivar"].values,
+            labels,
+            label_errors=errors,
+            n_folds=args.n_folds,
+            fold_size_correction=args.fold_size_correction,
+        )
         out = model_output(args)
         model.save(out, overwrite=args.overwrite)
         say(args, f"calibration ({model.calibration_['source']}) written to {out}")
+        fs = model.calibration_.get("fold_size")
+        if fs:
+            m1, m2, n = fs["sizes"]
+            say(args, f"fold-size correction (rms r/sd on {m1:g} and {m2:g} stars -> {n:g}; median sd factor):")
+            for j, name in enumerate(model.label_names):
+                say(
+                    args,
+                    f"{name:>10} {fs['scale_m1'][j]:.3f} {fs['scale_m2'][j]:.3f} -> {fs['scale_full'][j]:.3f} "
+                    f"{fs['median_factor'][j]:.3f} ({'significant' if fs['significant'][j] else 'not significant'})",
+                )
     if args.holdout:
         hd = load_spectra(args.holdout)
         hl, he = _labels_and_errors(hd, None, model.label_names, args.id_column, args.error_prefix)

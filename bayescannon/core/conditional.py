@@ -52,6 +52,8 @@ __all__ = [
     "fit_smooth_width",
     "smooth_log_scales",
     "width_factors",
+    "fold_size_lever",
+    "fit_fold_size_correction",
     "binned_coverage",
     "spectrum_snr",
 ]
@@ -66,6 +68,12 @@ SPLINE_KNOTS = 9
 WIDTH_DEGREES = (0, 1, 2, 3)
 #: Candidate ridge strengths of the smooth log-width model (per star, on standardised predictors).
 WIDTH_ALPHAS = (1e-3, 1e-2, 1e-1)
+#: Bootstrap resamples, significance gate (bootstrap sd) and smallest sd factor of the
+#: fold-size correction (:func:`fit_fold_size_correction`).
+FOLD_SIZE_BOOTSTRAP = 400
+FOLD_SIZE_GATE = 2.0
+FOLD_SIZE_MIN_FACTOR = 0.8
+_FOLD_SIZE_CLIP = 5.0  # |r|/σ beyond this counts as this in the fold-size slope
 _N_BINS = 5
 _RAKE_SWEEPS = 30
 _WINSOR_Z = 4.0  # |z| beyond 4x the global 68 % quantile counts as 4x in the Mondrian scale statistic
@@ -563,6 +571,132 @@ def width_factors(smooth, mondrian, x_scaled, noise_fraction):
     u = np.atleast_2d(np.asarray(noise_fraction, dtype=np.float64))
     logs = smooth_log_scales(smooth, x_scaled, u) + mondrian_log_scales(mondrian, x_scaled, u)
     return np.maximum(np.exp(logs), np.sqrt(np.clip(np.nan_to_num(u), 0.0, 1.0)))
+
+
+# --------------------------------------------------------------------------- fold size
+def fold_size_lever(sizes):
+    """``λ = (1/m₁ − 1/N) / (1/m₂ − 1/m₁)`` of training sizes ``(m₁, m₂, N)``, m₂ < m₁ ≤ N:
+    under ``E[r²](m) = A + B/m`` the full-size variance is ``E[r²](m₁) − λ (E[r²](m₂) − E[r²](m₁))``."""
+    m1, m2, n = (float(v) for v in sizes)
+    if not (0 < m2 < m1 <= n):
+        raise InvalidInputError(f"fold-size correction needs training sizes m2 < m1 <= N; got {sizes}")
+    return (1.0 / m1 - 1.0 / n) / (1.0 / m2 - 1.0 / m1)
+
+
+def fit_fold_size_correction(
+    residuals,
+    small_residuals,
+    variance,
+    floor,
+    noise_fraction,
+    sizes,
+    label_names,
+    *,
+    n_boot=FOLD_SIZE_BOOTSTRAP,
+    z_gate=FOLD_SIZE_GATE,
+    min_factor=FOLD_SIZE_MIN_FACTOR,
+    random_state=0,
+):
+    """Extrapolate cross-validated residual variances to the full training-set size.
+
+    K-fold fold models see ``m₁ = (K−1)/K·N`` stars; where their model error falls with the
+    training-set size, their held-out residuals are larger than the full model's. A second
+    set of held-out residuals of the same stars from models on ``m₂ < m₁`` stars measures
+    the slope: assuming the excess variance ``B/m`` of each star is proportional to its
+    model-error variance ``f`` (the error model's floor; the noise part does not depend on
+    the training set), ``E[r₂² − r₁²] = κ f`` with one ``κ`` per label (weighted least
+    squares with weights ``1/σ⁴``, residuals winsorised at 5σ), and the full-size variance
+    of a star is ``σ² − λ κ f`` (:func:`fold_size_lever`). The variance factor
+    ``g = 1 − λ κ f / σ²`` is applied only where ``κ`` is significantly positive
+    (``κ > z_gate`` × its paired bootstrap sd over stars), never takes the variance below
+    its noise part (``g ≥ u``) nor the sd below ``min_factor`` (``g ≥ min_factor²``).
+
+    Parameters
+    ----------
+    residuals, small_residuals : ndarray, shape (N, K)
+        Held-out residuals of the same stars from models on m₁ and on m₂ stars (NaN: unusable).
+    variance : ndarray, shape (N, K)
+        Error-model variance σ² of each star (fitted on ``residuals``).
+    floor : ndarray, shape (N, K)
+        Its model-error part f.
+    noise_fraction : ndarray, shape (N, K)
+        Noise part of the variance, ``u = 1 − f/σ²``.
+    sizes : tuple of 3 numbers
+        ``(m₁, m₂, N)``.
+    label_names : list of str
+    n_boot : int
+        Bootstrap resamples of the stars for the sd of κ.
+    z_gate : float
+        Significance (in bootstrap sd) needed to apply the correction.
+    min_factor : float
+        Smallest factor on the sd.
+    random_state : int
+
+    Returns
+    -------
+    record : dict
+        JSON-serialisable: ``sizes``, ``lever`` (λ), per label ``kappa``, ``kappa_sd``,
+        ``significant``, ``scale_m1``/``scale_m2`` (rms of ``r/σ`` at m₁ and m₂),
+        ``scale_full`` (the extrapolated rms) and ``median_factor`` (median factor on the sd).
+    factors : ndarray, shape (N, K)
+        Variance factors g (ones where not significant); multiply the residuals by √g.
+    """
+    r1 = np.asarray(residuals, dtype=np.float64)
+    r2 = np.asarray(small_residuals, dtype=np.float64)
+    var = np.asarray(variance, dtype=np.float64)
+    f = np.asarray(floor, dtype=np.float64)
+    u = np.asarray(noise_fraction, dtype=np.float64)
+    lam = fold_size_lever(sizes)
+    n, k = r1.shape
+    rng = np.random.default_rng(random_state)
+    boot = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (B, N) star weights
+    g = np.ones((n, k))
+    rec = {"sizes": [float(v) for v in sizes], "lever": float(lam), "z_gate": float(z_gate)}
+    rec |= {key: [] for key in ("kappa", "kappa_sd", "significant", "scale_m1", "scale_m2", "scale_full")}
+    rec["median_factor"] = []
+    for j in range(k):  # a few labels
+        ok = np.isfinite(r1[:, j]) & np.isfinite(r2[:, j]) & (var[:, j] > 0) & np.isfinite(f[:, j])
+        sd = np.sqrt(np.where(ok, var[:, j], 1.0))
+        z1 = np.clip(np.where(ok, r1[:, j], 0.0) / sd, -_FOLD_SIZE_CLIP, _FOLD_SIZE_CLIP)
+        z2 = np.clip(np.where(ok, r2[:, j], 0.0) / sd, -_FOLD_SIZE_CLIP, _FOLD_SIZE_CLIP)
+        # in units of σ²: D/σ² = z₂² − z₁², f/σ² = 1 − u; WLS with weights 1/σ⁴ is OLS of these
+        d = np.where(ok, z2 * z2 - z1 * z1, 0.0)
+        h = np.where(ok, f[:, j] / np.where(ok, var[:, j], 1.0), 0.0)
+        den = boot @ (h * h)
+        kb = (boot @ (d * h)) / np.where(den > 0, den, np.inf)
+        kap = float(np.sum(d * h) / max(np.sum(h * h), 1e-300))
+        ksd = float(np.std(kb))
+        sig = bool(ok.sum() >= 50 and kap > z_gate * ksd)
+        if sig:
+            lo = np.maximum(min_factor**2, np.clip(np.nan_to_num(u[:, j]), 0.0, 1.0))
+            g[:, j] = np.where(ok, np.clip(1.0 - lam * kap * h, lo, 1.0), 1.0)
+        m = max(int(ok.sum()), 1)
+        s1 = float(np.sqrt(np.sum(z1 * z1) / m))
+        s2 = float(np.sqrt(np.sum(z2 * z2) / m))
+        sf = float(np.sqrt(np.sum(g[:, j] * z1 * z1) / m))
+        rec["kappa"].append(kap)
+        rec["kappa_sd"].append(ksd)
+        rec["significant"].append(sig)
+        rec["scale_m1"].append(s1)
+        rec["scale_m2"].append(s2)
+        rec["scale_full"].append(sf)
+        rec["median_factor"].append(float(np.median(np.sqrt(g[ok, j]))) if ok.any() else 1.0)
+        logger.info(
+            "fold size, %s: rms r/sd %.4f on %g stars, %.4f on %g; kappa %.4g +- %.2g (%s); extrapolated to %g "
+            "stars %.4f (median sd factor %.3f)",
+            label_names[j],
+            s1,
+            sizes[0],
+            s2,
+            sizes[1],
+            kap,
+            ksd,
+            "significant: applied" if sig else "not significant: factor 1",
+            sizes[2],
+            sf,
+            rec["median_factor"][-1],
+        )
+    return rec, g
 
 
 # --------------------------------------------------------------------------- coverage

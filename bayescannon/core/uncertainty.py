@@ -102,9 +102,11 @@ CALIBRATION_KIND = "bayescannon.core.uncertainty"
 #: 3: bias correction (``bias``) and Mondrian width factors (``mondrian``); 4: the bias may
 #: add per-label piecewise-linear terms (``splines``, ``knots``) and the Mondrian effects are
 #: shrunk by empirical Bayes (``statistic``). Versions 2 (zero bias, unit factors) and 3
-#: (same storage, less accurate) are still read.
-CALIBRATION_VERSION = 5
-_READABLE_VERSIONS = (2, 3, 4, 5)
+#: (same storage, less accurate) are still read. 5: smooth log-width model (``width``).
+#: 6: fold-size correction of cross-validated residuals (``fold_size``, a record: the stored
+#: widths already include it, so versions 2-5 are read and applied exactly as before).
+CALIBRATION_VERSION = 6
+_READABLE_VERSIONS = (2, 3, 4, 5, 6)
 _Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
