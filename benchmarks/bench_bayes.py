@@ -54,6 +54,14 @@ def main(argv=None):
     ap.add_argument("--pixel-step", type=int, default=1, help="conditional: use every n-th emulator pixel")
     ap.add_argument("--sources", default="emulator,simulator", help="conditional: emulator and/or simulator")
     ap.add_argument("--n-folds", type=int, default=5, help="conditional: cross-validation folds of the calibration")
+    ap.add_argument(
+        "--n-calib", type=int, default=2000, help="conditional: stars of the held-out calibration set (CLI default)"
+    )
+    ap.add_argument(
+        "--modes",
+        default="cv,cv-fs,holdout",
+        help="conditional: calibrations to measure (cv: K-fold CV; cv-fs: + fold-size correction; holdout: held-out set)",
+    )
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if not EMULATOR.exists() and sections != {"conditional"}:
@@ -303,12 +311,12 @@ def conditional_coverage(args):
             ftr, itr, ltr, _ = emulate(n_train, rng, px)
             fte, ite, lte, ste = emulate(n_test, rng, px)
             # the held-out calibration set: as many more stars of the same source
-            fca, ica, lca, _ = emulate(n_train, np.random.default_rng(112), px)
+            fca, ica, lca, _ = emulate(args.n_calib, np.random.default_rng(112), px)
             what = f"emulator ({px.size} px, S/N 30-250)"
         else:
             ftr, itr, ltr, _ = _simulated(n_train, 1)
             fte, ite, lte, ste = _simulated(n_test, 2)
-            fca, ica, lca, _ = _simulated(n_train, 3)
+            fca, ica, lca, _ = _simulated(args.n_calib, 3)
             what = f"simulator ({ftr.shape[1]} px, S/N 20-300)"
         for order in [int(o) for o in args.orders.split(",")]:
             t = time.perf_counter()
@@ -316,18 +324,23 @@ def conditional_coverage(args):
             t_fit = time.perf_counter() - t
             print(f"{what}, order {order}: fit {t_fit:.1f} s")
             # what calibrate(model, ftr, itr, ltr, n_folds=5[, fold_size_correction=True]) does, keeping the residuals
-            t = time.perf_counter()
-            resid, fvar, eps, x = _cv_residuals(model, ftr, itr, ltr, n_folds=args.n_folds)
-            t_cv = time.perf_counter() - t
-            t = time.perf_counter()
-            resid2, _, _, _ = _cv_residuals(model, ftr, itr, ltr, n_folds=2)
-            t_cv2 = time.perf_counter() - t
-            sizes = (n_train * (args.n_folds - 1) / args.n_folds, n_train / 2, n_train)
-            modes = [
-                (f"{args.n_folds}-fold CV", None),
-                (f"{args.n_folds}-fold CV + fold-size correction", {"estimates": resid2 + ltr, "sizes": sizes}),
-                ("held-out set (CLI default)", "holdout"),
-            ]
+            wanted = args.modes.split(",")
+            modes = []
+            if "cv" in wanted or "cv-fs" in wanted:
+                t = time.perf_counter()
+                resid, fvar, eps, x = _cv_residuals(model, ftr, itr, ltr, n_folds=args.n_folds)
+                t_cv = time.perf_counter() - t
+            if "cv" in wanted:
+                modes.append((f"{args.n_folds}-fold CV", None))
+            if "cv-fs" in wanted:
+                t = time.perf_counter()
+                resid2, _, _, _ = _cv_residuals(model, ftr, itr, ltr, n_folds=2)
+                t_cv2 = time.perf_counter() - t
+                sizes = (n_train * (args.n_folds - 1) / args.n_folds, n_train / 2, n_train)
+                fs = {"estimates": resid2 + ltr, "sizes": sizes}
+                modes.append((f"{args.n_folds}-fold CV + fold-size correction", fs))
+            if "holdout" in wanted:
+                modes.append((f"held-out set of {args.n_calib} stars (CLI default)", "holdout"))
             for name, fs in modes:
                 t = time.perf_counter()
                 if fs == "holdout":
@@ -348,6 +361,8 @@ def conditional_coverage(args):
                         )
                 cal = model.calibration_
                 summary.append((what, order, name, *_report_case(model, fte, ite, lte, ste, name, cost, cal)))
+            if "cv" not in wanted:
+                continue
             # the version-2 calibration (widths only) on the same CV residuals, for comparison
             old, _ = fit_calibration(resid, fvar, eps, x, model.label_names, bias=False, mondrian=False, smooth=False)
             model.calibration_ = old | {"source": f"cv-{args.n_folds} (version-2 behaviour)"}
