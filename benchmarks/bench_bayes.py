@@ -395,7 +395,8 @@ def _report_case(model, fte, ite, lte, ste, name, cost, cal):
     )
     print(
         f"  [{name}] {cost}; {int(rep['n_stars'])} held-out test stars, >= {int(rep['bin_count'].min())} per bin; "
-        f"bias degrees {cal['bias']['degree']}, width degrees {cal['width']['degree']}"
+        f"bias degrees {cal['bias']['degree']}, width degrees {cal['width']['degree']}, "
+        f"label x noise-fraction terms {cal['width'].get('interaction')}"
     )
     for lv in (0.68, 0.95):
         vals = "  ".join(f"{n}={float(c.sel(level=lv, label_name=n)):.3f}" for n in LABELS)
