@@ -331,7 +331,7 @@ def test_calibration_version_3_without_spline_terms_is_read():
     rng = np.random.default_rng(33)
     r, fv, x, _, _ = _injected(rng, 1500)
     cal, _ = fit_calibration(r, fv, np.zeros(1500), x, ["a", "b"], random_state=0)
-    assert cal["version"] == CALIBRATION_VERSION == 6
+    assert cal["version"] == CALIBRATION_VERSION == 7
     # a version-3 bias has no "splines"/"knots": the same polynomial coefficients give the same bias
     poly = {"degree": [2, 1], "coefficients": [[0.1, 0.2, 0.0, 0.3, 0.0, 0.0], [0.05, 0.0, -0.2]]}
     want = np.column_stack([0.1 + 0.2 * x[:, 0] + 0.3 * x[:, 0] ** 2, 0.05 - 0.2 * x[:, 1]])

@@ -73,7 +73,7 @@ def test_calibration_with_the_correction_covers_the_full_model_residuals():
     plain, _ = fit_calibration(r1, noise, np.zeros(n), x, ["a", "b"], **kw)
     fs = {"residuals": r2, "sizes": (M1, M2, N_FULL)}
     cal, _ = fit_calibration(r1, noise, np.zeros(n), x, ["a", "b"], fold_size=fs, **kw)
-    assert cal["version"] == CALIBRATION_VERSION == 6
+    assert cal["version"] == CALIBRATION_VERSION == 7
     assert cal["fold_size"]["significant"] == [True, False]
     assert plain["fold_size"] is None
     hi_sn = noise_t[:, 0] < np.quantile(noise_t[:, 0], 0.2)
@@ -129,5 +129,5 @@ def test_calibrate_cli_fold_size_correction_is_recorded_and_off_by_default(tmp_p
     argv = ["calibrate", str(model), str(train), "--n-folds", "3", "--no-fold-size-correction", "-o", str(out_off)]
     assert main(argv) == 0
     cal = CannonModel.load(out_off).calibration_
-    assert cal["version"] == 6 and cal["fold_size"] is None
+    assert cal["version"] == CALIBRATION_VERSION and cal["fold_size"] is None
     assert "fold-size correction" not in capsys.readouterr().out

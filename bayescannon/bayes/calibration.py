@@ -319,6 +319,7 @@ def fit_calibration(
     smooth=True,
     groups=None,
     fold_size=None,
+    interactions=(False, True),
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -351,6 +352,10 @@ def fit_calibration(
         (:func:`bayescannon.core.conditional.fit_fold_size_correction`). The residuals are
         rescaled to the full size where the size effect is significant, before the error
         model, width factors and conformal quantiles are fitted; None: no correction.
+    interactions : sequence of bool
+        Candidates of the smooth width model's label × noise-fraction terms, chosen by its
+        cross-validation (:func:`bayescannon.core.conditional.fit_smooth_width`; ``(False,)``:
+        the version-6 additive model).
 
     Returns
     -------
@@ -372,12 +377,26 @@ def fit_calibration(
         smooth=smooth,
         groups=groups,
         fold_size=fold_size,
+        interactions=interactions,
     )
     return cal, oof
 
 
 def _fit_calibration(
-    resid, fvar, eps, x, label_names, *, ref_var, random_state, bias, mondrian, smooth, groups, fold_size
+    resid,
+    fvar,
+    eps,
+    x,
+    label_names,
+    *,
+    ref_var,
+    random_state,
+    bias,
+    mondrian,
+    smooth,
+    groups,
+    fold_size,
+    interactions=(False, True),
 ):
     """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
     without the correction) by which the returned calibration's residuals were rescaled (√g)."""
@@ -412,7 +431,9 @@ def _fit_calibration(
         z = np.abs(rc) / np.sqrt(var + rv)
     ok = np.isfinite(rc) & np.isfinite(fvar) & (fvar > 0)
     z = np.where(ok, z, np.nan)
-    width = fit_smooth_width(z, x, u, names, random_state=random_state, groups=groups) if smooth else None
+    width = None
+    if smooth:
+        width = fit_smooth_width(z, x, u, names, random_state=random_state, groups=groups, interactions=interactions)
     z1 = z / np.exp(smooth_log_scales(width, x, u))
     mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
     s = width_factors(width, mondrian, x, u)
@@ -428,7 +449,9 @@ def _fit_calibration(
             "error_model": "estimate corrected by a CV-selected ridge bias b(x_scaled) (polynomial + per-label "
             "piecewise-linear terms); "
             "var = s^2 [a^2 (1+eps) formal + exp(beta . [1, x_scaled])] (student-t ML) with Mondrian factors s "
-            "per quintile of each scaled label and of the noise fraction (empirical-Bayes shrunk); intervals q(level) * sd with "
+            "per quintile of each scaled label and of the noise fraction (empirical-Bayes shrunk) on top of a smooth "
+            "log-width in the scaled labels and the noise fraction (with label x noise-fraction terms where CV "
+            "selects them); intervals q(level) * sd with "
             "split-conformal quantiles q of |residual| / sd",
             "label_names": names,
             "levels": list(LEVELS),

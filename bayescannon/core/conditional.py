@@ -423,11 +423,21 @@ def mondrian_scales(params, x_scaled, noise_fraction):
 
 
 # --------------------------------------------------------------------------- smooth widths
-def _width_design(x, u, degree, center, spread):
+def _width_design(x, u, degree, center, spread, interaction=False):
     """Additive polynomial basis ``[1, t_i, t_i², …]`` (degree ≥ 1) of the standardised
-    predictors ``t = ((x̂, u) − center) / spread`` (N, K + 1), no cross terms; ``[1]`` for 0."""
+    predictors ``t = ((x̂, u) − center) / spread`` (N, K + 1); ``[1]`` for 0. With
+    ``interaction`` also ``t_u · t_i^p`` (each label's polynomial times the noise fraction):
+    a label dependence of the width that changes with S/N."""
     t = (np.column_stack([x, u]) - center) / spread
-    return np.column_stack([np.ones(t.shape[0])] + [t**p for p in range(1, degree + 1)])
+    cols = [np.ones(t.shape[0])] + [t**p for p in range(1, degree + 1)]
+    if interaction and degree > 0:
+        cols += [t[:, -1:] * t[:, :-1] ** p for p in range(1, degree + 1)]
+    return np.column_stack(cols)
+
+
+def _n_width_terms(degree, k, interaction):
+    """Columns of :func:`_width_design` for K labels."""
+    return 1 + degree * (k + 1) + (degree * k if interaction and degree > 0 else 0)
 
 
 def _fit_log_width(phi, z2, alpha, n_iter=50):
@@ -450,7 +460,17 @@ def _fit_log_width(phi, z2, alpha, n_iter=50):
 
 
 def fit_smooth_width(
-    z, x_scaled, noise_fraction, label_names, *, n_folds=5, random_state=0, degrees=None, alphas=None, groups=None
+    z,
+    x_scaled,
+    noise_fraction,
+    label_names,
+    *,
+    n_folds=5,
+    random_state=0,
+    degrees=None,
+    alphas=None,
+    groups=None,
+    interactions=(False, True),
 ):
     """Smooth log-width model of standardised residuals, its form and ridge chosen by CV.
 
@@ -461,7 +481,12 @@ def fit_smooth_width(
     penalty. Every star informs every coefficient, so the width in a region rests on all
     2,000 stars rather than on the ~400 of one quintile bin. ``d`` ∈ :data:`WIDTH_DEGREES`
     and the ridge strength are chosen by K-fold cross-validation of the held-out
-    likelihood; ``d = 0`` (no factor) wins when the data show no structure.
+    likelihood; ``d = 0`` (no factor) wins when the data show no structure. The same
+    cross-validation decides whether to add the interaction terms ``t_u · t_i^p`` (the
+    noise fraction times each label's polynomial): where the model error (which dominates
+    at high S/N) varies with a label differently from the noise part, the label dependence
+    of the width changes with S/N, which the additive terms and the Mondrian factors (one
+    log-effect per bin, the same at every S/N) cannot follow.
 
     Parameters
     ----------
@@ -476,11 +501,14 @@ def fit_smooth_width(
         Candidates (default :data:`WIDTH_DEGREES`, :data:`WIDTH_ALPHAS`).
     groups : ndarray, shape (N,), optional
         Star of each row (repeated cross-validation): a star's rows share a fold.
+    interactions : sequence of bool
+        Candidates for the label × noise-fraction interaction terms (``(False,)``: the
+        version-6 additive model).
 
     Returns
     -------
     dict
-        JSON-serialisable: ``degree`` (K,), ``alpha`` (K,), ``center`` and ``spread``
+        JSON-serialisable: ``degree`` (K,), ``interaction`` (K,), ``alpha`` (K,), ``center`` and ``spread``
         (K, K + 1) of the predictors of each label's model, ``coefficients`` (K lists, the
         constant removed: the factors have unit geometric mean on the calibration stars),
         ``cv_nll`` and ``cv_nll_none`` (K,) per star.
@@ -492,7 +520,8 @@ def fit_smooth_width(
     u = np.asarray(noise_fraction, dtype=np.float64)
     n, k = z.shape
     rng = np.random.default_rng(random_state)
-    out = {"degree": [], "alpha": [], "center": [], "spread": [], "coefficients": [], "cv_nll": [], "cv_nll_none": []}
+    out = {"degree": [], "interaction": [], "alpha": [], "center": [], "spread": [], "coefficients": []}
+    out |= {"cv_nll": [], "cv_nll_none": []}
     for j in range(k):  # a few labels
         good = np.isfinite(z[:, j]) & np.all(np.isfinite(x), axis=1) & np.isfinite(u[:, j])
         m = int(good.sum())
@@ -505,8 +534,8 @@ def fit_smooth_width(
         z2 = zz * zz
         fold = _fold_of(np.arange(n) if groups is None else groups, n_folds, rng)[good]
 
-        def cv_nll(d, a, z2=z2, fold=fold, pred=pred, center=center, spread=spread):
-            phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread)
+        def cv_nll(d, a, inter, z2=z2, fold=fold, pred=pred, center=center, spread=spread):
+            phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread, inter)
             tot = 0.0
             for f in range(n_folds):
                 te = fold == f
@@ -516,24 +545,26 @@ def fit_smooth_width(
 
         if m < 20 * n_folds:
             logger.warning("%s: too few stars (%d) for a smooth width model", label_names[j], m)
-            best = (np.nan, 0, 0.0)
+            best = (np.nan, 0, 0.0, False)
         else:
-            best = (cv_nll(0, 0.0), 0, 0.0)
+            best = (cv_nll(0, 0.0, False), 0, 0.0, False)
         none = best[0]
         for d in degrees if m >= 20 * n_folds else ():
-            if d == 0 or (1 + d * (k + 1)) * 20 > m:
-                continue
-            for a in alphas:
-                v = cv_nll(d, a)
-                if v < best[0]:
-                    best = (v, d, a)
-        v, d, a = best
-        c = np.zeros(1 + d * (k + 1))
+            for inter in interactions:
+                if d == 0 or _n_width_terms(d, k, inter) * 20 > m:
+                    continue
+                for a in alphas:
+                    v = cv_nll(d, a, inter)
+                    if v < best[0]:
+                        best = (v, d, a, inter)
+        v, d, a, inter = best
+        c = np.zeros(_n_width_terms(d, k, inter))
         if d > 0:
-            phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread)
+            phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread, inter)
             c = _fit_log_width(phi, z2, a)
             c[0] -= np.mean(phi @ c)  # unit geometric mean: the conformal quantile sets the scale
         out["degree"].append(int(d))
+        out["interaction"].append(bool(inter))
         out["alpha"].append(float(a))
         out["center"].append([float(t) for t in center])
         out["spread"].append([float(t) for t in spread])
@@ -541,27 +572,36 @@ def fit_smooth_width(
         out["cv_nll"].append(float(v))
         out["cv_nll_none"].append(float(none))
         logger.info(
-            "smooth width model of %s: degree %d, ridge %.3g; CV nll %.4f (%.4f without)", label_names[j], d, a, v, none
+            "smooth width model of %s: degree %d%s, ridge %.3g; CV nll %.4f (%.4f without)",
+            label_names[j],
+            d,
+            " with label x noise-fraction terms" if inter else "",
+            a,
+            v,
+            none,
         )
     return out
 
 
 def smooth_log_scales(params, x_scaled, noise_fraction):
-    """Log width factors (N, K) of :func:`fit_smooth_width`'s ``params`` (zeros if None)."""
+    """Log width factors (N, K) of :func:`fit_smooth_width`'s ``params`` (zeros if None);
+    reads the version-5/6 form (no ``interaction``: additive) too."""
     x = np.atleast_2d(np.asarray(x_scaled, dtype=np.float64))
     u = np.atleast_2d(np.asarray(noise_fraction, dtype=np.float64))
     out = np.zeros(u.shape)
     if not params:
         return out
     xz, uz = np.nan_to_num(x), np.nan_to_num(u)
-    for j, (d, c) in enumerate(zip(params["degree"], params["coefficients"])):
+    inters = params.get("interaction") or [False] * len(params["degree"])
+    for j, (d, inter, c) in enumerate(zip(params["degree"], inters, params["coefficients"])):
         if d <= 0:
             continue
         center = np.asarray(params["center"][j], dtype=np.float64)
         spread = np.asarray(params["spread"][j], dtype=np.float64)
         # predictors clamped to the calibration range (±3 sd): a polynomial never extrapolates far
         t = np.clip(np.column_stack([xz, uz[:, j]]), center - 3 * spread, center + 3 * spread)
-        out[:, j] = _width_design(t[:, :-1], t[:, -1], d, center, spread) @ np.asarray(c, dtype=np.float64)
+        phi = _width_design(t[:, :-1], t[:, -1], d, center, spread, inter)
+        out[:, j] = phi @ np.asarray(c, dtype=np.float64)
     return out
 
 

@@ -105,8 +105,10 @@ CALIBRATION_KIND = "bayescannon.core.uncertainty"
 #: (same storage, less accurate) are still read. 5: smooth log-width model (``width``).
 #: 6: fold-size correction of cross-validated residuals (``fold_size``, a record: the stored
 #: widths already include it, so versions 2-5 are read and applied exactly as before).
-CALIBRATION_VERSION = 6
-_READABLE_VERSIONS = (2, 3, 4, 5, 6)
+#: 7: the smooth log-width model may add label x noise-fraction terms (``width.interaction``);
+#: versions 5-6 (no ``interaction``: additive) are read and give the intervals they gave.
+CALIBRATION_VERSION = 7
+_READABLE_VERSIONS = (2, 3, 4, 5, 6, 7)
 _Z_LEVELS = np.round(np.arange(0.01, 0.9951, 0.01), 2)
 _LEVERAGE = "extra_theta_leverage"
 _TRAIN_WEIGHT = "extra_train_weight"
