@@ -326,13 +326,16 @@ class Homogeniser(ParamsMixin):
 
     def _shift(self, s, d: SurveyData):
         """``-D`` (n, k) for survey ``s`` (None without a deconvolution), computed once per
-        survey while fitting."""
+        survey while fitting. ``D`` is the posterior-median shift the offset model needs
+        (:meth:`~bayescannon.homogenise.deconvolve.Deconvolution.median_shrinkage`: the
+        posterior mean shift, plus the change of the posterior's skewness for labels with
+        asymmetric errors)."""
         if s not in self.deconvolution_:
             return None
         key = (s, id(d))
         if key not in self._shifts:
             ncov = noise_covariance(d.s1, d.s2, d.cov)
-            self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].shrinkage(d.value, ncov))
+            self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].median_shrinkage(d.value, ncov, d.s1, d.s2))
         return self._shifts[key]
 
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
