@@ -166,59 +166,6 @@ def test_a_model_without_a_linear_base_predicts_with_the_boosters_base_scores(tr
     assert not np.allclose(model.predict_quantiles(X), want)  # with the base: a different model
 
 
-def _skewed_error_mock(n=12000, n_ref=6000, sigma=0.3, seed=5):
-    """One label (LOGG) of a narrow population (``N(4.3, 0.15)``, like the mock's dwarfs),
-    a precise reference REF observing the first ``n_ref`` stars, and a survey S with no
-    offset and split-normal errors ``0.7 sigma`` below and ``1.4 sigma`` above (the true
-    label minus the value; as the mock's LAMOST), ``sigma`` twice the population's width."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(4.3, 0.15, n)
-    ids = np.array([f"s{i:06d}" for i in range(n)])
-    s1, s2 = np.full(n, 0.7 * sigma), np.full(n, 1.4 * sigma)
-    eta = split_normal_sample(rng, np.zeros((n, 1)), s1[:, None], s2[:, None], 1)[:, 0, 0]
-    val = x - eta
-    snr = rng.uniform(50, 60, n)
-    ref_sig = np.full(n_ref, 0.03)
-    ref = Table({"ID": ids[:n_ref], "LOGG": x[:n_ref] + ref_sig * rng.standard_normal(n_ref), "E_LOGG": ref_sig})
-    ref["SNR"] = snr[:n_ref]
-    surv = Table({"ID": ids, "LOGG": val, "LOGG_P16": val - s1, "LOGG_P84": val + s2, "SNR": snr})
-    return {"REF": ref, "S": surv}, x
-
-
-def test_skewed_errors_in_a_narrow_population_are_unbiased_at_fixed_truth():
-    """The offset model learns a conditional median, ``D`` is the posterior mean's shift.
-    With skewed errors and a broad population the posterior is as skewed as the error and
-    the model learns the error's median-minus-mean as part of the offset; in a narrow
-    population (a peak: the mock's dwarfs) the posterior is nearly symmetric and that
-    learnt level overshoots by up to the error's median-minus-mean (0.113 sigma): the
-    mock's LAMOST LOGG was +0.02...+0.03 in three or four of five bins with every model
-    seed, GAIA_RVS's (skewed the other way) -0.024 in its dwarf bin. ``D`` now carries the
-    change of the posterior's skewness (``Deconvolution.median_shrinkage``)."""
-    cats, x = _skewed_error_mock()
-    h = Homogeniser(
-        ["LOGG"],
-        {"LOGG": ["REF"]},
-        features=["SNR"],
-        n_estimators=60,
-        max_depth=3,
-        learning_rate=0.2,
-        n_draws=60,
-        min_overlap=100,
-        random_state=0,
-    )
-    u = h.fit_transform(cats)
-    pos = {i: k for k, i in enumerate(cats["S"]["ID"])}
-    r = np.array([pos[i] for i in u["ID"]])
-    cal = np.ma.filled(u["S_LOGG_CAL"], np.nan)
-    out = r >= 6000  # the survey's stars the reference does not observe (no training star)
-    d = (cal - x[r])[out]
-    bias = float(np.median(d))
-    se = 1.2533 * robust_scatter(d) / np.sqrt(out.sum())
-    # the median over 6000 stars: se ~0.005; 3 se. Measured: with the posterior-mean D
-    # (before) BEFORE; with the median shift AFTER
-    assert abs(bias) <= 3 * se, (bias, se)
-
-
 def _posterior_median(v, m, c, s1, s2):
     """Brute force: the median of ``x`` under ``N(m, c)`` times the split-normal likelihood of
     ``x - v`` (mode 0, ``s1`` below, ``s2`` above), on a fine grid."""
@@ -294,3 +241,47 @@ def test_median_shrinkage_flattens_the_conditional_median_of_a_skewed_survey():
     # is in the outermost deciles, where the local Gaussian reading of the mixture is rough)
     assert spread["mean"] > 0.08, spread
     assert spread["median"] < 0.6 * spread["mean"], spread
+
+
+def test_faint_stars_with_skewed_errors_get_their_own_noise_median():
+    """A split-normal error's median (``x - v``; 0.446 sigma for scales 1:2) grows with the
+    noise. Learnt by the trees as part of the offset, it was learnt over the S/N range of
+    the common stars only and extended flat (the linear base linearly in S/N) beyond it:
+    the survey's faint stars came out too low. It is now taken out of the offsets before
+    the fit and added per star by the propagation."""
+    rng = np.random.default_rng(4)
+    n_bright, n_faint = 5000, 5000
+    n = n_bright + n_faint
+    x = rng.normal(-0.25, 0.35, n)
+    ids = np.array([f"s{i:06d}" for i in range(n)])
+    snr = np.concatenate([rng.uniform(60, 200, n_bright), rng.uniform(12, 20, n_faint)])
+    sig = 4.0 / snr
+    s1, s2 = 0.7 * sig, 1.4 * sig
+    val = x + 0.05 - split_normal_sample(rng, np.zeros((n, 1)), s1[:, None], s2[:, None], 1)[:, 0, 0]
+    b = slice(0, n_bright)
+    ref = Table({"ID": ids[b], "FE_H": x[b] + 0.03 * rng.standard_normal(n_bright), "E_FE_H": np.full(n_bright, 0.03)})
+    ref["SNR"] = snr[b]
+    surv = Table({"ID": ids, "FE_H": val, "FE_H_P16": val - s1, "FE_H_P84": val + s2, "SNR": snr})
+    h = Homogeniser(
+        ["FE_H"],
+        {"FE_H": ["REF"]},
+        features=["SNR"],
+        n_estimators=60,
+        max_depth=3,
+        learning_rate=0.2,
+        n_draws=60,
+        min_overlap=100,
+        random_state=0,
+    )
+    u = h.fit_transform({"REF": ref, "S": surv})
+    pos = {i: k for k, i in enumerate(surv["ID"])}
+    r = np.array([pos[i] for i in u["ID"]])
+    faint = r >= n_bright
+    d = (np.ma.filled(u["S_FE_H_CAL"], np.nan) - x[r])[faint]
+    bias = float(np.median(d))
+    se = 1.2533 * robust_scatter(d) / np.sqrt(faint.sum())
+    # the issue's allowance: 0.1 of the faint stars' noise (~0.027; the offset is 0.05),
+    # plus 3 standard errors of the median (0.005). Measured: -0.084 before (the noise median
+    # learnt by the trees), +0.008 after
+    allow = 0.1 * float(np.median(0.5 * (s1 + s2)[r][faint]))
+    assert abs(bias) <= allow + 3 * se, (bias, allow, se)
