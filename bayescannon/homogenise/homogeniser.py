@@ -111,7 +111,10 @@ class Homogeniser(ParamsMixin):
         taken out of the offsets *before* the trees are fitted (they learn ``target - survey
         - D``): ``D`` grows with each star's noise, and trees learn it only over the S/N
         range of the common stars (flat beyond), which pushed the faint stars of a survey
-        away from the mean when ``D`` was subtracted after the fit.
+        away from the mean when ``D`` was subtracted after the fit. For split-normal errors
+        ``D`` is the posterior-median shift
+        (:meth:`~bayescannon.homogenise.deconvolve.Deconvolution.median_shrinkage`) and the
+        error's own median is taken out too and added back per star by the propagation.
     random_state : int
     """
 
