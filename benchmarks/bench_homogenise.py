@@ -47,6 +47,21 @@ mostly the offset model's own variance. Two changes tried and not adopted (the n
 in the linear base; a first-order correction of the offset's own regression to the mean)
 are described with their figures in docs/guides/homogenise.md.
 
+Third pass (30 Nov 2026): split-normal errors (LAMOST, GAIA_RVS) get the posterior-median
+deconvolution term and their own noise median added by the propagation
+(docs/guides/homogenise.md, 3b). Default run, before -> after, model seeds 0 / 1 / 2:
+202 -> 205, 201 -> 204, 186 -> 191 of 216 (testable 170/174 -> 173/175, 164/168 -> 169/173,
+158/173 -> 163/172); LAMOST LOGG over all its stars +0.015 -> +0.006 (seed 0), +0.022 ->
++0.009 (seed 2), within the allowance in every bin with each seed; unified coverage 68 %
+0.669-0.681, 95 % 0.939-0.947; fit_transform 34-40 s CPU. Left: LAMOST [Fe/H] lowest bin
+(-0.010 / -0.009 / -0.018, allowance 0.008), LAMOST_MRS [Fe/H] all stars (-0.007, 0.0065),
+LAMOST TEFF at the low edge with seed 2 (-20.7 K; its level moves ~14 K between seeds).
+--large: 205 -> 204/216, worst 1.07 / 1.62 / 1.55, LAMOST LOGG within the allowance in every
+bin; failing: LAMOST TEFF top bin (+11.6 K, allowance 10.9) and LAMOST_MRS LOGG (-0.013 over
+all its stars: chained on LAMOST's calibrated values, whose noise is skewed; open, see the
+guide); fit_transform 386.6 s CPU on a machine at load 4-7 (not comparable with the idle
+figures above).
+
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
 

@@ -32,7 +32,7 @@ from astropy.table import Table
 from bayescannon._estimator import ParamsMixin
 from bayescannon.errors import InsufficientDataError, InvalidInputError, NotFittedError
 from bayescannon.homogenise.config import SurveyData, check_reference, prepare_survey
-from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance
+from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance, split_normal_median
 from bayescannon.homogenise.graph import REF, edge_costs, survey_paths
 from bayescannon.homogenise.offsets import DEFAULT_QUANTILES, OffsetModel
 from bayescannon.homogenise.output import unified_table
@@ -111,7 +111,10 @@ class Homogeniser(ParamsMixin):
         taken out of the offsets *before* the trees are fitted (they learn ``target - survey
         - D``): ``D`` grows with each star's noise, and trees learn it only over the S/N
         range of the common stars (flat beyond), which pushed the faint stars of a survey
-        away from the mean when ``D`` was subtracted after the fit.
+        away from the mean when ``D`` was subtracted after the fit. For split-normal errors
+        ``D`` is the posterior-median shift
+        (:meth:`~bayescannon.homogenise.deconvolve.Deconvolution.median_shrinkage`) and the
+        error's own median is taken out too and added back per star by the propagation.
     random_state : int
     """
 
@@ -300,8 +303,8 @@ class Homogeniser(ParamsMixin):
             ncov = noise_covariance(d.s1, d.s2, d.cov)
             self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
         shift = self._shift(s, d)
-        if shift is not None:  # the model learns the correction itself: y minus the regression to the mean D
-            y = y + shift[common, j]
+        if shift is not None:  # the model learns the offset alone: y minus D and the noise's own median
+            y = y + shift[common, j] - self._noise_median(d)[common, j]
         model = OffsetModel(
             self.quantiles,
             n_estimators=self.n_estimators,
@@ -326,14 +329,24 @@ class Homogeniser(ParamsMixin):
 
     def _shift(self, s, d: SurveyData):
         """``-D`` (n, k) for survey ``s`` (None without a deconvolution), computed once per
-        survey while fitting."""
+        survey while fitting. ``D`` is the posterior-median shift the offset model needs
+        (:meth:`~bayescannon.homogenise.deconvolve.Deconvolution.median_shrinkage`: the
+        posterior mean shift, plus the change of the posterior's skewness for labels with
+        asymmetric errors)."""
         if s not in self.deconvolution_:
             return None
         key = (s, id(d))
         if key not in self._shifts:
             ncov = noise_covariance(d.s1, d.s2, d.cov)
-            self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].shrinkage(d.value, ncov))
+            self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].median_shrinkage(d.value, ncov, d.s1, d.s2))
         return self._shifts[key]
+
+    @staticmethod
+    def _noise_median(d: SurveyData) -> np.ndarray:
+        """(n, k) median of each measurement's error (``x - v``; 0 for a symmetric one or a
+        missing label): added to the calibrated value by the propagation, not learnt by
+        the trees, which would extrapolate it flat beyond the S/N of the common stars."""
+        return np.nan_to_num(split_normal_median(d.s1, d.s2))
 
     def _calibrate(self, lab, s, d: SurveyData, rows, n, rng):
         """The calibrated (median, lower, upper) of survey ``s`` on the union index, with
@@ -351,6 +364,9 @@ class Homogeniser(ParamsMixin):
             own = model.predict_tau(X, quantiles=q)
             tau = np.sqrt(own**2 + parent**2)
             center = q[:, model.quantiles.index(0.5)]
+        noise_med = None
+        if model is not None and s in self.deconvolution_:  # the trees learnt the offset without it
+            noise_med = (self._noise_median(d)[:, j], np.zeros_like(d.value))
         res = propagate(
             model,
             X,
@@ -367,6 +383,7 @@ class Homogeniser(ParamsMixin):
             executor=getattr(self, "_executor", None),
             return_noise=True,
             center=center,
+            shift=noise_med,
         )
         # the link's own uncertainty where the survey has no measurement (a chained survey's
         # star seen through this survey): its model's single tau
