@@ -62,6 +62,12 @@ def main(argv=None):
         default="cv,cv-fs,holdout",
         help="conditional: calibrations to measure (cv: K-fold CV; cv-fs: + fold-size correction; holdout: held-out set)",
     )
+    ap.add_argument(
+        "--selection",
+        default=None,
+        help="conditional: rule of the calibration's own CV choice of the bias and width models "
+        "(best, one-se, one-se-classic; default the library's)",
+    )
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     if not EMULATOR.exists() and sections != {"conditional"}:
@@ -351,12 +357,13 @@ def conditional_coverage(args):
                 modes.append((f"held-out set of {args.n_calib} stars (CLI default)", "holdout"))
             for name, fs in modes:
                 t = time.perf_counter()
+                sel = {} if args.selection is None else {"selection": args.selection}
                 if fs == "holdout":
-                    calibrate(model, fca, ica, lca, n_folds=0)
+                    calibrate(model, fca, ica, lca, n_folds=0, **sel)
                     cost = f"calibration {time.perf_counter() - t:.1f} s on {len(lca)} more stars"
                 else:
                     cal = calibrate_from_predictions(
-                        model, resid + ltr, fvar, ltr, eps=eps, source=f"cv-{args.n_folds}", fold_size=fs
+                        model, resid + ltr, fvar, ltr, eps=eps, source=f"cv-{args.n_folds}", fold_size=fs, **sel
                     )
                     t_extra = t_cv2 if fs is not None else 0.0
                     cost = f"calibration {t_cv + t_extra + time.perf_counter() - t:.1f} s"

@@ -25,6 +25,7 @@ from bayescannon.core.conditional import (
     spectrum_snr,
     width_factors,
 )
+from bayescannon.core.selection import DEFAULT_SELECTION
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
     CALIBRATION_VERSION,
@@ -78,6 +79,7 @@ def calibrate(
     fit_label_errors: bool = False,
     fold_size_correction: bool = False,
     progressbar: bool = False,
+    selection=DEFAULT_SELECTION,
 ) -> dict:
     """Fit the calibrated error model and store it in ``model.calibration_``.
 
@@ -114,6 +116,9 @@ def calibrate(
         ``docs/guides/calibration.md``); a held-out calibration set (``n_folds = 0``) has no
         fold-size effect at all. Ignored for ``n_folds = 0`` and ``n_folds = 2``.
     progressbar : bool
+    selection : {"best", "one-se", "one-se-classic"}
+        How the bias and width models' own cross-validation picks their form and ridge
+        (see :func:`fit_calibration`).
 
     Returns
     -------
@@ -191,6 +196,7 @@ def calibrate(
         random_state=random_state,
         source=source,
         fold_size=fold_size,
+        selection=selection,
     )
 
 
@@ -224,7 +230,7 @@ def calibrate_from_predictions(
     random_state=0,
     source="predictions",
     fold_size=None,
-    selection="best",
+    selection=DEFAULT_SELECTION,
 ) -> dict:
     """:func:`calibrate` from held-out or cross-validated estimates already at hand.
 
@@ -324,7 +330,7 @@ def fit_calibration(
     groups=None,
     fold_size=None,
     interactions=(False, True),
-    selection="best",
+    selection=DEFAULT_SELECTION,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -407,7 +413,7 @@ def _fit_calibration(
     groups,
     fold_size,
     interactions=(False, True),
-    selection="best",
+    selection=DEFAULT_SELECTION,
 ):
     """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
     without the correction) by which the returned calibration's residuals were rescaled (√g)."""

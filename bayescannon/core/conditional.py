@@ -34,7 +34,7 @@ import logging
 
 import numpy as np
 
-from bayescannon.core.selection import select_candidate
+from bayescannon.core.selection import DEFAULT_SELECTION, select_candidate
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 
@@ -142,7 +142,7 @@ def fit_bias_model(
     alphas=None,
     splines=(False, True),
     groups=None,
-    selection="best",
+    selection=DEFAULT_SELECTION,
 ):
     """Smooth label-dependent bias of the estimates, with its form and ridge chosen by CV.
 
@@ -472,7 +472,7 @@ def fit_smooth_width(
     alphas=None,
     groups=None,
     interactions=(False, True),
-    selection="best",
+    selection=DEFAULT_SELECTION,
 ):
     """Smooth log-width model of standardised residuals, its form and ridge chosen by CV.
 

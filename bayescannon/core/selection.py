@@ -15,13 +15,15 @@ import numpy as np
 
 from bayescannon.errors import InvalidInputError
 
-__all__ = ["SELECTION_RULES", "select_candidate"]
+__all__ = ["DEFAULT_SELECTION", "SELECTION_RULES", "select_candidate"]
 
 #: ``"best"``: the lowest mean CV loss; ``"one-se"``: the simplest candidate within one
 #: standard error of the best, the standard error of the per-star *difference* of losses to
 #: the best candidate (paired: the star-to-star spread common to all candidates cancels);
 #: ``"one-se-classic"``: the same with the standard error of the best candidate's own mean loss.
 SELECTION_RULES = ("best", "one-se", "one-se-classic")
+#: The rule of the calibration's bias and width models (docs/guides/calibration.md, "one-standard-error rule").
+DEFAULT_SELECTION = "best"
 
 
 def select_candidate(losses, complexity, rule="best"):
