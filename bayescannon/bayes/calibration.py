@@ -25,6 +25,7 @@ from bayescannon.core.conditional import (
     spectrum_snr,
     width_factors,
 )
+from bayescannon.core.selection import DEFAULT_SELECTION
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
     CALIBRATION_VERSION,
@@ -78,6 +79,7 @@ def calibrate(
     fit_label_errors: bool = False,
     fold_size_correction: bool = False,
     progressbar: bool = False,
+    selection=DEFAULT_SELECTION,
 ) -> dict:
     """Fit the calibrated error model and store it in ``model.calibration_``.
 
@@ -114,6 +116,9 @@ def calibrate(
         ``docs/guides/calibration.md``); a held-out calibration set (``n_folds = 0``) has no
         fold-size effect at all. Ignored for ``n_folds = 0`` and ``n_folds = 2``.
     progressbar : bool
+    selection : {"best", "one-se", "one-se-classic"}
+        How the bias and width models' own cross-validation picks their form and ridge
+        (see :func:`fit_calibration`).
 
     Returns
     -------
@@ -191,6 +196,7 @@ def calibrate(
         random_state=random_state,
         source=source,
         fold_size=fold_size,
+        selection=selection,
     )
 
 
@@ -224,6 +230,7 @@ def calibrate_from_predictions(
     random_state=0,
     source="predictions",
     fold_size=None,
+    selection=DEFAULT_SELECTION,
 ) -> dict:
     """:func:`calibrate` from held-out or cross-validated estimates already at hand.
 
@@ -251,6 +258,8 @@ def calibrate_from_predictions(
         estimates of the same stars from models trained on fewer stars, and ``sizes`` =
         (m₁, m₂, N): the training-set sizes behind ``estimates``, behind those, and of
         ``model`` (see :func:`calibrate`).
+    selection : {"best", "one-se", "one-se-classic"}
+        How the bias and width models' CV picks their form (see :func:`fit_calibration`).
 
     Returns
     -------
@@ -279,6 +288,7 @@ def calibrate_from_predictions(
         smooth=True,
         groups=None,
         fold_size=fs,
+        selection=selection,
     )
     cal["source"] = source
     model.calibration_ = cal
@@ -320,6 +330,7 @@ def fit_calibration(
     groups=None,
     fold_size=None,
     interactions=(False, True),
+    selection=DEFAULT_SELECTION,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -356,6 +367,10 @@ def fit_calibration(
         Candidates of the smooth width model's label × noise-fraction terms, chosen by its
         cross-validation (:func:`bayescannon.core.conditional.fit_smooth_width`; ``(False,)``:
         the version-6 additive model).
+    selection : {"best", "one-se", "one-se-classic"}
+        Rule of the bias and smooth width models' cross-validated choice of form and ridge:
+        the best CV score, or the simplest candidate within one standard error of it
+        (:func:`bayescannon.core.selection.select_candidate`).
 
     Returns
     -------
@@ -378,6 +393,7 @@ def fit_calibration(
         groups=groups,
         fold_size=fold_size,
         interactions=interactions,
+        selection=selection,
     )
     return cal, oof
 
@@ -397,6 +413,7 @@ def _fit_calibration(
     groups,
     fold_size,
     interactions=(False, True),
+    selection=DEFAULT_SELECTION,
 ):
     """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
     without the correction) by which the returned calibration's residuals were rescaled (√g)."""
@@ -409,7 +426,9 @@ def _fit_calibration(
         )
         weights = 1.0 / (noise + excess[None, :] + (0.0 if ref_var is None else ref_var))
     if bias:
-        bias, oof = fit_bias_model(resid, x, weights, names, random_state=random_state, groups=groups)
+        bias, oof = fit_bias_model(
+            resid, x, weights, names, random_state=random_state, groups=groups, selection=selection
+        )
     else:
         bias, oof = None, np.zeros_like(resid)
     rc = resid - oof
@@ -433,7 +452,9 @@ def _fit_calibration(
     z = np.where(ok, z, np.nan)
     width = None
     if smooth:
-        width = fit_smooth_width(z, x, u, names, random_state=random_state, groups=groups, interactions=interactions)
+        width = fit_smooth_width(
+            z, x, u, names, random_state=random_state, groups=groups, interactions=interactions, selection=selection
+        )
     z1 = z / np.exp(smooth_log_scales(width, x, u))
     mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
     s = width_factors(width, mondrian, x, u)

@@ -34,6 +34,7 @@ import logging
 
 import numpy as np
 
+from bayescannon.core.selection import DEFAULT_SELECTION, select_candidate
 from bayescannon.core.vectorizer import PolynomialVectorizer
 from bayescannon.errors import InsufficientDataError, InvalidInputError
 
@@ -141,6 +142,7 @@ def fit_bias_model(
     alphas=None,
     splines=(False, True),
     groups=None,
+    selection=DEFAULT_SELECTION,
 ):
     """Smooth label-dependent bias of the estimates, with its form and ridge chosen by CV.
 
@@ -165,6 +167,9 @@ def fit_bias_model(
     groups : ndarray, shape (N,), optional
         Star of each row when a star has several rows (repeated cross-validation): the
         folds of this cross-validation keep a star's rows together.
+    selection : {"best", "one-se", "one-se-classic"}
+        Rule that picks the candidate from its CV score (:func:`bayescannon.core.selection.select_candidate`;
+        simpler = fewer terms, then a stronger ridge).
 
     Returns
     -------
@@ -213,9 +218,7 @@ def fit_bias_model(
         w = weights[good, j] / np.mean(weights[good, j])
         r = _winsorise(r_all[good, j], w)
         fold = _fold_of(np.arange(n) if groups is None else groups, n_folds, rng)[good]
-        sw = np.sum(w)
-        best = (np.sum(w * r * r) / sw, None, 0.0)  # no correction
-        none_mse = best[0]
+        cands = [(None, 0.0, (0, 0.0), w * r * r)]  # no correction; per-star losses w (r - pred)²
         for (d, sp), phi_all in designs.items():
             phi = phi_all[good]
             if phi.shape[1] * 5 > m:  # too many terms for the stars: skip the form
@@ -224,12 +227,10 @@ def fit_bias_model(
                 pred = np.empty(m)
                 for f in range(n_folds):
                     te = fold == f
-                    c = _ridge(phi[~te], r[~te], w[~te], alpha)
-                    pred[te] = phi[te] @ c
-                mse = np.sum(w * (r - pred) ** 2) / sw
-                if mse < best[0]:
-                    best = (mse, (d, sp), alpha)
-        mse, form, alpha = best
+                    pred[te] = phi[te] @ _ridge(phi[~te], r[~te], w[~te], alpha)
+                cands.append(((d, sp), alpha, (phi.shape[1], -alpha), w * (r - pred) ** 2))
+        i = select_candidate(np.array([c[3] for c in cands]), [c[2] for c in cands], selection)
+        form, alpha, mse, none_mse = cands[i][0], cands[i][1], float(cands[i][3].mean()), float(cands[0][3].mean())
         if form is None:
             coef, d_out, sp_out = [0.0], -1, False
         else:
@@ -471,6 +472,7 @@ def fit_smooth_width(
     alphas=None,
     groups=None,
     interactions=(False, True),
+    selection=DEFAULT_SELECTION,
 ):
     """Smooth log-width model of standardised residuals, its form and ridge chosen by CV.
 
@@ -504,6 +506,9 @@ def fit_smooth_width(
     interactions : sequence of bool
         Candidates for the label × noise-fraction interaction terms (``(False,)``: the
         version-6 additive model).
+    selection : {"best", "one-se", "one-se-classic"}
+        Rule that picks the candidate from its CV score (:func:`bayescannon.core.selection.select_candidate`;
+        simpler = fewer terms, then a stronger ridge).
 
     Returns
     -------
@@ -536,28 +541,25 @@ def fit_smooth_width(
 
         def cv_nll(d, a, inter, z2=z2, fold=fold, pred=pred, center=center, spread=spread):
             phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread, inter)
-            tot = 0.0
+            loss = np.empty(z2.size)  # per-star held-out negative log-likelihood
             for f in range(n_folds):
                 te = fold == f
                 eta = phi[te] @ _fit_log_width(phi[~te], z2[~te], a)
-                tot += np.sum(eta + 0.5 * z2[te] * np.exp(-2.0 * eta))
-            return tot / max(z2.size, 1)
+                loss[te] = eta + 0.5 * z2[te] * np.exp(-2.0 * eta)
+            return loss
 
-        if m < 20 * n_folds:
+        enough = m >= 20 * n_folds
+        if not enough:
             logger.warning("%s: too few stars (%d) for a smooth width model", label_names[j], m)
-            best = (np.nan, 0, 0.0, False)
-        else:
-            best = (cv_nll(0, 0.0, False), 0, 0.0, False)
-        none = best[0]
-        for d in degrees if m >= 20 * n_folds else ():
+        cands = [(0, 0.0, False, (0, 0.0), cv_nll(0, 0.0, False) if enough else np.full(1, np.nan))]
+        for d in degrees if enough else ():
             for inter in interactions:
                 if d == 0 or _n_width_terms(d, k, inter) * 20 > m:
                     continue
-                for a in alphas:
-                    v = cv_nll(d, a, inter)
-                    if v < best[0]:
-                        best = (v, d, a, inter)
-        v, d, a, inter = best
+                cands += [(d, a, inter, (_n_width_terms(d, k, inter), -a), cv_nll(d, a, inter)) for a in alphas]
+        i = select_candidate(np.array([c[4] for c in cands]), [c[3] for c in cands], selection) if enough else 0
+        d, a, inter = cands[i][:3]
+        v, none = float(cands[i][4].mean()), float(cands[0][4].mean())
         c = np.zeros(_n_width_terms(d, k, inter))
         if d > 0:
             phi = _width_design(pred[:, :-1], pred[:, -1], d, center, spread, inter)
