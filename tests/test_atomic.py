@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bayescannon.errors import InvalidInputError
+from bayescannon.errors import InvalidInputError, OutputExistsError
 from bayescannon.pipeline.atomic import TMP_PREFIX, atomic_path, write_json
 
 
@@ -50,3 +50,34 @@ def test_directory_target(tmp_path):
     with atomic_path(target, directory=True) as tmp:
         (tmp / "part").write_text("1")
     assert (target / "part").read_text() == "1"
+
+
+def test_replacing_a_folder_never_deletes_files_it_does_not_write(tmp_path, monkeypatch):
+    target = tmp_path / "mock"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "a.fits").write_text("old")
+    with atomic_path(target, overwrite=True, directory=True) as tmp:  # our own output: replaced
+        (tmp / "a.fits").write_text("new")
+    assert (target / "a.fits").read_text() == "new"
+    (target / "precious.txt").write_text("keep")  # a user's file in the output folder
+    with pytest.raises(OutputExistsError, match="precious.txt"):
+        with atomic_path(target, overwrite=True, directory=True) as tmp:
+            (tmp / "a.fits").write_text("newer")
+    assert (target / "precious.txt").read_text() == "keep" and (target / "a.fits").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mock"]  # no temporary folder left
+    monkeypatch.chdir(target)  # the working folder itself is never replaced
+    (target / "precious.txt").unlink()
+    with pytest.raises(OutputExistsError, match="working folder"):
+        with atomic_path(".", overwrite=True, directory=True) as tmp:
+            (tmp / "a.fits").write_text("newer")
+    assert (target / "a.fits").read_text() == "new"
+
+
+def test_a_zarr_store_is_replaced_as_a_whole(tmp_path):
+    target = tmp_path / "s.zarr"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "zarr.json").write_text("{}")
+        (tmp / "old_array").mkdir()
+    with atomic_path(target, overwrite=True, directory=True) as tmp:
+        (tmp / "zarr.json").write_text("{}")
+    assert not (target / "old_array").exists()

@@ -195,6 +195,30 @@ def check_writable(path, *, overwrite: bool = False, inputs=()) -> Path:
     return path
 
 
+#: files that mark a folder as one data store (zarr v3 / v2), replaced as a whole
+_STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def _check_folder_replaceable(path: Path, new: Path) -> None:
+    """Refuse to replace an existing folder that holds anything the new output does not
+    (a user's own files: ``--overwrite`` replaces outputs, never deletes other files), and
+    the working folder or one above it. A data store (zarr) is replaced as a whole."""
+    if not path.is_dir():
+        return
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise OutputExistsError(f"{path} is the working folder or contains it: choose a new folder for the output")
+    if any((path / m).exists() for m in _STORE_MARKERS):
+        return
+    foreign = sorted(e.name for e in path.iterdir() if not (new / e.name).exists())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(
+            f"{path} holds files this output does not write ({shown}): --overwrite replaces outputs but never "
+            "deletes other files; remove them or choose another folder"
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, overwrite: bool = False, directory: bool = False, inputs=()) -> Iterator[Path]:
     """Context manager yielding a temporary path that becomes ``path`` on success.
@@ -205,7 +229,8 @@ def atomic_path(path, *, overwrite: bool = False, directory: bool = False, input
         The final file (or folder, with ``directory=True``, e.g. a zarr store).
     overwrite : bool
         Replace an existing ``path``; when False an existing file raises before anything
-        is written.
+        is written. An existing folder is replaced only when it holds nothing the new one
+        does not (or is a zarr store), never when it is the working folder or above it.
     directory : bool
         The writer creates a folder at the yielded path instead of a file.
     inputs : iterable of path-like
@@ -236,6 +261,7 @@ def atomic_path(path, *, overwrite: bool = False, directory: bool = False, input
         yield tmp
         if directory:
             if path.exists():
+                _check_folder_replaceable(path, tmp)
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             os.replace(tmp, path)
         elif overwrite:
