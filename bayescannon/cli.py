@@ -3,7 +3,8 @@
 Argument parsing only: each command lives in ``bayescannon/commands/<name>.py`` and
 defines ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args) -> int`` and, when it
 writes files, ``outputs(args)`` (the files it will write: checked before ``run``, see
-:func:`check_command_outputs`); this module discovers them, so adding a command never
+:func:`check_command_outputs`) and, when a config file names more files it reads,
+``inputs(args)`` (those files: never written over); this module discovers them, so adding a command never
 touches this file. Every command takes ``--overwrite``.
 """
 
@@ -14,6 +15,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 
 from bayescannon import commands
 from bayescannon._version import __version__
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="replace output files that exist (an input of the command is never replaced)",
         )
-        p.set_defaults(_run=mod.run, _outputs=getattr(mod, "outputs", None))
+        p.set_defaults(_run=mod.run, _outputs=getattr(mod, "outputs", None), _inputs=getattr(mod, "inputs", None))
     return parser
 
 
@@ -126,7 +128,10 @@ def check_command_outputs(args) -> None:
     """
     declare = getattr(args, "_outputs", None)
     outs = list(declare(args)) if declare is not None else []
-    check_outputs(outs, input_paths(args, outs), overwrite=bool(getattr(args, "overwrite", False)))
+    # files a command reads besides its arguments (those a config file names): ``inputs(args)``
+    named = getattr(args, "_inputs", None)
+    extra = [Path(p) for p in named(args)] if named is not None else []
+    check_outputs(outs, input_paths(args, outs) + extra, overwrite=bool(getattr(args, "overwrite", False)))
 
 
 def main(argv=None) -> int:

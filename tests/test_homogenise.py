@@ -295,6 +295,12 @@ def test_cli_mock_catalogues_and_homogenise(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 1  # the catalogue exists: refused without --overwrite
     assert "exists" in capsys.readouterr().err
+    # a survey catalogue named by the config is an input: never written over, even with --overwrite
+    apogee = cfg.parent / "apogee.fits"
+    before = apogee.read_bytes()
+    onto = ["homogenise", str(cfg), "-o", str(apogee), "--overwrite", "--n-estimators", "30", "--n-draws", "40"]
+    assert main(onto) == 1
+    assert "also an input" in capsys.readouterr().err and apogee.read_bytes() == before
 
 
 # ---------------------------------------------------------------- errors in variables

@@ -18,6 +18,7 @@ from astropy.table import Table
 
 from bayescannon.commands._outputs import Output
 from bayescannon.commands._summary import add_json_argument, print_summary
+from bayescannon.errors import BayesCannonError
 from bayescannon.flags import StarFlag
 from bayescannon.pipeline.atomic import write_json
 from bayescannon.plots import kiel_diagram, one_to_one, precision_vs_snr
@@ -47,6 +48,15 @@ def add_arguments(p):
     p.add_argument("--report-format", choices=["md", "html"], default="md")
     p.add_argument("--plot-formats", nargs="+", default=["png"], choices=["png", "pdf", "svg"])
     add_json_argument(p)
+
+
+def inputs(args):
+    """The spectra, label tables, crossmatch and cluster files the config names (none when the
+    config cannot be read: ``run`` then reports why, after the output checks)."""
+    try:
+        return load_cross_survey_config(args.config).input_paths()
+    except BayesCannonError:
+        return []
 
 
 def outputs(args):

@@ -50,6 +50,11 @@ def _paths(args):
     return out, out.with_name(out.stem + "_models"), report
 
 
+def inputs(args):
+    """The survey catalogues the config names: never written over, not even with --overwrite."""
+    return load_config(args.config).input_paths()
+
+
 def outputs(args):
     """The catalogue, the folder of offset models and the report with its figures."""
     out, models, report = _paths(args)

@@ -67,6 +67,12 @@ class HomogeniseConfig:
     source: Path | None = None
     raw: dict = field(default_factory=dict)
 
+    def input_paths(self) -> list[Path]:
+        """Every file the configuration reads (for the output pre-flight check): the config
+        itself and each survey's catalogue."""
+        out = [self.source] if self.source is not None else []
+        return out + [Path(sc.path) for sc in self.surveys.values() if sc.path is not None]
+
     def read_catalogues(self) -> dict:
         """Read every survey's table (renaming and ``where`` applied): name → Table."""
         out = {}
