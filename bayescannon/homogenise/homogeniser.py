@@ -32,7 +32,12 @@ from astropy.table import Table
 from bayescannon._estimator import ParamsMixin
 from bayescannon.errors import InsufficientDataError, InvalidInputError, NotFittedError
 from bayescannon.homogenise.config import SurveyData, check_reference, prepare_survey
-from bayescannon.homogenise.deconvolve import Deconvolution, noise_covariance, split_normal_median
+from bayescannon.homogenise.deconvolve import (
+    Deconvolution,
+    noise_covariance,
+    split_normal_median,
+    sum_median_shift,
+)
 from bayescannon.homogenise.graph import REF, edge_costs, survey_paths
 from bayescannon.homogenise.offsets import DEFAULT_QUANTILES, OffsetModel
 from bayescannon.homogenise.output import unified_table
@@ -284,12 +289,18 @@ class Homogeniser(ParamsMixin):
         for s in sorted(others, key=lambda s: (len(paths[s]), others.index(s))):
             parent = paths[s][1]
             target = ref if parent == REF else cal[parent]
-            self._fit_edge(lab, j, s, parent, target, data[s], rows[s], rng)
+            # the split-normal scales of the target's own error: a survey's, or the anchor's
+            # when it alone is the reference (a combination of several is taken as symmetric)
+            src = parent if parent != REF else (anchor if len(present) == 1 else None)
+            scales = None
+            if src is not None:
+                scales = tuple(self._dense(n, rows[src], getattr(data[src], a)[:, j])[rows[s]] for a in ("s1", "s2"))
+            self._fit_edge(lab, j, s, parent, target, data[s], rows[s], rng, target_scales=scales)
             self.paths_[lab][s] = [p if p != REF else "+".join(present) for p in paths[s]]
             cal[s] = self._calibrate(lab, s, data[s], rows[s], n, rng)
         return cal
 
-    def _fit_edge(self, lab, j, s, parent, target, d: SurveyData, rows, rng):
+    def _fit_edge(self, lab, j, s, parent, target, d: SurveyData, rows, rng, target_scales=None):
         tmu = target[0][rows]  # the calibrated median (see propagate)
         tsig = 0.5 * (target[1][rows] + target[2][rows])
         common = np.flatnonzero(np.isfinite(tmu) & np.isfinite(d.value[:, j]))
@@ -305,6 +316,10 @@ class Homogeniser(ParamsMixin):
         shift = self._shift(s, d)
         if shift is not None:  # the model learns the offset alone: y minus D and the noise's own median
             y = y + shift[common, j] - self._noise_median(d)[common, j]
+            if (
+                target_scales is not None
+            ):  # and minus the median of the target's skewed error plus the posterior scatter
+                y = y - self._target_skew(s, d, j, common, target_scales)
         model = OffsetModel(
             self.quantiles,
             n_estimators=self.n_estimators,
@@ -340,6 +355,32 @@ class Homogeniser(ParamsMixin):
             ncov = noise_covariance(d.s1, d.s2, d.cov)
             self._shifts[key] = -np.nan_to_num(self.deconvolution_[s].median_shrinkage(d.value, ncov, d.s1, d.s2))
         return self._shifts[key]
+
+    def _target_skew(self, s, d: SurveyData, j, common, target_scales) -> np.ndarray:
+        """(len(common),) median of ``target - x`` plus the survey's own posterior scatter on
+        its common stars (:func:`~bayescannon.homogenise.deconvolve.sum_median_shift`).
+
+        A target that is another survey's calibrated median is ``x + E``, ``E`` median-zero
+        at a fixed true label ``x`` but skewed when that survey's errors are split normals
+        (``x - v`` has scales ``s1`` below, ``s2`` above, so ``E`` has ``s2`` below and ``s1``
+        above). Given the survey's own value ``v``, the offset model sees ``E`` plus the
+        scatter of ``x`` about ``v + D``, of variance ``(I + dD/dv) S`` (the deconvolution's
+        posterior covariance, Gaussian), and learns the median of that sum, which is not 0:
+        it is taken out of the offsets before the fit. 0 where the target's error is
+        symmetric."""
+        t1, t2 = (np.asarray(a, dtype=float)[common] for a in target_scales)
+        asym = np.isfinite(t1) & np.isfinite(t2) & (t1 > 0) & (t2 > 0) & ~np.isclose(t1, t2)
+        out = np.zeros(len(common))
+        if not asym.any():
+            return out
+        idx = common[asym]
+        ncov = noise_covariance(d.s1[idx], d.s2[idx], None if d.cov is None else d.cov[idx])
+        _, jac = self.deconvolution_[s].shrinkage_and_slope(d.value[idx], ncov)
+        k = d.value.shape[1]
+        post = (np.eye(k)[None] + jac) @ np.where(np.isfinite(ncov), ncov, 0.0)
+        sigma = np.sqrt(np.clip(post[:, j, j], 0.0, None))
+        out[asym] = np.nan_to_num(sum_median_shift(sigma, t2[asym], t1[asym]))
+        return out
 
     @staticmethod
     def _noise_median(d: SurveyData) -> np.ndarray:
