@@ -120,6 +120,9 @@ class Homogeniser(ParamsMixin):
         ``D`` is the posterior-median shift
         (:meth:`~bayescannon.homogenise.deconvolve.Deconvolution.median_shrinkage`) and the
         error's own median is taken out too and added back per star by the propagation.
+        A survey chained on a parent with split-normal errors also has the median of the
+        parent's skewed error plus its own posterior scatter taken out
+        (:meth:`_target_skew`, :func:`~bayescannon.homogenise.deconvolve.sum_median_shift`).
     random_state : int
     """
 
@@ -316,9 +319,8 @@ class Homogeniser(ParamsMixin):
         shift = self._shift(s, d)
         if shift is not None:  # the model learns the offset alone: y minus D and the noise's own median
             y = y + shift[common, j] - self._noise_median(d)[common, j]
-            if (
-                target_scales is not None
-            ):  # and minus the median of the target's skewed error plus the posterior scatter
+            if target_scales is not None:
+                # and the median of the target's own skewed error plus this survey's posterior scatter
                 y = y - self._target_skew(s, d, j, common, target_scales)
         model = OffsetModel(
             self.quantiles,
