@@ -44,6 +44,7 @@ from bayescannon.errors import (
     ShapeMismatchError,
 )
 from bayescannon.flags import StarFlag
+from bayescannon.pipeline.pool import blas_threads
 from bayescannon.results import set_label_units
 from bayescannon.spectra import as_label_array
 
@@ -275,21 +276,22 @@ def calibrate_from_predictions(
     fs = None
     if fold_size is not None:
         fs = {"residuals": np.asarray(fold_size["estimates"], dtype=np.float64) - y, "sizes": fold_size["sizes"]}
-    cal, oof, factors = _fit_calibration(
-        resid,
-        fvar,
-        eps,
-        x,
-        model.label_names,
-        ref_var=ref_var,
-        random_state=random_state,
-        bias=True,
-        mondrian=True,
-        smooth=True,
-        groups=None,
-        fold_size=fs,
-        selection=selection,
-    )
+    with blas_threads(1):  # many small ridge solves: BLAS threads only cost (pipeline.pool.blas_threads)
+        cal, oof, factors = _fit_calibration(
+            resid,
+            fvar,
+            eps,
+            x,
+            model.label_names,
+            ref_var=ref_var,
+            random_state=random_state,
+            bias=True,
+            mondrian=True,
+            smooth=True,
+            groups=None,
+            fold_size=fs,
+            selection=selection,
+        )
     cal["source"] = source
     model.calibration_ = cal
     # coverage of the calibrated intervals on the (cross-fitted, bias-corrected, fold-size-corrected) residuals
@@ -379,22 +381,23 @@ def fit_calibration(
     oof_bias : ndarray, shape (N, K)
         Cross-fitted bias of each star (zeros without a bias model).
     """
-    cal, oof, _ = _fit_calibration(
-        residuals,
-        formal_var,
-        eps,
-        x_scaled,
-        label_names,
-        ref_var=ref_var,
-        random_state=random_state,
-        bias=bias,
-        mondrian=mondrian,
-        smooth=smooth,
-        groups=groups,
-        fold_size=fold_size,
-        interactions=interactions,
-        selection=selection,
-    )
+    with blas_threads(1):  # many small ridge solves: BLAS threads only cost
+        cal, oof, _ = _fit_calibration(
+            residuals,
+            formal_var,
+            eps,
+            x_scaled,
+            label_names,
+            ref_var=ref_var,
+            random_state=random_state,
+            bias=bias,
+            mondrian=mondrian,
+            smooth=smooth,
+            groups=groups,
+            fold_size=fold_size,
+            interactions=interactions,
+            selection=selection,
+        )
     return cal, oof
 
 

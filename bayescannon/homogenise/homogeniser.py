@@ -21,7 +21,6 @@ into the unified table (:func:`~bayescannon.homogenise.output.unified_table`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,21 +44,11 @@ from bayescannon.homogenise.propagate import propagate
 from bayescannon.homogenise.splitnormal import combine_split_normal
 from bayescannon.homogenise.validation import pair_validation
 from bayescannon.pipeline.atomic import atomic_path, write_json
+from bayescannon.pipeline.pool import blas_threads
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Homogeniser", "stack_surveys"]
-
-
-def _blas_threads(n_jobs):
-    """A context that caps BLAS/OpenMP threads at ``n_jobs`` (the many tiny linear-algebra
-    calls of the deconvolution ran several times slower with threads fighting over busy
-    cores); a no-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits  # lazy: optional third-party import
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=max(1, int(n_jobs)))
 
 
 def stack_surveys(data: Mapping[str, SurveyData]):
@@ -226,7 +215,7 @@ class Homogeniser(ParamsMixin):
         """
         self._executor = executor
         try:
-            with _blas_threads(self.n_jobs):
+            with blas_threads(self.n_jobs, user_api=None):
                 return self._fit(catalogues)
         finally:
             self._executor = None
@@ -454,7 +443,7 @@ class Homogeniser(ParamsMixin):
         self._check_fitted()
         self._executor = executor
         try:
-            with _blas_threads(self.n_jobs):
+            with blas_threads(self.n_jobs, user_api=None):
                 return self._transform(catalogues)
         finally:
             self._executor = None
@@ -477,7 +466,7 @@ class Homogeniser(ParamsMixin):
         """:meth:`fit`, then the unified table of the same catalogues from the calibration
         computed while fitting."""
         self.fit(catalogues, executor=executor)
-        with _blas_threads(self.n_jobs):
+        with blas_threads(self.n_jobs, user_api=None):
             return self._table(*self._fit_cache)
 
     def _table(self, data, ids, rows, cal, noise) -> Table:

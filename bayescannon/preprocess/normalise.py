@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from bayescannon.errors import InvalidInputError
+from bayescannon.pipeline.pool import blas_threads
 from bayescannon.preprocess._container import (
     flag_all_masked,
     flux_ivar,
@@ -143,13 +144,7 @@ def _parallel_blocks(fn: Callable, blocks: Sequence) -> None:
     are shared (multi-threaded OpenBLAS on small products can be ~10x slower then).
     """
     threads = min(_n_threads(), len(blocks))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl absent: let BLAS thread
-        for b in blocks:
-            fn(b)
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         if threads <= 1:
             for b in blocks:
                 fn(b)
