@@ -414,17 +414,15 @@ def calibration_draws(args):
     the most persistent cells. Use ``--n-test 20000`` (4,000 stars per bin) so the test
     noise is small.
 
-    Measured 2026-11-30 on the simulator (2,000 training, 20,000 test stars, 8 draws of
-    2,000 calibration stars; run on cached predictions, the same fit): order 2 cells in band
-    98 97 99 98 91 93 97 94 (mean 95.9), rms deviation 0.023, between-draw sd 0.016,
-    structure 0.014; order 3: 100 99 97 98 97 90 99 99 (97.4), 0.022, 0.017, 0.009. Overall
-    68 % 0.665-0.718 and 95 % 0.933-0.961 over all draws. So at 2,000 calibration stars
-    the misses are mostly the calibration set's own noise, plus structure of ~0.01-0.014;
-    ablations (6 draws, order 2; mean cells in band): the default 96.0, without Mondrian
-    factors 94.8, without label x noise-fraction terms 96.5, without the smooth width 91.3,
-    without the bias model 92.0, without both width models 73.2; pooled empirical-Bayes
-    shrinkage of the Mondrian factors 96.0, none 95.5, the winsorised-mean statistic 96.6
-    (docs/guides/calibration.md, "Where the misses come from")."""
+    Measured 2026-11-30 (``--n-test 20000 --n-draws 8``; 2,000 training stars, 8 draws of
+    2,000 calibration stars; cells in band per draw, mean; rms deviation of the cells from
+    0.68; between-draw sd; structure): simulator order 2: 98 97 99 98 91 93 97 94 (95.9),
+    0.023, 0.016, 0.014; order 3: 100 99 97 98 97 90 99 99 (97.4), 0.022, 0.017, 0.009;
+    emulator order 2: 95 95 99 99 97 97 98 96 (97.0), 0.022, 0.016, 0.012; order 3: 98 97 98 99
+    97 97 99 98 (97.9), 0.021, 0.017, 0.008. Overall 68 % 0.659-0.718 and 95 % 0.933-0.960
+    over all 32 calibrations. At 2,000 calibration stars the misses are mostly the
+    calibration set's own noise; ablations and variants: docs/guides/calibration.md ("Where
+    the misses come from")."""
     from bayescannon import CannonModel
     from bayescannon.bayes.calibration import _usable
     from bayescannon.core.conditional import binned_coverage
