@@ -343,7 +343,10 @@ def test_calibrate_writes_its_figures_with_proper_axis_labels(tmp_path, capsys):
     names = sorted(p.name for p in figs.iterdir())
     assert names == ["coverage_curve.png", "coverage_map.png", "errors_vs_snr.png", "zscores.png"]
     assert all(imread(figs / n).shape[0] > 100 for n in names)
-    assert "wrote 4 figures" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 4 figures" in out
+    # how well the 120 calibration stars pin down a quintile's coverage: sqrt(0.68 * 0.32 / 24) = 0.095
+    assert "120 calibration stars (24 per quintile): a quintile's 68 % coverage is known to +-0.095" in out
     # a second run does not replace them without --overwrite
     assert main(["calibrate", str(model), str(test), "--figures", str(figs), "-o", str(tmp_path / "m2.nc")]) == 1
     # --json: one JSON object only, with the coverage the text table shows
@@ -356,5 +359,6 @@ def test_calibrate_writes_its_figures_with_proper_axis_labels(tmp_path, capsys):
     assert len(out) == 1
     summary = json.loads(out[0])
     assert summary["model"] is None and summary["n_stars"] == 120 and len(summary["figures"]) >= 3
+    assert "calibration_stars" not in summary  # --report-only: nothing was calibrated
     formal = summary["coverage"]["formal"]
     assert set(formal) == {"TEFF", "LOGG", "FE_H"} and all(0 <= v["0.68"] <= v["0.95"] <= 1 for v in formal.values())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from bayescannon.bayes import calibrate, coverage_report
 from bayescannon.bayes.calibration import binned_coverage_arrays
 from bayescannon.commands._common import join_labels, load_spectra
@@ -59,6 +61,14 @@ def add_arguments(p):
     add_json_argument(p)
 
 
+def calibration_noise(cal: dict) -> tuple[int, float]:
+    """The calibration's usable stars and the binomial sd of a quintile bin's 68 % coverage
+    on them: how well the calibration set pins down the coverage of a region."""
+    bins = cal.get("coverage_by_bin") or {}
+    n = int(sum(next(iter(bins.values()))["n"])) if bins else 0
+    return n, float(np.sqrt(0.68 * 0.32 / max(n / 5, 1)))
+
+
 def model_output(args) -> Path:
     """Where the calibrated model goes: ``-o``, or ``<MODEL stem>_calibrated<suffix>`` beside MODEL."""
     if args.output:
@@ -110,6 +120,13 @@ def run(args) -> int:
         out = model_output(args)
         model.save(out, overwrite=args.overwrite)
         say(args, f"calibration ({model.calibration_['source']}) written to {out}")
+        n_cal, cell_sd = calibration_noise(model.calibration_)
+        say(
+            args,
+            f"{n_cal} calibration stars ({n_cal / 5:.0f} per quintile): a quintile's 68 % coverage is known to "
+            f"+-{cell_sd:.3f} (1 sigma, binomial), and the calibrated intervals' coverage per region of new stars "
+            "scatters by about that much (docs/guides/calibration.md, 'Where the misses come from')",
+        )
         fs = model.calibration_.get("fold_size")
         if fs:
             m1, m2, n = fs["sizes"]
@@ -151,6 +168,11 @@ def run(args) -> int:
         figures = write_figures(args, calibration_figures(model, fd, hl if args.holdout else labels, report))
     summary = {
         "model": None if args.report_only else str(model_output(args)),
+        **(
+            {}
+            if args.report_only
+            else dict(zip(("calibration_stars", "quintile_coverage_sd"), calibration_noise(model.calibration_)))
+        ),
         "n_stars": int(report["n_stars"]),
         "coverage_on": "holdout" if args.holdout else "calibration stars (in-sample)",
         "coverage": {
