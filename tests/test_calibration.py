@@ -484,3 +484,37 @@ def test_repeated_residual_rows_of_one_star_share_a_cross_validation_fold():
     per_star = fold.reshape(3, 500)
     assert np.all(per_star == per_star[0])  # a star's rows are never on both sides of a split
     assert np.bincount(per_star[0], minlength=5).tolist() == [100] * 5
+
+
+def test_a_held_out_calibration_set_that_is_the_training_set_is_refused(caplog):
+    """n_folds=0 on the training stars would calibrate on in-sample residuals (too small):
+    refused when most calibration stars are training stars, a warning naming the rows when a
+    few are; real held-out stars pass silently."""
+    import logging
+
+    from bayescannon.errors import InvalidInputError
+    from bayescannon.simulate import simulate_survey
+
+    names = ["TEFF", "LOGG", "FE_H"]
+    ds = simulate_survey(260, rng=5)
+    flux, ivar = ds["flux"].values, ds["ivar"].values
+    lab = np.column_stack([ds[n].values for n in names])
+    model = CannonModel(names, 2).fit(flux[:160], ivar[:160], lab[:160])
+    with pytest.raises(InvalidInputError, match=r"160 of 160 calibration stars .* training stars"):
+        calibrate(model, flux[:160], ivar[:160], lab[:160], n_folds=0)
+    assert model.calibration_ is None
+    # three training stars among 100 held-out ones: calibrated, with a warning naming them
+    rows = np.r_[np.arange(160, 257), [0, 1, 2]]
+    with caplog.at_level(logging.WARNING, logger="bayescannon.bayes.calibration"):
+        calibrate(model, flux[rows], ivar[rows], lab[rows], n_folds=0)
+    assert model.calibration_ is not None
+    assert any(
+        "3 of 100 calibration stars" in r.getMessage() and "rows 97, 98, 99" in r.getMessage() for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bayescannon.bayes.calibration"):
+        calibrate(model, flux[160:], ivar[160:], lab[160:], n_folds=0)
+    assert not any("training stars" in r.getMessage() for r in caplog.records)
+    # cross-validation of the training set is the right way to use the training stars
+    calibrate(model, flux[:160], ivar[:160], lab[:160], n_folds=3)
+    assert model.calibration_["source"] == "cv-3"

@@ -150,6 +150,7 @@ def calibrate(
     est = np.full((n, k), np.nan)
     fold_size = None
     if n_folds == 0:
+        _check_held_out(model, y)
         res = model.infer(flux, ivar)
         ok = _usable(res)
         est[ok] = res["labels"].values[ok]
@@ -199,6 +200,38 @@ def calibrate(
         fold_size=fold_size,
         selection=selection,
     )
+
+
+def _check_held_out(model, y):
+    """Refuse a "held-out" calibration set that is mostly the training set, warn about a few
+    training stars in it: their residuals are in-sample (too small), so the calibrated
+    intervals would come out too narrow without any sign. A star counts as a training star
+    when its reference labels equal one training star's exactly (to 1e-9 in scaled units)."""
+    train = getattr(model, "training_labels_scaled_", None)
+    if train is None or len(y) == 0:
+        return
+    x = scaling.scale(np.asarray(y, dtype=np.float64), model.label_offset_, model.label_scale_)
+
+    def rows(a):
+        a = np.ascontiguousarray(np.round(np.asarray(a, dtype=np.float64), 9) + 0.0)  # + 0.0: -0.0 -> 0.0
+        return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
+
+    seen = np.isin(rows(x), rows(train)) & np.all(np.isfinite(x), axis=1)
+    n_seen = int(seen.sum())
+    if not n_seen:
+        return
+    first = ", ".join(str(i) for i in np.flatnonzero(seen)[:5])
+    msg = (
+        f"{n_seen} of {len(y)} calibration stars have exactly the reference labels of training stars "
+        f"(rows {first}{', ...' if n_seen > 5 else ''}): with n_folds=0 (--n-folds 0) their residuals are "
+        "in-sample and too small, and the calibrated intervals too narrow"
+    )
+    if n_seen > len(y) // 2:
+        raise InvalidInputError(
+            msg + "; calibrate on stars held out from training, or on the training set with n_folds >= 2 "
+            "(cross-validation refits the model without each fold)"
+        )
+    logger.warning("%s; leave them out of the calibration set", msg)
 
 
 def _cv_fold(model, flux, ivar, y, te, fit, est, fvar, eps):
