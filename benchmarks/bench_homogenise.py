@@ -87,7 +87,9 @@ trees' smoothing (+4.1 K), the offset's own regression to the mean (+1.6 K); 15 
 lies below the common stars' S/N (+33 K there, +10.3 K within). The deconvolution given the
 features (S/N, magnitude as noise-free columns) was tried and not adopted: default run 206 ->
 205/216, LAMOST TEFF top bin +6.2 -> +8.1 K, GAIA_RVS TEFF bin 4 -0.2 -> -17.9 K. Figures in
-docs/guides/homogenise.md.
+docs/guides/homogenise.md. So was the first-order correction of the offset's regression to the
+mean with its sign derived (-g' D / lam, own label): seed 0 206 -> 207 (LAMOST TEFF top bin
++6.2 -> +2.6 K, lowest bin +9.1 -> +14.7 K), seed 1 210 -> 204.
 
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
