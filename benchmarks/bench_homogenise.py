@@ -79,6 +79,18 @@ coverage 68 % 0.675 / 0.680 / 0.681, 95 % 0.943 / 0.949 / 0.948; pair scatter 32
 (LAMOST-LAMOST_MRS [Fe/H] 0.1092 against 0.1082); fit_transform 886 s CPU at load ~4 (the
 before run: 1,141 s; not comparable with idle figures), the new term ~2 s of it.
 
+Fifth pass (30 Nov 2026), diagnosis only: LAMOST's TEFF top bin (--large +11.6 K, allowance
+10.9) is the correction learnt there (median learnt - ideal +11.6 K): the deconvolution's
+error at the 6500 K edge, which leaks into the calibrated values (+4.5 K; LAMOST's on-scale
+population moves with its 1200/SNR K offset, which one population for all S/N misreads), the
+trees' smoothing (+4.1 K), the offset's own regression to the mean (+1.6 K); 15 % of the bin
+lies below the common stars' S/N (+33 K there, +10.3 K within). The deconvolution given the
+features (S/N, magnitude as noise-free columns) was tried and not adopted: default run 206 ->
+205/216, LAMOST TEFF top bin +6.2 -> +8.1 K, GAIA_RVS TEFF bin 4 -0.2 -> -17.9 K. Figures in
+docs/guides/homogenise.md. So was the first-order correction of the offset's regression to the
+mean with its sign derived (-g' D / lam, own label): seed 0 206 -> 207 (LAMOST TEFF top bin
++6.2 -> +2.6 K, lowest bin +9.1 -> +14.7 K), seed 1 210 -> 204.
+
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
 
