@@ -296,16 +296,18 @@ def test_calibrate_never_replaces_its_model(trained, tmp_path, capsys):
     model = tmp_path / "m.nc"
     model.write_bytes((trained / "m.nc").read_bytes())
     before = _digest(model)
-    assert main(["calibrate", str(model), str(trained / "s.nc")]) == 0
+    assert main(["calibrate", str(model), str(trained / "s.nc"), "--n-folds", "3"]) == 0
     assert _digest(model) == before
     assert (tmp_path / "m_calibrated.nc").is_file()
     out = capsys.readouterr().out
     assert "m_calibrated.nc" in out
     assert "the calibration stars themselves (in-sample" in out  # never passed off as held-out coverage
     # again: the calibrated model exists now
-    assert main(["calibrate", str(model), str(trained / "s.nc")]) == 1
+    assert main(["calibrate", str(model), str(trained / "s.nc"), "--n-folds", "3"]) == 1
     assert "m_calibrated.nc exists" in capsys.readouterr().err
-    assert main(["calibrate", str(model), str(trained / "s.nc"), "-o", str(model), "--overwrite"]) == 1
+    assert (
+        main(["calibrate", str(model), str(trained / "s.nc"), "--n-folds", "3", "-o", str(model), "--overwrite"]) == 1
+    )
     assert _digest(model) == before
 
 
