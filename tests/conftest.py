@@ -76,3 +76,25 @@ def trained():
     flux, ivar = tr.spectra(y, offset, scale)
     model = CannonModel(LABELS, 2, random_state=0).fit(flux, ivar, y, wavelength=np.linspace(15100, 15300, 200))
     return tr, model
+
+
+@pytest.fixture
+def small_homogeniser():
+    """A factory of one-label homogenisers (FE_H onto REF, S/N as the extra feature), small
+    enough for the suite."""
+    from bayescannon.homogenise import Homogeniser
+
+    def make():
+        return Homogeniser(
+            ["FE_H"],
+            {"FE_H": ["REF"]},
+            features=["SNR"],
+            n_estimators=60,
+            max_depth=3,
+            learning_rate=0.2,
+            n_draws=60,
+            min_overlap=100,
+            random_state=0,
+        )
+
+    return make

@@ -30,7 +30,7 @@ from astropy.table import Table
 pytest.importorskip("xgboost")
 pytest.importorskip("mapie")
 
-from bayescannon.homogenise import Homogeniser, OffsetModel, robust_scatter
+from bayescannon.homogenise import OffsetModel, robust_scatter
 from bayescannon.homogenise.deconvolve import (
     Deconvolution,
     noise_covariance,
@@ -62,24 +62,9 @@ def _extrapolation_mock(n_bright=5000, n_faint=5000, seed=3):
     return {"REF": ref, "S": surv}, x, off, sig
 
 
-def _small_homogeniser():
-    """A one-label homogeniser (FE_H onto REF, S/N as the extra feature), small enough for the suite."""
-    return Homogeniser(
-        ["FE_H"],
-        {"FE_H": ["REF"]},
-        features=["SNR"],
-        n_estimators=60,
-        max_depth=3,
-        learning_rate=0.2,
-        n_draws=60,
-        min_overlap=100,
-        random_state=0,
-    )
-
-
-def test_faint_stars_beyond_the_common_snr_range_are_unbiased_at_fixed_truth():
+def test_faint_stars_beyond_the_common_snr_range_are_unbiased_at_fixed_truth(small_homogeniser):
     cats, x, off, sig = _extrapolation_mock()
-    h = _small_homogeniser()
+    h = small_homogeniser()
     u = h.fit_transform(cats)
     pos = {i: k for k, i in enumerate(cats["S"]["ID"])}
     r = np.array([pos[i] for i in u["ID"]])
@@ -248,7 +233,7 @@ def test_median_shrinkage_flattens_the_conditional_median_of_a_skewed_survey():
     assert spread["median"] < 0.6 * spread["mean"], spread
 
 
-def test_faint_stars_with_skewed_errors_get_their_own_noise_median():
+def test_faint_stars_with_skewed_errors_get_their_own_noise_median(small_homogeniser):
     """A split-normal error's median (``x - v``; 0.446 sigma for scales 1:2) grows with the
     noise. Learnt by the trees as part of the offset, it was learnt over the S/N range of
     the common stars only and extended flat (the linear base linearly in S/N) beyond it:
@@ -267,7 +252,7 @@ def test_faint_stars_with_skewed_errors_get_their_own_noise_median():
     ref = Table({"ID": ids[b], "FE_H": x[b] + 0.03 * rng.standard_normal(n_bright), "E_FE_H": np.full(n_bright, 0.03)})
     ref["SNR"] = snr[b]
     surv = Table({"ID": ids, "FE_H": val, "FE_H_P16": val - s1, "FE_H_P84": val + s2, "SNR": snr})
-    h = _small_homogeniser()
+    h = small_homogeniser()
     u = h.fit_transform({"REF": ref, "S": surv})
     pos = {i: k for k, i in enumerate(surv["ID"])}
     r = np.array([pos[i] for i in u["ID"]])

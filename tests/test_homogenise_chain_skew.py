@@ -20,7 +20,7 @@ pytest.importorskip("mapie")
 
 from scipy import integrate, optimize, stats
 
-from bayescannon.homogenise import Homogeniser, robust_scatter
+from bayescannon.homogenise import robust_scatter
 from bayescannon.homogenise.deconvolve import split_normal_median, sum_median_shift
 from bayescannon.homogenise.splitnormal import split_normal_sample
 
@@ -88,19 +88,9 @@ def _chain_mock(n=40000, seed=5):
     return {"REF": ref, "P": par, "C": child}, x
 
 
-def test_a_survey_chained_on_a_skewed_parent_is_unbiased_at_fixed_truth():
+def test_a_survey_chained_on_a_skewed_parent_is_unbiased_at_fixed_truth(small_homogeniser):
     cats, x = _chain_mock()
-    h = Homogeniser(
-        ["FE_H"],
-        {"FE_H": ["REF"]},
-        features=["SNR"],
-        n_estimators=60,
-        max_depth=3,
-        learning_rate=0.2,
-        n_draws=60,
-        min_overlap=100,
-        random_state=0,
-    )
+    h = small_homogeniser()
     u = h.fit_transform(cats)
     assert h.paths_["FE_H"]["C"] == ["C", "P", "REF"]
     pos = {i: k for k, i in enumerate(cats["P"]["ID"])}
