@@ -188,31 +188,13 @@ class Deconvolution:
     max_stars : int
         Stars (with every label) used for the fit, drawn at random.
     random_state : int
-    noise_trend : bool
-        Let every component's mean move linearly with the star's noise level (a
-        mixture of regressions: ``x | f ~ sum_k w_k N(m_k + b_k f, C_k)``, ``f`` the star's
-        mean standardised noise scale, centred on the fit sample's median), so that a
-        population whose edge moves with S/N (a survey offset with an S/N term puts the
-        on-scale labels of faint stars elsewhere than those of bright ones) is read at the
-        star's own noise level. EM stays closed-form (a weighted linear regression of the
-        posterior means on ``[1, f]`` per component). The noise level is used, not a
-        configured feature: every survey has it, and ``D`` depends on it.
     """
 
-    def __init__(
-        self,
-        n_components: int = 6,
-        *,
-        n_iter: int = 40,
-        max_stars: int = 5000,
-        random_state: int = 0,
-        noise_trend: bool = True,
-    ):
+    def __init__(self, n_components: int = 6, *, n_iter: int = 40, max_stars: int = 5000, random_state: int = 0):
         self.n_components = n_components
         self.n_iter = n_iter
         self.max_stars = max_stars
         self.random_state = random_state
-        self.noise_trend = noise_trend
 
     def _standard(self, v, ncov):
         z = (v - self.loc_) / self.scale_
@@ -224,24 +206,6 @@ class Deconvolution:
         s = np.where(np.isfinite(s), s, 0.0)
         s[:, range(k), range(k)] = diag
         return np.where(miss, 0.0, z), s
-
-    @staticmethod
-    def _noise_level(s):
-        """(n,) mean standardised noise scale over the labels a star has (NaN with none)."""
-        k = s.shape[1]
-        sd = np.sqrt(s[:, range(k), range(k)])
-        ok = np.isfinite(sd) & (sd < 0.5 * np.sqrt(_MISSING_VAR))
-        cnt = ok.sum(axis=1)
-        return np.where(cnt > 0, np.where(ok, sd, 0.0).sum(axis=1) / np.maximum(cnt, 1), np.nan)
-
-    def _means(self, s):
-        """(n, K, k) component means at each star's noise level (``m_k`` without the trend)."""
-        m = self.means_[None]
-        slope = getattr(self, "slopes_", None)
-        if slope is None:
-            return np.broadcast_to(m, (len(s), *self.means_.shape))
-        f = np.nan_to_num(self._noise_level(s) - self.noise_loc_)
-        return m + slope[None] * f[:, None, None]
 
     def fit(self, value, ncov) -> Deconvolution:
         """Fit on ``value`` (n, k) with noise covariances ``ncov`` (n, k, k). Returns self."""
@@ -262,18 +226,11 @@ class Deconvolution:
         gm = GaussianMixture(kk, covariance_type="full", random_state=self.random_state, reg_covar=1e-4).fit(z)
         w, m, c = gm.weights_, gm.means_, gm.covariances_
         eye = np.eye(k)[None, None]
-        if self.noise_trend:
-            f = self._noise_level(s)
-            self.noise_loc_ = float(np.nanmedian(f))
-            f = np.nan_to_num(f - self.noise_loc_)
-            design = np.stack([np.ones(n), f], axis=1)  # (n, 2): the regressors of every component's mean
-            slope = np.zeros_like(m)
         for _ in range(self.n_iter):  # EM of extreme deconvolution, vectorised over stars
             # batched matrix products (matmul) rather than many-operand einsums: the same sums
-            mu = m[None] if not self.noise_trend else m[None] + slope[None] * f[:, None, None]  # (n|1, K, k)
             t = c[None] + s[:, None]  # (n, K, k, k)
             tinv = np.linalg.inv(t)
-            d = z[:, None, :] - mu
+            d = z[:, None, :] - m[None]
             tinv_d = (tinv @ d[..., None])[..., 0]
             maha = (d * tinv_d).sum(axis=-1)
             logdet = np.linalg.slogdet(t)[1]
@@ -281,26 +238,17 @@ class Deconvolution:
             r = np.exp(logp - logp.max(axis=1, keepdims=True))
             r /= r.sum(axis=1, keepdims=True)
             gain = c[None] @ tinv  # C_k T^-1
-            b = mu + (c[None] @ tinv_d[..., None])[..., 0]
+            b = m[None] + (c[None] @ tinv_d[..., None])[..., 0]
             bcov = c[None] - gain @ c[None]
             rs = r.sum(axis=0) + 1e-300
             w = rs / n
             rt = np.ascontiguousarray(r.T)[:, None, :]  # (K, 1, n)
-            if self.noise_trend:
-                # weighted least squares of the posterior means on [1, f], per component (a tiny ridge on the slope)
-                gram = np.einsum("nk,np,nq->kpq", r, design, design) + np.diag([0.0, 1e-6])[None]
-                rhs = np.einsum("nk,nki,np->kpi", r, b, design)  # (K, 2, k)
-                coef = np.linalg.solve(gram, rhs)
-                m, slope = coef[:, 0, :], coef[:, 1, :]
-                db = (b - m[None] - slope[None] * f[:, None, None]).transpose(1, 0, 2)
-            else:
-                m = (rt @ b.transpose(1, 0, 2))[:, 0, :] / rs[:, None]
-                db = (b - m[None]).transpose(1, 0, 2)  # (K, n, k)
+            m = (rt @ b.transpose(1, 0, 2))[:, 0, :] / rs[:, None]
+            db = (b - m[None]).transpose(1, 0, 2)  # (K, n, k)
             scat = (db * rt.transpose(0, 2, 1)).transpose(0, 2, 1) @ db
             pcov = (rt @ bcov.reshape(n, kk, k * k).transpose(1, 0, 2)).reshape(kk, k, k)
             c = (scat + pcov) / rs[:, None, None]
             c = c + 1e-6 * eye[0]
-        self.slopes_ = slope if self.noise_trend else None
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
         return self
@@ -309,17 +257,16 @@ class Deconvolution:
         """Standardised labels ``z``, responsibilities ``r`` (n, K), component posterior
         means ``post`` (n, K, k), gains ``A = C T^-1`` and ``g = -T^-1 (z - m)``."""
         z, s = self._standard(np.asarray(value, dtype=float), ncov)
-        w, c = self.weights_, self.covariances_
-        m = self._means(s)  # (n, K, k)
+        w, m, c = self.weights_, self.means_, self.covariances_
         t = c[None] + s[:, None]
         tinv = np.linalg.inv(t)
-        d = z[:, None, :] - m
+        d = z[:, None, :] - m[None]
         tinv_d = np.einsum("nkij,nkj->nki", tinv, d)
         maha = np.einsum("nki,nki->nk", d, tinv_d)
         logp = np.log(w)[None] - 0.5 * (maha + np.linalg.slogdet(t)[1])
         r = np.exp(logp - logp.max(axis=1, keepdims=True))
         r /= r.sum(axis=1, keepdims=True)
-        post = m + np.einsum("kij,nkj->nki", c, tinv_d)
+        post = m[None] + np.einsum("kij,nkj->nki", c, tinv_d)
         return z, r, post, tinv, -tinv_d
 
     def shrinkage(self, value, ncov) -> np.ndarray:
@@ -388,11 +335,6 @@ class Deconvolution:
             "weights": self.weights_.tolist(),
             "means": self.means_.tolist(),
             "covariances": self.covariances_.tolist(),
-            **(
-                {}
-                if getattr(self, "slopes_", None) is None
-                else {"slopes": self.slopes_.tolist(), "noise_loc": self.noise_loc_}
-            ),
         }
 
     @classmethod
@@ -402,7 +344,4 @@ class Deconvolution:
         self.loc_, self.scale_ = np.asarray(d["loc"]), np.asarray(d["scale"])
         self.weights_, self.means_ = np.asarray(d["weights"]), np.asarray(d["means"])
         self.covariances_ = np.asarray(d["covariances"])
-        self.noise_trend = "slopes" in d
-        self.slopes_ = np.asarray(d["slopes"]) if self.noise_trend else None
-        self.noise_loc_ = float(d["noise_loc"]) if self.noise_trend else None
         return self
