@@ -91,6 +91,15 @@ docs/guides/homogenise.md. So was the first-order correction of the offset's reg
 mean with its sign derived (-g' D / lam, own label): seed 0 206 -> 207 (LAMOST TEFF top bin
 +6.2 -> +2.6 K, lowest bin +9.1 -> +14.7 K), seed 1 210 -> 204.
 
+Sixth pass (30 Nov 2026), tried and not adopted: a deconvolution whose population moves with
+the star's noise level (component means linear in it, per component or one shared slope;
+EM in closed form, no extra CPU). It mends the one-label toy (edge moved by 1200/SNR K: top
+fifth -6.9 -> -1.4 / -1.9 K over six seeds) but not the mock: default run 206 -> 208 / 206
+(model seed 0), 210 -> 204 / 205 (seed 1); LAMOST TEFF top bin +6.2 -> +8.7 / +8.4 K, +1.8 ->
++2.5 / +1.3 K. Per star on a 200,000-star mock, LAMOST's TEFF deconvolution error in the
+95-99 % bin of the value stays at +17 K (+19 K with TEFF alone; RAVE, with no S/N term in its
+TEFF offset, +14 K): not the S/N movement. Figures in docs/guides/homogenise.md.
+
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
 
