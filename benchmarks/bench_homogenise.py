@@ -20,7 +20,11 @@ Prints, per label:
   the observed-label bins are printed for users who select on observed labels, not as the
   test of the calibration;
 * the coverage of the unified 68 %/95 % intervals against the truth;
-* the pair scatter after calibration against 1.1 x the quadrature sum of the errors;
+* the pair scatter after calibration (1.4826 MAD of the differences on stars that trained
+  neither survey's model) against 1.1 x the expected one: the 1.4826 MAD that the per-star
+  quadrature sums of the two surveys' calibrated errors predict
+  (:func:`bayescannon.homogenise.validation.implied_robust_scatter`; the median of those sums,
+  the first definition, is printed beside it);
 * the wall time of ``fit_transform`` and the peak RSS of the process (ru_maxrss).
 
 A bin whose allowance is under 3 standard errors of its median is marked "not testable at
@@ -90,6 +94,23 @@ features (S/N, magnitude as noise-free columns) was tried and not adopted: defau
 docs/guides/homogenise.md. So was the first-order correction of the offset's regression to the
 mean with its sign derived (-g' D / lam, own label): seed 0 206 -> 207 (LAMOST TEFF top bin
 +6.2 -> +2.6 K, lowest bin +9.1 -> +14.7 K), seed 1 210 -> 204.
+
+Sixth pass (30 Nov 2026): the two LAMOST_MRS misses of --large. (B) Pair scatter
+LAMOST-LAMOST_MRS [Fe/H] 0.1092 against 1.1 x 0.0984: the metric. Both surveys' calibrated
+half-widths match their errors against the truth on the pair's 1,779 held-out stars (MAD of
+(cal - truth) / half-width 0.999 and 1.007) and the two errors are uncorrelated (r -0.02),
+but the 1.4826 MAD of heteroscedastic differences is not the median of the per-star
+quadrature errors: exactly normal differences of the stated widths give 1.074 x that median
+for this pair. The expected scatter is now the MAD those widths predict
+(validation.implied_robust_scatter; the median is printed beside it): 32/33 -> 33/33 pairs,
+this one 1.110 -> 1.033 x expected; bias rows and coverage unchanged (validation only).
+(A) LAMOST_MRS LOGG 3.91-4.30 (-0.0153, allowance 0.0129), decomposed by refitting its model
+against the truth / truth + LAMOST's noise / LAMOST's calibrated values: its own D and trees
+-0.006 (of which -0.003 its own noise draw over the bin), LAMOST's noise after the
+median-of-sum shift -0.0005 (-0.006 without it), LAMOST's own model error on the dwarfs
+inherited through the chain -0.006 (LAMOST's noise-free calibration error there -0.005 to
+-0.007, inside its own allowance 0.018), the split's variance -0.003. No general fix in
+LAMOST_MRS's model; nothing adopted. Figures in docs/guides/homogenise.md.
 
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
@@ -313,12 +334,17 @@ def main(argv=None):
                 + ", ".join(f"{k} {v:.2f}" for k, v in worst.items())
             )
         print("\n" + "\n".join(summary))
+    n_pairs = n_ok = 0
     for lab in LABELS:
         for r in [r for r in h.validation_["pairs"] if r["LABEL"] == lab]:
+            n_pairs += 1
+            n_ok += r["SCATTER_CAL"] <= 1.1 * r["EXPECTED_CAL"]
             print(
                 f"  pair {lab:5s} {r['PAIR']:20s} n={r['N']:6d} bias {r['BIAS_RAW']:8.4g} -> {r['BIAS_CAL']:8.4g}; "
-                f"scatter {r['SCATTER_RAW']:.4g} -> {r['SCATTER_CAL']:.4g} (1.1 x expected {1.1 * r['EXPECTED_CAL']:.4g})"
+                f"scatter {r['SCATTER_RAW']:.4g} -> {r['SCATTER_CAL']:.4g} (1.1 x expected {1.1 * r['EXPECTED_CAL']:.4g}; "
+                f"1.1 x median quadrature error {1.1 * r['MEDIAN_ERROR_CAL']:.4g})"
             )
+    print(f"pair scatter after calibration <= 1.1 x expected: {n_ok}/{n_pairs} pairs")
     for lab, ms in h.models_.items():
         for s, m in ms.items():
             print(
