@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy import optimize, special, stats
 
 from bayescannon.homogenise import robust_scatter
 from bayescannon.homogenise.validation import implied_robust_scatter, pair_validation
@@ -27,8 +28,6 @@ def test_implied_robust_scatter_exact_cases():
     assert np.isnan(implied_robust_scatter([np.nan, -1.0]))
     # two equal groups of widths 1 and 3: the median m of |d| solves
     # erf(m / sqrt 2) + erf(m / (3 sqrt 2)) = 1 (checked by brentq, independently)
-    from scipy import optimize, special, stats
-
     m = optimize.brentq(lambda t: special.erf(t / np.sqrt(2)) + special.erf(t / (3 * np.sqrt(2))) - 1.0, 0, 10)
     assert implied_robust_scatter([1.0, 3.0]) == pytest.approx(m / stats.norm.ppf(0.75), rel=1e-9)
 
