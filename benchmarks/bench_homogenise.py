@@ -20,7 +20,11 @@ Prints, per label:
   the observed-label bins are printed for users who select on observed labels, not as the
   test of the calibration;
 * the coverage of the unified 68 %/95 % intervals against the truth;
-* the pair scatter after calibration against 1.1 x the quadrature sum of the errors;
+* the pair scatter after calibration (1.4826 MAD of the differences on stars that trained
+  neither survey's model) against 1.1 x the expected one: the 1.4826 MAD that the per-star
+  quadrature sums of the two surveys' calibrated errors predict
+  (:func:`bayescannon.homogenise.validation.implied_robust_scatter`; the median of those sums,
+  the first definition, is printed beside it);
 * the wall time of ``fit_transform`` and the peak RSS of the process (ru_maxrss).
 
 A bin whose allowance is under 3 standard errors of its median is marked "not testable at
@@ -99,6 +103,29 @@ fifth -6.9 -> -1.4 / -1.9 K over six seeds) but not the mock: default run 206 ->
 +2.5 / +1.3 K. Per star on a 200,000-star mock, LAMOST's TEFF deconvolution error in the
 95-99 % bin of the value stays at +17 K (+19 K with TEFF alone; RAVE, with no S/N term in its
 TEFF offset, +14 K): not the S/N movement. Figures in docs/guides/homogenise.md.
+
+Seventh pass (30 Nov 2026): the two LAMOST_MRS misses of --large. (B) Pair scatter
+LAMOST-LAMOST_MRS [Fe/H] 0.1092 against 1.1 x 0.0984: the metric. Both surveys' calibrated
+half-widths match their errors against the truth on the pair's 1,779 held-out stars (MAD of
+(cal - truth) / half-width 0.999 and 1.007) and the two errors are uncorrelated (r -0.02),
+but the 1.4826 MAD of heteroscedastic differences is not the median of the per-star
+quadrature errors: exactly normal differences of the stated widths give 1.074 x that median
+for this pair. The expected scatter is now the MAD those widths predict
+(validation.implied_robust_scatter; the median is printed beside it): 32/33 -> 33/33 pairs,
+this one 1.110 -> 1.033 x expected; bias rows and coverage unchanged (validation only);
+fit_transform 311.7 s CPU, 269.6 s wall at a load of ~3 (another benchmark running), peak RSS
+1,763 MiB. Default run, pairs over 1.1 x expected before -> after: 3 -> 2 (model seed 0) and
+3 -> 2 (seed 1), LAMOST-LAMOST_MRS LOGG now within; the pairs left over have 47-71 stars
+(se of a robust scatter >= 14 %) and were over before; rows 206/216 and 210/216 as before.
+(A) LAMOST_MRS LOGG 3.91-4.30 (-0.0153, allowance 0.0129), decomposed by refitting its model
+against the truth / truth + LAMOST's noise / LAMOST's calibrated values: its own D and trees
+-0.006 (of which -0.003 its own noise draw over the bin, and a -0.004 level the trees learn
+from the noise of the common stars: med(u - v - D) -0.0036 there, se 0.0012, -0.0007 on the
+others; the bench's se does not count this variance of the calibration), LAMOST's noise after the
+median-of-sum shift -0.0005 (-0.006 without it), LAMOST's own model error on the dwarfs
+inherited through the chain -0.006 (LAMOST's noise-free calibration error there -0.005 to
+-0.007, inside its own allowance 0.018), the split's variance -0.003. No general fix in
+LAMOST_MRS's model; nothing adopted. Figures in docs/guides/homogenise.md.
 
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
@@ -322,12 +349,17 @@ def main(argv=None):
                 + ", ".join(f"{k} {v:.2f}" for k, v in worst.items())
             )
         print("\n" + "\n".join(summary))
+    n_pairs = n_ok = 0
     for lab in LABELS:
         for r in [r for r in h.validation_["pairs"] if r["LABEL"] == lab]:
+            n_pairs += 1
+            n_ok += r["SCATTER_CAL"] <= 1.1 * r["EXPECTED_CAL"]
             print(
                 f"  pair {lab:5s} {r['PAIR']:20s} n={r['N']:6d} bias {r['BIAS_RAW']:8.4g} -> {r['BIAS_CAL']:8.4g}; "
-                f"scatter {r['SCATTER_RAW']:.4g} -> {r['SCATTER_CAL']:.4g} (1.1 x expected {1.1 * r['EXPECTED_CAL']:.4g})"
+                f"scatter {r['SCATTER_RAW']:.4g} -> {r['SCATTER_CAL']:.4g} (1.1 x expected {1.1 * r['EXPECTED_CAL']:.4g}; "
+                f"1.1 x median quadrature error {1.1 * r['MEDIAN_ERROR_CAL']:.4g})"
             )
+    print(f"pair scatter after calibration <= 1.1 x expected: {n_ok}/{n_pairs} pairs")
     for lab, ms in h.models_.items():
         for s, m in ms.items():
             print(
