@@ -158,12 +158,18 @@ def test_a_model_without_a_linear_base_predicts_with_the_boosters_base_scores(tr
 
 def _posterior_median(v, m, c, s1, s2):
     """Brute force: the median of ``x`` under ``N(m, c)`` times the split-normal likelihood of
-    ``x - v`` (mode 0, ``s1`` below, ``s2`` above), on a fine grid."""
-    x = np.linspace(v - 12 * max(s1, s2), v + 12 * max(s1, s2), 400001)  # the likelihood bounds it
-    e = x - v
-    logp = -0.5 * (x - m) ** 2 / c - 0.5 * np.where(e < 0, e / s1, e / s2) ** 2
-    p = np.exp(logp - logp.max())
-    cdf = np.cumsum(p) / p.sum()
+    ``x - v`` (mode 0, ``s1`` below, ``s2`` above), on a fine grid over where the posterior
+    lies (found on a first, coarse grid spanning the likelihood's and the population's peaks)."""
+    w = 12 * max(s1, s2, np.sqrt(c))
+    lo, hi = min(v, m) - w, max(v, m) + w
+    for _ in range(2):
+        x = np.linspace(lo, hi, 400001)
+        e = x - v
+        logp = -0.5 * (x - m) ** 2 / c - 0.5 * np.where(e < 0, e / s1, e / s2) ** 2
+        p = np.exp(logp - logp.max())
+        cdf = np.cumsum(p) / p.sum()
+        lo, hi = np.interp([1e-12, 1 - 1e-12], cdf, x)
+        lo, hi = lo - (hi - lo), hi + (hi - lo)
     return float(np.interp(0.5, cdf, x))
 
 
@@ -174,6 +180,8 @@ def _posterior_median(v, m, c, s1, s2):
         (4.6, 4.3, 0.15**2, 0.14, 0.28),
         (3.9, 4.3, 0.1**2, 0.3, 0.1),
         (0.0, 0.5, 4.0, 0.2, 0.5),
+        (12.0, 0.0, 0.2**2, 0.1, 0.3),  # far from the population: the pieces' weights differ by e^±700 and more,
+        (-40.0, 0.0, 0.2**2, 0.1, 0.3),  # which once overflowed (a RuntimeWarning, an error under pytest)
     ],
 )
 def test_skew_shift_makes_d_the_posterior_median_shift(v, pop_mean, c, s1, s2):

@@ -153,7 +153,7 @@ def skew_shift(value, shrink, lam, s1, s2, *, lam_clip=(0.02, 0.98)) -> np.ndarr
     population ``mu`` lower). The posterior is two truncated Gaussians, one on each side
     of ``v``, whose median is exact. Returns ``med[x | v] - v - shrink - med(error)``.
     """
-    from scipy.special import log_ndtr, ndtri  # lazy: heavy third-party import
+    from scipy.special import expit, log_ndtr, ndtri  # lazy: heavy third-party import
 
     v, dsh = np.asarray(value, dtype=float), np.asarray(shrink, dtype=float)
     s1, s2 = np.asarray(s1, dtype=float), np.asarray(s2, dtype=float)
@@ -168,11 +168,11 @@ def skew_shift(value, shrink, lam, s1, s2, *, lam_clip=(0.02, 0.98)) -> np.ndarr
         logw = np.log(s) - 0.5 * (v - m) ** 2 / (c + s**2) - 0.5 * np.log(c + s**2) + log_ndtr(beta)
         pieces.append((mu, sd, beta, logw))
     (mu1, sd1, b1, lw1), (mu2, sd2, b2, lw2) = pieces
-    p1 = 1.0 / (1.0 + np.exp(lw2 - lw1))  # posterior mass below v
+    p1, p2 = expit(lw1 - lw2), expit(lw2 - lw1)  # posterior mass below / above v (no overflow far from v)
     # the median lies in the lower piece when p1 >= 1/2 (its CDF at t: p1 Phi((t - mu1)/sd1) / Phi(b1)),
     # else in the upper one (its upper tail at t: p2 Phi((mu2 - t)/sd2) / Phi(b2))
     q1 = np.clip(0.5 * np.exp(log_ndtr(b1)) / np.maximum(p1, 1e-300), 1e-300, 1.0 - 1e-16)
-    q2 = np.clip(0.5 * np.exp(log_ndtr(b2)) / np.maximum(1.0 - p1, 1e-300), 1e-300, 1.0 - 1e-16)
+    q2 = np.clip(0.5 * np.exp(log_ndtr(b2)) / np.maximum(p2, 1e-300), 1e-300, 1.0 - 1e-16)
     med = np.where(p1 >= 0.5, mu1 + sd1 * ndtri(q1), mu2 - sd2 * ndtri(q2))
     return (med - v - dsh) - split_normal_median(s1, s2)
 
