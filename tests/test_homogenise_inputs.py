@@ -273,4 +273,9 @@ def test_the_catalogue_is_written_last_and_names_its_models(small_mock, tmp_path
     t = Table.read(out)
     digest = hashlib.sha256((tmp_path / "u_models" / "homogeniser.json").read_bytes()).hexdigest()
     assert t.meta["MODELS"] == "u_models" and t.meta["MODELSHA"] == digest
-    assert (tmp_path / "u_report" / "homogenise_report.md").is_file()
+    report = (tmp_path / "u_report" / "homogenise_report.md").read_text()
+    n_apogee = len(Table.read(small_mock.parent / "apogee.fits"))
+    assert (
+        "## Inputs" in report
+        and f"| APOGEE | {n_apogee} | 0 | 0 | 0 missing, 0 no error, 0 bad percentiles |" in report
+    )

@@ -154,6 +154,26 @@ def run(args) -> int:
 def build_report(h: Homogeniser, unified, catalogues, cfg) -> Report:
     """Paths, per-model losses and coverage, pair statistics before/after, trends, Kiel diagrams."""
     rep = Report("Homogenisation (Survey of Surveys)")
+    rep.add_heading("Inputs")
+    rep.add_table(
+        [
+            {
+                "SURVEY": sv,
+                "ROWS": c["rows"],
+                "NO_ID": c.get("missing_id", 0),
+                "DUPLICATES": c.get("duplicates", 0),
+                **{
+                    f"SKIPPED_{lab}": f"{c['nan'][lab]} missing, {c.get('no_error', {}).get(lab, 0)} no error, "
+                    f"{c['bad_percentiles'][lab]} bad percentiles"
+                    for lab in cfg.labels
+                    if lab in c["nan"]
+                },
+            }
+            for sv, c in h.counts_.items()
+        ],
+        caption="rows read per survey (after where), rows without an id, duplicated ids (best row kept), and "
+        "measurements not used per label",
+    )
     rep.add_heading("Paths to the reference scale")
     rep.add_table([{"LABEL": lab, **{s: " > ".join(p) for s, p in ps.items()}} for lab, ps in h.paths_.items()])
     rep.add_heading("Offset models")
