@@ -3,6 +3,8 @@ catalogues on one reference scale (Survey of Surveys; see ``docs/guides/homogeni
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 from bayescannon.commands._common import add_dask_argument, check_dask_argument
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.commands._summary import add_json_argument, print_summary
+from bayescannon.errors import OutputPathError
 from bayescannon.homogenise import Homogeniser, load_config
 from bayescannon.pipeline.cluster import open_executor
 from bayescannon.plots import kiel_diagram, new_figure
@@ -22,15 +25,40 @@ NAME = "homogenise"
 HELP = "put the label catalogues of several surveys on one reference scale (unified FITS catalogue + report)"
 
 
+#: Fewest Monte Carlo draws: a survey's calibrated P16/P84 are percentiles of its draws, and
+#: with one draw they collapse onto the median (a zero-width interval, silently).
+MIN_DRAWS = 20
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(p):
     p.add_argument("config", help="homogenisation config (TOML)")
     p.add_argument("-o", "--output", required=True, help="unified catalogue to write (.fits)")
     p.add_argument("--report-dir", help="folder of the report and figures (default: <output stem>_report)")
     p.add_argument("--report-format", choices=["md", "html"], default="html")
-    p.add_argument("--n-draws", type=int, default=200, help="Monte Carlo draws per measurement (default 200)")
-    p.add_argument("--n-jobs", type=int, default=1, help="XGBoost threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-estimators", type=int, default=300, help="most trees per quantile (early stopping)")
+    p.add_argument(
+        "--n-draws",
+        type=at_least(MIN_DRAWS),
+        default=200,
+        help=f"Monte Carlo draws per measurement (default 200, at least {MIN_DRAWS})",
+    )
+    p.add_argument("--n-jobs", type=at_least(1), default=1, help="XGBoost threads (default 1)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="random seed (a non-negative integer)")
+    p.add_argument("--n-estimators", type=at_least(1), default=300, help="most trees per quantile (early stopping)")
     p.add_argument("--propagation", choices=["linear", "exact"], default="linear",
                    help="propagation of input errors through the offset models")  # fmt: skip
     p.add_argument(
@@ -59,6 +87,13 @@ def outputs(args):
     """The catalogue, the folder of offset models and the report with its figures."""
     out, models, report = _paths(args)
     check_dask_argument(args)
+    for other, what in ((out, "the output catalogue -o"), (models, f"the offset-model folder {models}")):
+        a, b = Path(report).resolve(), Path(other).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise OutputPathError(
+                f"--report-dir {report} overlaps {what}: the report needs a folder of its own "
+                "(default: <output stem>_report)"
+            )
     cfg = load_config(args.config)
     figs = [f"kiel_{s}" for s in cfg.surveys] + ["trends"]
     return [
@@ -102,11 +137,15 @@ def run(args) -> int:
         unified = h.fit_transform(catalogues, executor=executor if args.dask else None)
     unified.meta["CONFIG"] = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in cfg.raw.items()})
     out, models_dir, report_dir = _paths(args)
-    out = write_table(unified, out, overwrite=args.overwrite)
+    # the catalogue last: once it exists, the models and report beside it are of the same
+    # run (a run killed earlier leaves no catalogue; its header names the models it used)
     h.save_models(models_dir, overwrite=args.overwrite)
+    unified.meta["MODELS"] = models_dir.name
+    unified.meta["MODELSHA"] = hashlib.sha256((models_dir / "homogeniser.json").read_bytes()).hexdigest()
     rep = build_report(h, unified, catalogues, cfg)
     rep.add_files([str(out), str(models_dir)])
     rp = rep.write(report_dir / f"homogenise_report.{args.report_format}")
+    out = write_table(unified, out, overwrite=args.overwrite)
     summary = {"catalogue": str(out), "n_stars": len(unified), "models": str(models_dir), "report": str(rp)}
     print_summary(args, summary, f"wrote {len(unified)} stars to {out}; offset models in {models_dir}; report {rp}")
     return 0
@@ -115,6 +154,26 @@ def run(args) -> int:
 def build_report(h: Homogeniser, unified, catalogues, cfg) -> Report:
     """Paths, per-model losses and coverage, pair statistics before/after, trends, Kiel diagrams."""
     rep = Report("Homogenisation (Survey of Surveys)")
+    rep.add_heading("Inputs")
+    rep.add_table(
+        [
+            {
+                "SURVEY": sv,
+                "ROWS": c["rows"],
+                "NO_ID": c.get("missing_id", 0),
+                "DUPLICATES": c.get("duplicates", 0),
+                **{
+                    f"SKIPPED_{lab}": f"{c['nan'][lab]} missing, {c.get('no_error', {}).get(lab, 0)} no error, "
+                    f"{c['bad_percentiles'][lab]} bad percentiles"
+                    for lab in cfg.labels
+                    if lab in c["nan"]
+                },
+            }
+            for sv, c in h.counts_.items()
+        ],
+        caption="rows read per survey (after where), rows without an id, duplicated ids (best row kept), and "
+        "measurements not used per label",
+    )
     rep.add_heading("Paths to the reference scale")
     rep.add_table([{"LABEL": lab, **{s: " > ".join(p) for s, p in ps.items()}} for lab, ps in h.paths_.items()])
     rep.add_heading("Offset models")

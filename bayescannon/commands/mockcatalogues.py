@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
 from bayescannon.commands._summary import add_json_argument, print_summary
+from bayescannon.commands.homogenise import at_least
 from bayescannon.simulate.mockcatalogues import write_mock_catalogues
 
 NAME = "mock-catalogues"
@@ -13,10 +14,12 @@ HELP = "write six mock survey label catalogues (known truth and offsets) and a C
 
 def add_arguments(p):
     add_outdir_argument(p)
-    p.add_argument("--n-stars", type=int, default=20000, help="stars in the population (default 20000)")
-    p.add_argument("--min-overlap", type=int, default=200, help="fewest stars each survey shares with the reference")
+    p.add_argument("--n-stars", type=at_least(1), default=20000, help="stars in the population (default 20000)")
+    p.add_argument(
+        "--min-overlap", type=at_least(1), default=200, help="fewest stars each survey shares with the reference"
+    )
     p.add_argument("--corruptions", action="store_true", help="add bad rows (NaN, P16 > value, a duplicate)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0, help="random seed (a non-negative integer)")
     add_json_argument(p)
 
 
