@@ -279,3 +279,50 @@ def test_the_catalogue_is_written_last_and_names_its_models(small_mock, tmp_path
         "## Inputs" in report
         and f"| APOGEE | {n_apogee} | 0 | 0 | 0 missing, 0 no error, 0 bad percentiles |" in report
     )
+
+
+# ---------------------------------------------------------------- a survey without one label
+def test_a_label_a_survey_never_measures_is_left_out_of_its_deconvolution_exactly():
+    """Before: a survey without any FE_H (e.g. Gaia RVS without metallicities) crashed in the
+    mixture fit (no star with every label). Now the label is left out of its fit and embedded
+    as an independent unit Gaussian, which a missing value's huge noise variance marginalises:
+    ``D`` of the other labels is that of a fit on them alone, to rounding."""
+    from bayescannon.homogenise.deconvolve import Deconvolution
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = np.column_stack([rng.uniform(4800, 6500, n), rng.normal(4.0, 0.4, n)])
+    err = np.array([80.0, 0.15])
+    v = x + rng.normal(0, 1, (n, 2)) * err
+    ncov2 = np.broadcast_to(np.diag(err**2), (n, 2, 2)).copy()
+    two = Deconvolution(random_state=0).fit(v, ncov2)
+    v3 = np.column_stack([v, np.full(n, np.nan)])
+    ncov3 = np.zeros((n, 3, 3))
+    ncov3[:, :2, :2] = ncov2
+    ncov3[:, 2, 2] = np.nan
+    three = Deconvolution(random_state=0).fit(v3, ncov3)
+    d2, d3 = two.shrinkage(v, ncov2), three.shrinkage(v3, ncov3)
+    assert np.isnan(d3[:, 2]).all()
+    for j in range(2):
+        np.testing.assert_allclose(d3[:, j], d2[:, j], rtol=0, atol=1e-6 * err[j])
+    with pytest.raises(InsufficientDataError, match="at least 20 are needed"):
+        Deconvolution().fit(np.full((50, 2), np.nan), np.full((50, 2, 2), np.nan))
+
+
+def test_a_survey_without_one_label_is_homogenised_on_the_others():
+    from bayescannon.homogenise import Homogeniser
+
+    mock = make_mock_catalogues(3000, surveys=("APOGEE", "GALAH", "RAVE"), seed=2, min_overlap=100)
+    cats = dict(mock.catalogues)
+    rave = cats["RAVE"].copy()
+    rave.remove_columns([c for c in rave.colnames if c.startswith("FE_H") or c == "E_FE_H"])
+    cats["RAVE"] = rave
+    cfg = mock.config
+    h = Homogeniser(
+        cfg["labels"], cfg["reference"], features=cfg["features"], n_estimators=30, n_draws=20, min_overlap=100
+    )
+    out = h.fit_transform(cats)
+    assert "RAVE" in h.deconvolution_ and "RAVE" in h.models_["TEFF"] and "RAVE" not in h.models_["FE_H"]
+    on = np.isin(out["ID"], rave["ID"])
+    assert np.isfinite(out["RAVE_TEFF_CAL"][on]).mean() > 0.9
+    assert "RAVE_FE_H_CAL" not in out.colnames or not np.isfinite(out["RAVE_FE_H_CAL"]).any()

@@ -592,7 +592,10 @@ def resolve_duplicates(ids, value, s1, s2):
     duplicated : list of str
         The ids that occurred more than once.
     """
-    scale = np.nanmedian(0.5 * (s1 + s2), axis=0) if np.isfinite(s1).any() else np.ones(value.shape[1])
+    half = 0.5 * (s1 + s2)
+    has = np.isfinite(half).any(axis=0)  # a label the survey never measures has no error scale
+    scale = np.ones(value.shape[1])
+    scale[has] = np.nanmedian(half[:, has], axis=0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     rel = np.nansum(0.5 * (s1 + s2) / scale, axis=1)
     n_lab = np.isfinite(value).sum(axis=1)

@@ -28,6 +28,8 @@ import logging
 
 import numpy as np
 
+from bayescannon.errors import InsufficientDataError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
 
 #: Standardised noise variance given to a missing label.
 _MISSING_VAR = 1e8
+_MIN_FIT_STARS = 20  # fewest stars (with every label measured) a deconvolution is fitted on
 
 
 def split_normal_variance(s1, s2):
@@ -212,15 +215,27 @@ class Deconvolution:
         from sklearn.mixture import GaussianMixture  # lazy: heavy third-party import
 
         value = np.asarray(value, dtype=float)
-        ok = np.isfinite(value).all(axis=1) & np.isfinite(ncov).all(axis=(1, 2))
+        ncov = np.asarray(ncov, dtype=float)
+        k_all = value.shape[1]
+        finite = np.isfinite(value) & np.isfinite(ncov[:, range(k_all), range(k_all)])
+        # a label the survey (almost) never measures is left out of the fit and embedded below as an
+        # independent unit Gaussian: a missing value's huge noise variance then marginalises it exactly
+        cols = np.flatnonzero(finite.sum(axis=0) >= _MIN_FIT_STARS)
+        sub = np.ix_(cols, cols)
+        ok = finite[:, cols].all(axis=1) & np.isfinite(ncov[(slice(None), *sub)]).all(axis=(1, 2))
+        if cols.size == 0 or ok.sum() < _MIN_FIT_STARS:
+            raise InsufficientDataError(
+                f"deconvolution: {int(ok.sum())} stars with every measured label (of labels {cols.tolist()}); "
+                f"at least {_MIN_FIT_STARS} are needed"
+            )
         rng = np.random.default_rng(self.random_state)
         idx = np.flatnonzero(ok)
         if len(idx) > self.max_stars:
             idx = np.sort(rng.choice(idx, self.max_stars, replace=False))
-        v = value[idx]
+        v = value[np.ix_(idx, cols)]
         self.loc_ = np.median(v, axis=0)
         self.scale_ = np.maximum(1.4826 * np.median(np.abs(v - self.loc_), axis=0), 1e-12)
-        z, s = self._standard(v, ncov[idx])
+        z, s = self._standard(v, ncov[idx][(slice(None), *sub)])
         n, k = z.shape
         kk = max(1, min(self.n_components, n // 50))
         gm = GaussianMixture(kk, covariance_type="full", random_state=self.random_state, reg_covar=1e-4).fit(z)
@@ -249,6 +264,16 @@ class Deconvolution:
             pcov = (rt @ bcov.reshape(n, kk, k * k).transpose(1, 0, 2)).reshape(kk, k, k)
             c = (scat + pcov) / rs[:, None, None]
             c = c + 1e-6 * eye[0]
+        if cols.size < k_all:
+            logger.info(
+                "extreme deconvolution: labels %s too rarely measured; left out", sorted(set(range(k_all)) - set(cols))
+            )
+            loc, scale = np.zeros(k_all), np.ones(k_all)
+            loc[cols], scale[cols] = self.loc_, self.scale_
+            mm, cc = np.zeros((kk, k_all)), np.tile(np.eye(k_all), (kk, 1, 1))
+            mm[:, cols] = m
+            cc[(slice(None), *sub)] = c
+            self.loc_, self.scale_, m, c = loc, scale, mm, cc
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
         return self

@@ -304,7 +304,10 @@ class Homogeniser(ParamsMixin):
         sig = np.sqrt(tsig[common] ** 2 + (0.5 * (d.s1[common, j] + d.s2[common, j])) ** 2)
         if self.deconvolve and s not in self.deconvolution_:
             ncov = noise_covariance(d.s1, d.s2, d.cov)
-            self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
+            try:
+                self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
+            except InsufficientDataError as err:  # the offsets are then learnt on the observed labels as they are
+                logger.warning("survey %s: no deconvolution of its labels (%s)", s, err)
         shift = self._shift(s, d)
         if shift is not None:  # the model learns the offset alone: y minus D and the noise's own median
             y = y + shift[common, j] - self._noise_median(d)[common, j]

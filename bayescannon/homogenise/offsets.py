@@ -150,8 +150,7 @@ class OffsetModel:
         self.booster_.set_param({"nthread": self.n_jobs})
         self._trees = None  # the compiled walker's arrays of the booster, built at first use
         self.n_features_in_ = X.shape[1]
-        lo_x, hi_x = np.nanpercentile(X[tr], [1, 99], axis=0) if len(tr) else (None, None)
-        self.feature_range_ = np.vstack([lo_x, hi_x])
+        self.feature_range_ = _column_percentiles(X[tr], [1, 99])  # NaN for an input never measured
         self.pinball_ = {
             part: pinball_loss(y[idx], self.predict_quantiles(X[idx]), self.quantiles)
             for part, idx in (("train", tr), ("validation", va), ("test", te))
@@ -386,15 +385,25 @@ class OffsetModel:
         return self
 
 
+def _column_percentiles(X, q, empty: float = np.nan) -> np.ndarray:
+    """Percentiles ``q`` (a scalar or a sequence) of each column over its finite entries;
+    ``empty`` for a column with none (an input the survey never measures, e.g. a label it
+    lacks: numpy would warn and give NaN)."""
+    X = np.asarray(X, dtype=float)
+    has = np.isfinite(X).any(axis=0) if len(X) else np.zeros(X.shape[1], dtype=bool)
+    out = np.full(np.shape(q) + (X.shape[1],), empty)
+    out[..., has] = np.nanpercentile(X[:, has], q, axis=0)
+    return out
+
+
 def _linear_fit(X, y, ridge: float = 1e-6):
     """Least-squares linear fit of ``y`` on the standardised columns of ``X`` (missing inputs
     at their centre, a tiny ridge for constant or collinear columns): ``{center, scale,
     coef, intercept}``, the base the trees start from."""
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
-    center = np.nanmedian(X, axis=0) if len(X) else np.zeros(X.shape[1])
-    center = np.where(np.isfinite(center), center, 0.0)
-    scale = 1.4826 * np.nanmedian(np.abs(X - center), axis=0) if len(X) else np.ones(X.shape[1])
+    center = _column_percentiles(X, 50, 0.0)
+    scale = 1.4826 * _column_percentiles(np.abs(X - center), 50, 1.0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     z = (X - center) / scale
     z = np.where(np.isfinite(z), z, 0.0)
