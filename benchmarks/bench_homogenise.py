@@ -127,6 +127,19 @@ inherited through the chain -0.006 (LAMOST's noise-free calibration error there 
 -0.007, inside its own allowance 0.018), the split's variance -0.003. No general fix in
 LAMOST_MRS's model; nothing adopted. Figures in docs/guides/homogenise.md.
 
+Eighth pass (30 Nov 2026), tried and not adopted: D as the posterior MEDIAN shift at a hard
+edge, the mixture's D plus, per label, the median-minus-mean of a one-label grid NPMLE
+posterior (stars binned in value x 10 noise groups: all stars, ~0.1 s CPU per label; table
+smoothed over 0.25 noise), applied only where the other labels do not inform the label
+(mixture posterior mean vs its one-label marginal's < 0.1 noise). It is right on a uniform
+toy (median of x - E[x|v] with the EXACT mean +11-12 K in the 95-99 % bin of v; corrected
+-2.2...+3.1 K) and halves LAMOST's per-star edge error there (+17.6 / +26.3 -> +8.6 / +12.0 K)
+but deepens the 99-100 % bins (-24 -> -38 K), where the mixture's own mean is off. Default run,
+before -> after: 206 -> 205/216 (model seed 0; LAMOST TEFF top bin +6.2 -> +3.8 K, lowest bin
++9.1 -> +11.8 K, now failing), 210 -> 208/216 (seed 1; top bin +1.8 -> -2.9 K; LAMOST and
+LAMOST_MRS [Fe/H] rows just over); coverage and pair counts unchanged. --large not run.
+Figures in docs/guides/homogenise.md.
+
 Timings on a shared machine are noisy: rerun on an idle one before comparing.
 """
 
