@@ -58,6 +58,8 @@ __all__ = [
     "coverage_report",
     "fit_calibration",
     "interval_inside",
+    "same_stars",
+    "training_stars",
 ]
 
 
@@ -202,21 +204,41 @@ def calibrate(
     )
 
 
+def same_stars(model, labels, other) -> np.ndarray:
+    """Rows of ``labels`` (N, K) whose reference labels equal a row of ``other`` (M, K)
+    exactly (to 1e-9 in the model's scaled units; rows with a missing label never match):
+    the same stars, e.g. a "held-out" set that is the calibration or training set."""
+    if len(labels) == 0 or len(other) == 0:
+        return np.zeros(len(labels), dtype=bool)
+    x = scaling.scale(np.asarray(labels, dtype=np.float64), model.label_offset_, model.label_scale_)
+    o = scaling.scale(np.asarray(other, dtype=np.float64), model.label_offset_, model.label_scale_)
+    return _row_isin(x, o)
+
+
+def training_stars(model, labels) -> np.ndarray:
+    """Rows of ``labels`` (N, K) with exactly the reference labels of one of ``model``'s
+    training stars (all False for a model saved without them)."""
+    train = getattr(model, "training_labels_scaled_", None)
+    if train is None or len(labels) == 0:
+        return np.zeros(len(labels), dtype=bool)
+    x = scaling.scale(np.asarray(labels, dtype=np.float64), model.label_offset_, model.label_scale_)
+    return _row_isin(x, train)
+
+
+def _row_isin(x, ref) -> np.ndarray:
+    def rows(a):
+        a = np.ascontiguousarray(np.round(np.asarray(a, dtype=np.float64), 9) + 0.0)  # + 0.0: -0.0 -> 0.0
+        return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
+
+    return np.isin(rows(x), rows(ref)) & np.all(np.isfinite(x), axis=1)
+
+
 def _check_held_out(model, y):
     """Refuse a "held-out" calibration set that is mostly the training set, warn about a few
     training stars in it: their residuals are in-sample (too small), so the calibrated
     intervals would come out too narrow without any sign. A star counts as a training star
     when its reference labels equal one training star's exactly (to 1e-9 in scaled units)."""
-    train = getattr(model, "training_labels_scaled_", None)
-    if train is None or len(y) == 0:
-        return
-    x = scaling.scale(np.asarray(y, dtype=np.float64), model.label_offset_, model.label_scale_)
-
-    def rows(a):
-        a = np.ascontiguousarray(np.round(np.asarray(a, dtype=np.float64), 9) + 0.0)  # + 0.0: -0.0 -> 0.0
-        return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
-
-    seen = np.isin(rows(x), rows(train)) & np.all(np.isfinite(x), axis=1)
+    seen = training_stars(model, y)
     n_seen = int(seen.sum())
     if not n_seen:
         return

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from bayescannon.bayes import calibrate, coverage_report
-from bayescannon.bayes.calibration import binned_coverage_arrays
+from bayescannon.bayes.calibration import binned_coverage_arrays, same_stars, training_stars
 from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.commands._summary import add_json_argument, print_summary, say
-from bayescannon.errors import LabelError
+from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
 from bayescannon.plots import coverage_curve, coverage_map, errors_vs_snr, zscore_histogram
+
+logger = logging.getLogger(__name__)
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -102,11 +105,38 @@ def _labels_and_errors(ds, path, names, id_column, prefix):
     return labels, errors
 
 
+def _check_holdout(args, model, holdout_labels, calibration_labels) -> None:
+    """A ``--holdout`` set must be held out from both the training and the calibration
+    stars, else its coverage is in-sample and says nothing about new stars. Stars count as
+    the same when their reference labels are equal. Mostly the same stars: an error; a
+    few: a warning naming them."""
+    n = len(holdout_labels)
+    for what, seen in (
+        ("training", training_stars(model, holdout_labels)),
+        ("calibration", None if calibration_labels is None else same_stars(model, holdout_labels, calibration_labels)),
+    ):
+        n_seen = 0 if seen is None else int(seen.sum())
+        if not n_seen:
+            continue
+        first = ", ".join(str(i) for i in np.flatnonzero(seen)[:5])
+        msg = (
+            f"--holdout {args.holdout}: {n_seen} of {n} stars have exactly the reference labels of {what} stars "
+            f"(rows {first}{', ...' if n_seen > 5 else ''}); their coverage is in-sample, not that of new stars"
+        )
+        if n_seen > n // 2:
+            raise InvalidInputError(msg + ": use stars held out from both training and calibration")
+        logger.warning("%s; leave them out of the held-out set", msg)
+
+
 def run(args) -> int:
 
     model = CannonModel.load(args.model)
     ds = load_spectra(args.spectra)
     labels, errors = _labels_and_errors(ds, args.labels_table, model.label_names, args.id_column, args.error_prefix)
+    if args.holdout:  # read (and checked) before anything is written
+        hd = load_spectra(args.holdout)
+        hl, he = _labels_and_errors(hd, None, model.label_names, args.id_column, args.error_prefix)
+        _check_holdout(args, model, hl, None if args.report_only else labels)
     if not args.report_only:
         calibrate(
             model,
@@ -138,8 +168,6 @@ def run(args) -> int:
                     f"{fs['median_factor'][j]:.3f} ({'significant' if fs['significant'][j] else 'not significant'})",
                 )
     if args.holdout:
-        hd = load_spectra(args.holdout)
-        hl, he = _labels_and_errors(hd, None, model.label_names, args.id_column, args.error_prefix)
         report = coverage_report(model, hd["flux"].values, hd["ivar"].values, hl, label_errors=he)
     else:
         report = coverage_report(model, ds["flux"].values, ds["ivar"].values, labels, label_errors=errors)

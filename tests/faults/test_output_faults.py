@@ -311,6 +311,34 @@ def test_calibrate_never_replaces_its_model(trained, tmp_path, capsys):
     assert _digest(model) == before
 
 
+def test_a_holdout_set_that_is_not_held_out_is_refused_before_any_output(trained, tmp_path, capsys, caplog):
+    """--holdout with the calibration (or training) stars used to report their in-sample
+    coverage as held-out coverage; now it is refused before anything is written, and a few
+    such stars are named in a warning."""
+    import logging
+
+    from bayescannon.io import write_spectra
+    from bayescannon.simulate.synthesis import simulate_survey
+
+    cal = simulate_survey(60, instrument="apogee", snr=(80.0, 200.0), rng=4)
+    write_spectra(cal, tmp_path / "cal.nc")
+    out = tmp_path / "mc.nc"
+    model, spectra = str(trained / "m.nc"), str(tmp_path / "cal.nc")
+    for holdout, what in ((spectra, "calibration"), (str(trained / "s.nc"), "training")):
+        assert main(["calibrate", model, spectra, "--holdout", holdout, "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"60 of 60 stars have exactly the reference labels of {what} stars" in err, err
+        assert not out.exists()
+    mixed = simulate_survey(60, instrument="apogee", snr=(80.0, 200.0), rng=5)
+    for name in ("TEFF", "LOGG"):
+        mixed[name].values[:3] = cal[name].values[:3]  # three calibration stars among new ones
+    write_spectra(mixed, tmp_path / "mixed.nc")
+    with caplog.at_level(logging.WARNING):
+        assert main(["calibrate", model, spectra, "--holdout", str(tmp_path / "mixed.nc"), "-o", str(out)]) == 0
+    assert "3 of 60 stars have exactly the reference labels of calibration stars (rows 0, 1, 2)" in caplog.text
+    assert out.is_file()
+
+
 # ---------------------------------------------------------------- library writers
 
 
