@@ -29,7 +29,6 @@ import logging
 import numpy as np
 
 from bayescannon.errors import InsufficientDataError
-from bayescannon.homogenise.npmle import MedianTable
 
 logger = logging.getLogger(__name__)
 
@@ -192,32 +191,13 @@ class Deconvolution:
     max_stars : int
         Stars (with every label) used for the fit, drawn at random.
     random_state : int
-    edge_median : bool
-        Also fit, per label, a one-label non-parametric population
-        (:class:`~bayescannon.homogenise.npmle.MedianTable`) and add its posterior
-        median-minus-mean to :meth:`median_shrinkage` (see there).
-    edge_guard : float
-        That term is added only for stars whose label the other labels do not inform:
-        where the mixture's posterior mean and that of its one-label marginal differ by
-        less than ``edge_guard`` of the label's noise.
     """
 
-    def __init__(
-        self,
-        n_components: int = 6,
-        *,
-        n_iter: int = 40,
-        max_stars: int = 5000,
-        random_state: int = 0,
-        edge_median: bool = True,
-        edge_guard: float = 0.1,
-    ):
+    def __init__(self, n_components: int = 6, *, n_iter: int = 40, max_stars: int = 5000, random_state: int = 0):
         self.n_components = n_components
         self.n_iter = n_iter
         self.max_stars = max_stars
         self.random_state = random_state
-        self.edge_median = edge_median
-        self.edge_guard = edge_guard
 
     def _standard(self, v, ncov):
         z = (v - self.loc_) / self.scale_
@@ -296,52 +276,7 @@ class Deconvolution:
             self.loc_, self.scale_, m, c = loc, scale, mm, cc
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
-        self.median_tables_ = None
-        if self.edge_median:  # binned: all stars at the cost of a few thousand cells
-            sig = np.sqrt(np.asarray(ncov, dtype=float)[:, range(k), range(k)])
-            self.median_tables_ = [MedianTable().fit(value[:, j], sig[:, j]) for j in range(k)]
         return self
-
-    def _marginal_mean(self, value, ncov) -> np.ndarray:
-        """(n, k) posterior mean of each label under the mixture's one-label marginal
-        (the other labels ignored), label units."""
-        z, s = self._standard(np.asarray(value, dtype=float), ncov)
-        k = z.shape[1]
-        s2 = s[:, range(k), range(k)]
-        m, c = self.means_, self.covariances_[:, range(k), range(k)]  # (K, k)
-        t = c[None] + s2[:, None, :]  # (n, K, k)
-        lp = np.log(self.weights_)[None, :, None] - 0.5 * ((z[:, None, :] - m[None]) ** 2 / t + np.log(t))
-        r = np.exp(lp - lp.max(axis=1, keepdims=True))
-        r /= r.sum(axis=1, keepdims=True)
-        e = (r * (m[None] + c[None] / t * (z[:, None, :] - m[None]))).sum(axis=1)
-        return e * self.scale_ + self.loc_
-
-    def edge_correction(self, value, ncov, shrink=None) -> np.ndarray:
-        """(n, k) posterior median-minus-mean of each label under its one-label
-        non-parametric population (:class:`~bayescannon.homogenise.npmle.MedianTable`),
-        0 where the other labels inform the star's label (the mixture's posterior mean
-        moves by ``edge_guard`` of the noise or more when they are ignored), where a label
-        is missing, or without tables.
-
-        Tweedie's ``D`` is the posterior *mean* shift; the offset model learns a *median*.
-        The mixture's posterior is nearly Gaussian (median = mean), but at a hard edge of the
-        population the true one is a truncated normal, whose median lies inside its mean by
-        up to ~0.13 of the noise: the trees learnt that gap as an offset (the mock's LAMOST
-        TEFF near its 6500 K cut). The guard keeps a one-label prior out of labels whose
-        marginal is multi-modal where the other labels pick the mode (LOGG: giants and
-        dwarfs told apart by TEFF). ``shrink``: :meth:`shrinkage` if already computed."""
-        value = np.asarray(value, dtype=float)
-        out = np.zeros(value.shape)
-        if getattr(self, "median_tables_", None) is None:
-            return out
-        k = value.shape[1]
-        sig = np.sqrt(np.asarray(ncov, dtype=float)[:, range(k), range(k)])
-        full = value + (self.shrinkage(value, ncov) if shrink is None else shrink)
-        alone = self._marginal_mean(value, ncov)
-        for j, tab in enumerate(self.median_tables_):  # a few labels
-            keep = np.abs(full[:, j] - alone[:, j]) < self.edge_guard * sig[:, j]
-            out[:, j] = np.where(keep, tab(value[:, j], sig[:, j]), 0.0)
-        return np.where(np.isfinite(out), out, 0.0)
 
     def _posterior(self, value, ncov):
         """Standardised labels ``z``, responsibilities ``r`` (n, K), component posterior
@@ -403,23 +338,19 @@ class Deconvolution:
         those stars come out biased (the mock's LAMOST LOGG: +0.02...+0.03 in its giant
         and dwarf bins with every model seed, from the long upper tail of its errors).
         :func:`skew_shift` makes that median constant, the label's local population read
-        from the mixture's own shrinkage (``lam = 1 + dD/dv``). At a hard edge of the
-        population the posterior is a truncated normal whose median is not its mean at
-        all, which a Gaussian mixture cannot show: :meth:`edge_correction` adds that gap
-        from a one-label non-parametric population.
+        from the mixture's own shrinkage (``lam = 1 + dD/dv``).
         """
         value = np.asarray(value, dtype=float)
         s1, s2 = np.asarray(s1, dtype=float), np.asarray(s2, dtype=float)
         asym = np.isfinite(value) & np.isfinite(s1) & np.isfinite(s2) & ~np.isclose(s1, s2)
         if not asym.any():
-            d0 = self.shrinkage(value, ncov)
-            return d0 + self.edge_correction(value, ncov, shrink=d0)
+            return self.shrinkage(value, ncov)
         d0, jac = self.shrinkage_and_slope(value, ncov)
         k = value.shape[1]
         lam = 1.0 + jac[:, range(k), range(k)]
         out = d0.copy()
         out[asym] += skew_shift(value[asym], d0[asym], lam[asym], s1[asym], s2[asym])
-        return out + self.edge_correction(value, ncov, shrink=d0)
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready parameters."""
@@ -429,9 +360,6 @@ class Deconvolution:
             "weights": self.weights_.tolist(),
             "means": self.means_.tolist(),
             "covariances": self.covariances_.tolist(),
-            "median_tables": None
-            if getattr(self, "median_tables_", None) is None
-            else [t.to_dict() for t in self.median_tables_],
         }
 
     @classmethod
@@ -441,6 +369,4 @@ class Deconvolution:
         self.loc_, self.scale_ = np.asarray(d["loc"]), np.asarray(d["scale"])
         self.weights_, self.means_ = np.asarray(d["weights"]), np.asarray(d["means"])
         self.covariances_ = np.asarray(d["covariances"])
-        tabs = d.get("median_tables")
-        self.median_tables_ = None if tabs is None else [MedianTable.from_dict(t) for t in tabs]
         return self
