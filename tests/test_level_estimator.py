@@ -14,6 +14,7 @@ from bayescannon import CannonModel
 from bayescannon.bayes import calibrate
 from bayescannon.bayes.calibration import fit_calibration, interval_inside
 from bayescannon.core.level_scale import (
+    DEFAULT_LEVEL_ESTIMATOR,
     GUARD_SD,
     level_quantile,
     parametric_quantile,
@@ -182,3 +183,24 @@ def test_model_file_refuses_an_edited_level_scale_record():
         edited = cal | {"level_scale": cal["level_scale"] | bad}
         with pytest.raises(ModelFileError, match="level_scale"):
             _calibration(json.dumps(edited), names, "f.nc")
+
+
+def test_calibrate_cli_level_estimator_is_recorded(tmp_path, capsys):
+    from bayescannon.cli import main
+
+    train, held = tmp_path / "train.nc", tmp_path / "held.nc"
+    assert main(["simulate", "-o", str(train), "-n", "150", "--seed", "3"]) == 0
+    assert main(["simulate", "-o", str(held), "-n", "300", "--seed", "4"]) == 0
+    model = tmp_path / "model.nc"
+    assert main(["train", str(train), "-o", str(model), "--labels", "TEFF", "LOGG", "FE_H", "--no-progress"]) == 0
+    out_t = tmp_path / "t.nc"
+    assert main(["calibrate", str(model), str(held), "--level-estimator", "student-t", "-o", str(out_t)]) == 0
+    assert "68 % level (student-t, guard 2 binomial sd): TEFF " in capsys.readouterr().out
+    rec = CannonModel.load(out_t).calibration_["level_scale"]
+    assert rec["requested"] == "student-t" and len(rec["used"]) == 3
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(model), str(held), "--level-estimator", "gaussian", "-o", str(tmp_path / "x.nc")])
+    # the default (the library's DEFAULT_LEVEL_ESTIMATOR, split-conformal): no line, nothing else changes
+    from bayescannon.cli import build_parser
+
+    assert build_parser().parse_args(["calibrate", "m.nc", "s.nc"]).level_estimator == DEFAULT_LEVEL_ESTIMATOR
