@@ -84,6 +84,19 @@ def test_guard_falls_back_to_conformal_on_bimodal_and_keeps_the_fit_on_gaussian(
         level_quantile(bimodal, P68, "gaussian")
 
 
+def test_generalised_normal_fits_lighter_than_gaussian_z_where_the_student_t_cannot():
+    rng = np.random.default_rng(11)
+    n = 4000
+    a = np.abs(0.6 * rng.standard_normal(n) + rng.uniform(-1.5, 1.5, n))  # platykurtic
+    big = np.abs(0.6 * rng.standard_normal(400_000) + rng.uniform(-1.5, 1.5, 400_000))
+    sd = np.sqrt(P68 * (1 - P68) / n)
+    q, fitted, beta = parametric_quantile(a, P68, "parametric")
+    assert fitted == "gennorm" and beta > 2.0  # lighter tails than a Gaussian
+    assert abs(np.mean(big <= q) - P68) < 3 * sd  # measured +0.2 sd
+    qt, _, nu = parametric_quantile(a, P68, "student-t")
+    assert nu > 100 and np.mean(big <= qt) - P68 < -3 * sd  # the t family cannot: measured -3.9 sd
+
+
 def test_rescaled_quantile_table_moves_the_level_and_keeps_95_and_monotone():
     lv = np.round(np.arange(0.01, 0.9951, 0.01), 2)
     zq = conformal_quantiles(np.abs(np.random.default_rng(6).standard_normal(2000)), lv)

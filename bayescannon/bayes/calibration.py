@@ -493,6 +493,7 @@ def _fit_calibration(
 ):
     """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
     without the correction) by which the returned calibration's residuals were rescaled (√g)."""
+    check_level_estimator(level_estimator)
     eps = np.zeros(len(resid)) if eps is None else np.asarray(eps, dtype=np.float64)
     names = list(label_names)
     noise = (1.0 + eps)[:, None] * fvar
@@ -534,7 +535,6 @@ def _fit_calibration(
     z1 = z / np.exp(smooth_log_scales(width, x, u))
     mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
     s = width_factors(width, mondrian, x, u)
-    check_level_estimator(level_estimator)
     zq = []
     level_scale = {"requested": level_estimator, "guard_sd": GUARD_SD, "level": LEVELS[0]}
     records = []
