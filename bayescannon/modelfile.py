@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from bayescannon._version import __version__
+from bayescannon.core.level_scale import LEVEL_ESTIMATORS
 from bayescannon.core.uncertainty import CALIBRATION_KIND
 from bayescannon.errors import ModelFileError
 from bayescannon.flags import PixelFlag, flag_doc
@@ -468,4 +469,23 @@ def _calibration(text, label_names, source):
             raise bad(f"has {name} of shape {a.shape}, expected {shape}")
         if not np.all(np.isfinite(a) & ok(a)):
             raise bad(f"has impossible values in {name}")
+    _check_level_scale(cal.get("level_scale"), k, bad)
     return cal
+
+
+def _check_level_scale(rec, k, bad):
+    """The record of each label's overall-level estimator (absent before it existed: the
+    split-conformal quantile, which the stored ``z_quantiles`` already hold either way)."""
+    if rec is None:
+        return
+    if not isinstance(rec, dict):
+        raise bad("has a level_scale that is not a record")
+    used = rec.get("used")
+    if not isinstance(used, list) or len(used) != k or any(u not in LEVEL_ESTIMATORS for u in used):
+        raise bad(f"has level_scale used {used!r}, expected {k} of {list(LEVEL_ESTIMATORS)}")
+    try:
+        conformal = np.asarray(rec.get("conformal"), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"has unreadable level_scale conformal ({exc})") from exc
+    if conformal.shape != (k,) or not np.all(np.isfinite(conformal) & (conformal >= 0)):
+        raise bad(f"has level_scale conformal {rec.get('conformal')!r}, expected {k} finite values >= 0")

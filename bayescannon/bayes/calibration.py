@@ -25,6 +25,13 @@ from bayescannon.core.conditional import (
     spectrum_snr,
     width_factors,
 )
+from bayescannon.core.level_scale import (
+    DEFAULT_LEVEL_ESTIMATOR,
+    GUARD_SD,
+    check_level_estimator,
+    level_quantile,
+    rescale_quantile_table,
+)
 from bayescannon.core.selection import DEFAULT_SELECTION
 from bayescannon.core.uncertainty import (
     CALIBRATION_KIND,
@@ -53,6 +60,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "calibrate",
     "calibrate_from_predictions",
+    "holdout_predictions",
     "binned_coverage_arrays",
     "coverage_by_bin",
     "coverage_report",
@@ -83,6 +91,7 @@ def calibrate(
     fold_size_correction: bool = False,
     progressbar: bool = False,
     selection=DEFAULT_SELECTION,
+    level_estimator: str = DEFAULT_LEVEL_ESTIMATOR,
 ) -> dict:
     """Fit the calibrated error model and store it in ``model.calibration_``.
 
@@ -122,6 +131,8 @@ def calibrate(
     selection : {"best", "one-se", "one-se-classic"}
         How the bias and width models' own cross-validation picks their form and ridge
         (see :func:`fit_calibration`).
+    level_estimator : {"conformal", "student-t", "parametric"}
+        Estimator of each label's overall 68 % interval scale (see :func:`fit_calibration`).
 
     Returns
     -------
@@ -136,7 +147,7 @@ def calibrate(
         without the correction).
     """
     model._check_fitted()
-
+    check_level_estimator(level_estimator)
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     if flux.ndim != 2 or flux.shape != ivar.shape:
@@ -153,13 +164,7 @@ def calibrate(
     fold_size = None
     if n_folds == 0:
         _check_held_out(model, y)
-        res = model.infer(flux, ivar)
-        ok = _usable(res)
-        est[ok] = res["labels"].values[ok]
-        fvar[ok] = np.einsum("nkk->nk", res["covariance"].values)[ok]
-        eps = epsilon(
-            model, scaling.scale(np.nan_to_num(res["labels"].values), model.label_offset_, model.label_scale_), ivar
-        )
+        est, fvar, eps = holdout_predictions(model, flux, ivar)
         source = "holdout"
     elif n_folds >= 2:
         if n < 2 * n_folds:
@@ -201,6 +206,7 @@ def calibrate(
         source=source,
         fold_size=fold_size,
         selection=selection,
+        level_estimator=level_estimator,
     )
 
 
@@ -231,6 +237,23 @@ def _row_isin(x, ref) -> np.ndarray:
         return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
 
     return np.isin(rows(x), rows(ref)) & np.all(np.isfinite(x), axis=1)
+
+
+def holdout_predictions(model, flux, ivar):
+    """Estimates, formal variances (N, K; NaN for unusable stars) and ε (N,) of held-out
+    stars, as :func:`calibrate` with ``n_folds=0`` draws them (for
+    :func:`calibrate_from_predictions`)."""
+    res = model.infer(flux, ivar)
+    ok = _usable(res)
+    n, k = res["labels"].shape
+    est = np.full((n, k), np.nan)
+    fvar = np.full((n, k), np.nan)
+    est[ok] = res["labels"].values[ok]
+    fvar[ok] = np.einsum("nkk->nk", res["covariance"].values)[ok]
+    eps = epsilon(
+        model, scaling.scale(np.nan_to_num(res["labels"].values), model.label_offset_, model.label_scale_), ivar
+    )
+    return est, fvar, eps
 
 
 def _check_held_out(model, y):
@@ -287,6 +310,7 @@ def calibrate_from_predictions(
     source="predictions",
     fold_size=None,
     selection=DEFAULT_SELECTION,
+    level_estimator=DEFAULT_LEVEL_ESTIMATOR,
 ) -> dict:
     """:func:`calibrate` from held-out or cross-validated estimates already at hand.
 
@@ -316,6 +340,8 @@ def calibrate_from_predictions(
         ``model`` (see :func:`calibrate`).
     selection : {"best", "one-se", "one-se-classic"}
         How the bias and width models' CV picks their form (see :func:`fit_calibration`).
+    level_estimator : {"conformal", "student-t", "parametric"}
+        Estimator of each label's overall 68 % interval scale (see :func:`fit_calibration`).
 
     Returns
     -------
@@ -346,6 +372,7 @@ def calibrate_from_predictions(
             groups=None,
             fold_size=fs,
             selection=selection,
+            level_estimator=level_estimator,
         )
     cal["source"] = source
     model.calibration_ = cal
@@ -388,6 +415,7 @@ def fit_calibration(
     fold_size=None,
     interactions=(False, True),
     selection=DEFAULT_SELECTION,
+    level_estimator=DEFAULT_LEVEL_ESTIMATOR,
 ):
     """Fit the calibration (bias model, error model, Mondrian factors, conformal quantiles)
     on held-out residuals; :func:`calibrate` runs the model and calls this.
@@ -428,6 +456,16 @@ def fit_calibration(
         Rule of the bias and smooth width models' cross-validated choice of form and ridge:
         the best CV score, or the simplest candidate within one standard error of it
         (:func:`bayescannon.core.selection.select_candidate`).
+    level_estimator : {"conformal", "student-t", "parametric"}
+        Estimator of each label's overall 68 % scale, the 68 % quantile of the standardised
+        |z| after the width models: the split-conformal quantile (distribution-free), or a
+        maximum-likelihood Student-t (or the better of a t and a generalised normal) fitted to
+        all the |z| (a lower-variance estimate), used only where its coverage of the
+        calibration stars is within ``GUARD_SD`` binomial sd of 0.68 and the conformal quantile
+        otherwise (:func:`bayescannon.core.level_scale.level_quantile`). The 95 % quantile
+        stays split-conformal; levels in between follow
+        (:func:`bayescannon.core.level_scale.rescale_quantile_table`). Recorded as
+        ``level_scale`` (the estimator each label used).
 
     Returns
     -------
@@ -452,6 +490,7 @@ def fit_calibration(
             fold_size=fold_size,
             interactions=interactions,
             selection=selection,
+            level_estimator=level_estimator,
         )
     return cal, oof
 
@@ -472,9 +511,11 @@ def _fit_calibration(
     fold_size,
     interactions=(False, True),
     selection=DEFAULT_SELECTION,
+    level_estimator=DEFAULT_LEVEL_ESTIMATOR,
 ):
     """:func:`fit_calibration`, also returning the fold-size variance factors g (N, K; ones
     without the correction) by which the returned calibration's residuals were rescaled (√g)."""
+    check_level_estimator(level_estimator)
     eps = np.zeros(len(resid)) if eps is None else np.asarray(eps, dtype=np.float64)
     names = list(label_names)
     noise = (1.0 + eps)[:, None] * fvar
@@ -517,9 +558,29 @@ def _fit_calibration(
     mondrian = fit_mondrian_scales(z1, x, u, names) if mondrian else None
     s = width_factors(width, mondrian, x, u)
     zq = []
+    level_scale = {"requested": level_estimator, "guard_sd": GUARD_SD, "level": LEVELS[0]}
+    records = []
     for j in range(len(names)):
         zs = np.abs(rc[ok[:, j], j]) / np.sqrt((s * s * var + rv)[ok[:, j], j])
-        zq.append([float(v) for v in conformal_quantiles(zs, params["quantile_levels"])])
+        table = conformal_quantiles(zs, params["quantile_levels"])
+        q, rec = level_quantile(zs, LEVELS[0], level_estimator)
+        if rec["used"] != "conformal":
+            table = rescale_quantile_table(params["quantile_levels"], table, LEVELS[0], q, upper=LEVELS[1])
+        elif level_estimator != "conformal":
+            logger.warning(
+                "%s: the %s 68 %% level (%.4g) and the split-conformal one (%.4g) disagree by %s binomial sd "
+                "(guard %.1f): split-conformal used",
+                names[j],
+                level_estimator,
+                np.nan if rec["parametric"] is None else rec["parametric"],
+                rec["conformal"],
+                "?" if rec["disagreement_sd"] is None else f"{rec['disagreement_sd']:.2f}",
+                GUARD_SD,
+            )
+        records.append(rec)
+        zq.append([float(v) for v in table])
+    for key in ("used", "conformal", "parametric", "family", "shape", "disagreement_sd"):
+        level_scale[key] = [r[key] for r in records]
     params["z_quantiles"] = zq
     return (
         {
@@ -539,6 +600,7 @@ def _fit_calibration(
             "mondrian": mondrian,
             "width": width,
             "fold_size": fold_record,
+            "level_scale": level_scale,
         },
         oof,
         factors,

@@ -14,6 +14,7 @@ from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.commands._summary import add_json_argument, print_summary, say
+from bayescannon.core.level_scale import DEFAULT_LEVEL_ESTIMATOR, LEVEL_ESTIMATORS
 from bayescannon.errors import InvalidInputError, LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
@@ -48,6 +49,15 @@ def add_arguments(p):
         help="with --n-folds >= 3: a second, 2-fold CV extrapolates the residual scale to the full training set "
         "(A + B/m; applied where significant). Off by default: the 1/m law does not hold everywhere "
         "(docs/guides/calibration.md); a held-out set (--n-folds 0) needs no correction",
+    )
+    p.add_argument(
+        "--level-estimator",
+        choices=LEVEL_ESTIMATORS,
+        default=DEFAULT_LEVEL_ESTIMATOR,
+        help="estimator of each label's overall 68%% interval scale: the split-conformal quantile, or a "
+        "maximum-likelihood Student-t (parametric: the better of a t and a generalised normal) fitted to all "
+        "standardised residuals, used where it agrees with the conformal one within 2 binomial sd "
+        "(docs/guides/calibration.md)",
     )
     p.add_argument(
         "--report-only", action="store_true", help="only report coverage with the model's current calibration"
@@ -146,6 +156,7 @@ def run(args) -> int:
             label_errors=errors,
             n_folds=args.n_folds,
             fold_size_correction=args.fold_size_correction,
+            level_estimator=args.level_estimator,
         )
         out = model_output(args)
         model.save(out, overwrite=args.overwrite)
@@ -157,6 +168,16 @@ def run(args) -> int:
             f"+-{cell_sd:.3f} (1 sigma, binomial), and the calibrated intervals' coverage per region of new stars "
             "scatters by about that much (docs/guides/calibration.md, 'Where the misses come from')",
         )
+        ls = model.calibration_.get("level_scale") or {}
+        if ls.get("requested", "conformal") != "conformal":
+            say(
+                args,
+                f"68 % level ({ls['requested']}, guard {ls['guard_sd']:g} binomial sd): "
+                + ", ".join(
+                    f"{name} {used}" + ("" if d is None else f" ({d:+.2f} sd)")
+                    for name, used, d in zip(model.label_names, ls["used"], ls["disagreement_sd"], strict=True)
+                ),
+            )
         fs = model.calibration_.get("fold_size")
         if fs:
             m1, m2, n = fs["sizes"]
