@@ -29,6 +29,7 @@ import logging
 import numpy as np
 
 from bayescannon.errors import InsufficientDataError
+from bayescannon.homogenise.npmle import MedianTable
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +192,35 @@ class Deconvolution:
     max_stars : int
         Stars (with every label) used for the fit, drawn at random.
     random_state : int
+    edge_npmle : bool
+        Also fit, per label, a one-label non-parametric population
+        (:class:`~bayescannon.homogenise.npmle.MedianTable`, a binned grid NPMLE) and,
+        where the other labels do not inform the label, take ``D`` from its posterior
+        *median* instead of the mixture's mean (see :meth:`median_shrinkage`).
+    edge_guard, edge_taper : float
+        The weight of that median (:meth:`edge_weight`): 1 where the mixture's posterior
+        mean and that of its one-label marginal differ by less than ``edge_taper *
+        edge_guard`` of the label's noise, 0 from ``edge_guard`` on, linear in between.
     """
 
-    def __init__(self, n_components: int = 6, *, n_iter: int = 40, max_stars: int = 5000, random_state: int = 0):
+    def __init__(
+        self,
+        n_components: int = 6,
+        *,
+        n_iter: int = 40,
+        max_stars: int = 5000,
+        random_state: int = 0,
+        edge_npmle: bool = True,
+        edge_guard: float = 0.3,
+        edge_taper: float = 0.0,
+    ):
         self.n_components = n_components
         self.n_iter = n_iter
         self.max_stars = max_stars
         self.random_state = random_state
+        self.edge_npmle = edge_npmle
+        self.edge_guard = edge_guard
+        self.edge_taper = edge_taper
 
     def _standard(self, v, ncov):
         z = (v - self.loc_) / self.scale_
@@ -210,8 +233,12 @@ class Deconvolution:
         s[:, range(k), range(k)] = diag
         return np.where(miss, 0.0, z), s
 
-    def fit(self, value, ncov) -> Deconvolution:
-        """Fit on ``value`` (n, k) with noise covariances ``ncov`` (n, k, k). Returns self."""
+    def fit(self, value, ncov, s1=None, s2=None) -> Deconvolution:
+        """Fit on ``value`` (n, k) with noise covariances ``ncov`` (n, k, k). Returns self.
+
+        ``s1``, ``s2`` (n, k), optional: the split-normal scales of asymmetric errors (below,
+        above), used by the one-label populations (``edge_npmle``); without them every
+        error is taken as Gaussian with the variance in ``ncov``."""
         from sklearn.mixture import GaussianMixture  # lazy: heavy third-party import
 
         value = np.asarray(value, dtype=float)
@@ -276,7 +303,73 @@ class Deconvolution:
             self.loc_, self.scale_, m, c = loc, scale, mm, cc
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
+        self.median_tables_ = None
+        if self.edge_npmle:  # binned: all stars at the cost of a few thousand cells
+            sig = np.sqrt(ncov[:, range(k_all), range(k_all)])
+            lo = sig if s1 is None else np.where(np.isfinite(s1), s1, sig)
+            hi = sig if s2 is None else np.where(np.isfinite(s2), s2, sig)
+            good = np.isfinite(value) & np.isfinite(sig) & (sig > 0)
+            self.median_tables_ = [  # a label too rarely measured gets no table (no term)
+                MedianTable().fit(value[:, j], sig[:, j], lo[:, j], hi[:, j])
+                if good[:, j].sum() >= _MIN_FIT_STARS
+                else None
+                for j in range(k_all)
+            ]
         return self
+
+    def _marginal_mean(self, value, ncov) -> np.ndarray:
+        """(n, k) posterior mean of each label under the mixture's one-label marginal
+        (the other labels ignored), label units."""
+        z, s = self._standard(np.asarray(value, dtype=float), ncov)
+        k = z.shape[1]
+        s2 = s[:, range(k), range(k)]
+        m, c = self.means_, self.covariances_[:, range(k), range(k)]  # (K, k)
+        t = c[None] + s2[:, None, :]  # (n, K, k)
+        lp = np.log(self.weights_)[None, :, None] - 0.5 * ((z[:, None, :] - m[None]) ** 2 / t + np.log(t))
+        r = np.exp(lp - lp.max(axis=1, keepdims=True))
+        r /= r.sum(axis=1, keepdims=True)
+        e = (r * (m[None] + c[None] / t * (z[:, None, :] - m[None]))).sum(axis=1)
+        return e * self.scale_ + self.loc_
+
+    def edge_weight(self, value, ncov, shrink=None) -> np.ndarray:
+        """(n, k) weight in [0, 1] of the one-label non-parametric population's posterior
+        median in :meth:`median_shrinkage`: 1 where the other labels do not inform the
+        star's label (the mixture's posterior mean moves by less than ``edge_taper *
+        edge_guard`` of the label's noise when they are ignored), 0 where they do (by
+        ``edge_guard`` or more), linear in between; 0 where a label is missing or has no
+        table. The guard keeps a one-label prior out of labels whose marginal is
+        multi-modal where the other labels pick the mode (LOGG: giants and dwarfs told
+        apart by TEFF; TEFF at the giants' cool edge). ``shrink``: :meth:`shrinkage` if
+        already computed."""
+        value = np.asarray(value, dtype=float)
+        out = np.zeros(value.shape)
+        if getattr(self, "median_tables_", None) is None:
+            return out
+        k = value.shape[1]
+        sig = np.sqrt(np.asarray(ncov, dtype=float)[:, range(k), range(k)])
+        full = value + (self.shrinkage(value, ncov) if shrink is None else shrink)
+        r = np.abs(full - self._marginal_mean(value, ncov)) / sig
+        lo = self.edge_taper * self.edge_guard
+        w = np.clip((self.edge_guard - r) / max(self.edge_guard - lo, 1e-12), 0.0, 1.0)
+        has = np.array([t is not None for t in self.median_tables_])
+        return np.where(np.isfinite(w) & has[None], w, 0.0)
+
+    def edge_median(self, value, ncov, s1, s2) -> np.ndarray:
+        """(n, k) ``med[x | v] - v - med(error)`` under each label's one-label non-parametric
+        population (:class:`~bayescannon.homogenise.npmle.MedianTable`, with the star's
+        split-normal error), NaN where a label is missing or has no table."""
+        value = np.asarray(value, dtype=float)
+        s1, s2 = np.asarray(s1, dtype=float), np.asarray(s2, dtype=float)
+        out = np.full(value.shape, np.nan)
+        k = value.shape[1]
+        sig = np.sqrt(np.asarray(ncov, dtype=float)[:, range(k), range(k)])
+        asym = np.isfinite(s1) & np.isfinite(s2) & ~np.isclose(s1, s2)
+        nm = np.where(asym, split_normal_median(np.where(asym, s1, 1.0), np.where(asym, s2, 1.0)), 0.0)
+        for j, tab in enumerate(self.median_tables_ or ()):  # a few labels
+            if tab is not None:
+                ok = np.isfinite(value[:, j])
+                out[ok, j] = tab.median_shift(value[ok, j], sig[ok, j]) - nm[ok, j]
+        return out
 
     def _posterior(self, value, ncov):
         """Standardised labels ``z``, responsibilities ``r`` (n, K), component posterior
@@ -338,19 +431,31 @@ class Deconvolution:
         those stars come out biased (the mock's LAMOST LOGG: +0.02...+0.03 in its giant
         and dwarf bins with every model seed, from the long upper tail of its errors).
         :func:`skew_shift` makes that median constant, the label's local population read
-        from the mixture's own shrinkage (``lam = 1 + dD/dv``).
+        from the mixture's own shrinkage (``lam = 1 + dD/dv``). At a hard edge of the
+        population the posterior is a truncated normal whose median is not its mean at
+        all, and whose far tail shrinks more than a Gaussian mixture's: where the other
+        labels do not inform a label (:meth:`edge_weight`), ``D`` is blended towards
+        :meth:`edge_median`, the posterior median shift under a one-label non-parametric
+        population with the star's own split-normal error (which then replaces the
+        mixture's mean and :func:`skew_shift` alike).
         """
         value = np.asarray(value, dtype=float)
         s1, s2 = np.asarray(s1, dtype=float), np.asarray(s2, dtype=float)
         asym = np.isfinite(value) & np.isfinite(s1) & np.isfinite(s2) & ~np.isclose(s1, s2)
         if not asym.any():
-            return self.shrinkage(value, ncov)
-        d0, jac = self.shrinkage_and_slope(value, ncov)
-        k = value.shape[1]
-        lam = 1.0 + jac[:, range(k), range(k)]
-        out = d0.copy()
-        out[asym] += skew_shift(value[asym], d0[asym], lam[asym], s1[asym], s2[asym])
-        return out
+            d0 = self.shrinkage(value, ncov)
+            out = d0.copy()
+        else:
+            d0, jac = self.shrinkage_and_slope(value, ncov)
+            k = value.shape[1]
+            lam = 1.0 + jac[:, range(k), range(k)]
+            out = d0.copy()
+            out[asym] += skew_shift(value[asym], d0[asym], lam[asym], s1[asym], s2[asym])
+        if getattr(self, "median_tables_", None) is None:
+            return out
+        w = self.edge_weight(value, ncov, shrink=d0)
+        npm = self.edge_median(value, ncov, s1, s2)
+        return np.where((w > 0) & np.isfinite(npm), out + w * (npm - out), out)
 
     def to_dict(self) -> dict:
         """JSON-ready parameters."""
@@ -360,6 +465,9 @@ class Deconvolution:
             "weights": self.weights_.tolist(),
             "means": self.means_.tolist(),
             "covariances": self.covariances_.tolist(),
+            "median_tables": None
+            if getattr(self, "median_tables_", None) is None
+            else [None if t is None else t.to_dict() for t in self.median_tables_],
         }
 
     @classmethod
@@ -369,4 +477,6 @@ class Deconvolution:
         self.loc_, self.scale_ = np.asarray(d["loc"]), np.asarray(d["scale"])
         self.weights_, self.means_ = np.asarray(d["weights"]), np.asarray(d["means"])
         self.covariances_ = np.asarray(d["covariances"])
+        tabs = d.get("median_tables")
+        self.median_tables_ = None if tabs is None else [None if t is None else MedianTable.from_dict(t) for t in tabs]
         return self

@@ -305,7 +305,7 @@ class Homogeniser(ParamsMixin):
         if self.deconvolve and s not in self.deconvolution_:
             ncov = noise_covariance(d.s1, d.s2, d.cov)
             try:
-                self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov)
+                self.deconvolution_[s] = Deconvolution(random_state=self.random_state).fit(d.value, ncov, d.s1, d.s2)
             except InsufficientDataError as err:  # the offsets are then learnt on the observed labels as they are
                 logger.warning("survey %s: no deconvolution of its labels (%s)", s, err)
         shift = self._shift(s, d)
