@@ -66,6 +66,7 @@ __all__ = [
     "coverage_report",
     "fit_calibration",
     "interval_inside",
+    "refuse_seen_stars",
     "same_stars",
     "training_stars",
 ]
@@ -256,27 +257,41 @@ def holdout_predictions(model, flux, ivar):
     return est, fvar, eps
 
 
+def refuse_seen_stars(seen, stars: str, what: str, consequence: str, remedy: str, leave_out: str) -> None:
+    """A set whose stars are mostly ones already used (``seen``, a boolean mask from
+    :func:`training_stars` or :func:`same_stars`): :class:`InvalidInputError` ending in
+    ``remedy``; a few: a warning naming their rows. ``stars`` names the set's stars, ``what``
+    the stars they repeat, ``consequence`` why it matters, ``leave_out`` the set to leave
+    them out of."""
+    seen = np.asarray(seen, dtype=bool)
+    n_seen, n = int(seen.sum()), len(seen)
+    if not n_seen:
+        return
+    first = ", ".join(str(i) for i in np.flatnonzero(seen)[:5])
+    msg = (
+        f"{n_seen} of {n} {stars} have exactly the reference labels of {what} stars "
+        f"(rows {first}{', ...' if n_seen > 5 else ''}){consequence}"
+    )
+    if n_seen > n // 2:
+        raise InvalidInputError(msg + remedy)
+    logger.warning("%s; leave them out of the %s", msg, leave_out)
+
+
 def _check_held_out(model, y):
     """Refuse a "held-out" calibration set that is mostly the training set, warn about a few
     training stars in it: their residuals are in-sample (too small), so the calibrated
     intervals would come out too narrow without any sign. A star counts as a training star
     when its reference labels equal one training star's exactly (to 1e-9 in scaled units)."""
-    seen = training_stars(model, y)
-    n_seen = int(seen.sum())
-    if not n_seen:
-        return
-    first = ", ".join(str(i) for i in np.flatnonzero(seen)[:5])
-    msg = (
-        f"{n_seen} of {len(y)} calibration stars have exactly the reference labels of training stars "
-        f"(rows {first}{', ...' if n_seen > 5 else ''}): with n_folds=0 (--n-folds 0) their residuals are "
-        "in-sample and too small, and the calibrated intervals too narrow"
+    refuse_seen_stars(
+        training_stars(model, y),
+        "calibration stars",
+        "training",
+        ": with n_folds=0 (--n-folds 0) their residuals are in-sample and too small, and the calibrated intervals "
+        "too narrow",
+        "; calibrate on stars held out from training, or on the training set with n_folds >= 2 (cross-validation "
+        "refits the model without each fold)",
+        "calibration set",
     )
-    if n_seen > len(y) // 2:
-        raise InvalidInputError(
-            msg + "; calibrate on stars held out from training, or on the training set with n_folds >= 2 "
-            "(cross-validation refits the model without each fold)"
-        )
-    logger.warning("%s; leave them out of the calibration set", msg)
 
 
 def _cv_fold(model, flux, ivar, y, te, fit, est, fvar, eps):

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from bayescannon.bayes import calibrate, coverage_report
-from bayescannon.bayes.calibration import binned_coverage_arrays, same_stars, training_stars
+from bayescannon.bayes.calibration import binned_coverage_arrays, refuse_seen_stars, same_stars, training_stars
 from bayescannon.commands._common import join_labels, load_spectra
 from bayescannon.commands._figures import add_figures_argument, coverage_levels, write_figures
 from bayescannon.commands._outputs import MODEL_SUFFIXES, Output
 from bayescannon.commands._summary import add_json_argument, print_summary, say
 from bayescannon.core.level_scale import DEFAULT_LEVEL_ESTIMATOR, LEVEL_ESTIMATORS
-from bayescannon.errors import InvalidInputError, LabelError
+from bayescannon.errors import LabelError
 from bayescannon.model import CannonModel
 from bayescannon.pipeline.atomic import write_atomic
 from bayescannon.plots import coverage_curve, coverage_map, errors_vs_snr, zscore_histogram
-
-logger = logging.getLogger(__name__)
 
 NAME = "calibrate"
 HELP = "calibrate label uncertainties on stars with known labels and report interval coverage"
@@ -120,22 +117,18 @@ def _check_holdout(args, model, holdout_labels, calibration_labels) -> None:
     stars, else its coverage is in-sample and says nothing about new stars. Stars count as
     the same when their reference labels are equal. Mostly the same stars: an error; a
     few: a warning naming them."""
-    n = len(holdout_labels)
-    for what, seen in (
-        ("training", training_stars(model, holdout_labels)),
-        ("calibration", None if calibration_labels is None else same_stars(model, holdout_labels, calibration_labels)),
-    ):
-        n_seen = 0 if seen is None else int(seen.sum())
-        if not n_seen:
-            continue
-        first = ", ".join(str(i) for i in np.flatnonzero(seen)[:5])
-        msg = (
-            f"--holdout {args.holdout}: {n_seen} of {n} stars have exactly the reference labels of {what} stars "
-            f"(rows {first}{', ...' if n_seen > 5 else ''}); their coverage is in-sample, not that of new stars"
+    checks = [("training", training_stars(model, holdout_labels))]
+    if calibration_labels is not None:
+        checks.append(("calibration", same_stars(model, holdout_labels, calibration_labels)))
+    for what, seen in checks:
+        refuse_seen_stars(
+            seen,
+            f"--holdout stars ({args.holdout})",
+            what,
+            "; their coverage is in-sample, not that of new stars",
+            ": use stars held out from both training and calibration",
+            "held-out set",
         )
-        if n_seen > n // 2:
-            raise InvalidInputError(msg + ": use stars held out from both training and calibration")
-        logger.warning("%s; leave them out of the held-out set", msg)
 
 
 def run(args) -> int:

@@ -327,7 +327,7 @@ def test_a_holdout_set_that_is_not_held_out_is_refused_before_any_output(trained
     for holdout, what in ((spectra, "calibration"), (str(trained / "s.nc"), "training")):
         assert main(["calibrate", model, spectra, "--holdout", holdout, "-o", str(out)]) == 1
         err = capsys.readouterr().err
-        assert f"60 of 60 stars have exactly the reference labels of {what} stars" in err, err
+        assert f"60 of 60 --holdout stars ({holdout}) have exactly the reference labels of {what} stars" in err, err
         assert not out.exists()
     mixed = simulate_survey(60, instrument="apogee", snr=(80.0, 200.0), rng=5)
     for name in ("TEFF", "LOGG"):
@@ -335,7 +335,8 @@ def test_a_holdout_set_that_is_not_held_out_is_refused_before_any_output(trained
     write_spectra(mixed, tmp_path / "mixed.nc")
     with caplog.at_level(logging.WARNING):
         assert main(["calibrate", model, spectra, "--holdout", str(tmp_path / "mixed.nc"), "-o", str(out)]) == 0
-    assert "3 of 60 stars have exactly the reference labels of calibration stars (rows 0, 1, 2)" in caplog.text
+    assert "3 of 60 --holdout stars" in caplog.text
+    assert "have exactly the reference labels of calibration stars (rows 0, 1, 2)" in caplog.text
     assert out.is_file()
 
 
