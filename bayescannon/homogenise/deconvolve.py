@@ -304,6 +304,7 @@ class Deconvolution:
         self.weights_, self.means_, self.covariances_ = w, m, c
         logger.debug("extreme deconvolution: %d components on %d stars", kk, n)
         self.median_tables_ = None
+        self.edge_split_ = s1 is not None and s2 is not None  # the tables know the errors' asymmetry
         if self.edge_npmle:  # binned: all stars at the cost of a few thousand cells
             sig = np.sqrt(ncov[:, range(k_all), range(k_all)])
             lo = sig if s1 is None else np.where(np.isfinite(s1), s1, sig)
@@ -364,10 +365,13 @@ class Deconvolution:
         k = value.shape[1]
         sig = np.sqrt(np.asarray(ncov, dtype=float)[:, range(k), range(k)])
         asym = np.isfinite(s1) & np.isfinite(s2) & ~np.isclose(s1, s2)
+        # tables fitted without the split normals (fit(value, ncov)) read a skewed error as a Gaussian:
+        # their median would be wrong for it, so such stars keep the mixture's D (NaN: no term)
+        known = getattr(self, "edge_split_", False) | ~asym
         nm = np.where(asym, split_normal_median(np.where(asym, s1, 1.0), np.where(asym, s2, 1.0)), 0.0)
         for j, tab in enumerate(self.median_tables_ or ()):  # a few labels
             if tab is not None:
-                ok = np.isfinite(value[:, j])
+                ok = np.isfinite(value[:, j]) & known[:, j]
                 out[ok, j] = tab.median_shift(value[ok, j], sig[ok, j]) - nm[ok, j]
         return out
 
@@ -468,6 +472,7 @@ class Deconvolution:
             "median_tables": None
             if getattr(self, "median_tables_", None) is None
             else [None if t is None else t.to_dict() for t in self.median_tables_],
+            "edge_split": bool(getattr(self, "edge_split_", False)),
         }
 
     @classmethod
@@ -479,4 +484,5 @@ class Deconvolution:
         self.covariances_ = np.asarray(d["covariances"])
         tabs = d.get("median_tables")
         self.median_tables_ = None if tabs is None else [None if t is None else MedianTable.from_dict(t) for t in tabs]
+        self.edge_split_ = bool(d.get("edge_split", False))
         return self
