@@ -1,4 +1,4 @@
-"""A lower-variance estimate of a label's overall interval scale (the 68 % quantile of |z|).
+"""A lower-variance estimate of a label's overall interval scale (the 68 % quantile of ``|z|``).
 
 The split-conformal quantile of ``m`` standardised absolute residuals ``|z|`` at level ``p``
 (:func:`bayescannon.core.uncertainty.conformal_quantiles`) is distribution-free, but it uses
@@ -80,7 +80,7 @@ def check_level_estimator(name):
 
 
 def _t_nll(params, a):
-    """Negative log-likelihood of |z| under a location-free Student t, ``params = [ln σ, ln ν]``."""
+    """Negative log-likelihood of ``|z|`` under a location-free Student t, ``params = [ln σ, ln ν]``."""
     from scipy import special  # lazy: ~0.8 s of import that fit and infer do not need
 
     sigma, nu = np.exp(params)
@@ -92,7 +92,7 @@ def _t_nll(params, a):
 
 
 def _gennorm_nll(params, a):
-    """Negative log-likelihood of |z| under a generalised normal, ``params = [ln σ, ln β]``."""
+    """Negative log-likelihood of ``|z|`` under a generalised normal, ``params = [ln σ, ln β]``."""
     from scipy import special  # lazy
 
     sigma, beta = np.exp(params)
@@ -115,14 +115,14 @@ def _fit(nll, a, shape0, bounds):
 
 
 def parametric_quantile(scores, level, family="student-t"):
-    """Maximum-likelihood ``level`` quantile of |z| under a location-free symmetric family.
+    """Maximum-likelihood ``level`` quantile of ``|z|`` under a location-free symmetric family.
 
     Parameters
     ----------
     scores : ndarray, shape (m,)
-        Standardised absolute residuals |z| (finite, ≥ 0).
+        Standardised absolute residuals ``|z|`` (finite, ≥ 0).
     level : float
-        Central-interval level p: the returned q has P(|z| ≤ q) = p under the fit.
+        Central-interval level p: the returned q has ``P(``|z|`` ≤ q)`` = p under the fit.
     family : {"student-t", "parametric"}
         Student t (scale, ν), or the better by likelihood of that and a generalised normal
         (scale, β).
@@ -130,7 +130,7 @@ def parametric_quantile(scores, level, family="student-t"):
     Returns
     -------
     q : float
-        The fitted family's ``level`` quantile of |z|.
+        The fitted family's ``level`` quantile of ``|z|``.
     fitted : str
         ``"student-t"`` or ``"gennorm"``.
     shape : float
@@ -155,12 +155,12 @@ def parametric_quantile(scores, level, family="student-t"):
 
 
 def level_quantile(scores, level, estimator=DEFAULT_LEVEL_ESTIMATOR, guard_sd=GUARD_SD):
-    """The ``level`` quantile of |z| by ``estimator``, with the fall-back guard.
+    """The ``level`` quantile of ``|z|`` by ``estimator``, with the fall-back guard.
 
     Parameters
     ----------
     scores : ndarray, shape (m,)
-        Standardised absolute residuals |z| of the calibration stars.
+        Standardised absolute residuals ``|z|`` of the calibration stars.
     level : float
     estimator : {"conformal", "student-t", "parametric"}
     guard_sd : float
@@ -202,7 +202,7 @@ def level_quantile(scores, level, estimator=DEFAULT_LEVEL_ESTIMATOR, guard_sd=GU
 
 
 def rescale_quantile_table(levels, quantiles, level, q, upper=0.95):
-    """The tabulated quantiles of |z| with the ``level`` entry moved to ``q``.
+    """The tabulated quantiles of ``|z|`` with the ``level`` entry moved to ``q``.
 
     Entries at levels ≤ ``level`` are multiplied by ``c = q / quantiles(level)`` (one overall
     scale), the factor goes linearly in the level from ``c`` to 1 at ``upper`` and entries at
@@ -214,7 +214,7 @@ def rescale_quantile_table(levels, quantiles, level, q, upper=0.95):
     levels : ndarray, shape (L,)
         Increasing levels of the table (``level`` among them, or interpolated).
     quantiles : ndarray, shape (L,)
-        Non-decreasing quantiles of |z| at ``levels``.
+        Non-decreasing quantiles of ``|z|`` at ``levels``.
     level, q : float
     upper : float
 
