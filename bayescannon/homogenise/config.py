@@ -37,6 +37,7 @@ import numpy as np
 from astropy.table import Table
 
 from bayescannon.errors import InsufficientDataError, InvalidInputError, SurveyFormatError
+from bayescannon.homogenise.offsets import column_percentiles
 from bayescannon.io import read_labels
 from bayescannon.io.common import as_str_ids
 from bayescannon.results import label_unit
@@ -592,10 +593,7 @@ def resolve_duplicates(ids, value, s1, s2):
     duplicated : list of str
         The ids that occurred more than once.
     """
-    half = 0.5 * (s1 + s2)
-    has = np.isfinite(half).any(axis=0)  # a label the survey never measures has no error scale
-    scale = np.ones(value.shape[1])
-    scale[has] = np.nanmedian(half[:, has], axis=0)
+    scale = column_percentiles(0.5 * (s1 + s2), 50, 1.0)  # 1 for a label the survey never measures
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     rel = np.nansum(0.5 * (s1 + s2) / scale, axis=1)
     n_lab = np.isfinite(value).sum(axis=1)

@@ -39,7 +39,7 @@ from bayescannon.pipeline.atomic import write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OffsetModel", "pinball_loss", "DEFAULT_QUANTILES", "LEVELS"]
+__all__ = ["OffsetModel", "column_percentiles", "pinball_loss", "DEFAULT_QUANTILES", "LEVELS"]
 
 #: Quantiles the boosted model fits (must hold 0.5 and the bounds of :data:`LEVELS`).
 DEFAULT_QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
@@ -150,7 +150,7 @@ class OffsetModel:
         self.booster_.set_param({"nthread": self.n_jobs})
         self._trees = None  # the compiled walker's arrays of the booster, built at first use
         self.n_features_in_ = X.shape[1]
-        self.feature_range_ = _column_percentiles(X[tr], [1, 99])  # NaN for an input never measured
+        self.feature_range_ = column_percentiles(X[tr], [1, 99])  # NaN for an input never measured
         self.pinball_ = {
             part: pinball_loss(y[idx], self.predict_quantiles(X[idx]), self.quantiles)
             for part, idx in (("train", tr), ("validation", va), ("test", te))
@@ -385,7 +385,7 @@ class OffsetModel:
         return self
 
 
-def _column_percentiles(X, q, empty: float = np.nan) -> np.ndarray:
+def column_percentiles(X, q, empty: float = np.nan) -> np.ndarray:
     """Percentiles ``q`` (a scalar or a sequence) of each column over its finite entries;
     ``empty`` for a column with none (an input the survey never measures, e.g. a label it
     lacks: numpy would warn and give NaN)."""
@@ -402,8 +402,8 @@ def _linear_fit(X, y, ridge: float = 1e-6):
     coef, intercept}``, the base the trees start from."""
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
-    center = _column_percentiles(X, 50, 0.0)
-    scale = 1.4826 * _column_percentiles(np.abs(X - center), 50, 1.0)
+    center = column_percentiles(X, 50, 0.0)
+    scale = 1.4826 * column_percentiles(np.abs(X - center), 50, 1.0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     z = (X - center) / scale
     z = np.where(np.isfinite(z), z, 0.0)
