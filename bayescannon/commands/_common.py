@@ -163,3 +163,18 @@ def check_dask_argument(args) -> None:
     """Parse ``--dask`` before any work, so that a malformed spec is a typed error at once."""
     if getattr(args, "dask", None):
         parse_dask_spec(args.dask)
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
+        return value
+
+    return parse

@@ -3,14 +3,13 @@ catalogues on one reference scale (Survey of Surveys; see ``docs/guides/homogeni
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from bayescannon.commands._common import add_dask_argument, check_dask_argument
+from bayescannon.commands._common import add_dask_argument, at_least, check_dask_argument
 from bayescannon.commands._outputs import TABLE_SUFFIXES, Output, report_outputs
 from bayescannon.commands._summary import add_json_argument, print_summary
 from bayescannon.errors import OutputPathError
@@ -28,21 +27,6 @@ HELP = "put the label catalogues of several surveys on one reference scale (unif
 #: Fewest Monte Carlo draws: a survey's calibrated P16/P84 are percentiles of its draws, and
 #: with one draw they collapse onto the median (a zero-width interval, silently).
 MIN_DRAWS = 20
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
-        return value
-
-    return parse
 
 
 def add_arguments(p):

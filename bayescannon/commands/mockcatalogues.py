@@ -3,9 +3,9 @@ ready homogenisation config."""
 
 from __future__ import annotations
 
+from bayescannon.commands._common import at_least
 from bayescannon.commands._outputs import add_outdir_argument, outdir_outputs
 from bayescannon.commands._summary import add_json_argument, print_summary
-from bayescannon.commands.homogenise import at_least
 from bayescannon.simulate.mockcatalogues import write_mock_catalogues
 
 NAME = "mock-catalogues"
